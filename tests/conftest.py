@@ -1,0 +1,71 @@
+"""Shared fixtures: the real mini data set, a real local Ray cluster, and makers of broken inputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("VSA_DATA_ROOT", REPO.parent / "shared" / "data"))
+MINI = DATA_ROOT / "flickr8k-mini"
+
+
+def pytest_configure(config):
+    if not (MINI / "Flickr8k.token.txt").is_file():
+        raise pytest.UsageError(f"{MINI}: the flickr8k-mini data set is missing (set VSA_DATA_ROOT)")
+    # Ray's own progress output drowns pytest's; tests that care read results, not bars.
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def mini_dir() -> Path:
+    return MINI
+
+
+@pytest.fixture(scope="session")
+def mini_images(mini_dir) -> list[Path]:
+    return sorted((mini_dir / "images").glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray instance for the whole session (starting one costs ~5 s)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+# ----------------------------------------------------------------------------------- broken inputs
+def truncated_jpeg(src: Path, dst: Path, keep: float = 0.4) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * keep)])
+    return dst
+
+
+def jpeg_claiming_size(src: Path, dst: Path, width: int, height: int) -> Path:
+    """A real JPEG whose frame header claims width×height: a decompression bomb as PIL sees it."""
+    data = bytearray(src.read_bytes())
+    i = 2
+    while i < len(data):
+        assert data[i] == 0xFF, "not at a JPEG marker"
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):  # start of frame: precision, height, width
+            data[i + 5:i + 7] = height.to_bytes(2, "big")
+            data[i + 7:i + 9] = width.to_bytes(2, "big")
+            dst.write_bytes(bytes(data))
+            return dst
+        i += 2 + length
+    raise AssertionError(f"{src}: no frame header found")
+
+
+def copy_images(images: list[Path], dst: Path) -> list[Path]:
+    dst.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy(p, dst / p.name)) for p in images]

@@ -1,0 +1,157 @@
+"""One typed config dataclass per job: defaults from a YAML preset, then a user YAML, then CLI flags.
+
+Every field of the dataclass becomes a ``--field-name`` flag. Unknown keys in a YAML file are an error
+(a typo must not silently fall back to a default), and ``validate()`` runs before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: unknown key, bad value, missing input."""
+
+
+def _preset_text(name: str) -> str | None:
+    preset = resources.files("vsa_dist.presets").joinpath(f"{name}.yaml")
+    return preset.read_text() if preset.is_file() else None
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(values).__name__}")
+    return values
+
+
+def _is_list(tp: Any) -> bool:
+    return typing.get_origin(tp) is list
+
+
+def _scalar_type(tp: Any) -> Any:
+    """The concrete type behind ``X | None``."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return args[0]
+    return tp
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Turn a YAML or CLI value into the field's type, with an error that names the key."""
+    tp = _scalar_type(tp)
+    if value is None:
+        return None
+    try:
+        if _is_list(tp):
+            (item_tp,) = typing.get_args(tp) or (str,)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v.strip()]
+            return [_coerce(name, item_tp, v) for v in value]
+        if tp is bool:
+            return value if isinstance(value, bool) else _parse_bool(str(value))
+        if tp is dict or typing.get_origin(tp) is dict:
+            return json.loads(value) if isinstance(value, str) else dict(value)
+        if tp in (int, float, str):
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError("not an integer")
+            return tp(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"config key {name!r}: cannot read {value!r} as {getattr(tp, '__name__', tp)}: {err}")
+    return value
+
+
+def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip())
+    parser.add_argument("--config", help="YAML file of config keys, applied over the job's preset")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    for f in dataclasses.fields(cls):
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            metavar=f.name.upper(),
+            help=f"{help_text} (default: {default})",
+        )
+    return parser
+
+
+def resolve(cls: type[C], preset: str | None, values: dict[str, Any], source: str = "config") -> C:
+    """Build ``cls`` from the preset, then ``values``; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    merged: dict[str, Any] = {}
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if preset is not None and (text := _preset_text(preset)) is not None:
+        layers.append((f"preset {preset}.yaml", _read_yaml(text, f"preset {preset}.yaml")))
+    layers.append((source, values))
+    for where, layer in layers:
+        unknown = sorted(set(layer) - set(hints))
+        if unknown:
+            raise ConfigError(f"{where}: unknown config key(s) {unknown}; known keys: {sorted(hints)}")
+        for key, value in layer.items():
+            merged[key] = _coerce(key, hints[key], value)
+    try:
+        cfg = cls(**merged)
+    except TypeError as err:
+        raise ConfigError(f"{source}: {err}") from err
+    validate = getattr(cfg, "validate", None)
+    if validate is not None:
+        validate()
+    return cfg
+
+
+def parse_args(cls: type[C], argv: list[str] | None, prog: str, preset: str | None = None) -> C:
+    """CLI entry: preset → ``--config`` YAML → ``--flags``. Exits with a clear message on a bad config."""
+    parser = build_parser(cls, prog)
+    args = vars(parser.parse_args(argv))
+    config_file = args.pop("config", None)
+    print_config = args.pop("print_config", False)
+    values: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            parser.error(f"--config {config_file}: no such file")
+        values.update(_read_yaml(path.read_text(), str(path)))
+    values.update(args)
+    try:
+        cfg = resolve(cls, preset, values, source=config_file or "command line")
+    except ConfigError as err:
+        parser.exit(2, f"{prog}: error: {err}\n")
+    if print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        raise SystemExit(0)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain data, saved with every output, checkpoint and MLflow run."""
+    out = {}
+    for key, value in dataclasses.asdict(cfg).items():
+        out[key] = str(value) if isinstance(value, Path) else value
+    return out

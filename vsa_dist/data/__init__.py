@@ -1,0 +1,1 @@
+"""Caption datasets → WebDataset shards (see shards/FORMAT.md)."""

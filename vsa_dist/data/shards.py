@@ -1,0 +1,244 @@
+"""Writes a :class:`Catalog` as WebDataset tar shards with a manifest; reads the manifest back.
+
+Layout of an output folder (documented in shards/FORMAT.md)::
+
+    manifest.json             counts, per-shard sha256, source, settings, vocabulary
+    rejects.jsonl             one line per input that is not in a shard, with file and reason
+    {split}-{000000..}.tar    samples: {key}.jpg (original bytes) + {key}.json
+    _state/{shard}.json       per-shard completion record: what makes a rerun resume
+
+A shard is written under a temporary name and renamed into place, then its completion record is
+written the same way, so a killed build leaves either a finished, recorded shard or nothing. A rerun
+skips a shard whose record matches both the planned contents and the file's sha256, and rebuilds
+any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from tqdm import tqdm
+
+from vsa_dist.data.images import ImageRejected, check_jpeg
+from vsa_dist.data.sources import Catalog, ImageEntry
+from vsa_dist.data.text import VOCAB_MIN_COUNT, build_vocab
+
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+SHARD_FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def _plan_digest(split: str, entries: list[ImageEntry], max_pixels: int) -> str:
+    """What a shard is meant to hold; an input that changed since the last build changes it."""
+    digest = hashlib.sha256(f"v{SHARD_FORMAT_VERSION}:{split}:{max_pixels}".encode())
+    for e in entries:
+        try:
+            st = e.path.stat()
+            stamp = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None
+        digest.update(json.dumps([e.key, e.image_id, str(e.path), stamp, [s["raw"] for s in e.sentences],
+                                  [s["tokens"] for s in e.sentences]]).encode())
+    return digest.hexdigest()
+
+
+def _sample_meta(entry: ImageEntry, width: int, height: int, fmt: str) -> dict[str, Any]:
+    return {
+        "image_id": entry.image_id, "file_name": entry.file_name, "split": entry.split, "source_format": fmt,
+        "width": width, "height": height,
+        "sentences": [{"raw": s["raw"], "tokens": s["tokens"]} for s in entry.sentences],
+    }
+
+
+def _write_shard(path: Path, entries: list[ImageEntry], fmt: str, max_pixels: int) -> dict[str, Any]:
+    """Write one shard atomically; return its completion record (the rejects it found included)."""
+    rejects: list[dict[str, Any]] = []
+    samples = sentences = 0
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer = wds.TarWriter(fh, mtime=0)  # fixed mtime: same inputs, same bytes, same sha256
+            for entry in entries:
+                try:
+                    data = entry.path.read_bytes()
+                except FileNotFoundError:
+                    reason = ("missing-file", f"image file not found: {entry.path}")
+                except OSError as err:
+                    reason = ("unreadable-file", f"cannot read {entry.path}: {err}")
+                else:
+                    try:
+                        width, height = check_jpeg(data, max_pixels)
+                        reason = None
+                    except ImageRejected as err:
+                        reason = (err.code, f"{entry.path}: {err}")
+                if reason is not None:
+                    sub = Catalog(format=fmt, source_files=[])
+                    sub.reject_image(reason[0], reason[1], entry.ref, entry.file_name, entry.sentences)
+                    rejects.extend(sub.rejects)
+                    continue
+                writer.write({"__key__": entry.key, "jpg": data, "json": _sample_meta(entry, width, height, fmt)})
+                samples += 1
+                sentences += len(entry.sentences)
+            writer.close()
+            fh.flush()
+            os.fsync(fh.fileno())
+        if samples:
+            os.replace(tmp, path)
+        else:
+            Path(tmp).unlink()
+            path.unlink(missing_ok=True)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"shard": path.name, "samples": samples, "sentences": sentences, "rejects": rejects,
+            "sha256": sha256_file(path) if samples else None, "bytes": path.stat().st_size if samples else 0}
+
+
+def _chunks(entries: list[ImageEntry], size: int) -> Iterator[list[ImageEntry]]:
+    for start in range(0, len(entries), size):
+        yield entries[start:start + size]
+
+
+def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, max_pixels: int = 89_478_485,
+                 vocab_min_count: int = VOCAB_MIN_COUNT, vocab_splits: tuple[str, ...] = ("train",),
+                 config: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write (or resume writing) all shards and the manifest; return the manifest."""
+    start = time.time()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = out_dir / "_state"
+    state_dir.mkdir(exist_ok=True)
+    for leftover in [*out_dir.glob(".*.tmp"), *state_dir.glob(".*.tmp")]:  # from a build that was killed
+        leftover.unlink(missing_ok=True)
+
+    by_split: dict[str, list[ImageEntry]] = {}
+    for entry in sorted(catalog.entries, key=lambda e: (e.split, e.key)):
+        by_split.setdefault(entry.split, []).append(entry)
+
+    planned = [(split, index, chunk) for split, entries in sorted(by_split.items())
+               for index, chunk in enumerate(_chunks(entries, samples_per_shard))]
+    expected_names = {f"{split}-{index:06d}.tar" for split, index, _ in planned}
+    # Shards left by an earlier build of different inputs would be picked up by a glob: remove them.
+    for stale in out_dir.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+        if stale.name not in expected_names:
+            stale.unlink()
+            (state_dir / f"{stale.name}.json").unlink(missing_ok=True)
+
+    records: list[dict[str, Any]] = []
+    built = skipped = 0
+    bar = tqdm(total=sum(len(c) for _, _, c in planned), desc="shards", unit="img", disable=not progress)
+    for split, index, chunk in planned:
+        name = f"{split}-{index:06d}.tar"
+        shard_path, state_path = out_dir / name, state_dir / f"{name}.json"
+        plan = _plan_digest(split, chunk, max_pixels)
+        record = None
+        if state_path.is_file():
+            old = json.loads(state_path.read_text())
+            complete = old.get("plan") == plan and (
+                (old["samples"] == 0 and not shard_path.exists())
+                or (shard_path.is_file() and sha256_file(shard_path) == old.get("sha256")))
+            record = old if complete else None
+        if record is None:
+            record = _write_shard(shard_path, chunk, catalog.format, max_pixels)
+            record["plan"] = plan
+            record["split"] = split
+            atomic_write_json(state_path, record)
+            built += 1
+        else:
+            skipped += 1
+        records.append(record)
+        bar.update(len(chunk))
+    bar.close()
+
+    rejects = list(catalog.rejects) + [r for rec in records for r in rec["rejects"]]
+    atomic_write_bytes(out_dir / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode())
+
+    splits: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        info = splits.setdefault(rec["split"], {"images": 0, "sentences": 0, "shards": []})
+        info["images"] += rec["samples"]
+        info["sentences"] += rec["sentences"]
+        if rec["samples"]:
+            info["shards"].append({k: rec[k] for k in ("shard", "samples", "sentences", "sha256", "bytes")})
+
+    written_images = sum(s["images"] for s in splits.values())
+    written_sentences = sum(s["sentences"] for s in splits.values())
+    rejected_images = sum(r["kind"] == "image" for r in rejects)
+    rejected_sentences = sum(r["kind"] == "sentence" for r in rejects)
+    if written_images + rejected_images != catalog.input_images or written_sentences + rejected_sentences != catalog.input_sentences:
+        raise AssertionError(  # a bug in this module, never an input problem: fail loudly
+            f"accounting broken: images {written_images}+{rejected_images}!={catalog.input_images}, "
+            f"sentences {written_sentences}+{rejected_sentences}!={catalog.input_sentences}")
+
+    # Built on what was written: a rejected image's captions must not shape the vocabulary.
+    rejected_files = {r["image"] for r in rejects if r["kind"] == "image"}
+    vocab_words, vocab_counts = build_vocab(
+        (s["tokens"] for e in catalog.entries if e.split in vocab_splits and e.file_name not in rejected_files
+         for s in e.sentences), vocab_min_count)
+    manifest = {
+        "format_version": SHARD_FORMAT_VERSION,
+        "source": {"format": catalog.format,
+                   "files": {str(p): sha256_file(p) for p in catalog.source_files}},
+        "config": config or {},
+        "splits": splits,
+        "counts": {
+            "images": {"input": catalog.input_images, "written": written_images, "rejected": rejected_images},
+            "sentences": {"input": catalog.input_sentences, "written": written_sentences, "rejected": rejected_sentences},
+        },
+        "rejects": {"file": REJECTS, "by_reason": dict(Counter(f"{r['kind']}:{r['reason']}" for r in rejects))},
+        "repairs": catalog.repairs,
+        "vocab": {"min_count": vocab_min_count, "splits": list(vocab_splits), "size": len(vocab_words),
+                  "words": vocab_words, "counts": vocab_counts},
+        "build": {"shards_built": built, "shards_reused": skipped, "seconds": round(time.time() - start, 2)},
+    }
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def load_manifest(shards_dir: Path | str) -> dict[str, Any]:
+    path = Path(shards_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no shard manifest (build shards first: vsa shards build)")
+    return json.loads(path.read_text())
+
+
+def shard_paths(shards_dir: Path | str, splits: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """Shard files of the given splits (all splits if None), in manifest order."""
+    manifest = load_manifest(shards_dir)
+    return [str(Path(shards_dir) / shard["shard"])
+            for split, info in manifest["splits"].items() if splits is None or split in splits
+            for shard in info["shards"]]
