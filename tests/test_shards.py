@@ -11,7 +11,8 @@ import webdataset as wds
 
 from conftest import copy_images, jpeg_claiming_size, truncated_jpeg
 from vsa_dist.cli import main as vsa
-from vsa_dist.data.shards import load_manifest, sha256_file, shard_paths
+from vsa_dist.data.shards import load_manifest, shard_paths
+from vsa_dist.io import sha256_file
 
 
 def build(*args: str) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,36 +30,11 @@ from tqdm import tqdm
 from vsa_dist.data.images import ImageRejected, check_jpeg
 from vsa_dist.data.sources import Catalog, ImageEntry
 from vsa_dist.data.text import VOCAB_MIN_COUNT, build_vocab
+from vsa_dist.io import atomic_write_bytes, atomic_write_json, completed_record, remove_leftovers, sha256_file, temp_path
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 SHARD_FORMAT_VERSION = 1
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _plan_digest(split: str, entries: list[ImageEntry], max_pixels: int) -> str:
@@ -89,7 +63,7 @@ def _write_shard(path: Path, entries: list[ImageEntry], fmt: str, max_pixels: in
     """Write one shard atomically; return its completion record (the rejects it found included)."""
     rejects: list[dict[str, Any]] = []
     samples = sentences = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_path(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             writer = wds.TarWriter(fh, mtime=0)  # fixed mtime: same inputs, same bytes, same sha256
@@ -142,8 +116,7 @@ def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, 
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dir = out_dir / "_state"
     state_dir.mkdir(exist_ok=True)
-    for leftover in [*out_dir.glob(".*.tmp"), *state_dir.glob(".*.tmp")]:  # from a build that was killed
-        leftover.unlink(missing_ok=True)
+    remove_leftovers(out_dir, state_dir)
 
     by_split: dict[str, list[ImageEntry]] = {}
     for entry in sorted(catalog.entries, key=lambda e: (e.split, e.key)):
@@ -165,13 +138,7 @@ def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, 
         name = f"{split}-{index:06d}.tar"
         shard_path, state_path = out_dir / name, state_dir / f"{name}.json"
         plan = _plan_digest(split, chunk, max_pixels)
-        record = None
-        if state_path.is_file():
-            old = json.loads(state_path.read_text())
-            complete = old.get("plan") == plan and (
-                (old["samples"] == 0 and not shard_path.exists())
-                or (shard_path.is_file() and sha256_file(shard_path) == old.get("sha256")))
-            record = old if complete else None
+        record = completed_record(state_path, shard_path, plan)
         if record is None:
             record = _write_shard(shard_path, chunk, catalog.format, max_pixels)
             record["plan"] = plan
