@@ -43,6 +43,27 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def mini_shards(tmp_path_factory, mini_dir) -> Path:
+    """flickr8k-mini as image shards of 40 (train 3, dev 2, test 2), built once per session."""
+    from vsa_dist.cli import main as vsa
+
+    out = tmp_path_factory.mktemp("mini") / "shards"
+    vsa(["shards", "build", "--root", str(mini_dir), "--out", str(out), "--samples-per-shard", "40",
+         "--progress", "false"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def mini_features(mini_shards, ray_cluster) -> Path:
+    """roi/grid features of all of flickr8k-mini, extracted once per session on the local Ray cluster."""
+    from vsa_dist.cli import main as vsa
+
+    out = mini_shards.parent / "features"
+    vsa(["features", "--shards", str(mini_shards), "--out", str(out), "--progress", "false"])
+    return out
+
+
 # ----------------------------------------------------------------------------------- broken inputs
 def truncated_jpeg(src: Path, dst: Path, keep: float = 0.4) -> Path:
     data = src.read_bytes()

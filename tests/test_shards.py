@@ -245,3 +245,15 @@ def test_rerun_skips_verified_shards_and_rebuilds_damaged(tmp_path, mini_dir):
     assert third["splits"] == first["splits"]  # identical bytes: same sha256 as the first build
     assert len(read_back_wds(out)) == 200
     assert load_manifest(out)["counts"] == first["counts"]
+
+
+def test_outputs_get_ordinary_file_modes(tmp_path, mini_dir):
+    import os
+    import stat
+
+    out = tmp_path / "shards"
+    build("--root", str(mini_dir), "--out", str(out))
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [out / "manifest.json", out / "rejects.jsonl", *out.glob("*.tar")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path

@@ -8,6 +8,7 @@ import sys
 # name → "module:function"; a nested group is a dict. Only stages that work are listed.
 COMMANDS: dict[str, object] = {
     "shards": {"build": "vsa_dist.stages.shards:main"},
+    "features": "vsa_dist.stages.features:main",
     "pipeline": "vsa_dist.stages.pipeline:main",
 }
 

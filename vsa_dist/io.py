@@ -22,10 +22,25 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not safe once threads run.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def temp_path(path: Path) -> tuple[int, str]:
-    """An open temporary file beside ``path``: same filesystem, so the final rename is atomic."""
+    """An open temporary file beside ``path``: same filesystem, so the final rename is atomic.
+
+    It gets the mode an ordinary new file would (mkstemp's 0600 would make outputs private to one user).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
+    return fd, tmp
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

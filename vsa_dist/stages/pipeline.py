@@ -12,6 +12,7 @@ from pathlib import Path
 
 from vsa_dist import config as cfglib
 from vsa_dist.paths import data_root, runs_root
+from vsa_dist.stages import features as features_stage
 from vsa_dist.stages import shards as shards_stage
 
 
@@ -21,6 +22,7 @@ class PipelineConfig:
 
     data: str = field(default="", metadata={"help": "dataset folder; default $VSA_DATA_ROOT/flickr8k-mini (../shared/data)"})
     format: str = field(default="flickr8k", metadata={"help": "dataset format (see vsa shards build)"})
+    regions: str = field(default="roi", metadata={"help": "region features: roi or crop (see vsa features)"})
     run_dir: str = field(default="", metadata={"help": "where every stage writes; default runs/mini"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
@@ -39,6 +41,9 @@ def run(cfg: PipelineConfig) -> dict:
     start = time.time()
     results["shards"] = shards_stage.run(cfglib.resolve(shards_stage.ShardsConfig, "shards", {
         "format": cfg.format, "root": cfg.data, "out": str(run_dir / "shards"), "progress": cfg.progress}))
+    results["features"] = features_stage.run(cfglib.resolve(features_stage.FeaturesConfig, "features", {
+        "shards": str(run_dir / "shards"), "out": str(run_dir / "features"), "regions": cfg.regions,
+        "progress": cfg.progress}))
     print(f"pipeline: done in {time.time() - start:.1f}s; outputs under {run_dir}")
     return results
 

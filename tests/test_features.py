@@ -1,0 +1,186 @@
+"""Feature extraction on a real local Ray cluster: shapes, counts, manifest, correctness, resume, rejects."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from torchvision.ops import roi_align
+
+from conftest import REPO
+from vsa_dist.cli import main as vsa
+from vsa_dist.data.shards import load_manifest, shard_paths
+from vsa_dist.features.extract import decode_rgb
+from vsa_dist.features.format import FeatureSettingsMismatch, check_same_settings, decode_sample, load_features_manifest
+from vsa_dist.features.proposals import grid_boxes, selective_search
+from vsa_dist.io import sha256_file
+from vsa_dist.models.backbone import fold_batchnorm, load_backbone
+
+
+def read_features(out: Path) -> dict[str, dict]:
+    samples = {}
+    for sample in wds.WebDataset(shard_paths(out), shardshuffle=False, empty_check=False):
+        assert sample["__key__"] not in samples, "duplicate feature record"
+        samples[sample["__key__"]] = decode_sample(sample)
+    return samples
+
+
+def read_images(shards: Path, splits=None) -> dict[str, dict]:
+    return {s["__key__"]: {"jpg": s["jpg"], "meta": json.loads(s["json"])}
+            for s in wds.WebDataset(shard_paths(shards, splits), shardshuffle=False, empty_check=False)}
+
+
+def features(*args: str) -> dict:
+    return vsa(["features", "--progress", "false", *args])
+
+
+def test_roi_features_of_the_mini_set(mini_features, mini_shards):
+    manifest = load_features_manifest(mini_features)
+    assert manifest["counts"]["images"] == {"input": 200, "written": 200, "rejected": 0}
+    assert {s: v["images"] for s, v in manifest["splits"].items()} == {"train": 100, "dev": 50, "test": 50}
+    settings = manifest["settings"]
+    assert (settings["backbone"], settings["region_mode"], settings["proposals"]) == ("efficientnet-lite0", "roi", "grid")
+    assert (settings["input_size"], settings["mean"], settings["std"]) == (224, [127.0] * 3, [128.0] * 3)
+    assert settings["num_regions"] == 19 and settings["feature_dim"] == 1280
+    assert manifest["vocab"] == load_manifest(mini_shards)["vocab"]
+    for info in manifest["splits"].values():
+        for shard in info["shards"]:
+            assert sha256_file(mini_features / shard["shard"]) == shard["sha256"]
+
+    images = read_images(mini_shards)
+    records = read_features(mini_features)
+    assert records.keys() == images.keys()
+    for key, rec in records.items():
+        assert rec["features"].shape == (20, 1280) and rec["features"].dtype == np.float16
+        assert np.isfinite(rec["features"]).all() and rec["features"].any(axis=1).all()
+        assert rec["boxes"].shape == (19, 4) and len(rec["box_scores"]) == 19
+        w, h = rec["width"], rec["height"]
+        assert (rec["boxes"][:, 0] >= 0).all() and (rec["boxes"][:, 2] <= w + 1e-3).all()
+        assert (rec["boxes"][:, 1] >= 0).all() and (rec["boxes"][:, 3] <= h + 1e-3).all()
+        assert (rec["boxes"][:, 2] > rec["boxes"][:, 0]).all() and (rec["boxes"][:, 3] > rec["boxes"][:, 1]).all()
+        assert rec["sentences"] == images[key]["meta"]["sentences"] and rec["split"] == images[key]["meta"]["split"]
+        assert rec["proposals"].shape == (34, 4)  # the grid, kept with the features
+
+    # The numbers are the CNN's: row 0 is the whole image's pooled feature map, a region row is the
+    # RoIAligned mean of its box, computed here by plain torchvision calls without the pipeline.
+    backbone = load_backbone()
+    trunk = fold_batchnorm(backbone.trunk)
+    precision = settings["precision"]
+    for key in list(records)[:3]:
+        rec = records[key]
+        image = torch.from_numpy(decode_rgb(images[key]["jpg"])).permute(2, 0, 1)[None].float()
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            fmap = trunk(backbone.normalize(image)).float()
+        whole = fmap.mean(dim=(2, 3))[0].numpy()
+        np.testing.assert_allclose(rec["features"][0], whole, rtol=0.05, atol=0.05)
+        box = torch.from_numpy(rec["boxes"][4:5]).float()
+        region = roi_align(fmap, torch.cat([torch.zeros(1, 1), box], 1), 2, 7 / 224, 2, True).mean(dim=(2, 3))[0]
+        np.testing.assert_allclose(rec["features"][5], region.numpy(), rtol=0.05, atol=0.05)
+
+
+def test_crop_mode_and_resume_after_a_kill(tmp_path, mini_dir, ray_cluster, mini_features):
+    shards = tmp_path / "shards"
+    vsa(["shards", "build", "--root", str(mini_dir), "--out", str(shards), "--samples-per-shard", "10", "--progress", "false"])
+    out = tmp_path / "crop"
+    # Batches of one shard's size, so that shards complete one by one and the kill can land between them.
+    args = ["--shards", str(shards), "--out", str(out), "--regions", "crop", "--splits", "dev", "--batch-size", "10",
+            "--progress", "false"]
+
+    # A run in its own process on the same cluster, killed as soon as its first shard is recorded.
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "extract_features.py"), *args], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list((out / "_state").glob("*.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name for p in (out / "_state").glob("*.json")}
+    assert 1 <= len(done_before) < 5, f"the kill should land mid-run, found {sorted(done_before)} recorded"
+    assert not (out / "manifest.json").exists()
+
+    manifest = features(*args)
+    assert manifest["build"]["shards_reused"] == len(done_before)
+    assert manifest["build"]["shards_built"] == 5 - len(done_before)
+    assert manifest["counts"]["images"] == {"input": 50, "written": 50, "rejected": 0}
+    assert not list(out.glob(".*.tmp"))
+    crop = read_features(out)
+    assert len(crop) == 50 and all(r["features"].shape == (20, 1280) for r in crop.values())
+
+    # Same ranking, same whole-image row as roi mode; the region rows are separate CNN passes on crops.
+    roi = read_features(mini_features)
+    key = sorted(crop)[0]
+    np.testing.assert_array_equal(crop[key]["boxes"], roi[key]["boxes"])
+    np.testing.assert_array_equal(crop[key]["features"][0], roi[key]["features"][0])
+    assert not np.allclose(crop[key]["features"][1:], roi[key]["features"][1:], atol=0.05)
+
+    with pytest.raises(FeatureSettingsMismatch, match="region_mode: 'crop'"):
+        check_same_settings({"crop": load_features_manifest(out), "roi": load_features_manifest(mini_features)})
+
+
+def test_selective_search_proposals(tmp_path, mini_shards, mini_images, ray_cluster):
+    import cv2
+
+    image = cv2.cvtColor(cv2.imread(str(mini_images[0])), cv2.COLOR_BGR2RGB)
+    boxes = selective_search(image, max_boxes=200)
+    assert 19 <= len(boxes) <= 200
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 224).all() and (boxes[:, 3] <= 224).all()
+    assert len(grid_boxes(224, 224)) == 34
+
+    out = tmp_path / "ss"
+    manifest = features("--shards", str(mini_shards), "--out", str(out), "--proposals", "selective-search",
+                        "--splits", "test")
+    assert manifest["counts"]["images"] == {"input": 50, "written": 50, "rejected": 0}
+    records = read_features(out)
+    assert all(r["proposals"].shape[0] == r["num_proposals"] >= 19 for r in records.values())
+    assert sum(r["proposals"].shape[0] != 34 for r in records.values()) > 40  # most are real search results
+    assert manifest["settings"]["proposals"] == "selective-search"
+
+
+def test_an_image_that_fails_is_a_reject_not_a_loss(tmp_path, mini_shards, ray_cluster):
+    # A shard whose first JPEG was damaged after the shard build checked it (bit rot, a bad copy).
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    manifest = load_manifest(mini_shards)
+    source = mini_shards / manifest["splits"]["dev"]["shards"][0]["shard"]
+    target = shards / source.name
+    with wds.TarWriter(str(target)) as writer:
+        for n, sample in enumerate(wds.WebDataset(str(source), shardshuffle=False, empty_check=False)):
+            record = {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
+            if n == 0:
+                record["jpg"] = b"this is not a JPEG any more"
+                broken = sample["__key__"]
+            writer.write(record)
+    shard_info = {**manifest["splits"]["dev"]["shards"][0], "sha256": sha256_file(target)}
+    manifest["splits"] = {"dev": {**manifest["splits"]["dev"], "shards": [shard_info]}}
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+
+    out = tmp_path / "features"
+    result = features("--shards", str(shards), "--out", str(out))
+    assert result["counts"]["images"] == {"input": 40, "written": 39, "rejected": 1}
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == 1 and rejects[0]["key"] == broken and rejects[0]["reason"] == "feature-error"
+    assert rejects[0]["image"].endswith(".jpg") and "decode" in rejects[0]["detail"]
+    assert broken not in read_features(out)
+
+
+def test_bad_config_stops_before_any_work(tmp_path, mini_shards, capsys):
+    with pytest.raises(SystemExit) as exc:
+        features("--shards", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    assert exc.value.code == 2 and "no manifest.json there" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        features("--shards", str(mini_shards), "--out", str(tmp_path / "o"), "--regions", "boxes")
+    assert "regions 'boxes' is not one of ('roi', 'crop')" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        features("--shards", str(mini_shards), "--out", str(tmp_path / "o"), "--splits", "val")
+    assert "splits ['val'] are not in" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,99 @@
+"""Rows streaming back from a Ray Data job → one output tar per input shard, written atomically.
+
+Rows of different input shards arrive interleaved and in any order. Each output shard is written to a
+temporary file as its rows arrive (nothing is held in memory) and is renamed into place, with its
+completion record beside it, the moment its last expected row has arrived. A run killed at any point
+leaves finished, recorded shards and temporary files; the rerun removes the temporary files and
+redoes only the shards without a valid record (``vsa_dist.io.completed_record``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+from vsa_dist.io import atomic_write_json, sha256_file, temp_path
+
+
+@dataclass
+class ShardPlan:
+    """One output shard: made from input shard ``source``, expecting ``expected`` rows."""
+
+    name: str
+    source: str
+    split: str
+    expected: int
+    plan: str  # digest of what the shard is meant to hold; a record for another plan is not reused
+
+
+@dataclass
+class _Open:
+    plan: ShardPlan
+    tmp: str
+    fh: Any
+    writer: wds.TarWriter
+    rows: int = 0
+    samples: int = 0
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ShardAssembler:
+    def __init__(self, out_dir: Path, state_dir: Path, plans: list[ShardPlan]):
+        self.out_dir, self.state_dir = out_dir, state_dir
+        self.by_source = {p.source: p for p in plans}
+        self.open: dict[str, _Open] = {}
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def add(self, source: str, sample: dict[str, Any] | None, reject: dict[str, Any] | None = None) -> None:
+        """One row of input shard ``source``: a sample to write, or (``sample=None``) a reject."""
+        plan = self.by_source.get(source)
+        if plan is None or plan.name in self.records:
+            raise RuntimeError(f"row from {source!r}, which is not a pending shard of this run")
+        state = self.open.get(source)
+        if state is None:
+            fd, tmp = temp_path(self.out_dir / plan.name)
+            fh = os.fdopen(fd, "wb")
+            state = self.open[source] = _Open(plan, tmp, fh, wds.TarWriter(fh, mtime=0))
+        state.rows += 1
+        if sample is None:
+            state.rejects.append(reject or {})
+        else:
+            state.writer.write(sample)
+            state.samples += 1
+        if state.rows == plan.expected:
+            self._finish(self.open.pop(source))
+        elif state.rows > plan.expected:
+            raise RuntimeError(f"{source}: more rows than the {plan.expected} it holds (a duplicated row)")
+
+    def _finish(self, state: _Open) -> None:
+        plan, path = state.plan, self.out_dir / state.plan.name
+        state.writer.close()
+        state.fh.flush()
+        os.fsync(state.fh.fileno())
+        state.fh.close()
+        if state.samples:
+            os.replace(state.tmp, path)
+        else:  # every row rejected: no shard file, the record says so
+            Path(state.tmp).unlink()
+            path.unlink(missing_ok=True)
+        record = {"shard": plan.name, "source": plan.source, "split": plan.split, "plan": plan.plan,
+                  "samples": state.samples, "rejects": state.rejects,
+                  "sha256": sha256_file(path) if state.samples else None,
+                  "bytes": path.stat().st_size if state.samples else 0}
+        atomic_write_json(self.state_dir / f"{plan.name}.json", record)
+        self.records[plan.name] = record
+
+    def close(self) -> dict[str, dict[str, Any]]:
+        """Every planned shard's record; a shard still missing rows is an error (rows were lost)."""
+        missing = {p.name: f"{self.open[p.source].rows if p.source in self.open else 0}/{p.expected}"
+                   for p in self.by_source.values() if p.name not in self.records}
+        for state in self.open.values():
+            state.fh.close()
+            Path(state.tmp).unlink(missing_ok=True)
+        if missing:
+            raise RuntimeError(f"rows missing for shards (got/expected): {missing}")
+        return self.records

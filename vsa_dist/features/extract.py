@@ -1,0 +1,144 @@
+"""Per-batch work of feature extraction, free of Ray: the stage runner maps these over a Ray Data
+stream, the benchmark's naive baseline and the tests call them directly.
+
+A batch is a dict of numpy arrays as ``ray.data.read_webdataset(decoder=None)`` yields it
+(``__key__``, ``__url__``, ``jpg`` bytes, ``json`` bytes); the output batch has one row per input row,
+either a finished feature record or an ``error`` saying why that image has none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from vsa_dist.features.format import FEATURES_FORMAT_VERSION, npy_bytes, npy_load
+from vsa_dist.features.proposals import grid_boxes, propose
+from vsa_dist.models.backbone import load_backbone
+from vsa_dist.models.regions import RegionFeatureExtractor
+
+OUTPUT_COLUMNS = ("__key__", "__url__", "json", "feat.npy", "boxes.npy", "proposals.npy", "error")
+
+
+@dataclass(frozen=True)
+class ExtractorSettings:
+    backbone: str = "efficientnet-lite0"
+    weights: str = ""
+    region_mode: str = "roi"
+    proposals: str = "grid"
+    num_regions: int = 19
+    nms_iou: float = 0.5
+    roi_size: int = 2
+    max_proposals: int = 200
+    min_proposals: int = 19     # fewer selective-search boxes than this: the grid is added
+    cnn_batch: int = 4          # images per CNN call: small batches win on a CPU (benchmarks/extract.py)
+    threads: int = 0            # torch threads per actor; 0 = torch's default
+    device: str = "cpu"
+    channels_last: bool = True
+    precision: str = "fp32"     # or bf16: autocast, where the hardware runs it natively
+
+
+def describe(settings: ExtractorSettings, spec: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``settings``: everything that decides what the features mean."""
+    weights = spec["weights"]  # the resolved file, also for the packaged default
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+    return {
+        "format_version": FEATURES_FORMAT_VERSION, "backbone": spec["name"], "weights": Path(weights).name,
+        "weights_sha256": digest, "input_size": spec["input_size"], "mean": list(spec["mean"]),
+        "std": list(spec["std"]), "feature_dim": spec["feature_dim"], "region_mode": settings.region_mode,
+        "proposals": settings.proposals, "num_regions": settings.num_regions, "roi_size": settings.roi_size,
+        "nms_iou": settings.nms_iou, "max_proposals": settings.max_proposals, "precision": settings.precision,
+        "dtype": "float16",
+    }
+
+
+def decode_rgb(jpeg: bytes) -> np.ndarray:
+    """JPEG bytes → uint8 [H, W, 3] RGB."""
+    array = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if array is None:
+        raise ValueError("JPEG does not decode")
+    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+
+
+def add_proposals(batch: dict[str, np.ndarray], method: str = "selective-search", max_proposals: int = 200,
+                  min_proposals: int = 19) -> dict[str, np.ndarray]:
+    """Candidate boxes per image (``proposals`` column, npy bytes; empty bytes where the image fails).
+
+    Runs as its own stage (plain Ray tasks) ahead of the CNN actors: selective search is CPU work that
+    scales with cores, not with the model.
+    """
+    out = []
+    for jpeg in batch["jpg"]:
+        try:
+            image = decode_rgb(jpeg)
+        except ValueError:
+            out.append(b"")  # the CNN stage decodes again and records the reason
+            continue
+        boxes = propose(image, method, max_proposals)
+        if len(boxes) < min_proposals:
+            boxes = np.concatenate([boxes, grid_boxes(image.shape[1], image.shape[0])])
+        out.append(npy_bytes(boxes.astype(np.float32)))
+    batch["proposals"] = np.array(out, dtype=object)
+    return batch
+
+
+class RegionExtractor:
+    """Callable class for ``map_batches``: the backbone is loaded once per actor (or per process)."""
+
+    def __init__(self, settings: ExtractorSettings):
+        self.settings = settings
+        backbone = load_backbone(settings.backbone, settings.weights).to(settings.device)
+        self.model = RegionFeatureExtractor(backbone, settings.region_mode, settings.num_regions, settings.nms_iou,
+                                            settings.roi_size, channels_last=settings.channels_last,
+                                            precision=settings.precision)
+        self.model_name = backbone.spec.name
+
+    @staticmethod
+    def _decode(jpeg: bytes) -> torch.Tensor:
+        return torch.from_numpy(decode_rgb(jpeg)).permute(2, 0, 1)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Per call, not in __init__: OpenMP's thread count is per calling thread, and a Ray actor may run
+        # its constructor and its calls on different threads (set in __init__, calls ran on one core).
+        if self.settings.threads > 0 and torch.get_num_threads() != self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        rows = len(batch["__key__"])
+        out: dict[str, list] = {name: [b""] * rows for name in OUTPUT_COLUMNS}
+        out["__key__"], out["__url__"], out["error"] = list(batch["__key__"]), list(batch["__url__"]), [""] * rows
+        good, images, candidates = [], [], []
+        for i in range(rows):
+            try:
+                image = self._decode(batch["jpg"][i])
+            except (RuntimeError, ValueError) as err:
+                out["error"][i] = f"JPEG does not decode: {err}"
+                out["json"][i] = batch["json"][i]  # the reject names the file
+                continue
+            if "proposals" in batch and len(batch["proposals"][i]):
+                boxes = npy_load(batch["proposals"][i])
+            else:
+                boxes = grid_boxes(image.shape[2], image.shape[1])
+            good.append(i)
+            images.append(image)
+            candidates.append(torch.from_numpy(boxes))
+        step = self.settings.cnn_batch
+        with self.model.precision_context(self.settings.device):
+            results = [self.model(images[start:start + step], candidates[start:start + step])
+                       for start in range(0, len(good), step)]
+        for start, (boxes, scores, feats) in zip(range(0, len(good), step), results):
+            idx = good[start:start + step]
+            for j, i in enumerate(idx):
+                meta = json.loads(batch["json"][i])
+                meta.update(model=self.model_name, region_mode=self.settings.region_mode,
+                            proposals=self.settings.proposals, num_proposals=len(candidates[start + j]),
+                            box_scores=[round(float(s), 5) for s in scores[j]])
+                out["json"][i] = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+                out["feat.npy"][i] = npy_bytes(feats[j].numpy())
+                out["boxes.npy"][i] = npy_bytes(boxes[j].numpy())
+                out["proposals.npy"][i] = npy_bytes(candidates[start + j].numpy())
+        return {name: np.array(values, dtype=object) for name, values in out.items()}

@@ -1,0 +1,79 @@
+"""Feature shards: one WebDataset sample per image, written by ``vsa features``, read by the training stages.
+
+A sample (key = the image shard's key):
+
+    {key}.feat.npy       float16 [1 + R, D]: row 0 the whole image, rows 1..R the regions, best first
+    {key}.boxes.npy      float32 [R, 4]: the regions' (x1, y1, x2, y2) in the image's own pixels
+    {key}.proposals.npy  float32 [K, 4]: every candidate box the regions were chosen from (kept so that
+                         nothing has to be proposed twice)
+    {key}.json           image id, file name, split, size, sentences (raw + tokens), box scores,
+                         the proposal method that produced the candidates
+
+The folder's ``manifest.json`` has the same ``splits`` layout as an image-shard manifest, plus the
+``settings`` that made the features; features made with different settings must never meet in one run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FEATURES_FORMAT_VERSION = 1
+
+# What makes two feature sets interchangeable: the same backbone, weights, preprocessing and regions.
+SETTINGS_KEYS = ("format_version", "backbone", "weights_sha256", "input_size", "mean", "std", "feature_dim",
+                 "region_mode", "proposals", "num_regions", "roi_size", "precision", "dtype")
+
+
+class FeatureSettingsMismatch(ValueError):
+    """Two feature folders were made with different settings."""
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def npy_load(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """A feature sample as read by ``webdataset`` or ``ray.data.read_webdataset(decoder=None)``."""
+    meta = json.loads(sample["json"])
+    meta["features"] = npy_load(sample["feat.npy"])
+    meta["boxes"] = npy_load(sample["boxes.npy"])
+    meta["proposals"] = npy_load(sample["proposals.npy"])
+    return meta
+
+
+def settings_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {key: manifest["settings"].get(key) for key in SETTINGS_KEYS}
+
+
+def check_same_settings(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The one settings dict all ``manifests`` (name → manifest) share, or an error naming what differs."""
+    names = list(manifests)
+    first = settings_of(manifests[names[0]])
+    for name in names[1:]:
+        other = settings_of(manifests[name])
+        differ = {k: (first[k], other[k]) for k in SETTINGS_KEYS if first[k] != other[k]}
+        if differ:
+            detail = "; ".join(f"{k}: {a!r} in {names[0]} vs {b!r} in {name}" for k, (a, b) in differ.items())
+            raise FeatureSettingsMismatch(f"features made with different settings cannot be mixed: {detail}")
+    return first
+
+
+def load_features_manifest(features_dir: Path | str) -> dict[str, Any]:
+    path = Path(features_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no feature manifest (extract features first: vsa features)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("kind") != "features":
+        raise ValueError(f"{path}: not a feature manifest (kind={manifest.get('kind')!r})")
+    return manifest

@@ -1,0 +1,209 @@
+"""``vsa features``: image shards → region-feature shards (whole image + top-19 regions), with Ray Data.
+
+    vsa features --shards runs/flickr8k/shards --out runs/flickr8k/features                  # roi, grid
+    vsa features --shards runs/mini/shards --out runs/mini/features-crop --regions crop
+    vsa features --shards S --out F --proposals selective-search
+
+The stream: ``read_webdataset`` (JPEG bytes) → [selective-search proposals, plain tasks] → CNN actors
+(backbone loaded once per actor, ``num_gpus=1`` each when the cluster has GPUs) → the driver, which
+writes one feature shard per image shard as its rows arrive. Nothing is collected, so memory does not
+grow with the data set. A rerun redoes only the shards that are missing or damaged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.data import ActorPoolStrategy
+
+from vsa_dist import config as cfglib
+from vsa_dist.data.assembler import ShardAssembler, ShardPlan
+from vsa_dist.data.shards import MANIFEST, REJECTS, load_manifest
+from vsa_dist.features.extract import OUTPUT_COLUMNS, ExtractorSettings, RegionExtractor, add_proposals, describe
+from vsa_dist.features.format import FEATURES_FORMAT_VERSION
+from vsa_dist.features.proposals import PROPOSAL_METHODS
+from vsa_dist.io import atomic_write_bytes, atomic_write_json, completed_record, remove_leftovers, sha256_file, sha256_json
+from vsa_dist.models.backbone import fast_bf16, load_backbone
+from vsa_dist.models.regions import REGION_MODES
+from vsa_dist.ray_env import ensure_ray
+
+
+@dataclass
+class FeaturesConfig:
+    """Extract whole-image + region CNN features from image shards."""
+
+    shards: str = field(default="", metadata={"help": "image-shard folder (vsa shards build --out)"})
+    out: str = field(default="", metadata={"help": "output folder for feature shards + manifest.json"})
+    regions: str = field(default="roi", metadata={"help": f"region features: one of {REGION_MODES}"})
+    proposals: str = field(default="grid", metadata={"help": f"candidate boxes: one of {PROPOSAL_METHODS}"})
+    num_regions: int = field(default=19, metadata={"help": "regions per image besides the whole image (paper: 19)"})
+    backbone: str = field(default="efficientnet-lite0", metadata={"help": "efficientnet-lite0, torchvision:NAME or timm:NAME"})
+    weights: str = field(default="", metadata={"help": "local weight file (needed for torchvision:/timm: backbones)"})
+    splits: list[str] = field(default_factory=list, metadata={"help": "splits to extract; empty = all in the manifest"})
+    device: str = field(default="auto", metadata={"help": "auto (GPU when the cluster has one), cpu or cuda"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware runs it natively: GPU, or CPU with AMX/AVX512-BF16), fp32 or bf16"})
+    actors: int = field(default=0, metadata={"help": "CNN actors; 0 = one per GPU, or one per `threads` CPUs"})
+    threads: int = field(default=0, metadata={"help": "torch threads per CPU actor; 0 = min(4, cluster CPUs)"})
+    batch_size: int = field(default=32, metadata={"help": "images per Ray Data batch handed to an actor"})
+    cnn_batch: int = field(default=0, metadata={"help": "images per CNN call; 0 = 4 on CPU, 64 on GPU"})
+    nms_iou: float = field(default=0.5, metadata={"help": "IoU above which a lower-scored candidate is suppressed"})
+    roi_size: int = field(default=2, metadata={"help": "RoIAlign output grid (averaged) in roi mode"})
+    max_proposals: int = field(default=200, metadata={"help": "selective-search candidates kept per image"})
+    progress: bool = field(default=True, metadata={"help": "Ray Data progress bars"})
+
+    def validate(self) -> None:
+        if not self.shards or not (Path(self.shards) / MANIFEST).is_file():
+            raise cfglib.ConfigError(f"shards {self.shards!r}: no {MANIFEST} there (build it with vsa shards build)")
+        if not self.out:
+            raise cfglib.ConfigError("out: an output folder is required")
+        if Path(self.out).resolve() == Path(self.shards).resolve():
+            raise cfglib.ConfigError("out must differ from shards: both folders hold a manifest.json")
+        for key, value, allowed in (("regions", self.regions, REGION_MODES), ("proposals", self.proposals, PROPOSAL_METHODS),
+                                    ("device", self.device, ("auto", "cpu", "cuda")),
+                                    ("precision", self.precision, ("auto", "fp32", "bf16"))):
+            if value not in allowed:
+                raise cfglib.ConfigError(f"{key} {value!r} is not one of {allowed}")
+        for key in ("num_regions", "batch_size"):
+            if getattr(self, key) < 1:
+                raise cfglib.ConfigError(f"{key} must be at least 1")
+        known = set(load_manifest(self.shards)["splits"])
+        if unknown := sorted(set(self.splits) - known):
+            raise cfglib.ConfigError(f"splits {unknown} are not in {self.shards} (it has {sorted(known)})")
+
+
+def _settings(cfg: FeaturesConfig, cluster: dict[str, float]) -> tuple[ExtractorSettings, dict[str, Any]]:
+    """Extractor settings and the CNN actors' ``map_batches`` resources on this cluster."""
+    gpus = int(cluster.get("GPU", 0))
+    device = cfg.device if cfg.device != "auto" else ("cuda" if gpus else "cpu")
+    if device == "cuda" and not gpus:
+        raise cfglib.ConfigError("device cuda: this Ray cluster has no GPU")
+    # Judged on this (the driver's) machine for CPUs: set it explicitly where workers' CPUs differ.
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if fast_bf16(device) else "fp32")
+    cpus = max(1, int(cluster.get("CPU", 1)))
+    if device == "cuda":
+        threads, actors = cfg.threads or 2, cfg.actors or gpus
+        remote = {"num_gpus": 1, "num_cpus": 1}
+    else:
+        threads = cfg.threads or min(4, cpus)
+        actors = cfg.actors or max(1, cpus // threads)
+        # One CPU less than the threads it runs: reading and proposals must always find a free slot.
+        remote = {"num_cpus": max(1, min(threads - 1, cpus - 1))}
+    settings = ExtractorSettings(
+        backbone=cfg.backbone, weights=cfg.weights, region_mode=cfg.regions, proposals=cfg.proposals,
+        num_regions=cfg.num_regions, nms_iou=cfg.nms_iou, roi_size=cfg.roi_size, max_proposals=cfg.max_proposals,
+        cnn_batch=cfg.cnn_batch or (64 if device == "cuda" else 4), threads=threads, device=device,
+        precision=precision)
+    return settings, {"compute": ActorPoolStrategy(size=actors), **remote}
+
+
+def plan_shards(shards_dir: Path, manifest: dict[str, Any], splits: list[str], settings: dict[str, Any]) -> list[ShardPlan]:
+    plans = []
+    for split in splits:
+        for shard in manifest["splits"][split]["shards"]:
+            plans.append(ShardPlan(name=shard["shard"], source=str(shards_dir / shard["shard"]), split=split,
+                                   expected=shard["samples"],
+                                   plan=sha256_json({"input": shard["sha256"], "settings": settings})))
+    return plans
+
+
+def _stream(cfg: FeaturesConfig, settings: ExtractorSettings, remote: dict[str, Any], sources: list[str]):
+    """The Ray Data stream of output rows for the given image shards."""
+    ds = ray.data.read_webdataset(sources, decoder=None, include_paths=False)
+    if cfg.proposals != "grid":
+        ds = ds.map_batches(add_proposals, batch_size=8, fn_kwargs={
+            "method": cfg.proposals, "max_proposals": cfg.max_proposals, "min_proposals": cfg.num_regions})
+    return ds.map_batches(RegionExtractor, fn_constructor_kwargs={"settings": settings}, batch_size=cfg.batch_size,
+                          **remote)
+
+
+def _write(ds, assembler: ShardAssembler) -> None:
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(batch["__key__"])):
+            source, key, error = batch["__url__"][i], batch["__key__"][i], batch["error"][i]
+            if error:
+                meta = json.loads(batch["json"][i]) if batch["json"][i] else {}
+                assembler.add(source, None, {"kind": "image", "reason": "feature-error", "detail": error,
+                                             "source": source, "key": key, "image": meta.get("file_name", key)})
+            else:
+                assembler.add(source, {"__key__": key, **{c: batch[c][i] for c in OUTPUT_COLUMNS[2:6]}})
+
+
+def run(cfg: FeaturesConfig) -> dict[str, Any]:
+    start = time.time()
+    shards_dir, out_dir = Path(cfg.shards), Path(cfg.out)
+    shard_manifest = load_manifest(shards_dir)
+    splits = cfg.splits or sorted(shard_manifest["splits"])
+    ray = ensure_ray(cfg.progress)
+    settings, remote = _settings(cfg, ray.cluster_resources())
+    described = describe(settings, load_backbone(cfg.backbone, cfg.weights).spec.as_dict())
+    placement = {"device": settings.device, "actors": remote["compute"].max_size, "threads": settings.threads,
+                 "cnn_batch": settings.cnn_batch}
+
+    state_dir = out_dir / "_state"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out_dir, state_dir)
+    plans = plan_shards(shards_dir, shard_manifest, splits, described)
+    expected = {p.name for p in plans}
+    for stale in out_dir.glob("*.tar"):  # from a run over other splits or inputs: never mixed in
+        if stale.name not in expected:
+            stale.unlink()
+            (state_dir / f"{stale.name}.json").unlink(missing_ok=True)
+
+    records = {p.name: r for p in plans if (r := completed_record(state_dir / f"{p.name}.json", out_dir / p.name, p.plan))}
+    pending = [p for p in plans if p.name not in records]
+    print(f"features: {len(plans)} shards planned, {len(records)} already complete, {len(pending)} to extract "
+          f"({settings.region_mode} regions, {settings.proposals} proposals, {settings.precision}, {placement})",
+          flush=True)
+    extract_start = time.time()
+    if pending:
+        assembler = ShardAssembler(out_dir, state_dir, pending)
+        _write(_stream(cfg, settings, remote, [p.source for p in pending]), assembler)
+        records.update(assembler.close())
+    extract_seconds = time.time() - extract_start
+
+    ordered = [records[p.name] for p in plans]
+    rejects = [r for rec in ordered for r in rec["rejects"]]
+    atomic_write_bytes(out_dir / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode())
+    split_info: dict[str, dict[str, Any]] = {s: {"images": 0, "shards": []} for s in splits}
+    for rec in ordered:
+        split_info[rec["split"]]["images"] += rec["samples"]
+        if rec["samples"]:
+            split_info[rec["split"]]["shards"].append({k: rec[k] for k in ("shard", "samples", "sha256", "bytes")})
+    inputs = sum(p.expected for p in plans)
+    written = sum(s["images"] for s in split_info.values())
+    if written + len(rejects) != inputs:
+        raise AssertionError(f"accounting broken: {written} written + {len(rejects)} rejected != {inputs} inputs")
+    extracted = sum(p.expected for p in pending)
+    manifest = {
+        "kind": "features", "format_version": FEATURES_FORMAT_VERSION, "settings": described,
+        "source": {"shards": str(shards_dir), "manifest_sha256": sha256_file(shards_dir / MANIFEST)},
+        "config": cfglib.to_dict(cfg), "splits": split_info,
+        "counts": {"images": {"input": inputs, "written": written, "rejected": len(rejects)}},
+        "rejects": {"file": REJECTS, "by_reason": dict(Counter(r["reason"] for r in rejects))},
+        "vocab": shard_manifest["vocab"],
+        "build": {"shards_built": len(pending), "shards_reused": len(plans) - len(pending),
+                  "images_extracted": extracted, "extract_seconds": round(extract_seconds, 2),
+                  "images_per_s": round(extracted / extract_seconds, 2) if extracted else None,
+                  "seconds": round(time.time() - start, 2), **placement},
+    }
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    rate = f" ({manifest['build']['images_per_s']} img/s)" if extracted else ""
+    print(f"features: {written} images written, {len(rejects)} rejected, {len(pending)} shards built{rate}, "
+          f"{len(plans) - len(pending)} reused -> {out_dir}", flush=True)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = cfglib.parse_args(FeaturesConfig, argv, prog="vsa features", preset="features")
+    try:
+        return run(cfg)
+    except cfglib.ConfigError as err:
+        print(f"vsa features: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
