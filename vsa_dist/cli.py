@@ -9,6 +9,7 @@ import sys
 COMMANDS: dict[str, object] = {
     "shards": {"build": "vsa_dist.stages.shards:main"},
     "features": "vsa_dist.stages.features:main",
+    "train-align": "vsa_dist.stages.train_align:main",
     "pipeline": "vsa_dist.stages.pipeline:main",
 }
 

@@ -85,7 +85,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
 
 def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip())
-    parser.add_argument("--config", help="YAML file of config keys, applied over the job's preset")
+    parser.add_argument("--config", help="YAML file of config keys, applied over the preset")
+    parser.add_argument("--preset", help="a preset under vsa_dist/presets/ other than the job's own (e.g. train_align_modern)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     for f in dataclasses.fields(cls):
         help_text = f.metadata.get("help", "")
@@ -132,6 +133,11 @@ def parse_args(cls: type[C], argv: list[str] | None, prog: str, preset: str | No
     args = vars(parser.parse_args(argv))
     config_file = args.pop("config", None)
     print_config = args.pop("print_config", False)
+    chosen = args.pop("preset", None)
+    if chosen is not None:
+        if _preset_text(chosen) is None:
+            parser.error(f"--preset {chosen}: no such preset in vsa_dist/presets/")
+        preset = chosen
     values: dict[str, Any] = {}
     if config_file:
         path = Path(config_file)

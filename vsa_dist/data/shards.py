@@ -203,6 +203,16 @@ def load_manifest(shards_dir: Path | str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _every_shard(urls):
+    return urls
+
+
+def read_samples(paths: list[str]) -> Iterator[dict[str, Any]]:
+    """Every sample of ``paths`` in order, in this one process, even inside a DDP worker (webdataset
+    would otherwise expect the shards to be split over ranks)."""
+    yield from wds.WebDataset(paths, shardshuffle=False, empty_check=False, nodesplitter=_every_shard)
+
+
 def shard_paths(shards_dir: Path | str, splits: list[str] | tuple[str, ...] | None = None) -> list[str]:
     """Shard files of the given splits (all splits if None), in manifest order."""
     manifest = load_manifest(shards_dir)

@@ -50,7 +50,7 @@ class FeaturesConfig:
     device: str = field(default="auto", metadata={"help": "auto (GPU when the cluster has one), cpu or cuda"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware runs it natively: GPU, or CPU with AMX/AVX512-BF16), fp32 or bf16"})
     actors: int = field(default=0, metadata={"help": "CNN actors; 0 = one per GPU, or one per `threads` CPUs"})
-    threads: int = field(default=0, metadata={"help": "torch threads per CPU actor; 0 = min(4, cluster CPUs)"})
+    threads: int = field(default=1, metadata={"help": "torch threads per actor; on a CPU, one actor per this many CPUs (1 was fastest on 2 cores: benchmarks/extract.py)"})
     batch_size: int = field(default=32, metadata={"help": "images per Ray Data batch handed to an actor"})
     cnn_batch: int = field(default=0, metadata={"help": "images per CNN call; 0 = 4 on CPU, 64 on GPU"})
     nms_iou: float = field(default=0.5, metadata={"help": "IoU above which a lower-scored candidate is suppressed"})
@@ -70,7 +70,7 @@ class FeaturesConfig:
                                     ("precision", self.precision, ("auto", "fp32", "bf16"))):
             if value not in allowed:
                 raise cfglib.ConfigError(f"{key} {value!r} is not one of {allowed}")
-        for key in ("num_regions", "batch_size"):
+        for key in ("num_regions", "batch_size", "threads"):
             if getattr(self, key) < 1:
                 raise cfglib.ConfigError(f"{key} must be at least 1")
         known = set(load_manifest(self.shards)["splits"])
@@ -88,13 +88,16 @@ def _settings(cfg: FeaturesConfig, cluster: dict[str, float]) -> tuple[Extractor
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if fast_bf16(device) else "fp32")
     cpus = max(1, int(cluster.get("CPU", 1)))
     if device == "cuda":
-        threads, actors = cfg.threads or 2, cfg.actors or gpus
+        threads, actors = cfg.threads, cfg.actors or gpus
         remote = {"num_gpus": 1, "num_cpus": 1}
     else:
-        threads = cfg.threads or min(4, cpus)
+        threads = min(cfg.threads, cpus)
         actors = cfg.actors or max(1, cpus // threads)
-        # One CPU less than the threads it runs: reading and proposals must always find a free slot.
-        remote = {"num_cpus": max(1, min(threads - 1, cpus - 1))}
+        if cfg.proposals == "grid":  # the actors are the work: they get every CPU
+            remote = {"num_cpus": threads}
+        else:  # the proposals are the work (0.16 s an image, benchmarks/extract.py): leave them the CPUs
+            remote = {"num_cpus": 1}
+            actors = cfg.actors or 1
     settings = ExtractorSettings(
         backbone=cfg.backbone, weights=cfg.weights, region_mode=cfg.regions, proposals=cfg.proposals,
         num_regions=cfg.num_regions, nms_iou=cfg.nms_iou, roi_size=cfg.roi_size, max_proposals=cfg.max_proposals,
@@ -115,16 +118,20 @@ def plan_shards(shards_dir: Path, manifest: dict[str, Any], splits: list[str], s
 
 def _stream(cfg: FeaturesConfig, settings: ExtractorSettings, remote: dict[str, Any], sources: list[str]):
     """The Ray Data stream of output rows for the given image shards."""
-    ds = ray.data.read_webdataset(sources, decoder=None, include_paths=False)
+    # Reading a tar is I/O, not compute: it must not wait for a CPU slot the CNN actors hold.
+    ds = ray.data.read_webdataset(sources, decoder=None, include_paths=False, num_cpus=0, concurrency=2)
     if cfg.proposals != "grid":
-        ds = ds.map_batches(add_proposals, batch_size=8, fn_kwargs={
+        ds = ds.map_batches(add_proposals, batch_size=8, num_cpus=1, fn_kwargs={
             "method": cfg.proposals, "max_proposals": cfg.max_proposals, "min_proposals": cfg.num_regions})
     return ds.map_batches(RegionExtractor, fn_constructor_kwargs={"settings": settings}, batch_size=cfg.batch_size,
                           **remote)
 
 
-def _write(ds, assembler: ShardAssembler) -> None:
+def _write(ds, assembler: ShardAssembler) -> tuple[float, int]:
+    """Write every row; return when the first batch arrived and its size (start-up vs steady state)."""
+    first: tuple[float, int] | None = None
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        first = first or (time.time(), len(batch["__key__"]))
         for i in range(len(batch["__key__"])):
             source, key, error = batch["__url__"][i], batch["__key__"][i], batch["error"][i]
             if error:
@@ -133,6 +140,7 @@ def _write(ds, assembler: ShardAssembler) -> None:
                                              "source": source, "key": key, "image": meta.get("file_name", key)})
             else:
                 assembler.add(source, {"__key__": key, **{c: batch[c][i] for c in OUTPUT_COLUMNS[2:6]}})
+    return first or (time.time(), 0)
 
 
 def run(cfg: FeaturesConfig) -> dict[str, Any]:
@@ -161,12 +169,13 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     print(f"features: {len(plans)} shards planned, {len(records)} already complete, {len(pending)} to extract "
           f"({settings.region_mode} regions, {settings.proposals} proposals, {settings.precision}, {placement})",
           flush=True)
-    extract_start = time.time()
+    extract_start = first_at = time.time()
+    first_rows = 0
     if pending:
         assembler = ShardAssembler(out_dir, state_dir, pending)
-        _write(_stream(cfg, settings, remote, [p.source for p in pending]), assembler)
+        first_at, first_rows = _write(_stream(cfg, settings, remote, [p.source for p in pending]), assembler)
         records.update(assembler.close())
-    extract_seconds = time.time() - extract_start
+    extract_seconds, steady_seconds = time.time() - extract_start, time.time() - first_at
 
     ordered = [records[p.name] for p in plans]
     rejects = [r for rec in ordered for r in rec["rejects"]]
@@ -191,6 +200,10 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
         "build": {"shards_built": len(pending), "shards_reused": len(plans) - len(pending),
                   "images_extracted": extracted, "extract_seconds": round(extract_seconds, 2),
                   "images_per_s": round(extracted / extract_seconds, 2) if extracted else None,
+                  # after the first batch is back: actors started, model loaded, pipeline full
+                  "startup_seconds": round(extract_seconds - steady_seconds, 2),
+                  "steady_images_per_s": round((extracted - first_rows) / steady_seconds, 2)
+                  if extracted > first_rows and steady_seconds > 0 else None,
                   "seconds": round(time.time() - start, 2), **placement},
     }
     atomic_write_json(out_dir / MANIFEST, manifest)

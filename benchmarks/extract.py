@@ -1,0 +1,252 @@
+"""Feature extraction: the model-only bound, end-to-end Ray Data throughput per mode, a naive loop, memory.
+
+    python benchmarks/extract.py                  # flickr8k-mini + full flickr8k (about 8 minutes on 2 cores)
+    python benchmarks/extract.py --quick          # mini only: no full-data run, no RSS ratio (about 3 minutes)
+
+Everything is measured in this one run, because this machine is shared and noisy: compare the ratios,
+not the absolute numbers across runs. The bound is measured before and after the end-to-end runs.
+Prints a markdown table and writes the numbers to WORK/extract.json (default runs/bench/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from PIL import Image
+from torchvision.ops import roi_align
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vsa_dist.data.shards import shard_paths  # noqa: E402
+from vsa_dist.features.proposals import grid_boxes, selective_search  # noqa: E402
+from vsa_dist.models.backbone import fast_bf16, fold_batchnorm, load_backbone  # noqa: E402
+from vsa_dist.models.regions import select_top  # noqa: E402
+from vsa_dist.paths import data_root, runs_root  # noqa: E402
+
+
+def model_only(trunk, normalize, threads: int, batch: int, channels_last: bool, precision: str, seconds: float) -> float:
+    """Images/s of the CNN trunk alone on random images, in this process."""
+    torch.set_num_threads(threads)
+    x = normalize(torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8))
+    model = trunk.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
+        for _ in range(3):
+            model(x)
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model(x)
+            done += batch
+    return done / (time.perf_counter() - start)
+
+
+def bound_sweep(seconds: float) -> list[dict]:
+    backbone = load_backbone()
+    trunk = fold_batchnorm(backbone.trunk)  # the pipeline's own model
+    precisions = ["fp32", "bf16"] if fast_bf16("cpu") else ["fp32"]
+    rows = []
+    for precision in precisions:
+        for threads in sorted({1, os.cpu_count() or 1}):
+            for channels_last in (False, True):
+                for batch in (1, 2, 4, 8, 16, 32):
+                    rate = model_only(trunk, backbone.normalize, threads, batch, channels_last, precision, seconds)
+                    rows.append({"precision": precision, "threads": threads, "batch": batch,
+                                 "channels_last": channels_last, "images_per_s": round(rate, 1)})
+                    print(f"  bound {precision} threads={threads} batch={batch:2d} channels_last={channels_last}: "
+                          f"{rate:6.1f} img/s", flush=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    return rows
+
+
+def best(rows: list[dict], precision: str) -> dict:
+    return max((r for r in rows if r["precision"] == precision), key=lambda r: r["images_per_s"])
+
+
+def naive_loop(jpegs: list[bytes]) -> float:
+    """Images/s of a single-process per-image loop, as older captioning code extracted features: PIL
+    decode, NCHW float32 batch of one through the model as loaded, pool the grid boxes, rank, keep 19."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    backbone = load_backbone()
+    features = []
+    start = time.perf_counter()
+    with torch.no_grad():
+        for jpeg in jpegs:
+            image = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB").resize((224, 224)))
+            x = backbone.normalize(torch.from_numpy(image).permute(2, 0, 1)[None].float())
+            fmap = backbone.feature_map(x)
+            boxes = torch.from_numpy(grid_boxes(224, 224))
+            rois = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)
+            pooled = roi_align(fmap, rois, 2, fmap.shape[-1] / 224, 2, True).mean(dim=(2, 3))
+            scores = backbone.classify(pooled).softmax(-1).amax(-1)
+            keep = select_top(boxes, scores, torch.zeros(len(boxes), dtype=torch.long), 1, 19, 0.5)[0]
+            features.append(torch.cat([fmap.mean(dim=(2, 3)), pooled[keep]]).half().numpy())
+    return len(jpegs) / (time.perf_counter() - start)
+
+
+def proposal_cost(jpegs: list[bytes]) -> dict:
+    """Seconds per image of selective search (one process, one thread) and of the grid."""
+    images = [np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]
+    start = time.perf_counter()
+    counts = [len(selective_search(image)) for image in images]
+    ss = (time.perf_counter() - start) / len(images)
+    start = time.perf_counter()
+    for image in images:
+        grid_boxes(image.shape[1], image.shape[0])
+    grid = (time.perf_counter() - start) / len(images)
+    return {"selective_search_s_per_image": round(ss, 4), "selective_search_boxes_mean": round(statistics.mean(counts), 1),
+            "grid_s_per_image": round(grid, 6)}
+
+
+class TreeMemory:
+    """Peak memory of a process and all its descendants (the Ray head, raylet and workers included):
+    the sum of PSS (shared pages counted once, split among their users) and the driver's own RSS."""
+
+    def __init__(self, pid: int, interval: float = 0.5):
+        self.root, self.interval = psutil.Process(pid), interval
+        self.peak_pss = self.peak_driver_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+                self.peak_driver_rss = max(self.peak_driver_rss, self.root.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
+            for proc in procs:
+                try:
+                    total += proc.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak_pss = max(self.peak_pss, total)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"peak_tree_pss_mib": round(self.peak_pss / 2**20), "peak_driver_rss_mib": round(self.peak_driver_rss / 2**20)}
+
+
+def run_stage(args: list[str], log: Path) -> dict:
+    """One CLI run in a fresh process with its own local Ray; its memory is sampled from outside."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "vsa_dist.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
+                                env=env, cwd=REPO)
+        memory = TreeMemory(proc.pid)
+        code = proc.wait()
+    result = memory.stop()
+    if code != 0:
+        raise SystemExit(f"{' '.join(args)} failed with {code}; see {log}")
+    return result
+
+
+def extract(label: str, shards: Path, out: Path, work: Path, *extra: str) -> dict:
+    print(f"  e2e {label} …", flush=True)
+    memory = run_stage(["features", "--shards", str(shards), "--out", str(out), "--progress", "false", *extra],
+                       work / f"{out.name}.log")
+    build = json.loads((out / "manifest.json").read_text())["build"]
+    row = {"label": label, **{k: build[k] for k in ("images_extracted", "extract_seconds", "startup_seconds",
+                                                    "images_per_s", "steady_images_per_s", "threads", "cnn_batch")},
+           "precision": json.loads((out / "manifest.json").read_text())["settings"]["precision"], **memory}
+    print(f"    {row}", flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(data_root()), help="folder with flickr8k/ and flickr8k-mini/")
+    parser.add_argument("--work", default=str(runs_root() / "bench"), help="scratch folder (shards, features, logs)")
+    parser.add_argument("--quick", action="store_true", help="mini set only")
+    parser.add_argument("--seconds", type=float, default=1.5, help="seconds per bound configuration")
+    args = parser.parse_args(argv)
+    work, data = Path(args.work), Path(args.data)
+    work.mkdir(parents=True, exist_ok=True)
+    sets = ["flickr8k-mini"] + ([] if args.quick else ["flickr8k"])
+    for name in sets:  # image shards: seconds, and reused when intact
+        run_stage(["shards", "build", "--root", str(data / name), "--out", str(work / name / "shards"),
+                   "--progress", "false"], work / f"shards-{name}.log")
+    mini = work / "flickr8k-mini" / "shards"
+    jpegs = [s["jpg"] for s in __import__("webdataset").WebDataset(shard_paths(mini), shardshuffle=False,
+                                                                   empty_check=False)]
+
+    print("model-only bound (before):", flush=True)
+    bound_before = bound_sweep(args.seconds)
+    print("naive per-image loop:", flush=True)
+    naive = naive_loop(jpegs)
+    print(f"  {naive:.1f} img/s", flush=True)
+    print("proposal cost:", flush=True)
+    proposals = proposal_cost(jpegs[:40])
+    print(f"  {proposals}", flush=True)
+
+    for old in work.glob("*/features-*"):  # every e2e run extracts from scratch
+        __import__("shutil").rmtree(old)
+    e2e = [extract("roi, grid, mini", mini, work / "flickr8k-mini" / "features-roi", work),
+           extract("roi, selective-search, mini", mini, work / "flickr8k-mini" / "features-roi-ss", work,
+                   "--proposals", "selective-search"),
+           extract("crop, grid, mini", mini, work / "flickr8k-mini" / "features-crop", work, "--regions", "crop")]
+    if not args.quick:
+        e2e.append(extract("roi, grid, full", work / "flickr8k" / "shards", work / "flickr8k" / "features-roi", work))
+    print("model-only bound (after):", flush=True)
+    bound_after = bound_sweep(args.seconds)
+
+    precision = e2e[0]["precision"]
+    bound = max(best(bound_before, precision)["images_per_s"], best(bound_after, precision)["images_per_s"])
+    roi = e2e[-1] if not args.quick else e2e[0]
+    cnn_s_per_image = 1 / bound
+    result = {
+        "host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__, "precision": precision,
+        "bound": {"images_per_s": bound, "before": best(bound_before, precision), "after": best(bound_after, precision),
+                  "fp32_best": best(bound_before + bound_after, "fp32"), "sweep_before": bound_before,
+                  "sweep_after": bound_after},
+        "naive_images_per_s": round(naive, 1), "proposals": proposals, "e2e": e2e,
+        "ratios": {
+            "roi_steady_vs_bound": round(roi["steady_images_per_s"] / bound, 3),
+            "roi_overall_vs_bound": round(roi["images_per_s"] / bound, 3),
+            "roi_vs_naive": round(roi["steady_images_per_s"] / naive, 2),
+            "selective_search_vs_cnn_cost": round(proposals["selective_search_s_per_image"] / cnn_s_per_image, 1),
+        },
+    }
+    if not args.quick:
+        result["ratios"]["peak_pss_full_vs_mini"] = round(e2e[-1]["peak_tree_pss_mib"] / e2e[0]["peak_tree_pss_mib"], 2)
+        result["ratios"]["peak_driver_rss_full_vs_mini"] = round(
+            e2e[-1]["peak_driver_rss_mib"] / e2e[0]["peak_driver_rss_mib"], 2)
+    (work / "extract.json").write_text(json.dumps(result, indent=1))
+
+    print("\n| run | images | img/s overall | img/s steady | start-up s | peak PSS MiB (all processes) | driver RSS MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for row in e2e:
+        print(f"| {row['label']} | {row['images_extracted']} | {row['images_per_s']} | {row['steady_images_per_s']} | "
+              f"{row['startup_seconds']} | {row['peak_tree_pss_mib']} | {row['peak_driver_rss_mib']} |")
+    b, a = result["bound"]["before"], result["bound"]["after"]
+    print(f"\nbound ({precision}): {bound} img/s (before {b['images_per_s']} at threads={b['threads']} batch={b['batch']} "
+          f"channels_last={b['channels_last']}; after {a['images_per_s']}); fp32 best "
+          f"{result['bound']['fp32_best']['images_per_s']}; naive loop {result['naive_images_per_s']} img/s")
+    print(f"proposals: {proposals}")
+    print(f"ratios: {result['ratios']}")
+    print(f"written: {work / 'extract.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

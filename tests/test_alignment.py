@@ -1,0 +1,231 @@
+"""The alignment model against the paper's equations, retrieval against brute force, and a real DDP run."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from vsa_dist.eval.retrieval import evaluate_alignment, retrieval_ranks
+from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
+
+
+def tiny_model(**kw) -> AlignmentModel:
+    torch.manual_seed(0)
+    model = AlignmentModel(AlignmentArgs(vocab_size=30, feature_dim=8, embed_dim=6, word_dim=5, **kw)).eval()
+    for rec in (model.forward_rec, model.backward_rec):  # away from the identity start: a real test of the recurrences
+        torch.nn.init.normal_(rec.weight, std=0.3)
+        torch.nn.init.normal_(rec.bias, std=0.1)
+    return model
+
+
+def batch(num: int = 4, regions: int = 3, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(num, regions, 8, generator=g)
+    lengths = [5, 2, 4, 1, 3, 5][:num]
+    tokens = torch.full((num, 5), PAD)
+    for i, n in enumerate(lengths):
+        tokens[i, :n] = torch.randint(2, 30, (n,), generator=g)
+    return features, tokens, lengths
+
+
+def paper_words(model: AlignmentModel, ids: list[int]) -> torch.Tensor:
+    """s_t for one unpadded sentence, step by step as the paper writes it."""
+    relu = torch.relu
+    x = model.word_vectors.weight[ids]
+    e = relu(x @ model.word_in.weight.T + model.word_in.bias)
+    h = e.shape[1]
+    hf, hb = [], [None] * len(ids)
+    prev = torch.zeros(h)
+    for t in range(len(ids)):
+        prev = relu(e[t] + model.forward_rec.weight @ prev + model.forward_rec.bias)
+        hf.append(prev)
+    prev = torch.zeros(h)
+    for t in reversed(range(len(ids))):
+        prev = relu(e[t] + model.backward_rec.weight @ prev + model.backward_rec.bias)
+        hb[t] = prev
+    return torch.stack([relu(model.word_out.weight @ (f + b) + model.word_out.bias) for f, b in zip(hf, hb)])
+
+
+@pytest.mark.parametrize("score_norm", ["sum", "mean"])
+def test_score_is_the_papers_sum_of_best_region_dots(score_norm):
+    model = tiny_model(score_norm=score_norm)
+    features, tokens, lengths = batch()
+    with torch.no_grad():
+        regions = model.embed_regions(features)
+        words, mask = model.embed_words(tokens)
+        scores = model.score(regions, words, mask)
+        for l, n in enumerate(lengths):
+            s = paper_words(model, tokens[l, :n].tolist())
+            torch.testing.assert_close(words[l, :n], s, rtol=1e-5, atol=1e-6)
+            assert (words[l, n:] == 0).all()
+            for k in range(len(features)):
+                v = features[k] @ model.region_proj.weight.T + model.region_proj.bias
+                total = sum(max(float(v[i] @ s[t]) for i in range(len(v))) for t in range(n))
+                expected = total / n if score_norm == "mean" else total
+                assert scores[k, l].item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("hardest", [False, True])
+def test_loss_is_the_papers_bidirectional_hinge(hardest):
+    model = tiny_model(hardest_negative=hardest)
+    scores = torch.randn(5, 5, generator=torch.Generator().manual_seed(3)) * 2
+    per_image, per_sentence = [], []
+    for k in range(5):
+        row = [max(0.0, scores[k, l].item() - scores[k, k].item() + 1) for l in range(5) if l != k]
+        col = [max(0.0, scores[l, k].item() - scores[k, k].item() + 1) for l in range(5) if l != k]
+        per_image.append(max(row) if hardest else sum(row))
+        per_sentence.append(max(col) if hardest else sum(col))
+    assert model.loss(scores).item() == pytest.approx(sum(per_image) + sum(per_sentence), rel=1e-6)
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny_model().train()
+    features, tokens, _ = batch()
+    model(features, tokens).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert (model.word_vectors.weight.grad[PAD] == 0).all()  # padding never learns
+
+
+def brute_ranks(scores: np.ndarray, owner: np.ndarray):
+    """Ranks by sorting every row and column, ties against the query."""
+    annotation = []
+    for k in range(scores.shape[0]):
+        row = scores[k]
+        ranks = [1 + sum(row[j] >= row[l] for j in range(len(row)) if owner[j] != k) for l in np.flatnonzero(owner == k)]
+        annotation.append(min(ranks))
+    search = [1 + sum(scores[i, l] >= scores[owner[l], l] for i in range(scores.shape[0]) if i != owner[l])
+              for l in range(scores.shape[1])]
+    return np.array(annotation), np.array(search)
+
+
+def test_chunked_retrieval_equals_brute_force():
+    g = torch.Generator().manual_seed(5)
+    owner = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 3, 3, 3, 4, 5, 5, 6])
+    scores = torch.randint(0, 6, (7, len(owner)), generator=g).float()  # many ties on purpose
+    annotation, search = retrieval_ranks(lambda i, s: scores[i, s], 7, owner, image_chunk=3, sentence_chunk=4)
+    ref_annotation, ref_search = brute_ranks(scores.numpy(), owner.numpy())
+    assert annotation.tolist() == ref_annotation.tolist() and search.tolist() == ref_search.tolist()
+
+
+def test_evaluate_alignment_equals_brute_force_on_a_model():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(7)
+    features = torch.randn(6, 3, 8, generator=g)
+    tokens = torch.full((6, 5, 6), PAD)
+    for i in range(6):
+        for j in range(1 + i % 5):  # 1 to 5 sentences per image, of different lengths
+            n = 1 + (i + j) % 6
+            tokens[i, j, :n] = torch.randint(2, 30, (n,), generator=g)
+    result = evaluate_alignment(model, features, tokens, image_chunk=4, sentence_chunk=3, encode_chunk=2)
+    with torch.no_grad():
+        image, slot = torch.nonzero((tokens != PAD).any(-1), as_tuple=True)
+        words, mask = model.embed_words(tokens[image, slot])
+        full = model.score(model.embed_regions(features), words, mask).numpy()
+    annotation, search = brute_ranks(full, image.numpy())
+    assert result["annotation"]["r1"] == pytest.approx(100 * np.mean(annotation <= 1))
+    assert result["annotation"]["r5"] == pytest.approx(100 * np.mean(annotation <= 5))
+    assert result["search"]["r1"] == pytest.approx(100 * np.mean(search <= 1))
+    assert result["search"]["medr"] == float(np.median(search))
+    assert result["annotation"]["medr"] == float(np.median(annotation))
+
+
+# --------------------------------------------------------------------------- a real run, real MLflow server
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` on localhost with a sqlite store and a local artifact folder."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"], stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_cluster, mlflow_server, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from vsa_dist.cli import main as vsa
+    from vsa_dist.data.pairs import load_split, word_index
+    from vsa_dist.data.text import tokenize
+    from vsa_dist.stages.train_align import load_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    out = tmp_path / "align"
+    args = ["train-align", "--features", str(mini_features), "--out", str(out), "--workers", "2",
+            "--batch-size", "20", "--optimizer", "adam", "--lr", "1e-3", "--weight-decay", "0", "--embed-dim", "256",
+            "--dropout", "0.1", "--score-norm", "mean", "--experiment", "test-align", "--progress", "false"]
+    first = vsa([*args, "--epochs", "6", "--test", "false"])
+    run_id = first["run_id"]
+    assert first["registered"]["name"] == "vsa-align"
+
+    # Learned: on the images it trained on, retrieval is far above chance (R@5 of 100 images by chance: 5 %).
+    model, state = load_model(out / "best.pt")
+    train = load_split(mini_features, "train", word_index(state["vocab"]), 32)
+    metrics = evaluate_alignment(model, torch.from_numpy(train["features"]), torch.from_numpy(train["tokens"]).long())
+    assert metrics["search"]["r5"] > 25 and metrics["annotation"]["r5"] > 25, metrics
+
+    client = MlflowClient(mlflow_server)
+    history = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+    assert sorted(history) == [1, 2, 3, 4, 5, 6]
+    assert len(client.get_metric_history(run_id, "dev_search_r5")) == 6
+    run = client.get_run(run_id)
+    assert run.data.params["batch_size"] == "20" and run.data.params["optimizer"] == "adam"
+    assert client.get_model_version("vsa-align", first["registered"]["version"]).run_id == run_id
+
+    # Resume: the same run continues at epoch 7 from its checkpoint and ends at 8, logging to the same run.
+    second = vsa([*args, "--epochs", "8", "--resume", "true"])
+    assert second["run_id"] == run_id
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "train_loss"))
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert {"test_annotation_r1", "test_search_medr"} <= set(client.get_run(run_id).data.metrics)
+
+    # The registered model, loaded back through the registry, scores pairs exactly as the checkpoint does.
+    import pandas as pd
+    import webdataset as wds
+
+    from vsa_dist.data.shards import shard_paths
+    from vsa_dist.features.format import decode_sample
+
+    records = [decode_sample(s) for s, _ in zip(wds.WebDataset(shard_paths(mini_features, ["test"]), shardshuffle=False,
+                                                                empty_check=False), range(2))]
+    frame = pd.DataFrame({"sentence": [records[0]["sentences"][0]["raw"], records[1]["sentences"][0]["raw"]],
+                          "features": [records[0]["features"].astype(np.float32).tolist()] * 2})
+    scorer = mlflow.pyfunc.load_model(f"models:/vsa-align/{second['registered']['version']}")
+    served = scorer.predict(frame)["score"]
+    best, _ = load_model(out / "best.pt")
+    index = word_index(state["vocab"])
+    with torch.no_grad():
+        regions = best.embed_regions(torch.from_numpy(records[0]["features"].astype(np.float32))[None])
+        for sentence, value in zip(frame["sentence"], served):
+            ids = [index.get(t, 1) for t in tokenize(sentence)]
+            words, mask = best.embed_words(torch.tensor([ids]))
+            assert value == pytest.approx(best.score(regions, words, mask).item(), rel=1e-5)

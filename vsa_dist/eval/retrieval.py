@@ -1,0 +1,101 @@
+"""Bidirectional retrieval metrics (the paper's Table 1), computed in chunks. Imports only torch.
+
+Image annotation: for each image, the rank of the best-ranked of its ground-truth sentences among all
+sentences. Image search: for each sentence, the rank of its image among all images. Ranks start at 1;
+R@K is the percentage of queries with rank <= K; "medr" is the median rank.
+
+Only [image_chunk, sentence_chunk] blocks of the score matrix exist at any time, so memory is bounded
+by the chunk sizes, not by the number of images (5,000 COCO test images work the same way).
+Ties count against the query (a wrong item with an equal score ranks ahead), so a constant scorer
+gets the worst ranks, never the best.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+ScoreFn = Callable[[slice, slice], torch.Tensor]  # (image slice, sentence slice) → scores [i, s]
+
+
+def retrieval_ranks(score_block: ScoreFn, num_images: int, sentence_image: torch.Tensor,
+                    image_chunk: int = 100, sentence_chunk: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(annotation ranks [num_images], search ranks [num_sentences]), 1-based.
+
+    ``sentence_image[l]`` is the index of sentence l's image.
+    """
+    num_sentences = len(sentence_image)
+    positive = torch.empty(num_sentences)          # S[image(l), l]
+    best_positive = torch.full((num_images,), -torch.inf)
+    for s0 in range(0, num_sentences, sentence_chunk):
+        sl = slice(s0, min(s0 + sentence_chunk, num_sentences))
+        owners = sentence_image[sl]
+        for i0 in range(0, num_images, image_chunk):
+            il = slice(i0, min(i0 + image_chunk, num_images))
+            mine = (owners >= il.start) & (owners < il.stop)
+            if mine.any():
+                block = score_block(il, sl)
+                cols = torch.nonzero(mine).flatten()
+                positive[s0 + cols] = block[owners[cols] - il.start, cols]
+    best_positive.scatter_reduce_(0, sentence_image, positive, reduce="amax")
+
+    images_ahead = torch.zeros(num_sentences)      # images scoring >= the sentence's own, itself excluded
+    sentences_ahead = torch.zeros(num_images)      # non-matching sentences scoring >= the image's best match
+    for i0 in range(0, num_images, image_chunk):
+        il = slice(i0, min(i0 + image_chunk, num_images))
+        image_ids = torch.arange(il.start, il.stop)
+        for s0 in range(0, num_sentences, sentence_chunk):
+            sl = slice(s0, min(s0 + sentence_chunk, num_sentences))
+            block = score_block(il, sl)
+            own = sentence_image[sl][None, :] == image_ids[:, None]          # [i, s]: sentence belongs to image
+            images_ahead[sl] += ((block >= positive[sl][None, :]) & ~own).sum(dim=0)
+            sentences_ahead[il] += ((block >= best_positive[il][:, None]) & ~own).sum(dim=1)
+    return sentences_ahead + 1, images_ahead + 1
+
+
+def recall_metrics(ranks: torch.Tensor) -> dict[str, float]:
+    ranks = ranks.float()
+    return {"r1": 100 * (ranks <= 1).double().mean().item(),
+            "r5": 100 * (ranks <= 5).double().mean().item(),
+            "r10": 100 * (ranks <= 10).double().mean().item(),
+            "medr": float(ranks.quantile(0.5).item())}  # numpy's median: the mean of the middle two
+
+
+def retrieval_metrics(score_block: ScoreFn, num_images: int, sentence_image: torch.Tensor,
+                      image_chunk: int = 100, sentence_chunk: int = 1000) -> dict[str, dict[str, float]]:
+    annotation, search = retrieval_ranks(score_block, num_images, sentence_image, image_chunk, sentence_chunk)
+    return {"annotation": recall_metrics(annotation), "search": recall_metrics(search)}
+
+
+@torch.no_grad()
+def evaluate_alignment(model, features: torch.Tensor, tokens: torch.Tensor, image_chunk: int = 100,
+                       sentence_chunk: int = 1000, encode_chunk: int = 500) -> dict[str, dict[str, float]]:
+    """Retrieval metrics of an alignment model on N images [N, 1+R, D] with their sentences [N, S, T].
+
+    Empty sentence rows (all PAD) are skipped. Sentences are scored in order of length, so a chunk is
+    only as wide as its longest sentence (the ranks do not depend on the order).
+    """
+    was_training = model.training
+    model.eval()
+    lengths = (tokens != 0).sum(dim=-1)                                   # [N, S]
+    image_of, slot = torch.nonzero(lengths > 0, as_tuple=True)
+    order = lengths[image_of, slot].argsort(stable=True)
+    image_of, slot = image_of[order], slot[order]
+    sentence_tokens = tokens[image_of, slot]                              # [M, T], shortest first
+    sentence_lengths = lengths[image_of, slot]
+    regions = torch.cat([model.embed_regions(features[i:i + encode_chunk]) for i in range(0, len(features), encode_chunk)])
+    words, masks = [], []
+    for s0 in range(0, len(sentence_tokens), sentence_chunk):
+        width = int(sentence_lengths[s0:s0 + sentence_chunk].max())
+        w, m = model.embed_words(sentence_tokens[s0:s0 + sentence_chunk, :width])
+        words.append(w)
+        masks.append(m)
+
+    def block(il: slice, sl: slice) -> torch.Tensor:
+        chunk = sl.start // sentence_chunk  # retrieval_ranks asks for exactly these sentence chunks
+        return model.score(regions[il], words[chunk], masks[chunk])
+
+    result = retrieval_metrics(block, len(features), image_of, image_chunk, sentence_chunk)
+    model.train(was_training)
+    return result

@@ -1,0 +1,104 @@
+"""The alignment model of Karpathy & Fei-Fei (2015), section 3.1. Imports only torch.
+
+Regions:   v_i = W_m f_i + b_m                      for the whole image and its R regions
+Words:     x_t = W_w 1_t                            (learned word vectors: no word2vec here)
+           e_t = ReLU(W_e x_t + b_e)
+           h^f_t = ReLU(e_t + W_f h^f_{t-1} + b_f)
+           h^b_t = ReLU(e_t + W_b h^b_{t+1} + b_b)
+           s_t = ReLU(W_d (h^f_t + h^b_t) + b_d)
+Score:     S_kl = sum_t max_i v_i^T s_t             (image k, sentence l)
+Loss:      sum_k [ sum_l max(0, S_kl - S_kk + 1) + sum_l max(0, S_lk - S_kk + 1) ]
+
+Beyond the paper (the ``modern`` preset): ``score_norm="mean"`` averages over words instead of
+summing (long sentences no longer win by length), and ``hardest_negative=True`` keeps only the
+hardest negative per row and column (VSE++, Faghri et al. 2018).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD, UNK = 0, 1  # token ids reserved in every vocabulary
+
+
+@dataclass
+class AlignmentArgs:
+    vocab_size: int
+    feature_dim: int = 1280
+    embed_dim: int = 1000      # h: the multimodal space (the paper: 1000 to 1600)
+    word_dim: int = 300        # x_t (the paper's word2vec vectors were 300-d)
+    dropout: float = 0.5
+    score_norm: str = "sum"    # "sum" (the paper) or "mean" over words
+    hardest_negative: bool = False
+    margin: float = 1.0
+
+
+class AlignmentModel(nn.Module):
+    def __init__(self, args: AlignmentArgs):
+        super().__init__()
+        self.args = args
+        h = args.embed_dim
+        self.region_proj = nn.Linear(args.feature_dim, h)                       # W_m, b_m
+        self.word_vectors = nn.Embedding(args.vocab_size, args.word_dim, padding_idx=PAD)  # W_w
+        self.word_in = nn.Linear(args.word_dim, h)                              # W_e, b_e
+        self.forward_rec = nn.Linear(h, h)                                      # W_f, b_f
+        self.backward_rec = nn.Linear(h, h)                                     # W_b, b_b
+        self.word_out = nn.Linear(h, h)                                         # W_d, b_d
+        self.dropout = nn.Dropout(args.dropout)
+        for rec in (self.forward_rec, self.backward_rec):
+            # Near-identity recurrences: a ReLU RNN starts out neither exploding nor forgetting (Le et al. 2015).
+            nn.init.eye_(rec.weight)
+            rec.weight.data.mul_(0.5)
+            nn.init.zeros_(rec.bias)
+
+    def embed_regions(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, 1+R, D] CNN features → [B, 1+R, h] region vectors v_i."""
+        return self.region_proj(self.dropout(features.float()))
+
+    def embed_words(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, T] token ids (PAD-padded on the right) → ([N, T, h] word vectors s_t, [N, T] mask)."""
+        mask = (tokens != PAD).to(torch.float32)
+        e = F.relu(self.word_in(self.dropout(self.word_vectors(tokens))))      # [N, T, h]
+        steps = e.shape[1]
+        h_f, h_b = [], [None] * steps
+        state = e.new_zeros(e.shape[0], e.shape[2])
+        for t in range(steps):
+            state = F.relu(e[:, t] + self.forward_rec(state))
+            h_f.append(state)
+        state = e.new_zeros(e.shape[0], e.shape[2])
+        for t in reversed(range(steps)):
+            # Zero past each sentence's end, so its backward pass starts at its own last word.
+            state = F.relu(e[:, t] + self.backward_rec(state)) * mask[:, t, None]
+            h_b[t] = state
+        hidden = torch.stack(h_f, dim=1) + torch.stack(h_b, dim=1)
+        s = F.relu(self.word_out(self.dropout(hidden)))
+        return s * mask[..., None], mask
+
+    def score(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """S [K images, L sentences] = sum (or mean) over words of the best region's dot product."""
+        dots = torch.einsum("krh,lth->kltr", regions, words)                    # [K, L, T, 1+R]
+        best = dots.amax(dim=-1) * mask[None]                                   # [K, L, T]
+        total = best.sum(dim=-1)
+        if self.args.score_norm == "mean":
+            total = total / mask.sum(dim=-1).clamp(min=1)[None]
+        return total
+
+    def loss(self, scores: torch.Tensor) -> torch.Tensor:
+        """The paper's bidirectional ranking loss over a square batch (image k belongs with sentence k)."""
+        diagonal = scores.diagonal()
+        margin = self.args.margin
+        off = ~torch.eye(len(scores), dtype=torch.bool, device=scores.device)
+        by_sentence = (scores - diagonal[:, None] + margin).clamp(min=0) * off  # rank sentences for image k
+        by_image = (scores - diagonal[None, :] + margin).clamp(min=0) * off     # rank images for sentence l
+        if self.args.hardest_negative:
+            return by_sentence.amax(dim=1).sum() + by_image.amax(dim=0).sum()
+        return by_sentence.sum() + by_image.sum()
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Loss of a batch of B images with their B sentences."""
+        words, mask = self.embed_words(tokens)
+        return self.loss(self.score(self.embed_regions(features), words, mask))

@@ -1,0 +1,298 @@
+"""``vsa train-align``: the BRNN alignment model, trained with Ray Train (DDP), selected on dev, tested once.
+
+    vsa train-align --features runs/flickr8k/features                       # the paper's settings
+    vsa train-align --features runs/flickr8k/features --preset train_align_modern
+    vsa train-align --features runs/flickr8k/features --resume              # continue the last run
+
+Per epoch every worker streams its share of the train images from the feature shards (Ray Data,
+shuffled), pairs each image with one of its sentences drawn at random, and steps; rank 0 then scores
+the dev split (R@1/5/10 both ways), keeps the best model, logs to MLflow and reports a checkpoint.
+After training, the best-on-dev model is evaluated on test once and registered as ``vsa-align``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vsa_dist import config as cfglib
+from vsa_dist.data.pairs import feature_rows_to_arrays, load_split, word_index
+from vsa_dist.eval.retrieval import evaluate_alignment
+from vsa_dist.features.format import check_same_settings, load_features_manifest
+from vsa_dist.io import atomic_write_json
+from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class AlignConfig:
+    """Train the alignment model (BRNN + region embeddings) on feature shards."""
+
+    features: str = field(default="", metadata={"help": "feature folder (vsa features --out)"})
+    out: str = field(default="", metadata={"help": "run folder: checkpoints, run.json; default FEATURES/../align"})
+    epochs: int = field(default=20, metadata={"help": "passes over the train images (one sentence per image per pass)"})
+    batch_size: int = field(default=100, metadata={"help": "image-sentence pairs per step, over all workers (paper: 100)"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (paper: momentum 0.9) or adam"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate (chosen on dev)"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "L2 weight decay (chosen on dev)"})
+    clip: float = field(default=5.0, metadata={"help": "element-wise gradient clipping (paper: 5)"})
+    dropout: float = field(default=0.5, metadata={"help": "dropout on the non-recurrent layers"})
+    embed_dim: int = field(default=1000, metadata={"help": "multimodal space h"})
+    word_dim: int = field(default=300, metadata={"help": "word vector size"})
+    score_norm: str = field(default="sum", metadata={"help": "sum over words (paper) or mean"})
+    hardest_negative: bool = field(default=False, metadata={"help": "hinge on the hardest negative only (VSE++)"})
+    max_words: int = field(default=32, metadata={"help": "longer sentences are cut"})
+    workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP)"})
+    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
+    threads: int = field(default=1, metadata={"help": "torch threads per CPU worker"})
+    shuffle_buffer: int = field(default=1000, metadata={"help": "images in each worker's local shuffle buffer"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    resume: bool = field(default=False, metadata={"help": "continue the run recorded in OUT/run.json from its last checkpoint"})
+    max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint after a failure"})
+    experiment: str = field(default="vsa-align", metadata={"help": "MLflow experiment"})
+    register_as: str = field(default="vsa-align", metadata={"help": "registered model name; empty: do not register"})
+    test: bool = field(default=True, metadata={"help": "evaluate the best-on-dev model on test once at the end"})
+    progress: bool = field(default=True, metadata={"help": "progress output"})
+
+    def validate(self) -> None:
+        if not self.features or not (Path(self.features) / "manifest.json").is_file():
+            raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there (run vsa features first)")
+        splits = load_features_manifest(self.features)["splits"]
+        for split in ("train", "dev") + (("test",) if self.test else ()):
+            if not splits.get(split, {}).get("images"):
+                raise cfglib.ConfigError(f"features {self.features}: no {split!r} images")
+        if not self.out:
+            self.out = str(Path(self.features).parent / "align")
+        for key, value, allowed in (("optimizer", self.optimizer, ("sgd", "adam")),
+                                    ("score_norm", self.score_norm, ("sum", "mean"))):
+            if value not in allowed:
+                raise cfglib.ConfigError(f"{key} {value!r} is not one of {allowed}")
+        if self.workers < 1 or self.batch_size < 2 * self.workers:
+            raise cfglib.ConfigError("need workers >= 1 and at least 2 pairs per worker in a batch")
+        if self.epochs < 1:
+            raise cfglib.ConfigError("epochs must be at least 1")
+
+
+def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> AlignmentArgs:
+    return AlignmentArgs(vocab_size=vocab_size, feature_dim=feature_dim, embed_dim=cfg.embed_dim, word_dim=cfg.word_dim,
+                         dropout=cfg.dropout, score_norm=cfg.score_norm, hardest_negative=cfg.hardest_negative)
+
+
+def one_sentence_each(tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[B, S, T] → [B, T]: one of each image's non-empty sentences, drawn uniformly."""
+    present = (tokens != PAD).any(dim=-1).float()                         # [B, S]
+    choice = torch.multinomial(present, 1, generator=generator).squeeze(1)
+    return tokens[torch.arange(len(tokens)), choice]
+
+
+def rsum(metrics: dict[str, dict[str, float]]) -> float:
+    """Model selection score: R@1 + R@5 + R@10 of both directions."""
+    return sum(metrics[d][k] for d in ("annotation", "search") for k in ("r1", "r5", "r10"))
+
+
+def flat_metrics(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{prefix}_{d}_{k}": v for d, values in metrics.items() for k, v in values.items()}
+
+
+def _optimizer(cfg: AlignConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: load checkpoint → epochs of steps → report (rank 0: eval, log)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = AlignConfig(**loop_config["cfg"])
+    vocab, feature_dim, run_id = loop_config["vocab"], loop_config["feature_dim"], loop_config["mlflow_run_id"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed * 1000 + rank)
+    device = ray.train.torch.get_device()
+
+    model = AlignmentModel(model_args(cfg, len(vocab) + 2, feature_dim))
+    optimizer = _optimizer(cfg, model)
+    start_epoch, best = 1, {"rsum": -1.0, "epoch": 0, "state": None}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / CHECKPOINT, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+        best = state["best"]
+    model = ray.train.torch.prepare_model(model)
+    plain = model.module if hasattr(model, "module") else model
+    train_shard = ray.train.get_dataset_shard("train")
+
+    logger = None
+    if rank == 0:  # the one rank that evaluates, logs and writes checkpoints
+        from mlflow.tracking import MlflowClient
+
+        logger = MlflowClient(loop_config["tracking_uri"])
+        index = word_index(vocab)
+        dev = load_split(cfg.features, "dev", index, cfg.max_words)
+        dev_features, dev_tokens = torch.from_numpy(dev["features"]), torch.from_numpy(dev["tokens"]).long()
+
+    per_worker = cfg.batch_size // world
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        model.train()
+        losses, steps, wait, start = 0.0, 0, 0.0, time.time()
+        fetch = time.time()
+        for batch in train_shard.iter_torch_batches(batch_size=per_worker, local_shuffle_buffer_size=cfg.shuffle_buffer,
+                                                    drop_last=True, device=device):
+            wait += time.time() - fetch
+            tokens = one_sentence_each(batch["tokens"].long())
+            loss = model(batch["features"], tokens)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip)
+            optimizer.step()
+            losses += loss.item()
+            steps += 1
+            fetch = time.time()
+        seconds = time.time() - start
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": losses / max(steps, 1), "steps": steps,
+                                   "pairs_per_s": steps * per_worker * world / seconds, "data_wait_share": wait / seconds}
+        checkpoint_dir = None
+        if rank == 0:
+            dev_metrics = evaluate_alignment(plain, dev_features, dev_tokens)
+            metrics.update(flat_metrics("dev", dev_metrics), dev_rsum=rsum(dev_metrics))
+            if metrics["dev_rsum"] > best["rsum"]:
+                best = {"rsum": metrics["dev_rsum"], "epoch": epoch,
+                        "state": {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}}
+            metrics["best_dev_epoch"] = best["epoch"]
+            for key, value in metrics.items():
+                logger.log_metric(run_id, key, float(value), step=epoch)
+            checkpoint_dir = tempfile.mkdtemp(prefix="vsa-align-")
+            torch.save({"model": plain.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
+                        "config": loop_config["cfg"], "vocab": vocab, "feature_dim": feature_dim},
+                       Path(checkpoint_dir) / CHECKPOINT)
+            print(f"epoch {epoch}: loss {metrics['train_loss']:.2f}, dev rsum {metrics['dev_rsum']:.1f} "
+                  f"(R@1 {dev_metrics['annotation']['r1']}/{dev_metrics['search']['r1']}), "
+                  f"{metrics['pairs_per_s']:.0f} pairs/s, data wait {100 * metrics['data_wait_share']:.1f}%", flush=True)
+        ray.train.report({k: v for k, v in metrics.items()},
+                         checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
+def train_dataset(cfg: AlignConfig, vocab: list[str]):
+    import ray
+
+    from vsa_dist.data.shards import shard_paths
+
+    index = word_index(vocab)
+    # Reading and unpacking float16 arrays is light work: it takes no CPU slot, so that training workers
+    # holding every CPU (2 workers on 2 cores) cannot starve their own input.
+    return (ray.data.read_webdataset(shard_paths(cfg.features, ["train"]), decoder=None, num_cpus=0, concurrency=2)
+            .map_batches(feature_rows_to_arrays, fn_kwargs={"index": index, "max_words": cfg.max_words},
+                         batch_size=64, num_cpus=0, concurrency=2)
+            .randomize_block_order())
+
+
+def load_model(path: Path | str) -> tuple[AlignmentModel, dict[str, Any]]:
+    """The best-on-dev model of a checkpoint (``torch.load(weights_only=True)``) and its metadata."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = AlignConfig(**{k: v for k, v in state["config"].items() if k in AlignConfig.__dataclass_fields__})
+    model = AlignmentModel(model_args(cfg, len(state["vocab"]) + 2, state["feature_dim"]))
+    model.load_state_dict(state["best"]["state"] or state["model"])
+    return model.eval(), state
+
+
+def run(cfg: AlignConfig) -> dict[str, Any]:
+    import mlflow
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from vsa_dist.ray_env import ensure_ray
+    from vsa_dist.tracking import use_experiment
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.features = str(Path(cfg.features).resolve())
+    manifest = load_features_manifest(cfg.features)
+    settings = check_same_settings({cfg.features: manifest})
+    vocab = manifest["vocab"]["words"]
+
+    record_path = out / "run.json"
+    record = json.loads(record_path.read_text()) if cfg.resume and record_path.is_file() else None
+    if cfg.resume and record is None:
+        raise cfglib.ConfigError(f"--resume: no earlier run recorded in {record_path}")
+    if record and record["feature_settings"] != settings:
+        raise cfglib.ConfigError("--resume: the features differ from those the run started with")
+    ensure_ray(cfg.progress)
+    experiment_id = use_experiment(cfg.experiment)
+    if record is None:
+        name = f"align-{time.strftime('%Y%m%d-%H%M%S')}"
+        mlflow_run = mlflow.start_run(experiment_id=experiment_id, run_name=name)
+        mlflow.log_params({k: v for k, v in cfglib.to_dict(cfg).items()})
+        mlflow.log_dict({"config": cfglib.to_dict(cfg), "feature_settings": settings}, "config.json")
+        record = {"name": name, "mlflow_run_id": mlflow_run.info.run_id, "feature_settings": settings}
+        atomic_write_json(record_path, record)
+    else:
+        mlflow_run = mlflow.start_run(run_id=record["mlflow_run_id"])
+    run_id = record["mlflow_run_id"]
+    print(f"train-align: MLflow run {run_id} ({mlflow.get_tracking_uri()}), Ray Train run {record['name']} in {out}",
+          flush=True)
+
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": cfglib.to_dict(cfg), "vocab": vocab, "feature_dim": settings["feature_dim"],
+                           "mlflow_run_id": run_id, "tracking_uri": mlflow.get_tracking_uri()},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.threads} if not cfg.use_gpu else None),
+        run_config=ray.train.RunConfig(
+            name=record["name"], storage_path=str(out / "ray"),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
+        datasets={"train": train_dataset(cfg, vocab)},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"train-align: run {record['name']} reported no checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        model, state = load_model(Path(folder) / CHECKPOINT)
+        final = out / "best.pt"
+        torch.save({**state, "model": model.state_dict(), "optimizer": {}}, final.with_suffix(".tmp"))
+        os.replace(final.with_suffix(".tmp"), final)
+
+    summary: dict[str, Any] = {"run_id": run_id, "best_dev_epoch": state["best"]["epoch"],
+                               "best_dev_rsum": state["best"]["rsum"], "checkpoint": str(final)}
+    if cfg.test:
+        test = load_split(cfg.features, "test", word_index(vocab), cfg.max_words)
+        test_metrics = evaluate_alignment(model, torch.from_numpy(test["features"]), torch.from_numpy(test["tokens"]).long())
+        mlflow.log_metrics(flat_metrics("test", test_metrics))
+        summary["test"] = test_metrics
+        print(f"train-align: test (best dev epoch {state['best']['epoch']}): {json.dumps(test_metrics)}", flush=True)
+    mlflow.log_artifact(str(final), artifact_path="checkpoint")
+    if cfg.register_as:
+        from vsa_dist.serving import log_alignment_model
+
+        version = log_alignment_model(final, cfg.register_as, settings)
+        summary["registered"] = {"name": cfg.register_as, "version": version}
+    mlflow.log_dict(summary, "summary.json")
+    mlflow.end_run()
+    atomic_write_json(out / "summary.json", summary)
+    print(f"train-align: done; MLflow run id {run_id}", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = cfglib.parse_args(AlignConfig, argv, prog="vsa train-align", preset="train_align")
+    try:
+        return run(cfg)
+    except cfglib.ConfigError as err:
+        print(f"vsa train-align: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err

@@ -1,0 +1,33 @@
+"""MLflow: one place that decides where runs go. Called from stage runners (rank 0 / the driver) only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vsa_dist.paths import runs_root
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set (a server, a database), else a sqlite file under the runs folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(runs_root() / 'mlflow.db').resolve()}"
+
+
+def use_experiment(name: str) -> str:
+    """Point MLflow at the tracking store and experiment ``name``; returns the experiment id.
+
+    With the default local store, artifacts go beside it (an absolute path: Ray workers run elsewhere).
+    """
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:///") and "MLFLOW_ARTIFACT_ROOT" not in os.environ:
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    elif "MLFLOW_ARTIFACT_ROOT" in os.environ:
+        location = os.environ["MLFLOW_ARTIFACT_ROOT"]
+    return mlflow.create_experiment(name, artifact_location=location)
