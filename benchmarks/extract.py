@@ -16,14 +16,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 from PIL import Image
 from torchvision.ops import roi_align
@@ -31,6 +28,7 @@ from torchvision.ops import roi_align
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import run_stage  # noqa: E402
 from vsa_dist.data.shards import shard_paths  # noqa: E402
 from vsa_dist.features.proposals import grid_boxes, selective_search  # noqa: E402
 from vsa_dist.models.backbone import fast_bf16, fold_batchnorm, load_backbone  # noqa: E402
@@ -111,54 +109,6 @@ def proposal_cost(jpegs: list[bytes]) -> dict:
     grid = (time.perf_counter() - start) / len(images)
     return {"selective_search_s_per_image": round(ss, 4), "selective_search_boxes_mean": round(statistics.mean(counts), 1),
             "grid_s_per_image": round(grid, 6)}
-
-
-class TreeMemory:
-    """Peak memory of a process and all its descendants (the Ray head, raylet and workers included):
-    the sum of PSS (shared pages counted once, split among their users) and the driver's own RSS."""
-
-    def __init__(self, pid: int, interval: float = 0.5):
-        self.root, self.interval = psutil.Process(pid), interval
-        self.peak_pss = self.peak_driver_rss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total = 0
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-                self.peak_driver_rss = max(self.peak_driver_rss, self.root.memory_info().rss)
-            except psutil.NoSuchProcess:
-                return
-            for proc in procs:
-                try:
-                    total += proc.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.peak_pss = max(self.peak_pss, total)
-            self._stop.wait(self.interval)
-
-    def stop(self) -> dict:
-        self._stop.set()
-        self._thread.join()
-        return {"peak_tree_pss_mib": round(self.peak_pss / 2**20), "peak_driver_rss_mib": round(self.peak_driver_rss / 2**20)}
-
-
-def run_stage(args: list[str], log: Path) -> dict:
-    """One CLI run in a fresh process with its own local Ray; its memory is sampled from outside."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "vsa_dist.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
-                                env=env, cwd=REPO)
-        memory = TreeMemory(proc.pid)
-        code = proc.wait()
-    result = memory.stop()
-    if code != 0:
-        raise SystemExit(f"{' '.join(args)} failed with {code}; see {log}")
-    return result
 
 
 def extract(label: str, shards: Path, out: Path, work: Path, *extra: str) -> dict:

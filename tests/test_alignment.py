@@ -53,9 +53,9 @@ def paper_words(model: AlignmentModel, ids: list[int]) -> torch.Tensor:
     return torch.stack([relu(model.word_out.weight @ (f + b) + model.word_out.bias) for f, b in zip(hf, hb)])
 
 
-@pytest.mark.parametrize("score_norm", ["sum", "mean"])
-def test_score_is_the_papers_sum_of_best_region_dots(score_norm):
-    model = tiny_model(score_norm=score_norm)
+@pytest.mark.parametrize("score_norm,l2_features", [("sum", False), ("mean", False), ("sum", True)])
+def test_score_is_the_papers_sum_of_best_region_dots(score_norm, l2_features):
+    model = tiny_model(score_norm=score_norm, l2_features=l2_features)
     features, tokens, lengths = batch()
     with torch.no_grad():
         regions = model.embed_regions(features)
@@ -66,7 +66,8 @@ def test_score_is_the_papers_sum_of_best_region_dots(score_norm):
             torch.testing.assert_close(words[l, :n], s, rtol=1e-5, atol=1e-6)
             assert (words[l, n:] == 0).all()
             for k in range(len(features)):
-                v = features[k] @ model.region_proj.weight.T + model.region_proj.bias
+                f = features[k] / features[k].norm(dim=-1, keepdim=True) if l2_features else features[k]
+                v = f @ model.region_proj.weight.T + model.region_proj.bias
                 total = sum(max(float(v[i] @ s[t]) for i in range(len(v))) for t in range(n))
                 expected = total / n if score_norm == "mean" else total
                 assert scores[k, l].item() == pytest.approx(expected, rel=1e-5, abs=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import typing
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,10 @@ class ConfigError(ValueError):
 def _preset_text(name: str) -> str | None:
     preset = resources.files("vsa_dist.presets").joinpath(f"{name}.yaml")
     return preset.read_text() if preset.is_file() else None
+
+
+def preset_exists(name: str) -> bool:
+    return _preset_text(name) is not None
 
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
@@ -161,3 +166,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     for key, value in dataclasses.asdict(cfg).items():
         out[key] = str(value) if isinstance(value, Path) else value
     return out
+
+
+def run_stage(cls: type[C], run, argv: list[str] | None, prog: str, preset: str,
+              input_errors: tuple[type[Exception], ...] = ()):
+    """A stage's ``main``: parse and validate its config, run it; a bad config or input exits 2 with one line."""
+    cfg = parse_args(cls, argv, prog=prog, preset=preset)
+    try:
+        return run(cfg)
+    except (ConfigError, *input_errors) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err

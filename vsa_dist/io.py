@@ -82,3 +82,12 @@ def completed_record(state_path: Path, shard_path: Path, plan: str) -> dict[str,
     if shard_path.is_file() and sha256_file(shard_path) == record.get("sha256"):
         return record
     return None
+
+
+def remove_stale_shards(out_dir: Path, state_dir: Path, keep: set[str]) -> None:
+    """Shards (and their records) of an earlier plan that this one no longer has: a glob would pick
+    them up and mix them in."""
+    for stale in out_dir.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+        if stale.name not in keep:
+            stale.unlink()
+            (state_dir / f"{stale.name}.json").unlink(missing_ok=True)

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from vsa_dist.data.images import ImageRejected, check_jpeg
 from vsa_dist.data.sources import Catalog, ImageEntry
 from vsa_dist.data.text import VOCAB_MIN_COUNT, build_vocab
-from vsa_dist.io import atomic_write_bytes, atomic_write_json, completed_record, remove_leftovers, sha256_file, temp_path
+from vsa_dist.io import (atomic_write_bytes, atomic_write_json, completed_record, remove_leftovers, remove_stale_shards,
+                         sha256_file, temp_path)
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
@@ -124,12 +125,7 @@ def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, 
 
     planned = [(split, index, chunk) for split, entries in sorted(by_split.items())
                for index, chunk in enumerate(_chunks(entries, samples_per_shard))]
-    expected_names = {f"{split}-{index:06d}.tar" for split, index, _ in planned}
-    # Shards left by an earlier build of different inputs would be picked up by a glob: remove them.
-    for stale in out_dir.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
-        if stale.name not in expected_names:
-            stale.unlink()
-            (state_dir / f"{stale.name}.json").unlink(missing_ok=True)
+    remove_stale_shards(out_dir, state_dir, {f"{split}-{index:06d}.tar" for split, index, _ in planned})
 
     records: list[dict[str, Any]] = []
     built = skipped = 0

@@ -9,9 +9,10 @@ Words:     x_t = W_w 1_t                            (learned word vectors: no wo
 Score:     S_kl = sum_t max_i v_i^T s_t             (image k, sentence l)
 Loss:      sum_k [ sum_l max(0, S_kl - S_kk + 1) + sum_l max(0, S_lk - S_kk + 1) ]
 
-Beyond the paper (the ``modern`` preset): ``score_norm="mean"`` averages over words instead of
-summing (long sentences no longer win by length), and ``hardest_negative=True`` keeps only the
-hardest negative per row and column (VSE++, Faghri et al. 2018).
+Beyond the paper: ``score_norm="mean"`` averages over words instead of summing (long sentences no
+longer win by length; the ``train_align_modern`` preset), ``hardest_negative=True`` keeps only the
+hardest negative per row and column (VSE++, Faghri et al. 2018), and ``l2_features`` feeds the CNN
+features at unit length (on by default: docs/alignment.md says why).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class AlignmentArgs:
     score_norm: str = "sum"    # "sum" (the paper) or "mean" over words
     hardest_negative: bool = False
     margin: float = 1.0
+    l2_features: bool = True  # unit-length CNN features in: initial scores start near the margin, not in the
+    #                           hundreds, so the hinge does not drive every ReLU dead before anything is learned
 
 
 class AlignmentModel(nn.Module):
@@ -57,7 +60,10 @@ class AlignmentModel(nn.Module):
 
     def embed_regions(self, features: torch.Tensor) -> torch.Tensor:
         """[B, 1+R, D] CNN features → [B, 1+R, h] region vectors v_i."""
-        return self.region_proj(self.dropout(features.float()))
+        features = features.float()
+        if self.args.l2_features:
+            features = F.normalize(features, dim=-1)
+        return self.region_proj(self.dropout(features))
 
     def embed_words(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, T] token ids (PAD-padded on the right) → ([N, T, h] word vectors s_t, [N, T] mask)."""

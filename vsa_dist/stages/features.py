@@ -13,7 +13,6 @@ grow with the data set. A rerun redoes only the shards that are missing or damag
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ from vsa_dist.data.shards import MANIFEST, REJECTS, load_manifest
 from vsa_dist.features.extract import OUTPUT_COLUMNS, ExtractorSettings, RegionExtractor, add_proposals, describe
 from vsa_dist.features.format import FEATURES_FORMAT_VERSION
 from vsa_dist.features.proposals import PROPOSAL_METHODS
-from vsa_dist.io import atomic_write_bytes, atomic_write_json, completed_record, remove_leftovers, sha256_file, sha256_json
+from vsa_dist.io import (atomic_write_bytes, atomic_write_json, completed_record, remove_leftovers, remove_stale_shards,
+                         sha256_file, sha256_json)
 from vsa_dist.models.backbone import fast_bf16, load_backbone
 from vsa_dist.models.regions import REGION_MODES
 from vsa_dist.ray_env import ensure_ray
@@ -158,11 +158,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     state_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out_dir, state_dir)
     plans = plan_shards(shards_dir, shard_manifest, splits, described)
-    expected = {p.name for p in plans}
-    for stale in out_dir.glob("*.tar"):  # from a run over other splits or inputs: never mixed in
-        if stale.name not in expected:
-            stale.unlink()
-            (state_dir / f"{stale.name}.json").unlink(missing_ok=True)
+    remove_stale_shards(out_dir, state_dir, {p.name for p in plans})
 
     records = {p.name: r for p in plans if (r := completed_record(state_dir / f"{p.name}.json", out_dir / p.name, p.plan))}
     pending = [p for p in plans if p.name not in records]
@@ -214,9 +210,4 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = cfglib.parse_args(FeaturesConfig, argv, prog="vsa features", preset="features")
-    try:
-        return run(cfg)
-    except cfglib.ConfigError as err:
-        print(f"vsa features: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    return cfglib.run_stage(FeaturesConfig, run, argv, prog="vsa features", preset="features")

@@ -14,6 +14,7 @@ from vsa_dist import config as cfglib
 from vsa_dist.paths import data_root, runs_root
 from vsa_dist.stages import features as features_stage
 from vsa_dist.stages import shards as shards_stage
+from vsa_dist.stages import train_align as align_stage
 
 
 @dataclass
@@ -24,6 +25,9 @@ class PipelineConfig:
     format: str = field(default="flickr8k", metadata={"help": "dataset format (see vsa shards build)"})
     regions: str = field(default="roi", metadata={"help": "region features: roi or crop (see vsa features)"})
     run_dir: str = field(default="", metadata={"help": "where every stage writes; default runs/mini"})
+    align_preset: str = field(default="train_align_modern", metadata={"help": "alignment preset (train_align = the paper)"})
+    align_epochs: int = field(default=8, metadata={"help": "alignment epochs"})
+    align_batch_size: int = field(default=20, metadata={"help": "alignment pairs per step (the mini set has 100 train images)"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
     def validate(self) -> None:
@@ -31,6 +35,8 @@ class PipelineConfig:
             self.data = str(data_root() / "flickr8k-mini")
         if not self.run_dir:
             self.run_dir = str(runs_root() / "mini")
+        if not cfglib.preset_exists(self.align_preset):
+            raise cfglib.ConfigError(f"align_preset {self.align_preset!r}: no such preset in vsa_dist/presets/")
         if not Path(self.data).is_dir():
             raise cfglib.ConfigError(f"data {self.data!r}: no such dataset folder (set --data or VSA_DATA_ROOT)")
 
@@ -44,9 +50,12 @@ def run(cfg: PipelineConfig) -> dict:
     results["features"] = features_stage.run(cfglib.resolve(features_stage.FeaturesConfig, "features", {
         "shards": str(run_dir / "shards"), "out": str(run_dir / "features"), "regions": cfg.regions,
         "progress": cfg.progress}))
+    results["align"] = align_stage.run(cfglib.resolve(align_stage.AlignConfig, cfg.align_preset, {
+        "features": str(run_dir / "features"), "out": str(run_dir / "align"), "epochs": cfg.align_epochs,
+        "batch_size": cfg.align_batch_size, "progress": cfg.progress}))
     print(f"pipeline: done in {time.time() - start:.1f}s; outputs under {run_dir}")
     return results
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(cfglib.parse_args(PipelineConfig, argv, prog="vsa pipeline", preset="pipeline"))
+    return cfglib.run_stage(PipelineConfig, run, argv, prog="vsa pipeline", preset="pipeline")

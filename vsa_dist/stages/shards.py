@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +62,4 @@ def run(cfg: ShardsConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = cfglib.parse_args(ShardsConfig, argv, prog="vsa shards build", preset="shards")
-    try:
-        return run(cfg)
-    except InputFormatError as err:
-        print(f"vsa shards build: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    return cfglib.run_stage(ShardsConfig, run, argv, prog="vsa shards build", preset="shards", input_errors=(InputFormatError,))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -169,7 +168,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                                    "pairs_per_s": steps * per_worker * world / seconds, "data_wait_share": wait / seconds}
         checkpoint_dir = None
         if rank == 0:
+            # The other ranks wait at the report barrier meanwhile: dev scoring may use every core.
+            torch.set_num_threads(max(cfg.threads, len(os.sched_getaffinity(0))))
             dev_metrics = evaluate_alignment(plain, dev_features, dev_tokens)
+            torch.set_num_threads(cfg.threads)
             metrics.update(flat_metrics("dev", dev_metrics), dev_rsum=rsum(dev_metrics))
             if metrics["dev_rsum"] > best["rsum"]:
                 best = {"rsum": metrics["dev_rsum"], "epoch": epoch,
@@ -269,7 +271,8 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
         os.replace(final.with_suffix(".tmp"), final)
 
     summary: dict[str, Any] = {"run_id": run_id, "best_dev_epoch": state["best"]["epoch"],
-                               "best_dev_rsum": state["best"]["rsum"], "checkpoint": str(final)}
+                               "best_dev_rsum": state["best"]["rsum"], "checkpoint": str(final),
+                               "last_epoch": dict(getattr(result, "metrics", None) or {})}
     if cfg.test:
         test = load_split(cfg.features, "test", word_index(vocab), cfg.max_words)
         test_metrics = evaluate_alignment(model, torch.from_numpy(test["features"]), torch.from_numpy(test["tokens"]).long())
@@ -290,9 +293,4 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = cfglib.parse_args(AlignConfig, argv, prog="vsa train-align", preset="train_align")
-    try:
-        return run(cfg)
-    except cfglib.ConfigError as err:
-        print(f"vsa train-align: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    return cfglib.run_stage(AlignConfig, run, argv, prog="vsa train-align", preset="train_align")

@@ -1,0 +1,61 @@
+"""Helpers shared by the benchmarks: run a CLI stage in a fresh process and sample its memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TreeMemory:
+    """Peak memory of a process and all its descendants (the Ray head, raylet and workers included):
+    the sum of PSS (shared pages counted once, split among their users) and the driver's own RSS."""
+
+    def __init__(self, pid: int, interval: float = 0.5):
+        self.root, self.interval = psutil.Process(pid), interval
+        self.peak_pss = self.peak_driver_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+                self.peak_driver_rss = max(self.peak_driver_rss, self.root.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
+            for proc in procs:
+                try:
+                    total += proc.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak_pss = max(self.peak_pss, total)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"peak_tree_pss_mib": round(self.peak_pss / 2**20), "peak_driver_rss_mib": round(self.peak_driver_rss / 2**20)}
+
+
+def run_stage(args: list[str], log: Path) -> dict:
+    """One CLI run in a fresh process with its own local Ray; its memory is sampled from outside."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "vsa_dist.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
+                                env=env, cwd=REPO)
+        memory = TreeMemory(proc.pid)
+        code = proc.wait()
+    result = memory.stop()
+    if code != 0:
+        raise SystemExit(f"{' '.join(args)} failed with {code}; see {log}")
+    return result

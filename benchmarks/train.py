@@ -1,0 +1,77 @@
+"""Alignment training: pairs/s with 1 and 2 workers, time waiting for data, memory mini vs full, eval cost.
+
+    python benchmarks/train.py            # needs runs/flickr8k/features and runs/mini/features (vsa features)
+
+One epoch per configuration, each in a fresh process with its own local Ray, in one run (compare the
+ratios). Writes WORK/train.json (default runs/bench/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import run_stage  # noqa: E402
+from vsa_dist.data.pairs import load_split, word_index  # noqa: E402
+from vsa_dist.eval.retrieval import evaluate_alignment  # noqa: E402
+from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel  # noqa: E402
+from vsa_dist.paths import runs_root  # noqa: E402
+
+
+def one_epoch(features: Path, out: Path, workers: int) -> dict:
+    memory = run_stage(["train-align", "--features", str(features), "--out", str(out), "--epochs", "1",
+                        "--workers", str(workers), "--test", "false", "--register-as", "", "--experiment", "bench-train",
+                        "--progress", "false"], out.parent / f"{out.name}.log")
+    last = json.loads((out / "summary.json").read_text())["last_epoch"]
+    row = {"workers": workers, "features": str(features), "pairs_per_s": round(last["pairs_per_s"], 1),
+           "data_wait_share": round(last["data_wait_share"], 3), **memory}
+    print(f"  {row}", flush=True)
+    return row
+
+
+def eval_cost(features: Path) -> dict:
+    vocab = json.loads((features / "manifest.json").read_text())["vocab"]["words"]
+    test = load_split(features, "test", word_index(vocab), 32)
+    model = AlignmentModel(AlignmentArgs(len(vocab) + 2, test["features"].shape[-1]))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.time()
+    evaluate_alignment(model, torch.from_numpy(test["features"]), torch.from_numpy(test["tokens"]).long())
+    return {"images": len(test["features"]), "sentences": int((test["tokens"] != 0).any(-1).sum()),
+            "seconds": round(time.time() - start, 1),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "rss_before_mib": round(before / 1024)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", default=str(runs_root() / "flickr8k" / "features"))
+    parser.add_argument("--mini", default=str(runs_root() / "mini" / "features"))
+    parser.add_argument("--work", default=str(runs_root() / "bench" / "train"))
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    full, mini = Path(args.full), Path(args.mini)
+    print("one epoch each:", flush=True)
+    rows = [one_epoch(full, work / "full-w1", 1), one_epoch(full, work / "full-w2", 2), one_epoch(mini, work / "mini-w2", 2)]
+    print("retrieval evaluation, full Flickr8k test, untrained model:", flush=True)
+    evaluation = eval_cost(full)
+    print(f"  {evaluation}", flush=True)
+    result = {"epochs": rows, "eval": evaluation, "ratios": {
+        "pairs_per_s_2_vs_1_workers": round(rows[1]["pairs_per_s"] / rows[0]["pairs_per_s"], 2),
+        "peak_pss_full_vs_mini": round(rows[1]["peak_tree_pss_mib"] / rows[2]["peak_tree_pss_mib"], 2)}}
+    (work / "train.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["ratios"]))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Merge a finished run's test numbers into docs/results/flickr8k.json, with its command and MLflow run id.
+
+    python scripts/record_results.py retrieval.paper runs/flickr8k/align-paper/summary.json \
+        "vsa train-align --features runs/flickr8k/features --out runs/flickr8k/align-paper --epochs 12"
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "flickr8k.json"
+
+
+def main(argv: list[str]) -> None:
+    key, summary_path, command = argv
+    summary = json.loads(Path(summary_path).read_text())
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    node = results
+    for part in key.split(".")[:-1]:
+        node = node.setdefault(part, {})
+    node[key.split(".")[-1]] = {
+        **{direction: {k: round(v, 2) for k, v in summary["test"][direction].items()} for direction in ("annotation", "search")},
+        "best_dev_epoch": summary["best_dev_epoch"], "command": command, "mlflow_run_id": summary["run_id"],
+        "data": "../shared/data/flickr8k: 6,000 train / 1,000 dev (selection) / 1,000 test images, 5 sentences each"}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

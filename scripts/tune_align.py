@@ -1,0 +1,65 @@
+"""Short single-process runs of the alignment model, for choosing learning rates on dev (no Ray, no MLflow).
+
+    python scripts/tune_align.py --optimizer sgd --lr 1e-4 --epochs 1
+    python scripts/tune_align.py --optimizer adam --lr 2e-4 --score-norm mean --dropout 0.1 --epochs 2
+    python scripts/tune_align.py --optimizer sgd --lr 1e-5 --raw-features --epochs 3     # the collapse
+
+Trains on the train split of a feature folder in memory (batches of 50 pairs, like one of two DDP
+workers) and prints dev R@1+R@5+R@10 (both directions) after each epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from vsa_dist.data.pairs import load_split, word_index
+from vsa_dist.eval.retrieval import evaluate_alignment
+from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel
+from vsa_dist.stages.train_align import one_sentence_each, rsum
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--features", default="runs/flickr8k/features")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--score-norm", choices=("sum", "mean"), default="sum")
+    p.add_argument("--hardest-negative", action="store_true")
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--raw-features", action="store_true", help="do not L2-normalise the CNN features")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    vocab = json.load(open(f"{args.features}/manifest.json"))["vocab"]["words"]
+    index = word_index(vocab)
+    train, dev = (load_split(args.features, s, index, 32) for s in ("train", "dev"))
+    features, tokens = torch.from_numpy(train["features"]), torch.from_numpy(train["tokens"]).long()
+    torch.manual_seed(0)
+    model = AlignmentModel(AlignmentArgs(len(vocab) + 2, features.shape[-1], 1000, 300, args.dropout, args.score_norm,
+                                         args.hardest_negative, l2_features=not args.raw_features))
+    opt = (torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+           if args.optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay))
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        order, start, total, steps = torch.randperm(len(features)), time.time(), 0.0, 0
+        for i in range(0, len(features) - 49, 50):
+            b = order[i:i + 50]
+            loss = model(features[b], one_sentence_each(tokens[b]))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_value_(model.parameters(), 5)
+            opt.step()
+            total, steps = total + loss.item(), steps + 1
+        metrics = evaluate_alignment(model, torch.from_numpy(dev["features"]), torch.from_numpy(dev["tokens"]).long())
+        print(f"epoch {epoch}: loss {total / steps:.1f}, {time.time() - start:.0f} s, dev rsum {rsum(metrics):.1f} "
+              f"(R@1 {metrics['annotation']['r1']:.1f} / {metrics['search']['r1']:.1f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
