@@ -166,28 +166,29 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         seconds = time.time() - start
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": losses / max(steps, 1), "steps": steps,
                                    "pairs_per_s": steps * per_worker * world / seconds, "data_wait_share": wait / seconds}
-        checkpoint_dir = None
-        if rank == 0:
-            # The other ranks wait at the report barrier meanwhile: dev scoring may use every core.
-            torch.set_num_threads(max(cfg.threads, len(os.sched_getaffinity(0))))
-            dev_metrics = evaluate_alignment(plain, dev_features, dev_tokens)
-            torch.set_num_threads(cfg.threads)
-            metrics.update(flat_metrics("dev", dev_metrics), dev_rsum=rsum(dev_metrics))
-            if metrics["dev_rsum"] > best["rsum"]:
-                best = {"rsum": metrics["dev_rsum"], "epoch": epoch,
-                        "state": {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}}
-            metrics["best_dev_epoch"] = best["epoch"]
-            for key, value in metrics.items():
-                logger.log_metric(run_id, key, float(value), step=epoch)
-            checkpoint_dir = tempfile.mkdtemp(prefix="vsa-align-")
-            torch.save({"model": plain.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
-                        "config": loop_config["cfg"], "vocab": vocab, "feature_dim": feature_dim},
-                       Path(checkpoint_dir) / CHECKPOINT)
-            print(f"epoch {epoch}: loss {metrics['train_loss']:.2f}, dev rsum {metrics['dev_rsum']:.1f} "
-                  f"(R@1 {dev_metrics['annotation']['r1']}/{dev_metrics['search']['r1']}), "
-                  f"{metrics['pairs_per_s']:.0f} pairs/s, data wait {100 * metrics['data_wait_share']:.1f}%", flush=True)
-        ray.train.report({k: v for k, v in metrics.items()},
-                         checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+        with tempfile.TemporaryDirectory(prefix="vsa-align-") as scratch:  # report copies it to storage
+            checkpoint = None
+            if rank == 0:
+                # The other ranks wait at the report barrier meanwhile: dev scoring may use every core.
+                torch.set_num_threads(max(cfg.threads, len(os.sched_getaffinity(0))))
+                dev_metrics = evaluate_alignment(plain, dev_features, dev_tokens)
+                torch.set_num_threads(cfg.threads)
+                metrics.update(flat_metrics("dev", dev_metrics), dev_rsum=rsum(dev_metrics))
+                if metrics["dev_rsum"] > best["rsum"]:
+                    best = {"rsum": metrics["dev_rsum"], "epoch": epoch,
+                            "state": {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}}
+                metrics["best_dev_epoch"] = best["epoch"]
+                for key, value in metrics.items():
+                    logger.log_metric(run_id, key, float(value), step=epoch)
+                torch.save({"model": plain.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                            "best": best, "config": loop_config["cfg"], "vocab": vocab, "feature_dim": feature_dim},
+                           Path(scratch) / CHECKPOINT)
+                checkpoint = ray.train.Checkpoint.from_directory(scratch)
+                print(f"epoch {epoch}: loss {metrics['train_loss']:.2f}, dev rsum {metrics['dev_rsum']:.1f} "
+                      f"(R@1 {dev_metrics['annotation']['r1']:.1f}/{dev_metrics['search']['r1']:.1f}), "
+                      f"{metrics['pairs_per_s']:.0f} pairs/s, data wait {100 * metrics['data_wait_share']:.1f}%",
+                      flush=True)
+            ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def train_dataset(cfg: AlignConfig, vocab: list[str]):
