@@ -184,3 +184,20 @@ def test_bad_config_stops_before_any_work(tmp_path, mini_shards, capsys):
         features("--shards", str(mini_shards), "--out", str(tmp_path / "o"), "--splits", "val")
     assert "splits ['val'] are not in" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name,dim", [("resnet18", 512), ("mobilenet_v3_small", 576)])
+def test_torchvision_backbone_from_a_local_weight_file(tmp_path, name, dim):
+    import torchvision
+
+    from vsa_dist.models.regions import RegionFeatureExtractor
+
+    weights = tmp_path / f"{name}.pth"
+    torch.save(torchvision.models.get_model(name, weights=None).state_dict(), weights)
+    backbone = load_backbone(f"torchvision:{name}", str(weights))
+    assert backbone.spec.feature_dim == dim and backbone.spec.weights == str(weights)
+    image = torch.randint(0, 256, (3, 200, 300), dtype=torch.uint8)
+    boxes, scores, feats = RegionFeatureExtractor(backbone, num_regions=19)([image], [torch.from_numpy(grid_boxes(300, 200))])
+    assert feats.shape == (1, 20, dim) and boxes.shape == (1, 19, 4) and torch.isfinite(feats.float()).all()
+    with pytest.raises(ValueError, match="needs --weights"):
+        load_backbone(f"torchvision:{name}")
