@@ -15,6 +15,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import run_stage  # noqa: E402
-from vsa_dist.data.shards import shard_paths  # noqa: E402
+from vsa_dist.data.shards import read_samples, shard_paths  # noqa: E402
 from vsa_dist.features.proposals import grid_boxes, selective_search  # noqa: E402
 from vsa_dist.models.backbone import fast_bf16, fold_batchnorm, load_backbone  # noqa: E402
 from vsa_dist.models.regions import select_top  # noqa: E402
@@ -137,8 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         run_stage(["shards", "build", "--root", str(data / name), "--out", str(work / name / "shards"),
                    "--progress", "false"], work / f"shards-{name}.log")
     mini = work / "flickr8k-mini" / "shards"
-    jpegs = [s["jpg"] for s in __import__("webdataset").WebDataset(shard_paths(mini), shardshuffle=False,
-                                                                   empty_check=False)]
+    jpegs = [s["jpg"] for s in read_samples(shard_paths(mini))]
 
     print("model-only bound (before):", flush=True)
     bound_before = bound_sweep(args.seconds)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  {proposals}", flush=True)
 
     for old in work.glob("*/features-*"):  # every e2e run extracts from scratch
-        __import__("shutil").rmtree(old)
+        shutil.rmtree(old)
     e2e = [extract("roi, grid, mini", mini, work / "flickr8k-mini" / "features-roi", work),
            extract("roi, selective-search, mini", mini, work / "flickr8k-mini" / "features-roi-ss", work,
                    "--proposals", "selective-search"),

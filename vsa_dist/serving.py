@@ -15,21 +15,21 @@ class AlignmentScorer(mlflow.pyfunc.PythonModel):
     features from ``vsa features`` with the settings recorded in the model) → ``score`` S_kl per row."""
 
     def load_context(self, context) -> None:
+        from vsa_dist.data.pairs import word_index
         from vsa_dist.stages.train_align import load_model
 
         self.model, state = load_model(context.artifacts["checkpoint"])
-        from vsa_dist.data.pairs import word_index
-
         self.index, self.max_words = word_index(state["vocab"]), state["config"]["max_words"]
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         from vsa_dist.data.pairs import encode_tokens
         from vsa_dist.data.text import tokenize
+        from vsa_dist.models.alignment import UNK
 
         scores = []
         with torch.no_grad():
             for sentence, features in zip(model_input["sentence"], model_input["features"]):
-                ids = encode_tokens(tokenize(sentence), self.index, self.max_words) or [1]
+                ids = encode_tokens(tokenize(sentence), self.index, self.max_words) or [UNK]  # no word at all: score it as one unknown word
                 regions = self.model.embed_regions(torch.as_tensor(np.asarray(features, dtype=np.float32))[None])
                 words, mask = self.model.embed_words(torch.tensor([ids]))
                 scores.append(float(self.model.score(regions, words, mask)[0, 0]))

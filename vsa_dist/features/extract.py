@@ -36,7 +36,6 @@ class ExtractorSettings:
     nms_iou: float = 0.5
     roi_size: int = 2
     max_proposals: int = 200
-    min_proposals: int = 19     # fewer selective-search boxes than this: the grid is added
     cnn_batch: int = 4          # images per CNN call: small batches win on a CPU (benchmarks/extract.py)
     threads: int = 0            # torch threads per actor; 0 = torch's default
     device: str = "cpu"

@@ -12,6 +12,7 @@ After training, the best-on-dev model is evaluated on test once and registered a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -26,7 +27,7 @@ from vsa_dist import config as cfglib
 from vsa_dist.data.pairs import feature_rows_to_arrays, load_split, word_index
 from vsa_dist.eval.retrieval import evaluate_alignment
 from vsa_dist.features.format import check_same_settings, load_features_manifest
-from vsa_dist.io import atomic_write_json
+from vsa_dist.io import atomic_write_bytes, atomic_write_json
 from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
 
 CHECKPOINT = "checkpoint.pt"
@@ -87,10 +88,10 @@ def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> Alignment
                          dropout=cfg.dropout, score_norm=cfg.score_norm, hardest_negative=cfg.hardest_negative)
 
 
-def one_sentence_each(tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def one_sentence_each(tokens: torch.Tensor) -> torch.Tensor:
     """[B, S, T] → [B, T]: one of each image's non-empty sentences, drawn uniformly."""
     present = (tokens != PAD).any(dim=-1).float()                         # [B, S]
-    choice = torch.multinomial(present, 1, generator=generator).squeeze(1)
+    choice = torch.multinomial(present, 1).squeeze(1)
     return tokens[torch.arange(len(tokens)), choice]
 
 
@@ -240,7 +241,7 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
     if record is None:
         name = f"align-{time.strftime('%Y%m%d-%H%M%S')}"
         mlflow_run = mlflow.start_run(experiment_id=experiment_id, run_name=name)
-        mlflow.log_params({k: v for k, v in cfglib.to_dict(cfg).items()})
+        mlflow.log_params(cfglib.to_dict(cfg))
         mlflow.log_dict({"config": cfglib.to_dict(cfg), "feature_settings": settings}, "config.json")
         record = {"name": name, "mlflow_run_id": mlflow_run.info.run_id, "feature_settings": settings}
         atomic_write_json(record_path, record)
@@ -268,8 +269,9 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
     with result.checkpoint.as_directory() as folder:
         model, state = load_model(Path(folder) / CHECKPOINT)
         final = out / "best.pt"
-        torch.save({**state, "model": model.state_dict(), "optimizer": {}}, final.with_suffix(".tmp"))
-        os.replace(final.with_suffix(".tmp"), final)
+        buffer = io.BytesIO()
+        torch.save({**state, "model": model.state_dict(), "optimizer": {}}, buffer)
+        atomic_write_bytes(final, buffer.getvalue())
 
     summary: dict[str, Any] = {"run_id": run_id, "best_dev_epoch": state["best"]["epoch"],
                                "best_dev_rsum": state["best"]["rsum"], "checkpoint": str(final),
