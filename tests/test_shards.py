@@ -98,7 +98,7 @@ def test_flickr_format_bad_inputs_are_rejected_not_lost(tmp_path, mini_dir, mini
     lines = []
     for p in good:
         lines += [f"{p.name}#{i}\tA dog runs on the grass number {i} ." for i in range(5)]
-    lines += [f"truncated.jpg#0\tA broken picture .", "notimage.jpg#0\tNot a picture .", "bomb.jpg#0\tHuge ."]
+    lines += ["truncated.jpg#0\tA broken picture .", "notimage.jpg#0\tNot a picture .", "bomb.jpg#0\tHuge ."]
     lines += ["missing.jpg#0\tThis file does not exist ."]
     lines += [f"{good[3].name}#0\tduplicate caption id ."]          # duplicate id
     lines += [f"{good[1].name}#5\t   ", f"{good[1].name}#6\t. , !"]  # empty captions

@@ -10,6 +10,9 @@ COMMANDS: dict[str, object] = {
     "shards": {"build": "vsa_dist.stages.shards:main"},
     "features": "vsa_dist.stages.features:main",
     "train-align": "vsa_dist.stages.train_align:main",
+    "train-mrnn": "vsa_dist.stages.train_mrnn:main",
+    "eval": {"retrieval": "vsa_dist.stages.evaluate:retrieval_main", "captions": "vsa_dist.stages.evaluate:captions_main"},
+    "caption": "vsa_dist.stages.caption:main",
     "pipeline": "vsa_dist.stages.pipeline:main",
 }
 

@@ -98,6 +98,10 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
+        if f.metadata.get("positional"):  # e.g. vsa caption IMAGE...
+            parser.add_argument(f.name, nargs="*", default=argparse.SUPPRESS, metavar=f.name.upper().rstrip("S"),
+                                help=f"{help_text} (default: {default})")
+            continue
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,

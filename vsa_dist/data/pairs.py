@@ -35,23 +35,35 @@ def encode_sentences(sentences: list[dict[str, Any]], index: dict[str, int], max
     return out
 
 
-def feature_rows_to_arrays(batch: dict[str, np.ndarray], index: dict[str, int], max_words: int) -> dict[str, np.ndarray]:
-    """``map_batches`` over ``read_webdataset(feature shards, decoder=None)``: bytes → fixed-shape arrays."""
+def _features(raw: bytes, whole_image_only: bool) -> np.ndarray:
+    features = npy_load(raw)
+    return features[0] if whole_image_only else features
+
+
+def feature_rows_to_arrays(batch: dict[str, np.ndarray], index: dict[str, int], max_words: int,
+                           whole_image_only: bool = False) -> dict[str, np.ndarray]:
+    """``map_batches`` over ``read_webdataset(feature shards, decoder=None)``: bytes → fixed-shape arrays
+    (``whole_image_only``: features [D], the whole-image row, for the generator)."""
     metas = [json.loads(raw) for raw in batch["json"]]
     return {
-        "features": np.stack([npy_load(raw) for raw in batch["feat.npy"]]),
+        "features": np.stack([_features(raw, whole_image_only) for raw in batch["feat.npy"]]),
         "tokens": np.stack([encode_sentences(m["sentences"], index, max_words) for m in metas]),
     }
 
 
-def load_split(features_dir: Path | str, split: str, index: dict[str, int], max_words: int) -> dict[str, Any]:
-    """A whole split in memory (evaluation: 1,000 images are about 50 MB of float16 features)."""
-    features, tokens, image_ids = [], [], []
+def load_split(features_dir: Path | str, split: str, index: dict[str, int], max_words: int,
+               whole_image_only: bool = False) -> dict[str, Any]:
+    """A whole split in memory (evaluation: 1,000 images are about 50 MB of float16 features), with each
+    image's id, JPEG file name and raw reference sentences."""
+    features, tokens, image_ids, file_names, references = [], [], [], [], []
     for sample in read_samples(shard_paths(features_dir, [split])):
         meta = json.loads(sample["json"])
-        features.append(npy_load(sample["feat.npy"]))
+        features.append(_features(sample["feat.npy"], whole_image_only))
         tokens.append(encode_sentences(meta["sentences"], index, max_words))
         image_ids.append(meta["image_id"])
+        file_names.append(meta.get("file_name", ""))
+        references.append([s["raw"] for s in meta["sentences"]])
     if not features:
         raise ValueError(f"{features_dir}: no {split!r} images in the feature shards")
-    return {"features": np.stack(features), "tokens": np.stack(tokens), "image_ids": image_ids}
+    return {"split": split, "features": np.stack(features), "tokens": np.stack(tokens), "image_ids": image_ids,
+            "file_names": file_names, "references": references}

@@ -12,26 +12,21 @@ After training, the best-on-dev model is evaluated on test once and registered a
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vsa_dist import config as cfglib
+from vsa_dist import training
 from vsa_dist.data.pairs import feature_rows_to_arrays, load_split, word_index
 from vsa_dist.eval.retrieval import evaluate_alignment
 from vsa_dist.features.format import check_same_settings, load_features_manifest
-from vsa_dist.io import atomic_write_bytes, atomic_write_json
+from vsa_dist.io import atomic_write_json
 from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
-
-CHECKPOINT = "checkpoint.pt"
-
 
 @dataclass
 class AlignConfig:
@@ -41,8 +36,9 @@ class AlignConfig:
     out: str = field(default="", metadata={"help": "run folder: checkpoints, run.json; default FEATURES/../align"})
     epochs: int = field(default=20, metadata={"help": "passes over the train images (one sentence per image per pass)"})
     batch_size: int = field(default=100, metadata={"help": "image-sentence pairs per step, over all workers (paper: 100)"})
-    optimizer: str = field(default="sgd", metadata={"help": "sgd (paper: momentum 0.9) or adam"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (paper: momentum 0.9), adam or rmsprop"})
     lr: float = field(default=1e-4, metadata={"help": "learning rate (chosen on dev)"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant, or cosine: decay to 0 over the planned epochs"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=1e-4, metadata={"help": "L2 weight decay (chosen on dev)"})
     clip: float = field(default=5.0, metadata={"help": "element-wise gradient clipping (paper: 5)"})
@@ -73,10 +69,9 @@ class AlignConfig:
                 raise cfglib.ConfigError(f"features {self.features}: no {split!r} images")
         if not self.out:
             self.out = str(Path(self.features).parent / "align")
-        for key, value, allowed in (("optimizer", self.optimizer, ("sgd", "adam")),
-                                    ("score_norm", self.score_norm, ("sum", "mean"))):
-            if value not in allowed:
-                raise cfglib.ConfigError(f"{key} {value!r} is not one of {allowed}")
+        training.check_choice("optimizer", self.optimizer, training.OPTIMIZERS)
+        training.check_choice("score_norm", self.score_norm, ("sum", "mean"))
+        training.check_choice("lr_schedule", self.lr_schedule, training.LR_SCHEDULES)
         if self.workers < 1 or self.batch_size < 2 * self.workers:
             raise cfglib.ConfigError("need workers >= 1 and at least 2 pairs per worker in a batch")
         if self.epochs < 1:
@@ -104,12 +99,6 @@ def flat_metrics(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str,
     return {f"{prefix}_{d}_{k}": v for d, values in metrics.items() for k, v in values.items()}
 
 
-def _optimizer(cfg: AlignConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: load checkpoint → epochs of steps → report (rank 0: eval, log)."""
     import ray.train
@@ -124,16 +113,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     model = AlignmentModel(model_args(cfg, len(vocab) + 2, feature_dim))
-    optimizer = _optimizer(cfg, model)
-    start_epoch, best = 1, {"rsum": -1.0, "epoch": 0, "state": None}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
-        best = state["best"]
+    optimizer = training.make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)
+    start_epoch, best = training.restore(model, optimizer)
     model = ray.train.torch.prepare_model(model)
     plain = model.module if hasattr(model, "module") else model
     train_shard = ray.train.get_dataset_shard("train")
@@ -143,13 +124,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         from mlflow.tracking import MlflowClient
 
         logger = MlflowClient(loop_config["tracking_uri"])
-        index = word_index(vocab)
-        dev = load_split(cfg.features, "dev", index, cfg.max_words)
+        dev = load_split(cfg.features, "dev", word_index(vocab), cfg.max_words)
         dev_features, dev_tokens = torch.from_numpy(dev["features"]), torch.from_numpy(dev["tokens"]).long()
 
     per_worker = cfg.batch_size // world
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
+        lr = training.epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
+        training.set_lr(optimizer, lr)
         losses, steps, wait, start = 0.0, 0, 0.0, time.time()
         fetch = time.time()
         for batch in train_shard.iter_torch_batches(batch_size=per_worker, local_shuffle_buffer_size=cfg.shuffle_buffer,
@@ -165,31 +147,24 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             steps += 1
             fetch = time.time()
         seconds = time.time() - start
-        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": losses / max(steps, 1), "steps": steps,
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": losses / max(steps, 1), "steps": steps,
                                    "pairs_per_s": steps * per_worker * world / seconds, "data_wait_share": wait / seconds}
-        with tempfile.TemporaryDirectory(prefix="vsa-align-") as scratch:  # report copies it to storage
-            checkpoint = None
-            if rank == 0:
-                # The other ranks wait at the report barrier meanwhile: dev scoring may use every core.
-                torch.set_num_threads(max(cfg.threads, len(os.sched_getaffinity(0))))
+        state = None
+        if rank == 0:
+            with training.all_cores(cfg.threads):
                 dev_metrics = evaluate_alignment(plain, dev_features, dev_tokens)
-                torch.set_num_threads(cfg.threads)
-                metrics.update(flat_metrics("dev", dev_metrics), dev_rsum=rsum(dev_metrics))
-                if metrics["dev_rsum"] > best["rsum"]:
-                    best = {"rsum": metrics["dev_rsum"], "epoch": epoch,
-                            "state": {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}}
-                metrics["best_dev_epoch"] = best["epoch"]
-                for key, value in metrics.items():
-                    logger.log_metric(run_id, key, float(value), step=epoch)
-                torch.save({"model": plain.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                            "best": best, "config": loop_config["cfg"], "vocab": vocab, "feature_dim": feature_dim},
-                           Path(scratch) / CHECKPOINT)
-                checkpoint = ray.train.Checkpoint.from_directory(scratch)
-                print(f"epoch {epoch}: loss {metrics['train_loss']:.2f}, dev rsum {metrics['dev_rsum']:.1f} "
-                      f"(R@1 {dev_metrics['annotation']['r1']:.1f}/{dev_metrics['search']['r1']:.1f}), "
-                      f"{metrics['pairs_per_s']:.0f} pairs/s, data wait {100 * metrics['data_wait_share']:.1f}%",
-                      flush=True)
-            ray.train.report(metrics, checkpoint=checkpoint)
+            metrics.update(flat_metrics("dev", dev_metrics), dev_rsum=rsum(dev_metrics))
+            best = training.keep_if_best(best, metrics["dev_rsum"], epoch, plain)
+            metrics["best_dev_epoch"] = best["epoch"]
+            training.log_epoch(logger, run_id, metrics, epoch)
+            state = {"model": plain.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
+                     "config": loop_config["cfg"], "vocab": vocab, "feature_dim": feature_dim,
+                     "feature_settings": loop_config["feature_settings"]}
+            print(f"epoch {epoch}: loss {metrics['train_loss']:.2f}, dev rsum {metrics['dev_rsum']:.1f} "
+                  f"(R@1 {dev_metrics['annotation']['r1']:.1f}/{dev_metrics['search']['r1']:.1f}), "
+                  f"{metrics['pairs_per_s']:.0f} pairs/s, data wait {100 * metrics['data_wait_share']:.1f}%",
+                  flush=True)
+        training.report(metrics, state)
 
 
 def train_dataset(cfg: AlignConfig, vocab: list[str]):
@@ -211,17 +186,15 @@ def load_model(path: Path | str) -> tuple[AlignmentModel, dict[str, Any]]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     cfg = AlignConfig(**{k: v for k, v in state["config"].items() if k in AlignConfig.__dataclass_fields__})
     model = AlignmentModel(model_args(cfg, len(state["vocab"]) + 2, state["feature_dim"]))
+    state["best"].setdefault("score", state["best"].pop("rsum", None))  # checkpoints before 2026-11-25
     model.load_state_dict(state["best"]["state"] or state["model"])
     return model.eval(), state
 
 
 def run(cfg: AlignConfig) -> dict[str, Any]:
     import mlflow
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     from vsa_dist.ray_env import ensure_ray
-    from vsa_dist.tracking import use_experiment
 
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -229,52 +202,17 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
     manifest = load_features_manifest(cfg.features)
     settings = check_same_settings({cfg.features: manifest})
     vocab = manifest["vocab"]["words"]
-
-    record_path = out / "run.json"
-    record = json.loads(record_path.read_text()) if cfg.resume and record_path.is_file() else None
-    if cfg.resume and record is None:
-        raise cfglib.ConfigError(f"--resume: no earlier run recorded in {record_path}")
-    if record and record["feature_settings"] != settings:
-        raise cfglib.ConfigError("--resume: the features differ from those the run started with")
     ensure_ray(cfg.progress)
-    experiment_id = use_experiment(cfg.experiment)
-    if record is None:
-        name = f"align-{time.strftime('%Y%m%d-%H%M%S')}"
-        mlflow_run = mlflow.start_run(experiment_id=experiment_id, run_name=name)
-        mlflow.log_params(cfglib.to_dict(cfg))
-        mlflow.log_dict({"config": cfglib.to_dict(cfg), "feature_settings": settings}, "config.json")
-        record = {"name": name, "mlflow_run_id": mlflow_run.info.run_id, "feature_settings": settings}
-        atomic_write_json(record_path, record)
-    else:
-        mlflow_run = mlflow.start_run(run_id=record["mlflow_run_id"])
+    record = training.start_run(cfg, out, settings, prefix="align")
     run_id = record["mlflow_run_id"]
     print(f"train-align: MLflow run {run_id} ({mlflow.get_tracking_uri()}), Ray Train run {record['name']} in {out}",
           flush=True)
-
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"cfg": cfglib.to_dict(cfg), "vocab": vocab, "feature_dim": settings["feature_dim"],
-                           "mlflow_run_id": run_id, "tracking_uri": mlflow.get_tracking_uri()},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": cfg.threads} if not cfg.use_gpu else None),
-        run_config=ray.train.RunConfig(
-            name=record["name"], storage_path=str(out / "ray"),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
-        datasets={"train": train_dataset(cfg, vocab)},
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"train-align: run {record['name']} reported no checkpoint")
-    with result.checkpoint.as_directory() as folder:
-        model, state = load_model(Path(folder) / CHECKPOINT)
-        final = out / "best.pt"
-        buffer = io.BytesIO()
-        torch.save({**state, "model": model.state_dict(), "optimizer": {}}, buffer)
-        atomic_write_bytes(final, buffer.getvalue())
+    loop_config = {"vocab": vocab, "feature_dim": settings["feature_dim"], "feature_settings": settings}
+    result = training.fit(train_loop, loop_config, cfg, record, out, {"train": train_dataset(cfg, vocab)})
+    model, state, final = training.save_best(result, out, load_model)
 
     summary: dict[str, Any] = {"run_id": run_id, "best_dev_epoch": state["best"]["epoch"],
-                               "best_dev_rsum": state["best"]["rsum"], "checkpoint": str(final),
+                               "best_dev_rsum": state["best"]["score"], "checkpoint": str(final),
                                "last_epoch": dict(getattr(result, "metrics", None) or {})}
     if cfg.test:
         test = load_split(cfg.features, "test", word_index(vocab), cfg.max_words)

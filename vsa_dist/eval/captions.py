@@ -1,0 +1,72 @@
+"""Caption metrics as the captioning papers report them: pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L and
+CIDEr, after its PTB tokenizer, each candidate scored against every reference sentence of its image.
+
+METEOR and the tokenizer are Java programs shipped inside pycocoevalcap; SPICE is left out (it needs a
+Stanford CoreNLP download, which fails offline).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+ALL_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
+
+
+def require_java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError("caption metrics need Java on PATH: pycocoevalcap's PTB tokenizer and METEOR are Java "
+                           "programs (install a JRE, e.g. `apt-get install default-jre-headless`)")
+    return java
+
+
+def _tokenized(references: dict[str, list[str]], candidates: dict[str, str]):
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    missing = sorted(set(references) - set(candidates))
+    if missing:
+        raise ValueError(f"no candidate caption for {len(missing)} image(s), e.g. {missing[:3]}")
+    tokenizer = PTBTokenizer()
+    # One tokenizer call for both sides: each call starts a JVM.
+    both = {("ref", key): [{"caption": c} for c in refs] for key, refs in references.items()}
+    # An empty caption would be an empty line, which the tokenizer drops, shifting every later line.
+    both.update({("cand", key): [{"caption": candidates[key] or "."}] for key in references})
+    tokens = tokenizer.tokenize(both)
+    gts = {key: tokens[("ref", key)] for key in references}
+    res = {key: tokens[("cand", key)] for key in references}
+    return gts, res
+
+
+def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str],
+                    metrics: tuple[str, ...] = ALL_METRICS) -> dict[str, float]:
+    """Corpus-level scores (0–1; CIDEr 0–10) for the images in ``references``."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    unknown = set(metrics) - set(ALL_METRICS)
+    if unknown:
+        raise ValueError(f"unknown caption metrics {sorted(unknown)}; known: {ALL_METRICS}")
+    require_java()
+    gts, res = _tokenized(references, candidates)
+    out: dict[str, float] = {}
+    if any(m.startswith("bleu") for m in metrics):
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        out.update({f"bleu{n + 1}": float(bleu[n]) for n in range(4) if f"bleu{n + 1}" in metrics})
+    if "meteor" in metrics:
+        meteor = Meteor()  # a JVM until the object is collected
+        out["meteor"] = float(meteor.compute_score(gts, res)[0])
+        del meteor
+    if "rouge_l" in metrics:
+        out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+    if "cider" in metrics:
+        out["cider"] = float(Cider().compute_score(gts, res)[0])
+    return out
+
+
+def leave_one_out_human(references: dict[str, list[str]], metrics: tuple[str, ...] = ALL_METRICS) -> dict[str, float]:
+    """Human agreement: each image's first reference scored against its other ones (a ceiling to compare to)."""
+    held_out = {key: refs[0] for key, refs in references.items() if len(refs) > 1}
+    rest = {key: refs[1:] for key, refs in references.items() if len(refs) > 1}
+    return caption_metrics(rest, held_out, metrics)

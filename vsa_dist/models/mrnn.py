@@ -1,0 +1,185 @@
+"""The multimodal RNN generator of section 3.2 (torch only): an image feature conditions a word RNN.
+
+    b_v = W_hi f(image)
+    h_t = ReLU(W_hx x_t + W_hh h_{t-1} + b_h + [t = 1] b_v)
+    y_t = softmax(W_oh h_t + b_o)
+
+Word ids: PAD = 0, UNK = 1, the vocabulary from 2 on, and END last. END also starts every sentence
+(x_1 = START), as in the paper's code, so the model learns one "boundary" token. ``cell="lstm"`` swaps
+the ReLU recurrence for an LSTM cell (beyond the paper); the image then enters as a bias on x_1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD, UNK = 0, 1
+NEVER_GENERATED = (PAD, UNK)
+
+
+@dataclass
+class MRNNArgs:
+    vocab_size: int               # PAD, UNK, words, END
+    feature_dim: int = 1280
+    hidden: int = 512
+    word_dim: int = 512
+    cell: str = "rnn"             # rnn (the paper) or lstm
+    dropout: float = 0.5          # on the non-recurrent layers: word vectors, image vector, output layer input
+    l2_features: bool = True      # CNN features at unit length, as in the alignment model
+
+    @property
+    def end(self) -> int:
+        return self.vocab_size - 1
+
+
+def teacher_forcing(tokens: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PAD-padded sentences [N, T] → (inputs, targets) [N, T+1]: START w_1..w_n and w_1..w_n END."""
+    n = len(tokens)
+    lengths = (tokens != PAD).sum(dim=1)
+    inputs = torch.cat([torch.full((n, 1), end, dtype=tokens.dtype, device=tokens.device), tokens], dim=1)
+    targets = torch.cat([tokens, torch.full((n, 1), PAD, dtype=tokens.dtype, device=tokens.device)], dim=1)
+    targets[torch.arange(n, device=tokens.device), lengths] = end
+    return inputs, targets
+
+
+class MRNN(nn.Module):
+    def __init__(self, args: MRNNArgs):
+        super().__init__()
+        if args.cell not in ("rnn", "lstm"):
+            raise ValueError(f"cell {args.cell!r} is not rnn or lstm")
+        self.args = args
+        self.embed = nn.Embedding(args.vocab_size, args.word_dim, padding_idx=PAD)
+        self.drop = nn.Dropout(args.dropout)
+        if args.cell == "rnn":
+            self.image = nn.Linear(args.feature_dim, args.hidden)          # W_hi: b_v lives in the hidden space
+            self.input = nn.Linear(args.word_dim, args.hidden)             # W_hx, b_h
+            self.recurrent = nn.Linear(args.hidden, args.hidden, bias=False)  # W_hh
+        else:
+            self.image = nn.Linear(args.feature_dim, args.word_dim)        # added to x_1
+            self.lstm = nn.LSTMCell(args.word_dim, args.hidden)
+        self.output = nn.Linear(args.hidden, args.vocab_size)              # W_oh, b_o
+
+    def image_bias(self, features: torch.Tensor) -> torch.Tensor:
+        """Whole-image CNN features [N, D] → b_v."""
+        features = features.float()
+        if self.args.l2_features:
+            features = F.normalize(features, dim=-1)
+        return self.drop(self.image(features))
+
+    def initial_state(self, n: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        zeros = torch.zeros(n, self.args.hidden, device=device)
+        return (zeros,) if self.args.cell == "rnn" else (zeros, zeros.clone())
+
+    def step(self, words: torch.Tensor, state: tuple[torch.Tensor, ...],
+             first_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One time step for a batch of word ids [N]: (logits [N, V], new state). ``first_bias`` at t = 1."""
+        x = self.drop(self.embed(words))
+        if self.args.cell == "rnn":
+            pre = self.input(x) + self.recurrent(state[0])
+            if first_bias is not None:
+                pre = pre + first_bias
+            h = torch.relu(pre)
+            state = (h,)
+        else:
+            if first_bias is not None:
+                x = x + first_bias
+            h, c = self.lstm(x, state)
+            state = (h, c)
+        return self.output(self.drop(h)), state
+
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: features [N, D], input ids [N, T] → logits [N, T, V]."""
+        bias = self.image_bias(features)
+        state = self.initial_state(len(inputs), inputs.device)
+        logits = []
+        for t in range(inputs.shape[1]):
+            out, state = self.step(inputs[:, t], state, bias if t == 0 else None)
+            logits.append(out)
+        return torch.stack(logits, dim=1)
+
+    def loss(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy over every target word and END, and the number of targets (for perplexity)."""
+        inputs, targets = teacher_forcing(tokens, self.args.end)
+        logits = self(features, inputs)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=PAD,
+                              reduction="sum")
+        return nll, (targets != PAD).sum()
+
+    def _log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        log_probs[..., list(NEVER_GENERATED)] = float("-inf")
+        return log_probs
+
+    @torch.no_grad()
+    def greedy(self, features: torch.Tensor, max_len: int = 20) -> torch.Tensor:
+        """The most likely word at every step: ids [N, L], END then PAD after a sentence ends."""
+        n, device = len(features), features.device
+        bias, state = self.image_bias(features), self.initial_state(n, device)
+        words = torch.full((n,), self.args.end, dtype=torch.long, device=device)
+        done = torch.zeros(n, dtype=torch.bool, device=device)
+        out = []
+        for t in range(max_len):
+            logits, state = self.step(words, state, bias if t == 0 else None)
+            words = self._log_probs(logits).argmax(dim=-1).masked_fill(done, PAD)
+            out.append(words)
+            done |= words == self.args.end
+            if done.all():
+                break
+        return torch.stack(out, dim=1)
+
+    @torch.no_grad()
+    def beam_search(self, features: torch.Tensor, beam: int = 3, max_len: int = 20,
+                    length_penalty: float = 0.0) -> torch.Tensor:
+        """Batched beam search: every image's ``beam`` best prefixes advance together, one step at a time.
+
+        A finished hypothesis stays in its beam with its score, continued by PAD at no cost, so finished
+        and open hypotheses compete on the same list. The winner maximises log P / length**length_penalty
+        (0: plain log-probability, the paper's choice). Beam 1 is greedy decoding, exactly.
+        """
+        n, k, device = len(features), beam, features.device
+        vocab = self.args.vocab_size
+        bias = self.image_bias(features).repeat_interleave(k, dim=0)
+        state = self.initial_state(n * k, device)
+        words = torch.full((n * k,), self.args.end, dtype=torch.long, device=device)
+        scores = torch.full((n, k), float("-inf"), device=device)
+        scores[:, 0] = 0.0  # all beams start identical: only one may expand at first
+        done = torch.zeros(n, k, dtype=torch.bool, device=device)
+        sequences = torch.zeros(n, k, 0, dtype=torch.long, device=device)
+        finished_row = torch.full((vocab,), float("-inf"), device=device)
+        finished_row[PAD] = 0.0
+        for t in range(max_len):
+            logits, state = self.step(words, state, bias if t == 0 else None)
+            log_probs = self._log_probs(logits).view(n, k, vocab)
+            log_probs = torch.where(done[..., None], finished_row, log_probs)
+            best, flat = (scores[..., None] + log_probs).view(n, k * vocab).topk(k, dim=1)
+            source, token = flat // vocab, flat % vocab
+            scores = best
+            sequences = torch.cat([sequences.gather(1, source[..., None].expand(-1, -1, t)), token[..., None]], dim=2)
+            done = done.gather(1, source) | (token == self.args.end)
+            rows = (source + torch.arange(n, device=device)[:, None] * k).view(-1)
+            state = tuple(s[rows] for s in state)
+            words = token.view(-1)
+            if done.all():
+                break
+        if length_penalty:
+            lengths = (sequences != PAD).sum(dim=2).clamp(min=1).float()
+            scores = scores / lengths ** length_penalty
+        winner = scores.argmax(dim=1)
+        return sequences[torch.arange(n, device=device), winner]
+
+
+def ids_to_words(ids: torch.Tensor, vocab: list[str], end: int) -> list[list[str]]:
+    """Decoded ids [N, L] → words, up to END (word id w is vocab[w - 2])."""
+    sentences = []
+    for row in ids.tolist():
+        words = []
+        for w in row:
+            if w == end or w == PAD:
+                break
+            words.append(vocab[w - 2] if w > UNK else "<unk>")
+        sentences.append(words)
+    return sentences

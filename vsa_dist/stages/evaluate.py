@@ -1,0 +1,91 @@
+"""``vsa eval``: score a trained model's checkpoint on a split of a feature folder.
+
+    vsa eval retrieval --checkpoint runs/flickr8k/align/best.pt --features runs/flickr8k/features
+    vsa eval captions --checkpoint runs/flickr8k/mrnn/best.pt --features runs/flickr8k/features --beam 3
+
+Retrieval: image annotation and image search, R@1/5/10 and median rank, over every image of the split
+and its sentences. Captions: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, Java) against every
+reference sentence of each image. Prints the metrics as JSON; ``--out FILE`` also writes them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vsa_dist import config as cfglib
+from vsa_dist.data.pairs import load_split, word_index
+from vsa_dist.features.format import check_same_settings, load_features_manifest
+from vsa_dist.io import atomic_write_json
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a checkpoint (best.pt of a training run) on a split of a feature folder."""
+
+    checkpoint: str = field(default="", metadata={"help": "best.pt (or an epoch checkpoint) of a training run"})
+    features: str = field(default="", metadata={"help": "feature folder made with the settings the model was trained on"})
+    split: str = field(default="test", metadata={"help": "split to score (model selection happens on dev, never test)"})
+    beam: int = field(default=0, metadata={"help": "captions: beam size; 0: the size chosen on dev in training (or 1)"})
+    out: str = field(default="", metadata={"help": "also write the metrics to this JSON file"})
+
+    def validate(self) -> None:
+        if not Path(self.checkpoint).is_file():
+            raise cfglib.ConfigError(f"checkpoint {self.checkpoint!r}: no such file")
+        if not (Path(self.features) / "manifest.json").is_file():
+            raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
+
+
+def _split(cfg: EvalConfig, state: dict[str, Any], whole_image_only: bool) -> dict[str, Any]:
+    manifest = load_features_manifest(cfg.features)
+    settings = check_same_settings({cfg.features: manifest})
+    if settings["weights_sha256"] != state.get("feature_settings", settings)["weights_sha256"]:
+        raise cfglib.ConfigError(f"{cfg.features}: features from another backbone than the checkpoint's")
+    if state["feature_dim"] != settings["feature_dim"]:
+        raise cfglib.ConfigError(f"{cfg.features}: {settings['feature_dim']}-d features, the checkpoint wants "
+                                 f"{state['feature_dim']}-d")
+    return load_split(cfg.features, cfg.split, word_index(state["vocab"]), state["config"]["max_words"],
+                      whole_image_only=whole_image_only)
+
+
+def _finish(cfg: EvalConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+    print(json.dumps(metrics, indent=1))
+    if cfg.out:
+        atomic_write_json(Path(cfg.out), metrics)
+    return metrics
+
+
+def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
+    from vsa_dist.eval.retrieval import evaluate_alignment
+    from vsa_dist.stages.train_align import load_model
+
+    model, state = load_model(cfg.checkpoint)
+    split = _split(cfg, state, whole_image_only=False)
+    metrics = evaluate_alignment(model, torch.from_numpy(split["features"]), torch.from_numpy(split["tokens"]).long())
+    return _finish(cfg, {"split": cfg.split, "images": len(split["image_ids"]), **metrics})
+
+
+def run_captions(cfg: EvalConfig) -> dict[str, Any]:
+    from vsa_dist.stages.train_mrnn import generate, load_model, score_captions
+
+    model, state = load_model(cfg.checkpoint)
+    split = _split(cfg, state, whole_image_only=True)
+    beam = cfg.beam or state.get("beam") or 1
+    captions = generate(model, torch.from_numpy(split["features"]).float(), state["vocab"], beam,
+                        state["config"]["max_len"], state["config"].get("length_penalty", 0.0))
+    metrics = score_captions(split, captions)
+    return _finish(cfg, {"split": cfg.split, "images": len(captions), "beam": beam, **metrics})
+
+
+def retrieval_main(argv: list[str] | None = None) -> dict[str, Any]:
+    return cfglib.run_stage(EvalConfig, run_retrieval, argv, prog="vsa eval retrieval", preset="eval",
+                            input_errors=(ValueError,))
+
+
+def captions_main(argv: list[str] | None = None) -> dict[str, Any]:
+    return cfglib.run_stage(EvalConfig, run_captions, argv, prog="vsa eval captions", preset="eval",
+                            input_errors=(ValueError, RuntimeError))

@@ -1,0 +1,301 @@
+"""``vsa train-mrnn``: the multimodal RNN generator, trained with Ray Train (DDP), selected on dev CIDEr.
+
+    vsa train-mrnn --features runs/flickr8k/features                        # the paper: RNN cell, RMSprop
+    vsa train-mrnn --features runs/flickr8k/features --preset train_mrnn_modern   # LSTM, Adam, cosine
+    vsa train-mrnn --features runs/flickr8k/features --resume               # continue the last run
+
+Per epoch every worker streams its share of the train images (Ray Data, shuffled) and learns every
+sentence of each image by teacher forcing; rank 0 then measures dev perplexity and the CIDEr of greedy
+captions on dev, keeps the best model, logs to MLflow and reports a checkpoint. At the end the beam
+size is chosen on dev, the best model captions test once (BLEU, METEOR, ROUGE-L, CIDEr), example
+captions with their images go to MLflow, and the model is registered as ``vsa-captioner``; the alias
+``champion`` moves to it when it beats the champion's dev CIDEr on the same dev data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vsa_dist import config as cfglib
+from vsa_dist import training
+from vsa_dist.data.pairs import feature_rows_to_arrays, load_split, word_index
+from vsa_dist.eval.captions import caption_metrics, require_java
+from vsa_dist.features.format import check_same_settings, load_features_manifest
+from vsa_dist.io import atomic_write_json
+from vsa_dist.models.mrnn import MRNN, PAD, MRNNArgs, ids_to_words, teacher_forcing
+
+
+@dataclass
+class MRNNConfig:
+    """Train the MRNN caption generator on feature shards (whole-image features + sentences)."""
+
+    features: str = field(default="", metadata={"help": "feature folder (vsa features --out)"})
+    out: str = field(default="", metadata={"help": "run folder: checkpoints, run.json; default FEATURES/../mrnn"})
+    epochs: int = field(default=20, metadata={"help": "passes over the train images, all their sentences each time"})
+    batch_size: int = field(default=100, metadata={"help": "image-sentence pairs per step over all workers (5 per image)"})
+    cell: str = field(default="rnn", metadata={"help": "rnn (the paper's ReLU RNN) or lstm"})
+    hidden: int = field(default=512, metadata={"help": "hidden units"})
+    word_dim: int = field(default=512, metadata={"help": "word vector size"})
+    optimizer: str = field(default="rmsprop", metadata={"help": "rmsprop (the paper's choice for the generator), adam or sgd"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (chosen on dev)"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant, or cosine: decay to 0 over the planned epochs"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay"})
+    clip: float = field(default=5.0, metadata={"help": "element-wise gradient clipping (paper: 5)"})
+    dropout: float = field(default=0.5, metadata={"help": "dropout on the non-recurrent layers"})
+    max_words: int = field(default=20, metadata={"help": "longer training sentences are cut"})
+    max_len: int = field(default=20, metadata={"help": "longest generated caption, in words"})
+    beam: int = field(default=0, metadata={"help": "beam size at test time; 0: choose from beam_choices on dev"})
+    beam_choices: list[int] = field(default_factory=lambda: [1, 2, 3, 5], metadata={"help": "beam sizes tried on dev"})
+    length_penalty: float = field(default=0.0, metadata={"help": "beam ranking by log P / length**this (0: the paper)"})
+    workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP)"})
+    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
+    threads: int = field(default=1, metadata={"help": "torch threads per CPU worker"})
+    shuffle_buffer: int = field(default=1000, metadata={"help": "images in each worker's local shuffle buffer"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    resume: bool = field(default=False, metadata={"help": "continue the run recorded in OUT/run.json from its last checkpoint"})
+    max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint after a failure"})
+    experiment: str = field(default="vsa-mrnn", metadata={"help": "MLflow experiment"})
+    register_as: str = field(default="vsa-captioner", metadata={"help": "registered model name; empty: do not register"})
+    alias: str = field(default="champion", metadata={"help": "alias moved to the new version when it beats the holder on dev"})
+    test: bool = field(default=True, metadata={"help": "caption test once at the end and score it"})
+    examples: int = field(default=10, metadata={"help": "test images captioned into the example artifacts"})
+    progress: bool = field(default=True, metadata={"help": "progress output"})
+
+    def validate(self) -> None:
+        if not self.features or not (Path(self.features) / "manifest.json").is_file():
+            raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there (run vsa features first)")
+        splits = load_features_manifest(self.features)["splits"]
+        for split in ("train", "dev") + (("test",) if self.test else ()):
+            if not splits.get(split, {}).get("images"):
+                raise cfglib.ConfigError(f"features {self.features}: no {split!r} images")
+        if not self.out:
+            self.out = str(Path(self.features).parent / "mrnn")
+        training.check_choice("cell", self.cell, ("rnn", "lstm"))
+        training.check_choice("optimizer", self.optimizer, training.OPTIMIZERS)
+        training.check_choice("lr_schedule", self.lr_schedule, training.LR_SCHEDULES)
+        if self.workers < 1 or self.batch_size < 5 * self.workers:
+            raise cfglib.ConfigError("need workers >= 1 and at least one image (5 pairs) per worker in a batch")
+        if self.epochs < 1 or self.max_len < 1:
+            raise cfglib.ConfigError("epochs and max_len must be at least 1")
+        if self.beam < 0 or not self.beam_choices or min(self.beam_choices) < 1:
+            raise cfglib.ConfigError("beam must be >= 0 and beam_choices a list of sizes >= 1")
+        require_java()  # dev CIDEr every epoch: fail now, not after the first epoch
+
+
+def model_args(cfg: MRNNConfig, vocab_size: int, feature_dim: int) -> MRNNArgs:
+    """``vocab_size`` words → ids PAD, UNK, words, END."""
+    return MRNNArgs(vocab_size=vocab_size + 3, feature_dim=feature_dim, hidden=cfg.hidden, word_dim=cfg.word_dim,
+                    cell=cfg.cell, dropout=cfg.dropout)
+
+
+def every_sentence(features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [B, D] with sentences [B, S, T] → one row per present sentence: ([N, D], [N, T])."""
+    present = (tokens != PAD).any(dim=-1)                               # [B, S]
+    image_of = torch.arange(len(tokens), device=tokens.device)[:, None].expand_as(present)[present]
+    return features[image_of], tokens[present]
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy over the non-PAD targets, and their count."""
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD,
+                          reduction="sum")
+    return nll, (targets != PAD).sum()
+
+
+@torch.no_grad()
+def perplexity(model: MRNN, features: torch.Tensor, tokens: torch.Tensor, chunk: int = 500) -> float:
+    """exp(mean NLL per word, END included) over every sentence of the split."""
+    model.eval()
+    feats, sentences = every_sentence(features, tokens)
+    total, count = 0.0, 0
+    for start in range(0, len(sentences), chunk):
+        inputs, targets = teacher_forcing(sentences[start:start + chunk], model.args.end)
+        nll, n = token_nll(model(feats[start:start + chunk], inputs), targets)
+        total, count = total + float(nll), count + int(n)
+    return math.exp(total / max(count, 1))
+
+
+@torch.no_grad()
+def generate(model: MRNN, features: torch.Tensor, vocab: list[str], beam: int, max_len: int,
+             length_penalty: float = 0.0, chunk: int = 250) -> list[str]:
+    """Captions for images [N, D]; beam 1 is greedy."""
+    model.eval()
+    captions = []
+    for start in range(0, len(features), chunk):
+        part = features[start:start + chunk]
+        ids = (model.greedy(part, max_len) if beam == 1
+               else model.beam_search(part, beam, max_len, length_penalty))
+        captions += [" ".join(words) for words in ids_to_words(ids, vocab, model.args.end)]
+    return captions
+
+
+def score_captions(split: dict[str, Any], captions: list[str], metrics: tuple[str, ...] | None = None) -> dict[str, float]:
+    references = {key: refs for key, refs in zip(split["image_ids"], split["references"])}
+    candidates = dict(zip(split["image_ids"], captions))
+    return caption_metrics(references, candidates, *(() if metrics is None else (metrics,)))
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: load checkpoint → epochs of steps → report (rank 0: eval, log)."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = MRNNConfig(**loop_config["cfg"])
+    vocab, feature_dim, run_id = loop_config["vocab"], loop_config["feature_dim"], loop_config["mlflow_run_id"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed * 1000 + rank)
+    device = ray.train.torch.get_device()
+
+    model = MRNN(model_args(cfg, len(vocab), feature_dim))
+    optimizer = training.make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)
+    start_epoch, best = training.restore(model, optimizer)
+    model = ray.train.torch.prepare_model(model)
+    plain = model.module if hasattr(model, "module") else model
+    train_shard = ray.train.get_dataset_shard("train")
+
+    logger = None
+    if rank == 0:  # the one rank that evaluates, logs and writes checkpoints
+        from mlflow.tracking import MlflowClient
+
+        logger = MlflowClient(loop_config["tracking_uri"])
+        dev = load_split(cfg.features, "dev", word_index(vocab), cfg.max_words, whole_image_only=True)
+        dev_features, dev_tokens = torch.from_numpy(dev["features"]).float(), torch.from_numpy(dev["tokens"]).long()
+
+    images_per_worker = max(1, cfg.batch_size // (5 * world))
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        model.train()
+        lr = training.epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
+        training.set_lr(optimizer, lr)
+        total_nll, total_words, steps, wait, start = 0.0, 0, 0, 0.0, time.time()
+        fetch = time.time()
+        for batch in train_shard.iter_torch_batches(batch_size=images_per_worker, drop_last=True, device=device,
+                                                    local_shuffle_buffer_size=cfg.shuffle_buffer):
+            wait += time.time() - fetch
+            features, sentences = every_sentence(batch["features"].float(), batch["tokens"].long())
+            inputs, targets = teacher_forcing(sentences, plain.args.end)
+            nll, words = token_nll(model(features, inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            (nll / words).backward()
+            torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip)
+            optimizer.step()
+            total_nll, total_words, steps = total_nll + float(nll), total_words + int(words), steps + 1
+            fetch = time.time()
+        seconds = time.time() - start
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_perplexity": math.exp(total_nll / max(total_words, 1)),
+                                   "steps": steps, "words_per_s": total_words * world / seconds,
+                                   "data_wait_share": wait / seconds}
+        state = None
+        if rank == 0:
+            with training.all_cores(cfg.threads):
+                metrics["dev_perplexity"] = perplexity(plain, dev_features, dev_tokens)
+                greedy = generate(plain, dev_features, vocab, beam=1, max_len=cfg.max_len)
+            metrics["dev_cider"] = score_captions(dev, greedy, ("cider",))["cider"]
+            best = training.keep_if_best(best, metrics["dev_cider"], epoch, plain)
+            metrics["best_dev_epoch"] = best["epoch"]
+            training.log_epoch(logger, run_id, metrics, epoch)
+            state = {"model": plain.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
+                     "config": loop_config["cfg"], "vocab": vocab, "feature_dim": feature_dim,
+                     "feature_settings": loop_config["feature_settings"]}
+            print(f"epoch {epoch}: train ppl {metrics['train_perplexity']:.1f}, dev ppl {metrics['dev_perplexity']:.1f}, "
+                  f"dev CIDEr {metrics['dev_cider']:.3f} (greedy), e.g. {greedy[0]!r}; "
+                  f"{metrics['words_per_s']:.0f} words/s, data wait {100 * metrics['data_wait_share']:.1f}%", flush=True)
+        training.report(metrics, state)
+
+
+def train_dataset(cfg: MRNNConfig, vocab: list[str]):
+    import ray
+
+    from vsa_dist.data.shards import shard_paths
+
+    # As in train-align: unpacking takes no CPU slot, the training workers hold them all.
+    return (ray.data.read_webdataset(shard_paths(cfg.features, ["train"]), decoder=None, num_cpus=0, concurrency=2)
+            .map_batches(feature_rows_to_arrays, batch_size=64, num_cpus=0, concurrency=2,
+                         fn_kwargs={"index": word_index(vocab), "max_words": cfg.max_words, "whole_image_only": True})
+            .randomize_block_order())
+
+
+def load_model(path: Path | str) -> tuple[MRNN, dict[str, Any]]:
+    """The best-on-dev generator of a checkpoint (``torch.load(weights_only=True)``) and its metadata."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = MRNNConfig(**{k: v for k, v in state["config"].items() if k in MRNNConfig.__dataclass_fields__})
+    model = MRNN(model_args(cfg, len(state["vocab"]), state["feature_dim"]))
+    model.load_state_dict(state["best"]["state"] or state["model"])
+    return model.eval(), state
+
+
+def choose_beam(cfg: MRNNConfig, model: MRNN, dev: dict[str, Any], vocab: list[str]) -> tuple[int, dict[int, float]]:
+    """The test-time beam size (the configured one, or the dev-CIDEr best of ``beam_choices``) and the dev
+    CIDEr of each size tried."""
+    features = torch.from_numpy(dev["features"]).float()
+    by_beam = {k: score_captions(dev, generate(model, features, vocab, k, cfg.max_len, cfg.length_penalty), ("cider",))["cider"]
+               for k in ([cfg.beam] if cfg.beam else sorted(set(cfg.beam_choices)))}
+    return max(by_beam, key=by_beam.get), by_beam
+
+
+def run(cfg: MRNNConfig) -> dict[str, Any]:
+    import mlflow
+
+    from vsa_dist.ray_env import ensure_ray
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.features = str(Path(cfg.features).resolve())
+    manifest = load_features_manifest(cfg.features)
+    settings = check_same_settings({cfg.features: manifest})
+    vocab = manifest["vocab"]["words"]
+    ensure_ray(cfg.progress)
+    record = training.start_run(cfg, out, settings, prefix="mrnn")
+    run_id = record["mlflow_run_id"]
+    print(f"train-mrnn: MLflow run {run_id} ({mlflow.get_tracking_uri()}), Ray Train run {record['name']} in {out}",
+          flush=True)
+    loop_config = {"vocab": vocab, "feature_dim": settings["feature_dim"], "feature_settings": settings}
+    result = training.fit(train_loop, loop_config, cfg, record, out, {"train": train_dataset(cfg, vocab)})
+    model, state, final = training.save_best(result, out, load_model)
+
+    index = word_index(vocab)
+    dev = load_split(cfg.features, "dev", index, cfg.max_words, whole_image_only=True)
+    beam, dev_by_beam = choose_beam(cfg, model, dev, vocab)
+    training.write_best(final, model, state, beam=beam)
+    mlflow.log_metrics({f"dev_cider_beam{k}": v for k, v in dev_by_beam.items()} | {"beam": beam})
+    summary: dict[str, Any] = {"run_id": run_id, "best_dev_epoch": state["best"]["epoch"],
+                               "best_dev_cider_greedy": state["best"]["score"], "beam": beam,
+                               "dev_cider_by_beam": dev_by_beam, "checkpoint": str(final),
+                               "last_epoch": dict(getattr(result, "metrics", None) or {})}
+    if cfg.test:
+        from vsa_dist.examples import log_examples
+
+        test = load_split(cfg.features, "test", index, cfg.max_words, whole_image_only=True)
+        captions = generate(model, torch.from_numpy(test["features"]).float(), vocab, beam, cfg.max_len,
+                            cfg.length_penalty)
+        summary["test"] = score_captions(test, captions)
+        mlflow.log_metrics({f"test_{k}": v for k, v in summary["test"].items()})
+        mlflow.log_dict({key: caption for key, caption in zip(test["image_ids"], captions)}, "test_captions.json")
+        summary["examples"] = log_examples(manifest, test, captions, cfg.examples, cfg.features)
+        print(f"train-mrnn: test (best dev epoch {state['best']['epoch']}, beam {beam}): "
+              f"{json.dumps({k: round(v, 4) for k, v in summary['test'].items()})}", flush=True)
+    mlflow.log_artifact(str(final), artifact_path="checkpoint")
+    if cfg.register_as:
+        from vsa_dist.serving import log_captioner
+
+        summary["registered"] = log_captioner(final, cfg.register_as, manifest, beam, cfg.max_len,
+                                              cfg.length_penalty, dev_by_beam[beam], cfg.alias)
+    mlflow.log_dict(summary, "summary.json")
+    mlflow.end_run()
+    atomic_write_json(out / "summary.json", summary)
+    print(f"train-mrnn: done; MLflow run id {run_id}", flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return cfglib.run_stage(MRNNConfig, run, argv, prog="vsa train-mrnn", preset="train_mrnn")
