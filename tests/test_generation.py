@@ -1,0 +1,214 @@
+"""The MRNN against the paper's recurrence, beam search against greedy and exhaustive search, caption
+metrics against hand computation and pycocoevalcap, and a real run: Ray Train DDP, MLflow server,
+registry alias, `vsa caption`, and `mlflow models serve` captioning a posted JPEG."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+from vsa_dist.eval.captions import caption_metrics
+from vsa_dist.models.mrnn import MRNN, NEVER_GENERATED, PAD, MRNNArgs, teacher_forcing
+
+VOCAB = 9  # PAD, UNK, 6 words, END
+
+
+def tiny(cell: str = "rnn", seed: int = 0, vocab: int = VOCAB) -> MRNN:
+    torch.manual_seed(seed)
+    model = MRNN(MRNNArgs(vocab_size=vocab, feature_dim=6, hidden=16, word_dim=8, cell=cell, dropout=0.0)).eval()
+    for p in model.parameters():  # spread the weights: distinct, confident choices make the search tests bite
+        torch.nn.init.normal_(p, std=0.8)
+    return model
+
+
+def sequence_log_prob(model: MRNN, feature: torch.Tensor, words: list[int]) -> float:
+    """log P(words | image) given that PAD and UNK are never generated, written out independently."""
+    inputs = torch.tensor([[model.args.end] + words[:-1]])
+    with torch.no_grad():
+        probs = torch.softmax(model(feature[None], inputs)[0].double(), dim=-1)
+    probs[:, list(NEVER_GENERATED)] = 0.0
+    log_probs = torch.log(probs / probs.sum(dim=-1, keepdim=True))
+    return float(sum(log_probs[t, w] for t, w in enumerate(words)))
+
+
+def test_mrnn_is_the_papers_recurrence():
+    model = tiny()
+    feature, words = torch.randn(1, 6), [4, 2, 7]
+    inputs = torch.tensor([[model.args.end, *words]])
+    logits = model(feature, inputs)[0]
+    b_v = model.image(torch.nn.functional.normalize(feature, dim=-1))[0]
+    h = torch.zeros(16)
+    for t, w in enumerate([model.args.end, *words]):
+        x = model.embed.weight[w]
+        h = torch.relu(model.input(x) + model.recurrent.weight @ h + (b_v if t == 0 else 0))
+        assert torch.allclose(logits[t], model.output(h), atol=1e-5)
+
+
+def test_teacher_forcing_starts_and_ends_with_end():
+    inputs, targets = teacher_forcing(torch.tensor([[3, 4, 0], [5, 0, 0]]), end=8)
+    assert inputs.tolist() == [[8, 3, 4, 0], [8, 5, 0, 0]]
+    assert targets.tolist() == [[3, 4, 8, 0], [5, 8, 0, 0]]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_beam_one_is_greedy(cell):
+    model = tiny(cell, vocab=40)
+    features = torch.randn(16, 6)
+    assert torch.equal(model.beam_search(features, beam=1, max_len=12), model.greedy(features, max_len=12))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_wide_beam_is_exhaustive_search(cell):
+    """With a beam wider than every prefix, beam search must return the most likely sentence of all."""
+    model, max_len = tiny(cell, seed=3), 3
+    words = [w for w in range(VOCAB) if w not in NEVER_GENERATED]
+    features = torch.randn(6, 6)
+    found = model.beam_search(features, beam=len(words) ** (max_len - 1), max_len=max_len)
+    for image, row in zip(features, found):
+        candidates = [list(seq) for n in range(1, max_len + 1) for seq in itertools.product(words, repeat=n)
+                      if (seq[-1] == model.args.end or n == max_len) and model.args.end not in seq[:-1]]
+        best = max(candidates, key=lambda seq: sequence_log_prob(model, image, seq))
+        got = [w for w in row.tolist() if w != PAD]
+        assert sequence_log_prob(model, image, got) == pytest.approx(sequence_log_prob(model, image, best), abs=1e-5)
+        greedy = [w for w in model.greedy(image[None], max_len)[0].tolist() if w != PAD]
+        assert sequence_log_prob(model, image, got) >= sequence_log_prob(model, image, greedy) - 1e-6
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_tiny_mrnn_overfits_a_handful_of_captions(cell):
+    from vsa_dist.stages.train_mrnn import token_nll
+
+    torch.manual_seed(0)
+    model = MRNN(MRNNArgs(vocab_size=14, feature_dim=8, hidden=48, word_dim=16, cell=cell, dropout=0.0))
+    features = torch.randn(5, 8)
+    captions = torch.tensor([[2, 3, 4, 0, 0], [5, 6, 0, 0, 0], [7, 8, 9, 10, 11], [3, 3, 12, 0, 0], [12, 2, 5, 6, 0]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        inputs, targets = teacher_forcing(captions, model.args.end)
+        nll, count = token_nll(model(features, inputs), targets)
+        optimizer.zero_grad()
+        (nll / count).backward()
+        optimizer.step()
+    model.eval()
+    for decoded in (model.greedy(features, 8), model.beam_search(features, beam=3, max_len=8)):
+        recalled = [[w for w in row if w not in (PAD, model.args.end)] for row in decoded.tolist()]
+        assert recalled == [[w for w in row if w != PAD] for row in captions.tolist()]
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def test_caption_metrics_match_hand_computation_and_pycocoevalcap():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    references = {"1": ["The dog barks.", "A dog is barking loudly"], "2": ["two men play football on grass"]}
+    candidates = {"1": "the the the dog", "2": "two men play football on grass"}
+    ours = caption_metrics(references, candidates)
+    # BLEU-1 by hand, pooled over the corpus: clipped matches (the 1 + dog 1) + 6 = 8 of 4 + 6 = 10 words;
+    # candidate length 10 against the closest reference lengths 3 + 6 = 9: no brevity penalty.
+    assert ours["bleu1"] == pytest.approx(0.8, abs=1e-6)
+    # ROUGE-L of a candidate equal to its reference is 1; the other is LCS 2 ("the dog") of 4 and 3 words.
+    precision, recall, beta = 2 / 4, 2 / 3, 1.2
+    f_hand = (1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision)
+    assert ours["rouge_l"] == pytest.approx((1 + f_hand) / 2, abs=1e-6)
+
+    # The rest exactly as pycocoevalcap's own COCOEvalCap computes them.
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
+    res = tokenizer.tokenize({k: [{"caption": v}] for k, v in candidates.items()})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    assert [ours[f"bleu{n}"] for n in range(1, 5)] == pytest.approx(bleu, abs=1e-9)
+    assert ours["meteor"] == pytest.approx(Meteor().compute_score(gts, res)[0], abs=1e-9)
+    assert ours["rouge_l"] == pytest.approx(Rouge().compute_score(gts, res)[0], abs=1e-9)
+    assert ours["cider"] == pytest.approx(Cider().compute_score(gts, res)[0], abs=1e-9)
+
+
+def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="need Java"):
+        caption_metrics({"1": ["a dog"]}, {"1": "a dog"})
+
+
+# ------------------------------------------------------------------- a real run, registry, CLI and serving
+def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, mini_images, ray_cluster,
+                                                    mlflow_server, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from vsa_dist.cli import main as vsa
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    out = tmp_path / "mrnn"
+    args = ["train-mrnn", "--features", str(mini_features), "--out", str(out), "--batch-size", "50",
+            "--hidden", "128", "--word-dim", "128", "--beam-choices", "1,2", "--experiment", "test-mrnn",
+            "--examples", "4", "--progress", "false"]
+    first = vsa([*args, "--epochs", "2", "--test", "false"])
+    second = vsa([*args, "--epochs", "3", "--resume", "true"])
+    run_id = second["run_id"]
+    assert first["run_id"] == run_id
+
+    client = MlflowClient(mlflow_server)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "dev_cider")) == [1, 2, 3]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "dev_perplexity")) == [1, 2, 3]
+    metrics = client.get_run(run_id).data.metrics
+    assert {"test_bleu1", "test_bleu4", "test_meteor", "test_rouge_l", "test_cider"} <= set(metrics)
+    assert all(0 <= metrics[f"test_{k}"] <= 1 for k in ("bleu1", "bleu4", "meteor", "rouge_l")), metrics
+    perplexity = sorted(client.get_metric_history(run_id, "dev_perplexity"), key=lambda m: m.step)
+    assert perplexity[-1].value < perplexity[0].value  # it learns (exact recall is the overfitting test's job)
+    artifacts = {a.path for a in client.list_artifacts(run_id, "examples")}
+    assert artifacts == {"examples/examples.json", "examples/examples.jpg"}
+    champion = client.get_model_version_by_alias("vsa-captioner", "champion")
+    assert champion.run_id == run_id and float(champion.tags["dev_cider"]) >= 0
+
+    # vsa caption: a folder of images, through the registry on the server.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in mini_images[:3]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    capsys.readouterr()
+    printed = vsa(["caption", str(folder), "--model", "models:/vsa-captioner@champion"])
+    assert [p for p, _ in printed] == [str(folder / i.name) for i in mini_images[:3]]
+    assert all(caption.split() for _, caption in printed)
+    assert capsys.readouterr().out.count("\t") == 3
+
+    # mlflow models serve: a base64 JPEG posted over HTTP gets the same caption back.
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/vsa-captioner@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,  # it execs uvicorn by name
+                                   "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"},
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        body = json.dumps({"dataframe_split": {"columns": ["image"],
+                                               "data": [[base64.b64encode(mini_images[0].read_bytes()).decode()]]}})
+        deadline, answer = time.time() + 180, None
+        while time.time() < deadline and answer is None:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+                                                 headers={"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+            except urllib.error.HTTPError as err:
+                raise AssertionError(f"the server answered {err.code}: {err.read()[:2000]!r}") from err
+            except OSError:  # not listening yet
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(1)
+        assert answer is not None, (tmp_path / "serve.log").read_text()[-3000:]
+        predictions = answer["predictions"]
+        caption = predictions["caption"][0] if isinstance(predictions, dict) else predictions[0]["caption"]
+        assert caption == printed[0][1]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
