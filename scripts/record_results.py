@@ -2,6 +2,11 @@
 
     python scripts/record_results.py retrieval.paper runs/flickr8k/align-paper/summary.json \
         "vsa train-align --features runs/flickr8k/features --out runs/flickr8k/align-paper --epochs 12"
+    python scripts/record_results.py captions runs/flickr8k/mrnn-paper/summary.json "vsa train-mrnn …"
+
+Retrieval runs (train-align) record annotation/search R@K and median rank; generator runs (train-mrnn)
+record BLEU-1..4, METEOR, ROUGE-L, CIDEr, with the beam chosen on dev. An existing entry's other keys
+(e.g. ``captions.modern`` under ``captions``) are kept.
 """
 
 from __future__ import annotations
@@ -20,10 +25,15 @@ def main(argv: list[str]) -> None:
     node = results
     for part in key.split(".")[:-1]:
         node = node.setdefault(part, {})
-    node[key.split(".")[-1]] = {
-        **{direction: {k: round(v, 2) for k, v in summary["test"][direction].items()} for direction in ("annotation", "search")},
-        "best_dev_epoch": summary["best_dev_epoch"], "command": command, "mlflow_run_id": summary["run_id"],
-        "data": "../shared/data/flickr8k: 6,000 train / 1,000 dev (selection) / 1,000 test images, 5 sentences each"}
+    if "bleu1" in summary["test"]:
+        numbers = {k: round(v, 4) for k, v in summary["test"].items()}
+        numbers["beam"] = summary["beam"]
+    else:
+        numbers = {d: {k: round(v, 2) for k, v in summary["test"][d].items()} for d in ("annotation", "search")}
+    entry = node.setdefault(key.split(".")[-1], {})
+    entry.update({
+        **numbers, "best_dev_epoch": summary["best_dev_epoch"], "command": command, "mlflow_run_id": summary["run_id"],
+        "data": "../shared/data/flickr8k: 6,000 train / 1,000 dev (selection) / 1,000 test images, 5 sentences each"})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from vsa_dist.eval.captions import caption_metrics
-from vsa_dist.models.mrnn import MRNN, NEVER_GENERATED, PAD, MRNNArgs, teacher_forcing
+from vsa_dist.models.mrnn import MRNN, NEVER_GENERATED, PAD, MRNNArgs, teacher_forcing, token_nll
 
 VOCAB = 9  # PAD, UNK, 6 words, END
 
@@ -86,8 +86,6 @@ def test_wide_beam_is_exhaustive_search(cell):
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 def test_tiny_mrnn_overfits_a_handful_of_captions(cell):
-    from vsa_dist.stages.train_mrnn import token_nll
-
     torch.manual_seed(0)
     model = MRNN(MRNNArgs(vocab_size=14, feature_dim=8, hidden=48, word_dim=16, cell=cell, dropout=0.0))
     features = torch.randn(5, 8)

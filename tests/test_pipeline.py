@@ -12,7 +12,8 @@ def test_pipeline_runs_every_stage_on_the_mini_set(tmp_path, mini_dir, ray_clust
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("VSA_RUNS_ROOT", str(tmp_path / "runs"))
-    results = vsa(["pipeline", "--data", str(mini_dir), "--align-epochs", "2", "--progress", "false"])
+    results = vsa(["pipeline", "--data", str(mini_dir), "--align-epochs", "2", "--mrnn-epochs", "2",
+                   "--progress", "false"])
     run_dir = tmp_path / "runs" / "mini"
     assert results["shards"]["counts"]["images"]["written"] == 200
     assert results["features"]["counts"]["images"]["written"] == 200
@@ -25,3 +26,9 @@ def test_pipeline_runs_every_stage_on_the_mini_set(tmp_path, mini_dir, ray_clust
     run = mlflow.get_run(summary["run_id"])
     assert run.data.params["score_norm"] == "mean" and "test_search_r5" in run.data.metrics
     assert mlflow.MlflowClient().get_registered_model("vsa-align").name == "vsa-align"
+
+    # The generator: trained, tested with every caption metric, registered, and the champion.
+    captions = json.loads((run_dir / "mrnn" / "summary.json").read_text())
+    assert set(captions["test"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"}
+    champion = mlflow.MlflowClient().get_model_version_by_alias("vsa-captioner", "champion")
+    assert champion.run_id == captions["run_id"] == results["mrnn"]["run_id"]

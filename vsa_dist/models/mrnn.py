@@ -46,6 +46,13 @@ def teacher_forcing(tokens: torch.Tensor, end: int) -> tuple[torch.Tensor, torch
     return inputs, targets
 
 
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy over the non-PAD targets, and their count (mean = / count; perplexity = exp)."""
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD,
+                          reduction="sum")
+    return nll, (targets != PAD).sum()
+
+
 class MRNN(nn.Module):
     def __init__(self, args: MRNNArgs):
         super().__init__()
@@ -74,40 +81,42 @@ class MRNN(nn.Module):
         zeros = torch.zeros(n, self.args.hidden, device=device)
         return (zeros,) if self.args.cell == "rnn" else (zeros, zeros.clone())
 
+    def _recur(self, x: torch.Tensor, state: tuple[torch.Tensor, ...],
+               first_bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """One recurrence step from the step's input: W_hx x_t + b_h (rnn) or the word vector x_t (lstm)."""
+        if self.args.cell == "rnn":
+            pre = x + self.recurrent(state[0])
+            if first_bias is not None:
+                pre = pre + first_bias
+            return (torch.relu(pre),)
+        if first_bias is not None:
+            x = x + first_bias
+        return self.lstm(x, state)
+
+    def _step_input(self, words: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.embed(words))
+        return self.input(x) if self.args.cell == "rnn" else x
+
     def step(self, words: torch.Tensor, state: tuple[torch.Tensor, ...],
              first_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """One time step for a batch of word ids [N]: (logits [N, V], new state). ``first_bias`` at t = 1."""
-        x = self.drop(self.embed(words))
-        if self.args.cell == "rnn":
-            pre = self.input(x) + self.recurrent(state[0])
-            if first_bias is not None:
-                pre = pre + first_bias
-            h = torch.relu(pre)
-            state = (h,)
-        else:
-            if first_bias is not None:
-                x = x + first_bias
-            h, c = self.lstm(x, state)
-            state = (h, c)
-        return self.output(self.drop(h)), state
+        state = self._recur(self._step_input(words), state, first_bias)
+        return self.output(self.drop(state[0])), state
 
     def forward(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: features [N, D], input ids [N, T] → logits [N, T, V]."""
+        """Teacher forcing: features [N, D], input ids [N, T] → logits [N, T, V].
+
+        The same arithmetic as ``step`` at every t, but the input and output layers run once over all time
+        steps (two large matrix products instead of 2T small ones); only the recurrence loops.
+        """
         bias = self.image_bias(features)
         state = self.initial_state(len(inputs), inputs.device)
-        logits = []
+        step_inputs = self._step_input(inputs)                            # [N, T, H or E]
+        hidden = []
         for t in range(inputs.shape[1]):
-            out, state = self.step(inputs[:, t], state, bias if t == 0 else None)
-            logits.append(out)
-        return torch.stack(logits, dim=1)
-
-    def loss(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed cross-entropy over every target word and END, and the number of targets (for perplexity)."""
-        inputs, targets = teacher_forcing(tokens, self.args.end)
-        logits = self(features, inputs)
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=PAD,
-                              reduction="sum")
-        return nll, (targets != PAD).sum()
+            state = self._recur(step_inputs[:, t], state, bias if t == 0 else None)
+            hidden.append(state[0])
+        return self.output(self.drop(torch.stack(hidden, dim=1)))
 
     def _log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """The next-word distribution given that PAD and UNK are never generated (renormalised without them)."""

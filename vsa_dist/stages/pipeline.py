@@ -1,4 +1,5 @@
-"""``vsa pipeline``: the local single-node debug mode — every working stage, in order, one run folder.
+"""``vsa pipeline``: the local single-node debug mode — shards → features → alignment → generator, each
+trained, tested once and registered in MLflow, in one run folder.
 
     vsa pipeline                                   # flickr8k-mini, outputs under runs/mini/
     vsa pipeline --data ../shared/data/flickr8k --run-dir runs/flickr8k
@@ -15,6 +16,7 @@ from vsa_dist.paths import data_root, runs_root
 from vsa_dist.stages import features as features_stage
 from vsa_dist.stages import shards as shards_stage
 from vsa_dist.stages import train_align as align_stage
+from vsa_dist.stages import train_mrnn as mrnn_stage
 
 
 @dataclass
@@ -28,6 +30,9 @@ class PipelineConfig:
     align_preset: str = field(default="train_align_modern", metadata={"help": "alignment preset (train_align = the paper)"})
     align_epochs: int = field(default=8, metadata={"help": "alignment epochs"})
     align_batch_size: int = field(default=20, metadata={"help": "alignment pairs per step (the mini set has 100 train images)"})
+    mrnn_preset: str = field(default="train_mrnn_modern", metadata={"help": "generator preset (train_mrnn = the paper)"})
+    mrnn_epochs: int = field(default=6, metadata={"help": "generator epochs"})
+    mrnn_batch_size: int = field(default=50, metadata={"help": "generator pairs per step"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
     def validate(self) -> None:
@@ -35,8 +40,9 @@ class PipelineConfig:
             self.data = str(data_root() / "flickr8k-mini")
         if not self.run_dir:
             self.run_dir = str(runs_root() / "mini")
-        if not cfglib.preset_exists(self.align_preset):
-            raise cfglib.ConfigError(f"align_preset {self.align_preset!r}: no such preset in vsa_dist/presets/")
+        for key, preset in (("align_preset", self.align_preset), ("mrnn_preset", self.mrnn_preset)):
+            if not cfglib.preset_exists(preset):
+                raise cfglib.ConfigError(f"{key} {preset!r}: no such preset in vsa_dist/presets/")
         if not Path(self.data).is_dir():
             raise cfglib.ConfigError(f"data {self.data!r}: no such dataset folder (set --data or VSA_DATA_ROOT)")
 
@@ -53,7 +59,16 @@ def run(cfg: PipelineConfig) -> dict:
     results["align"] = align_stage.run(cfglib.resolve(align_stage.AlignConfig, cfg.align_preset, {
         "features": str(run_dir / "features"), "out": str(run_dir / "align"), "epochs": cfg.align_epochs,
         "batch_size": cfg.align_batch_size, "progress": cfg.progress}))
-    print(f"pipeline: done in {time.time() - start:.1f}s; outputs under {run_dir}")
+    results["mrnn"] = mrnn_stage.run(cfglib.resolve(mrnn_stage.MRNNConfig, cfg.mrnn_preset, {
+        "features": str(run_dir / "features"), "out": str(run_dir / "mrnn"), "epochs": cfg.mrnn_epochs,
+        "batch_size": cfg.mrnn_batch_size, "progress": cfg.progress}))
+    retrieval, captions = results["align"].get("test", {}), results["mrnn"].get("test", {})
+    print(f"pipeline: done in {time.time() - start:.1f}s; outputs under {run_dir}\n"
+          f"  test retrieval R@5 annotation {retrieval.get('annotation', {}).get('r5', float('nan')):.1f}, "
+          f"search {retrieval.get('search', {}).get('r5', float('nan')):.1f}; "
+          f"test captions BLEU-4 {captions.get('bleu4', float('nan')):.3f}, CIDEr {captions.get('cider', float('nan')):.3f}\n"
+          f"  registered: {results['mrnn'].get('registered')}\n"
+          f"  caption your own images: vsa caption IMAGE_OR_FOLDER --model models:/vsa-captioner@champion")
     return results
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from vsa_dist import config as cfglib
 from vsa_dist import training
@@ -30,7 +29,7 @@ from vsa_dist.data.pairs import feature_rows_to_arrays, load_split, word_index
 from vsa_dist.eval.captions import caption_metrics, require_java
 from vsa_dist.features.format import check_same_settings, load_features_manifest
 from vsa_dist.io import atomic_write_json
-from vsa_dist.models.mrnn import MRNN, PAD, MRNNArgs, ids_to_words, teacher_forcing
+from vsa_dist.models.mrnn import MRNN, PAD, MRNNArgs, ids_to_words, teacher_forcing, token_nll
 
 
 @dataclass
@@ -102,13 +101,6 @@ def every_sentence(features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.
     present = (tokens != PAD).any(dim=-1)                               # [B, S]
     image_of = torch.arange(len(tokens), device=tokens.device)[:, None].expand_as(present)[present]
     return features[image_of], tokens[present]
-
-
-def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy over the non-PAD targets, and their count."""
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD,
-                          reduction="sum")
-    return nll, (targets != PAD).sum()
 
 
 @torch.no_grad()
