@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -171,6 +173,11 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
     steps = sorted(m.step for m in client.get_metric_history(run_id, "train_loss"))
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
     assert {"test_annotation_r1", "test_search_medr"} <= set(client.get_run(run_id).data.metrics)
+    # `vsa eval retrieval` on the saved best model gives the numbers the run logged for test.
+    evaluated = vsa(["eval", "retrieval", "--checkpoint", str(out / "best.pt"), "--features", str(mini_features),
+                     "--out", str(tmp_path / "eval.json")])
+    assert {d: evaluated[d] for d in ("annotation", "search")} == second["test"]
+    assert json.loads((tmp_path / "eval.json").read_text())["images"] == 50
 
     # The registered model, loaded back through the registry, scores pairs exactly as the checkpoint does.
     import pandas as pd

@@ -167,6 +167,10 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     assert perplexity[-1].value < perplexity[0].value  # it learns (exact recall is the overfitting test's job)
     artifacts = {a.path for a in client.list_artifacts(run_id, "examples")}
     assert artifacts == {"examples/examples.json", "examples/examples.jpg"}
+    # `vsa eval captions` on the saved best model, with the beam chosen on dev, gives the logged test numbers.
+    evaluated = vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--features", str(mini_features)])
+    assert evaluated["beam"] == second["beam"] and evaluated["images"] == 50
+    assert {k: evaluated[k] for k in second["test"]} == pytest.approx(second["test"], abs=1e-9)
     champion = client.get_model_version_by_alias("vsa-captioner", "champion")
     assert champion.run_id == run_id and float(champion.tags["dev_cider"]) >= 0
 

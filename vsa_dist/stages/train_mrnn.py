@@ -178,10 +178,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             inputs, targets = teacher_forcing(sentences, plain.args.end)
             nll, words = token_nll(model(features, inputs), targets)
             optimizer.zero_grad(set_to_none=True)
-            (nll / words).backward()
+            (nll / words).backward()  # mean over words: the step size does not depend on sentence lengths
             torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip)
             optimizer.step()
-            total_nll, total_words, steps = total_nll + float(nll), total_words + int(words), steps + 1
+            total_nll, total_words, steps = total_nll + nll.detach().item(), total_words + int(words), steps + 1
             fetch = time.time()
         seconds = time.time() - start
         metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_perplexity": math.exp(total_nll / max(total_words, 1)),
