@@ -214,3 +214,22 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_bad_generator_configs_stop_before_any_work(tmp_path, mini_features, capsys):
+    from vsa_dist.cli import main as vsa
+
+    cases = [
+        (["train-mrnn", "--features", str(mini_features), "--cell", "gru"], "cell 'gru' is not one of"),
+        (["train-mrnn", "--features", str(tmp_path / "nowhere")], "no manifest.json there"),
+        (["train-mrnn", "--features", str(mini_features), "--beam-choices", "0,3"], "beam_choices"),
+        (["caption", str(tmp_path / "missing.jpg")], "missing.jpg: no such file or folder"),
+        (["caption", str(tmp_path)], "no .jpg/.jpeg/.png images in this folder"),
+        (["eval", "captions", "--checkpoint", str(tmp_path / "best.pt"), "--features", str(mini_features)],
+         "no such file"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as stopped:
+            vsa(argv)
+        assert stopped.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,46 @@ from vsa_dist import config as cfglib
 from vsa_dist.io import atomic_write_bytes, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """What every Ray Train stage's config has; a stage's own dataclass adds its model and may change defaults."""
+
+    features: str = field(default="", metadata={"help": "feature folder (vsa features --out)"})
+    out: str = field(default="", metadata={"help": "run folder: checkpoints, run.json, best.pt; default beside FEATURES"})
+    epochs: int = field(default=20, metadata={"help": "passes over the train images"})
+    batch_size: int = field(default=100, metadata={"help": "image-sentence pairs per step, over all workers (paper: 100)"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (with momentum), adam or rmsprop"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate (chosen on dev)"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant, or cosine: decay to 0 over the planned epochs"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay (chosen on dev)"})
+    clip: float = field(default=5.0, metadata={"help": "element-wise gradient clipping (paper: 5)"})
+    dropout: float = field(default=0.5, metadata={"help": "dropout on the non-recurrent layers"})
+    max_words: int = field(default=32, metadata={"help": "longer sentences are cut"})
+    workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP)"})
+    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
+    threads: int = field(default=1, metadata={"help": "torch threads per CPU worker"})
+    shuffle_buffer: int = field(default=1000, metadata={"help": "images in each worker's local shuffle buffer"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    resume: bool = field(default=False, metadata={"help": "continue the run recorded in OUT/run.json from its last checkpoint"})
+    max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint after a failure"})
+    experiment: str = field(default="", metadata={"help": "MLflow experiment"})
+    register_as: str = field(default="", metadata={"help": "registered model name; empty: do not register"})
+    test: bool = field(default=True, metadata={"help": "evaluate the best-on-dev model on test once at the end"})
+    progress: bool = field(default=True, metadata={"help": "progress output"})
+
+    def validate_training(self, default_out: str, min_batch: int) -> None:
+        check_features(self.features, need_test=self.test)
+        if not self.out:
+            self.out = str(Path(self.features).parent / default_out)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.workers < 1 or self.batch_size < min_batch * self.workers:
+            raise cfglib.ConfigError(f"need workers >= 1 and at least {min_batch} pairs per worker in a batch")
+        if self.epochs < 1:
+            raise cfglib.ConfigError("epochs must be at least 1")
 
 
 def make_optimizer(kind: str, model: torch.nn.Module, lr: float, momentum: float, weight_decay: float):
@@ -168,3 +209,83 @@ def write_best(path: Path, model: torch.nn.Module, state: dict[str, Any], **extr
 def log_epoch(logger, run_id: str, metrics: dict[str, Any], epoch: int) -> None:
     for key, value in metrics.items():
         logger.log_metric(run_id, key, float(value), step=epoch)
+
+
+def check_features(features: str, need_test: bool) -> None:
+    """Config validation shared by the training stages: a feature folder with train, dev (and test) images."""
+    from vsa_dist.features.format import load_features_manifest
+
+    if not features or not (Path(features) / "manifest.json").is_file():
+        raise cfglib.ConfigError(f"features {features!r}: no manifest.json there (run vsa features first)")
+    splits = load_features_manifest(features)["splits"]
+    for split in ("train", "dev") + (("test",) if need_test else ()):
+        if not splits.get(split, {}).get("images"):
+            raise cfglib.ConfigError(f"features {features}: no {split!r} images")
+
+
+def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_only: bool = False):
+    """The train split of a feature folder as a Ray Dataset of fixed-shape arrays, block order shuffled."""
+    import ray
+
+    from vsa_dist.data.pairs import feature_rows_to_arrays, word_index
+    from vsa_dist.data.shards import shard_paths
+
+    # Reading and unpacking float16 arrays is light work: it takes no CPU slot, so that training workers
+    # holding every CPU (2 workers on 2 cores) cannot starve their own input.
+    return (ray.data.read_webdataset(shard_paths(features, ["train"]), decoder=None, num_cpus=0, concurrency=2)
+            .map_batches(feature_rows_to_arrays, batch_size=64, num_cpus=0, concurrency=2,
+                         fn_kwargs={"index": word_index(vocab), "max_words": max_words,
+                                    "whole_image_only": whole_image_only})
+            .randomize_block_order())
+
+
+def end_epoch(loop_config: dict[str, Any], logger, metrics: dict[str, Any], score: float, best: dict[str, Any],
+              model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Rank 0 after its dev evaluation: keep the best model, log the epoch, build the checkpoint state.
+    Returns (best, checkpoint state)."""
+    epoch = metrics["epoch"]
+    best = keep_if_best(best, score, epoch, model)
+    metrics["best_dev_epoch"] = best["epoch"]
+    log_epoch(logger, loop_config["mlflow_run_id"], metrics, epoch)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
+             "config": loop_config["cfg"], "vocab": loop_config["vocab"], "feature_dim": loop_config["feature_dim"],
+             "feature_settings": loop_config["feature_settings"]}
+    return best, state
+
+
+@dataclass
+class Trained:
+    """What a finished ``train`` hands back to its stage for testing and registering."""
+
+    model: torch.nn.Module
+    state: dict[str, Any]       # the checkpoint's metadata: config, vocab, best (epoch, score), …
+    checkpoint: Path            # OUT/best.pt
+    manifest: dict[str, Any]    # the feature folder's manifest
+    run_id: str                 # MLflow
+    last_metrics: dict[str, Any]
+
+
+def train(cfg: Any, stage: str, train_loop: Callable[[dict[str, Any]], None],
+          load_model: Callable[[Path], tuple[torch.nn.Module, dict[str, Any]]], whole_image_only: bool = False) -> Trained:
+    """A training stage's driver up to the best model: resolve paths, start or reopen the MLflow run, fit with
+    Ray Train over the train feature shards, write ``best.pt``. The MLflow run stays open for the stage."""
+    import mlflow
+
+    from vsa_dist.features.format import check_same_settings, load_features_manifest
+    from vsa_dist.ray_env import ensure_ray
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.features = str(Path(cfg.features).resolve())
+    manifest = load_features_manifest(cfg.features)
+    settings = check_same_settings({cfg.features: manifest})
+    vocab = manifest["vocab"]["words"]
+    ensure_ray(cfg.progress)
+    record = start_run(cfg, out, settings, prefix=stage.removeprefix("train-"))
+    print(f"{stage}: MLflow run {record['mlflow_run_id']} ({mlflow.get_tracking_uri()}), Ray Train run "
+          f"{record['name']} in {out}", flush=True)
+    loop_config = {"vocab": vocab, "feature_dim": settings["feature_dim"], "feature_settings": settings}
+    dataset = train_dataset(cfg.features, vocab, cfg.max_words, whole_image_only)
+    result = fit(train_loop, loop_config, cfg, record, out, {"train": dataset})
+    model, state, final = save_best(result, out, load_model)
+    return Trained(model, state, final, manifest, record["mlflow_run_id"], dict(getattr(result, "metrics", None) or {}))

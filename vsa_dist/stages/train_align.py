@@ -22,60 +22,27 @@ import torch
 
 from vsa_dist import config as cfglib
 from vsa_dist import training
-from vsa_dist.data.pairs import feature_rows_to_arrays, load_split, word_index
+from vsa_dist.data.pairs import load_split, word_index
 from vsa_dist.eval.retrieval import evaluate_alignment
-from vsa_dist.features.format import check_same_settings, load_features_manifest
 from vsa_dist.io import atomic_write_json
 from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
 
 @dataclass
-class AlignConfig:
+class AlignConfig(training.TrainConfig):
     """Train the alignment model (BRNN + region embeddings) on feature shards."""
 
-    features: str = field(default="", metadata={"help": "feature folder (vsa features --out)"})
-    out: str = field(default="", metadata={"help": "run folder: checkpoints, run.json; default FEATURES/../align"})
     epochs: int = field(default=20, metadata={"help": "passes over the train images (one sentence per image per pass)"})
-    batch_size: int = field(default=100, metadata={"help": "image-sentence pairs per step, over all workers (paper: 100)"})
-    optimizer: str = field(default="sgd", metadata={"help": "sgd (paper: momentum 0.9), adam or rmsprop"})
-    lr: float = field(default=1e-4, metadata={"help": "learning rate (chosen on dev)"})
-    lr_schedule: str = field(default="constant", metadata={"help": "constant, or cosine: decay to 0 over the planned epochs"})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=1e-4, metadata={"help": "L2 weight decay (chosen on dev)"})
-    clip: float = field(default=5.0, metadata={"help": "element-wise gradient clipping (paper: 5)"})
-    dropout: float = field(default=0.5, metadata={"help": "dropout on the non-recurrent layers"})
+    experiment: str = field(default="vsa-align", metadata={"help": "MLflow experiment"})
+    register_as: str = field(default="vsa-align", metadata={"help": "registered model name; empty: do not register"})
     embed_dim: int = field(default=1000, metadata={"help": "multimodal space h"})
     word_dim: int = field(default=300, metadata={"help": "word vector size"})
     score_norm: str = field(default="sum", metadata={"help": "sum over words (paper) or mean"})
     hardest_negative: bool = field(default=False, metadata={"help": "hinge on the hardest negative only (VSE++)"})
-    max_words: int = field(default=32, metadata={"help": "longer sentences are cut"})
-    workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP)"})
-    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
-    threads: int = field(default=1, metadata={"help": "torch threads per CPU worker"})
-    shuffle_buffer: int = field(default=1000, metadata={"help": "images in each worker's local shuffle buffer"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    resume: bool = field(default=False, metadata={"help": "continue the run recorded in OUT/run.json from its last checkpoint"})
-    max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint after a failure"})
-    experiment: str = field(default="vsa-align", metadata={"help": "MLflow experiment"})
-    register_as: str = field(default="vsa-align", metadata={"help": "registered model name; empty: do not register"})
-    test: bool = field(default=True, metadata={"help": "evaluate the best-on-dev model on test once at the end"})
-    progress: bool = field(default=True, metadata={"help": "progress output"})
 
     def validate(self) -> None:
-        if not self.features or not (Path(self.features) / "manifest.json").is_file():
-            raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there (run vsa features first)")
-        splits = load_features_manifest(self.features)["splits"]
-        for split in ("train", "dev") + (("test",) if self.test else ()):
-            if not splits.get(split, {}).get("images"):
-                raise cfglib.ConfigError(f"features {self.features}: no {split!r} images")
-        if not self.out:
-            self.out = str(Path(self.features).parent / "align")
-        training.check_choice("optimizer", self.optimizer, training.OPTIMIZERS)
+        self.validate_training(default_out="align", min_batch=2)
         training.check_choice("score_norm", self.score_norm, ("sum", "mean"))
-        training.check_choice("lr_schedule", self.lr_schedule, training.LR_SCHEDULES)
-        if self.workers < 1 or self.batch_size < 2 * self.workers:
-            raise cfglib.ConfigError("need workers >= 1 and at least 2 pairs per worker in a batch")
-        if self.epochs < 1:
-            raise cfglib.ConfigError("epochs must be at least 1")
 
 
 def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> AlignmentArgs:
@@ -105,7 +72,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg = AlignConfig(**loop_config["cfg"])
-    vocab, feature_dim, run_id = loop_config["vocab"], loop_config["feature_dim"], loop_config["mlflow_run_id"]
+    vocab, feature_dim = loop_config["vocab"], loop_config["feature_dim"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(cfg.threads)
@@ -154,31 +121,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             with training.all_cores(cfg.threads):
                 dev_metrics = evaluate_alignment(plain, dev_features, dev_tokens)
             metrics.update(flat_metrics("dev", dev_metrics), dev_rsum=rsum(dev_metrics))
-            best = training.keep_if_best(best, metrics["dev_rsum"], epoch, plain)
-            metrics["best_dev_epoch"] = best["epoch"]
-            training.log_epoch(logger, run_id, metrics, epoch)
-            state = {"model": plain.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
-                     "config": loop_config["cfg"], "vocab": vocab, "feature_dim": feature_dim,
-                     "feature_settings": loop_config["feature_settings"]}
+            best, state = training.end_epoch(loop_config, logger, metrics, metrics["dev_rsum"], best, plain, optimizer)
             print(f"epoch {epoch}: loss {metrics['train_loss']:.2f}, dev rsum {metrics['dev_rsum']:.1f} "
                   f"(R@1 {dev_metrics['annotation']['r1']:.1f}/{dev_metrics['search']['r1']:.1f}), "
                   f"{metrics['pairs_per_s']:.0f} pairs/s, data wait {100 * metrics['data_wait_share']:.1f}%",
                   flush=True)
         training.report(metrics, state)
-
-
-def train_dataset(cfg: AlignConfig, vocab: list[str]):
-    import ray
-
-    from vsa_dist.data.shards import shard_paths
-
-    index = word_index(vocab)
-    # Reading and unpacking float16 arrays is light work: it takes no CPU slot, so that training workers
-    # holding every CPU (2 workers on 2 cores) cannot starve their own input.
-    return (ray.data.read_webdataset(shard_paths(cfg.features, ["train"]), decoder=None, num_cpus=0, concurrency=2)
-            .map_batches(feature_rows_to_arrays, fn_kwargs={"index": index, "max_words": cfg.max_words},
-                         batch_size=64, num_cpus=0, concurrency=2)
-            .randomize_block_order())
 
 
 def load_model(path: Path | str) -> tuple[AlignmentModel, dict[str, Any]]:
@@ -194,26 +142,13 @@ def load_model(path: Path | str) -> tuple[AlignmentModel, dict[str, Any]]:
 def run(cfg: AlignConfig) -> dict[str, Any]:
     import mlflow
 
-    from vsa_dist.ray_env import ensure_ray
-
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.features = str(Path(cfg.features).resolve())
-    manifest = load_features_manifest(cfg.features)
-    settings = check_same_settings({cfg.features: manifest})
-    vocab = manifest["vocab"]["words"]
-    ensure_ray(cfg.progress)
-    record = training.start_run(cfg, out, settings, prefix="align")
-    run_id = record["mlflow_run_id"]
-    print(f"train-align: MLflow run {run_id} ({mlflow.get_tracking_uri()}), Ray Train run {record['name']} in {out}",
-          flush=True)
-    loop_config = {"vocab": vocab, "feature_dim": settings["feature_dim"], "feature_settings": settings}
-    result = training.fit(train_loop, loop_config, cfg, record, out, {"train": train_dataset(cfg, vocab)})
-    model, state, final = training.save_best(result, out, load_model)
+    trained = training.train(cfg, "train-align", train_loop, load_model)
+    model, state, final, run_id = trained.model, trained.state, trained.checkpoint, trained.run_id
+    settings, vocab = trained.manifest["settings"], trained.manifest["vocab"]["words"]
 
     summary: dict[str, Any] = {"run_id": run_id, "best_dev_epoch": state["best"]["epoch"],
                                "best_dev_rsum": state["best"]["score"], "checkpoint": str(final),
-                               "last_epoch": dict(getattr(result, "metrics", None) or {})}
+                               "last_epoch": trained.last_metrics}
     if cfg.test:
         test = load_split(cfg.features, "test", word_index(vocab), cfg.max_words)
         test_metrics = evaluate_alignment(model, torch.from_numpy(test["features"]), torch.from_numpy(test["tokens"]).long())
@@ -228,7 +163,7 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
         summary["registered"] = {"name": cfg.register_as, "version": version}
     mlflow.log_dict(summary, "summary.json")
     mlflow.end_run()
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(final.parent / "summary.json", summary)
     print(f"train-align: done; MLflow run id {run_id}", flush=True)
     return summary
 

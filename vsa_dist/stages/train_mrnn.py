@@ -25,66 +25,39 @@ import torch
 
 from vsa_dist import config as cfglib
 from vsa_dist import training
-from vsa_dist.data.pairs import feature_rows_to_arrays, load_split, word_index
+from vsa_dist.data.pairs import load_split, word_index
 from vsa_dist.eval.captions import caption_metrics, require_java
-from vsa_dist.features.format import check_same_settings, load_features_manifest
 from vsa_dist.io import atomic_write_json
 from vsa_dist.models.mrnn import MRNN, PAD, MRNNArgs, ids_to_words, teacher_forcing, token_nll
 
 
 @dataclass
-class MRNNConfig:
+class MRNNConfig(training.TrainConfig):
     """Train the MRNN caption generator on feature shards (whole-image features + sentences)."""
 
-    features: str = field(default="", metadata={"help": "feature folder (vsa features --out)"})
-    out: str = field(default="", metadata={"help": "run folder: checkpoints, run.json; default FEATURES/../mrnn"})
     epochs: int = field(default=20, metadata={"help": "passes over the train images, all their sentences each time"})
     batch_size: int = field(default=100, metadata={"help": "image-sentence pairs per step over all workers (5 per image)"})
+    optimizer: str = field(default="rmsprop", metadata={"help": "rmsprop (the paper's choice for the generator), adam or sgd"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (chosen on dev)"})
+    max_words: int = field(default=20, metadata={"help": "longer training sentences are cut"})
+    experiment: str = field(default="vsa-mrnn", metadata={"help": "MLflow experiment"})
+    register_as: str = field(default="vsa-captioner", metadata={"help": "registered model name; empty: do not register"})
+    test: bool = field(default=True, metadata={"help": "caption test once at the end and score it"})
     cell: str = field(default="rnn", metadata={"help": "rnn (the paper's ReLU RNN) or lstm"})
     hidden: int = field(default=512, metadata={"help": "hidden units"})
     word_dim: int = field(default=512, metadata={"help": "word vector size"})
-    optimizer: str = field(default="rmsprop", metadata={"help": "rmsprop (the paper's choice for the generator), adam or sgd"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate (chosen on dev)"})
-    lr_schedule: str = field(default="constant", metadata={"help": "constant, or cosine: decay to 0 over the planned epochs"})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
-    weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay"})
-    clip: float = field(default=5.0, metadata={"help": "element-wise gradient clipping (paper: 5)"})
-    dropout: float = field(default=0.5, metadata={"help": "dropout on the non-recurrent layers"})
-    max_words: int = field(default=20, metadata={"help": "longer training sentences are cut"})
     max_len: int = field(default=20, metadata={"help": "longest generated caption, in words"})
     beam: int = field(default=0, metadata={"help": "beam size at test time; 0: choose from beam_choices on dev"})
     beam_choices: list[int] = field(default_factory=lambda: [1, 2, 3, 5], metadata={"help": "beam sizes tried on dev"})
     length_penalty: float = field(default=0.0, metadata={"help": "beam ranking by log P / length**this (0: the paper)"})
-    workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP)"})
-    use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
-    threads: int = field(default=1, metadata={"help": "torch threads per CPU worker"})
-    shuffle_buffer: int = field(default=1000, metadata={"help": "images in each worker's local shuffle buffer"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    resume: bool = field(default=False, metadata={"help": "continue the run recorded in OUT/run.json from its last checkpoint"})
-    max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint after a failure"})
-    experiment: str = field(default="vsa-mrnn", metadata={"help": "MLflow experiment"})
-    register_as: str = field(default="vsa-captioner", metadata={"help": "registered model name; empty: do not register"})
     alias: str = field(default="champion", metadata={"help": "alias moved to the new version when it beats the holder on dev"})
-    test: bool = field(default=True, metadata={"help": "caption test once at the end and score it"})
     examples: int = field(default=10, metadata={"help": "test images captioned into the example artifacts"})
-    progress: bool = field(default=True, metadata={"help": "progress output"})
 
     def validate(self) -> None:
-        if not self.features or not (Path(self.features) / "manifest.json").is_file():
-            raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there (run vsa features first)")
-        splits = load_features_manifest(self.features)["splits"]
-        for split in ("train", "dev") + (("test",) if self.test else ()):
-            if not splits.get(split, {}).get("images"):
-                raise cfglib.ConfigError(f"features {self.features}: no {split!r} images")
-        if not self.out:
-            self.out = str(Path(self.features).parent / "mrnn")
+        self.validate_training(default_out="mrnn", min_batch=5)
         training.check_choice("cell", self.cell, ("rnn", "lstm"))
-        training.check_choice("optimizer", self.optimizer, training.OPTIMIZERS)
-        training.check_choice("lr_schedule", self.lr_schedule, training.LR_SCHEDULES)
-        if self.workers < 1 or self.batch_size < 5 * self.workers:
-            raise cfglib.ConfigError("need workers >= 1 and at least one image (5 pairs) per worker in a batch")
-        if self.epochs < 1 or self.max_len < 1:
-            raise cfglib.ConfigError("epochs and max_len must be at least 1")
+        if self.max_len < 1:
+            raise cfglib.ConfigError("max_len must be at least 1")
         if self.beam < 0 or not self.beam_choices or min(self.beam_choices) < 1:
             raise cfglib.ConfigError("beam must be >= 0 and beam_choices a list of sizes >= 1")
         require_java()  # dev CIDEr every epoch: fail now, not after the first epoch
@@ -142,7 +115,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg = MRNNConfig(**loop_config["cfg"])
-    vocab, feature_dim, run_id = loop_config["vocab"], loop_config["feature_dim"], loop_config["mlflow_run_id"]
+    vocab, feature_dim = loop_config["vocab"], loop_config["feature_dim"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(cfg.threads)
@@ -193,28 +166,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 metrics["dev_perplexity"] = perplexity(plain, dev_features, dev_tokens)
                 greedy = generate(plain, dev_features, vocab, beam=1, max_len=cfg.max_len)
             metrics["dev_cider"] = score_captions(dev, greedy, ("cider",))["cider"]
-            best = training.keep_if_best(best, metrics["dev_cider"], epoch, plain)
-            metrics["best_dev_epoch"] = best["epoch"]
-            training.log_epoch(logger, run_id, metrics, epoch)
-            state = {"model": plain.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
-                     "config": loop_config["cfg"], "vocab": vocab, "feature_dim": feature_dim,
-                     "feature_settings": loop_config["feature_settings"]}
+            best, state = training.end_epoch(loop_config, logger, metrics, metrics["dev_cider"], best, plain, optimizer)
             print(f"epoch {epoch}: train ppl {metrics['train_perplexity']:.1f}, dev ppl {metrics['dev_perplexity']:.1f}, "
                   f"dev CIDEr {metrics['dev_cider']:.3f} (greedy), e.g. {greedy[0]!r}; "
                   f"{metrics['words_per_s']:.0f} words/s, data wait {100 * metrics['data_wait_share']:.1f}%", flush=True)
         training.report(metrics, state)
-
-
-def train_dataset(cfg: MRNNConfig, vocab: list[str]):
-    import ray
-
-    from vsa_dist.data.shards import shard_paths
-
-    # As in train-align: unpacking takes no CPU slot, the training workers hold them all.
-    return (ray.data.read_webdataset(shard_paths(cfg.features, ["train"]), decoder=None, num_cpus=0, concurrency=2)
-            .map_batches(feature_rows_to_arrays, batch_size=64, num_cpus=0, concurrency=2,
-                         fn_kwargs={"index": word_index(vocab), "max_words": cfg.max_words, "whole_image_only": True})
-            .randomize_block_order())
 
 
 def load_model(path: Path | str) -> tuple[MRNN, dict[str, Any]]:
@@ -238,22 +194,9 @@ def choose_beam(cfg: MRNNConfig, model: MRNN, dev: dict[str, Any], vocab: list[s
 def run(cfg: MRNNConfig) -> dict[str, Any]:
     import mlflow
 
-    from vsa_dist.ray_env import ensure_ray
-
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.features = str(Path(cfg.features).resolve())
-    manifest = load_features_manifest(cfg.features)
-    settings = check_same_settings({cfg.features: manifest})
-    vocab = manifest["vocab"]["words"]
-    ensure_ray(cfg.progress)
-    record = training.start_run(cfg, out, settings, prefix="mrnn")
-    run_id = record["mlflow_run_id"]
-    print(f"train-mrnn: MLflow run {run_id} ({mlflow.get_tracking_uri()}), Ray Train run {record['name']} in {out}",
-          flush=True)
-    loop_config = {"vocab": vocab, "feature_dim": settings["feature_dim"], "feature_settings": settings}
-    result = training.fit(train_loop, loop_config, cfg, record, out, {"train": train_dataset(cfg, vocab)})
-    model, state, final = training.save_best(result, out, load_model)
+    trained = training.train(cfg, "train-mrnn", train_loop, load_model, whole_image_only=True)
+    model, state, final, run_id = trained.model, trained.state, trained.checkpoint, trained.run_id
+    manifest, vocab = trained.manifest, trained.manifest["vocab"]["words"]
 
     index = word_index(vocab)
     dev = load_split(cfg.features, "dev", index, cfg.max_words, whole_image_only=True)
@@ -263,7 +206,7 @@ def run(cfg: MRNNConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_id": run_id, "best_dev_epoch": state["best"]["epoch"],
                                "best_dev_cider_greedy": state["best"]["score"], "beam": beam,
                                "dev_cider_by_beam": dev_by_beam, "checkpoint": str(final),
-                               "last_epoch": dict(getattr(result, "metrics", None) or {})}
+                               "last_epoch": trained.last_metrics}
     if cfg.test:
         from vsa_dist.examples import log_examples
 
@@ -284,7 +227,7 @@ def run(cfg: MRNNConfig) -> dict[str, Any]:
                                               cfg.length_penalty, dev_by_beam[beam], cfg.alias)
     mlflow.log_dict(summary, "summary.json")
     mlflow.end_run()
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(final.parent / "summary.json", summary)
     print(f"train-mrnn: done; MLflow run id {run_id}", flush=True)
     return summary
 
