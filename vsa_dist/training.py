@@ -47,6 +47,7 @@ class TrainConfig:
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
     threads: int = field(default=1, metadata={"help": "torch threads per CPU worker"})
     shuffle_buffer: int = field(default=1000, metadata={"help": "images in each worker's local shuffle buffer"})
+    prefetch_batches: int = field(default=4, metadata={"help": "batches each worker prepares ahead (hides data wait)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     resume: bool = field(default=False, metadata={"help": "continue the run recorded in OUT/run.json from its last checkpoint"})
     max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint after a failure"})

@@ -102,6 +102,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         losses, steps, wait, start = 0.0, 0, 0.0, time.time()
         fetch = time.time()
         for batch in train_shard.iter_torch_batches(batch_size=per_worker, local_shuffle_buffer_size=cfg.shuffle_buffer,
+                                                    prefetch_batches=cfg.prefetch_batches,
                                                     drop_last=True, device=device):
             wait += time.time() - fetch
             tokens = one_sentence_each(batch["tokens"].long())

@@ -145,7 +145,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         total_nll, total_words, steps, wait, start = 0.0, 0, 0, 0.0, time.time()
         fetch = time.time()
         for batch in train_shard.iter_torch_batches(batch_size=images_per_worker, drop_last=True, device=device,
-                                                    local_shuffle_buffer_size=cfg.shuffle_buffer):
+                                                    local_shuffle_buffer_size=cfg.shuffle_buffer,
+                                                    prefetch_batches=cfg.prefetch_batches):
             wait += time.time() - fetch
             features, sentences = every_sentence(batch["features"].float(), batch["tokens"].long())
             inputs, targets = teacher_forcing(sentences, plain.args.end)
