@@ -120,7 +120,10 @@ def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any]
     from vsa_dist.io import sha256_json
 
     settings = features_manifest["settings"]
-    dev_data = sha256_json(features_manifest["splits"].get("dev", {}))
+    # The same images and sentences (the image shards' manifest), whatever the feature settings: dev CIDEr
+    # of two models compares only on the same dev set.
+    dev_data = sha256_json({"images": features_manifest.get("source", {}).get("manifest_sha256"),
+                            "dev_images": features_manifest["splits"].get("dev", {}).get("images")})
     with tempfile.TemporaryDirectory(prefix="vsa-captioner-") as scratch:
         info_path = Path(scratch) / "captioner.json"
         info_path.write_text(json.dumps({"beam": beam, "max_len": max_len, "length_penalty": length_penalty,
