@@ -82,6 +82,28 @@ def test_loss_is_the_papers_bidirectional_hinge(hardest):
     assert model.loss(scores).item() == pytest.approx(sum(per_image) + sum(per_sentence), rel=1e-6)
 
 
+@pytest.mark.parametrize("hardest", [False, True])
+def test_workers_shares_of_the_loss_add_up_to_the_whole_batch(hardest):
+    """Data parallel with gathered negatives: each worker's local loss (and its gradient) summed over the workers
+    equals the loss of the whole batch on one worker."""
+    model = tiny_model(hardest_negative=hardest)
+    features, tokens, _ = batch(num=6)
+    whole = model(features, tokens)
+    whole_grads = torch.autograd.grad(whole, list(model.parameters()))
+    shares, grads = [], None
+    for start in (0, 2, 4):  # three "workers" of 2 pairs
+        def gather(regions, words, mask, start=start):  # what all_gather returns, the rows of the others included
+            return (model.embed_regions(features), *model.embed_words(tokens)), start
+        share = model(features[start:start + 2], tokens[start:start + 2], gather=gather)
+        shares.append(share.item())
+        g = torch.autograd.grad(share, list(model.parameters()), allow_unused=True)
+        g = [torch.zeros_like(p) if x is None else x for x, p in zip(g, model.parameters())]
+        grads = g if grads is None else [a + b for a, b in zip(grads, g)]
+    assert sum(shares) == pytest.approx(whole.item(), rel=1e-5)
+    for a, b in zip(grads, whole_grads):  # every row's and column's terms sit in exactly one share
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_gradients_reach_every_parameter():
     model = tiny_model().train()
     features, tokens, _ = batch()

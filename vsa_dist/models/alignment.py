@@ -104,7 +104,36 @@ class AlignmentModel(nn.Module):
             return by_sentence.amax(dim=1).sum() + by_image.amax(dim=0).sum()
         return by_sentence.sum() + by_image.sum()
 
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Loss of a batch of B images with their B sentences."""
+    def local_loss(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, all_regions: torch.Tensor,
+                   all_words: torch.Tensor, all_mask: torch.Tensor, offset: int) -> torch.Tensor:
+        """One worker's share of the loss over a batch split across workers: its own images ranked against every
+        sentence of the whole batch, and its own sentences against every image. Its pairs sit at rows
+        ``offset … offset + b - 1`` of the whole batch. Summed over the workers, this is ``loss`` of the whole batch.
+        """
+        b, margin = len(regions), self.args.margin
+        own = torch.arange(b, device=regions.device)
+        by_row = self.score(regions, all_words, all_mask)                       # [b, B]: own images × all sentences
+        by_col = self.score(all_regions, words, mask)                           # [B, b]: all images × own sentences
+        off_row = torch.ones_like(by_row, dtype=torch.bool)
+        off_row[own, own + offset] = False
+        off_col = torch.ones_like(by_col, dtype=torch.bool)
+        off_col[own + offset, own] = False
+        by_sentence = (by_row - by_row[own, own + offset][:, None] + margin).clamp(min=0) * off_row
+        by_image = (by_col - by_col[own + offset, own][None, :] + margin).clamp(min=0) * off_col
+        if self.args.hardest_negative:
+            return by_sentence.amax(dim=1).sum() + by_image.amax(dim=0).sum()
+        return by_sentence.sum() + by_image.sum()
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, gather=None) -> torch.Tensor:
+        """Loss of a batch of B images with their B sentences.
+
+        ``gather`` (data parallel): a function taking this worker's (regions, words, mask) and returning the
+        whole batch's, concatenated over workers, and this worker's offset in it; the loss then ranks against
+        every worker's pairs, as one batch of the paper's size would, not only against this worker's share.
+        """
+        regions = self.embed_regions(features)
         words, mask = self.embed_words(tokens)
-        return self.loss(self.score(self.embed_regions(features), words, mask))
+        if gather is None:
+            return self.loss(self.score(regions, words, mask))
+        (all_regions, all_words, all_mask), offset = gather(regions, words, mask)
+        return self.local_loss(regions, words, mask, all_regions, all_words, all_mask, offset)

@@ -39,6 +39,7 @@ class AlignConfig(training.TrainConfig):
     word_dim: int = field(default=300, metadata={"help": "word vector size"})
     score_norm: str = field(default="sum", metadata={"help": "sum over words (paper) or mean"})
     hardest_negative: bool = field(default=False, metadata={"help": "hinge on the hardest negative only (VSE++)"})
+    gather_negatives: bool = field(default=True, metadata={"help": "with N workers, rank against the whole batch's pairs (the paper's batch), not each worker's share"})
 
     def validate(self) -> None:
         self.validate_training(default_out="align", min_batch=2)
@@ -48,6 +49,15 @@ class AlignConfig(training.TrainConfig):
 def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> AlignmentArgs:
     return AlignmentArgs(vocab_size=vocab_size, feature_dim=feature_dim, embed_dim=cfg.embed_dim, word_dim=cfg.word_dim,
                          dropout=cfg.dropout, score_norm=cfg.score_norm, hardest_negative=cfg.hardest_negative)
+
+
+def gather_across_workers(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+    """All workers' tensors concatenated (gradients flow back to each owner), and this worker's row offset.
+    Every worker has the same batch size: the train split is divided equally and batches drop the remainder."""
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    return [torch.cat(all_gather(t.contiguous()), dim=0) for t in tensors], dist.get_rank() * len(tensors[0])
 
 
 def one_sentence_each(tokens: torch.Tensor) -> torch.Tensor:
@@ -95,6 +105,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         dev_features, dev_tokens = torch.from_numpy(dev["features"]), torch.from_numpy(dev["tokens"]).long()
 
     per_worker = cfg.batch_size // world
+    gather = gather_across_workers if cfg.gather_negatives and world > 1 else None
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         lr = training.epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
@@ -106,7 +117,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                                                     drop_last=True, device=device):
             wait += time.time() - fetch
             tokens = one_sentence_each(batch["tokens"].long())
-            loss = model(batch["features"], tokens)
+            loss = model(batch["features"], tokens, gather=gather)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip)
