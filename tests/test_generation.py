@@ -46,7 +46,7 @@ def test_mrnn_is_the_papers_recurrence():
     feature, words = torch.randn(1, 6), [4, 2, 7]
     inputs = torch.tensor([[model.args.end, *words]])
     logits = model(feature, inputs)[0]
-    b_v = model.image(torch.nn.functional.normalize(feature, dim=-1))[0]
+    b_v = model.image(torch.nn.functional.normalize(feature, dim=-1) * 6 ** 0.5)[0]  # unit RMS per component
     h = torch.zeros(16)
     for t, w in enumerate([model.args.end, *words]):
         x = model.embed.weight[w]

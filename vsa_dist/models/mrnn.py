@@ -29,7 +29,8 @@ class MRNNArgs:
     word_dim: int = 512
     cell: str = "rnn"             # rnn (the paper) or lstm
     dropout: float = 0.5          # on the non-recurrent layers: word vectors, image vector, output layer input
-    l2_features: bool = True      # CNN features at unit length, as in the alignment model
+    feature_norm: str = "rms"     # CNN features at unit length ("unit"), or at unit length x sqrt(D) ("rms": each
+    #                               component ~1, the scale a Linear layer's default init expects; lower dev perplexity)
 
     @property
     def end(self) -> int:
@@ -58,6 +59,8 @@ class MRNN(nn.Module):
         super().__init__()
         if args.cell not in ("rnn", "lstm"):
             raise ValueError(f"cell {args.cell!r} is not rnn or lstm")
+        if args.feature_norm not in ("unit", "rms"):
+            raise ValueError(f"feature_norm {args.feature_norm!r} is not unit or rms")
         self.args = args
         self.embed = nn.Embedding(args.vocab_size, args.word_dim, padding_idx=PAD)
         self.drop = nn.Dropout(args.dropout)
@@ -72,9 +75,9 @@ class MRNN(nn.Module):
 
     def image_bias(self, features: torch.Tensor) -> torch.Tensor:
         """Whole-image CNN features [N, D] → b_v."""
-        features = features.float()
-        if self.args.l2_features:
-            features = F.normalize(features, dim=-1)
+        features = F.normalize(features.float(), dim=-1)
+        if self.args.feature_norm == "rms":
+            features = features * features.shape[-1] ** 0.5
         return self.drop(self.image(features))
 
     def initial_state(self, n: int, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -46,6 +46,7 @@ class MRNNConfig(training.TrainConfig):
     cell: str = field(default="rnn", metadata={"help": "rnn (the paper's ReLU RNN) or lstm"})
     hidden: int = field(default=512, metadata={"help": "hidden units"})
     word_dim: int = field(default=512, metadata={"help": "word vector size"})
+    feature_norm: str = field(default="rms", metadata={"help": "image features at unit length (unit) or unit RMS per component (rms)"})
     max_len: int = field(default=20, metadata={"help": "longest generated caption, in words"})
     beam: int = field(default=0, metadata={"help": "beam size at test time; 0: choose from beam_choices on dev"})
     beam_choices: list[int] = field(default_factory=lambda: [1, 2, 3, 5], metadata={"help": "beam sizes tried on dev"})
@@ -56,6 +57,7 @@ class MRNNConfig(training.TrainConfig):
     def validate(self) -> None:
         self.validate_training(default_out="mrnn", min_batch=5)
         training.check_choice("cell", self.cell, ("rnn", "lstm"))
+        training.check_choice("feature_norm", self.feature_norm, ("unit", "rms"))
         if self.max_len < 1:
             raise cfglib.ConfigError("max_len must be at least 1")
         if self.beam < 0 or not self.beam_choices or min(self.beam_choices) < 1:
@@ -66,7 +68,7 @@ class MRNNConfig(training.TrainConfig):
 def model_args(cfg: MRNNConfig, vocab_size: int, feature_dim: int) -> MRNNArgs:
     """``vocab_size`` words → ids PAD, UNK, words, END."""
     return MRNNArgs(vocab_size=vocab_size + 3, feature_dim=feature_dim, hidden=cfg.hidden, word_dim=cfg.word_dim,
-                    cell=cfg.cell, dropout=cfg.dropout)
+                    cell=cfg.cell, dropout=cfg.dropout, feature_norm=cfg.feature_norm)
 
 
 def every_sentence(features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +179,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 def load_model(path: Path | str) -> tuple[MRNN, dict[str, Any]]:
     """The best-on-dev generator of a checkpoint (``torch.load(weights_only=True)``) and its metadata."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = MRNNConfig(**{k: v for k, v in state["config"].items() if k in MRNNConfig.__dataclass_fields__})
+    saved = {"feature_norm": "unit", **state["config"]}  # checkpoints from before feature_norm used unit length
+    cfg = MRNNConfig(**{k: v for k, v in saved.items() if k in MRNNConfig.__dataclass_fields__})
     model = MRNN(model_args(cfg, len(state["vocab"]), state["feature_dim"]))
     model.load_state_dict(state["best"]["state"] or state["model"])
     return model.eval(), state
