@@ -109,6 +109,18 @@ def all_cores(threads: int) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def worker_setup(cfg: Any) -> tuple[int, int, torch.device]:
+    """Inside a train loop: this worker's rank, the number of workers and its device; threads and seed set."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed * 1000 + rank)
+    return rank, world, ray.train.torch.get_device()
+
+
 def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict[str, Any]]:
     """Inside a train loop: load Ray Train's last checkpoint, if any. Returns (first epoch to run, best-so-far)."""
     import ray.train

@@ -118,11 +118,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     cfg = MRNNConfig(**loop_config["cfg"])
     vocab, feature_dim = loop_config["vocab"], loop_config["feature_dim"]
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed * 1000 + rank)
-    device = ray.train.torch.get_device()
+    rank, world, device = training.worker_setup(cfg)
 
     model = MRNN(model_args(cfg, len(vocab), feature_dim))
     optimizer = training.make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)
