@@ -53,7 +53,7 @@ def render_grid(tiles: list[tuple[bytes, str, str]]) -> bytes:
 
 
 def log_examples(features_manifest: dict[str, Any], split: dict[str, Any], captions: list[str], count: int,
-                 features_dir: str | Path | None = None) -> list[dict[str, Any]]:
+                 features_dir: str | Path) -> list[dict[str, Any]]:
     """Log ``examples.json`` (and ``examples.jpg`` when the source images can be found) to the active run."""
     import mlflow
 
@@ -64,7 +64,7 @@ def log_examples(features_manifest: dict[str, Any], split: dict[str, Any], capti
         return examples
     with tempfile.TemporaryDirectory(prefix="vsa-examples-") as scratch:
         (Path(scratch) / "examples.json").write_text(json.dumps(examples, indent=1, ensure_ascii=False))
-        shards = source_shards(features_manifest, features_dir or features_manifest.get("config", {}).get("out", "."))
+        shards = source_shards(features_manifest, features_dir)
         if shards is not None:
             wanted = {e["image_id"] for e in examples}
             jpegs = {}

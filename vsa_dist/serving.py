@@ -75,10 +75,10 @@ class Captioner(mlflow.pyfunc.PythonModel):
     ``caption(jpegs)`` is the same from Python (``vsa caption`` calls it)."""
 
     def load_context(self, context) -> None:
-        import hashlib
         import json
 
         from vsa_dist.features.extract import RegionExtractor
+        from vsa_dist.io import sha256_file
         from vsa_dist.stages.train_mrnn import load_model
 
         self.model, state = load_model(context.artifacts["checkpoint"])
@@ -88,7 +88,7 @@ class Captioner(mlflow.pyfunc.PythonModel):
         self.feature_settings = info["feature_settings"]
         weights = context.artifacts.get("backbone_weights", "")
         self.extractor = RegionExtractor(extractor_settings(self.feature_settings, weights))
-        used = hashlib.sha256(Path(self.extractor.model.backbone.spec.weights).read_bytes()).hexdigest()
+        used = sha256_file(Path(self.extractor.model.backbone.spec.weights))
         if used != self.feature_settings["weights_sha256"]:
             raise ValueError(f"backbone weights {self.extractor.model.backbone.spec.weights} are not the ones the "
                              f"model was trained on (sha256 {used[:12]} vs {self.feature_settings['weights_sha256'][:12]})")

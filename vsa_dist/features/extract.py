@@ -8,7 +8,6 @@ either a finished feature record or an ``error`` saying why that image has none.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from vsa_dist.features.format import FEATURES_FORMAT_VERSION, npy_bytes, npy_load
 from vsa_dist.features.proposals import grid_boxes, propose
+from vsa_dist.io import sha256_file
 from vsa_dist.models.backbone import load_backbone
 from vsa_dist.models.regions import RegionFeatureExtractor
 
@@ -46,7 +46,7 @@ class ExtractorSettings:
 def describe(settings: ExtractorSettings, spec: dict[str, Any]) -> dict[str, Any]:
     """The manifest's ``settings``: everything that decides what the features mean."""
     weights = spec["weights"]  # the resolved file, also for the packaged default
-    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+    digest = sha256_file(Path(weights))
     return {
         "format_version": FEATURES_FORMAT_VERSION, "backbone": spec["name"], "weights": Path(weights).name,
         "weights_sha256": digest, "input_size": spec["input_size"], "mean": list(spec["mean"]),
