@@ -12,16 +12,20 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from vsa_dist import storage
 from vsa_dist.data.shards import read_samples, shard_paths
 
 TILE, TEXT_HEIGHT, COLUMNS = 224, 96, 5
 
 
-def source_shards(features_manifest: dict[str, Any], features_dir: str | Path) -> Path | None:
+def source_shards(features_manifest: dict[str, Any], features_dir: str | Path) -> str | None:
     """The image shards the features were made from, if they are still where they were (or beside them)."""
-    recorded = Path(features_manifest.get("source", {}).get("shards", ""))
-    for candidate in (recorded, Path(features_dir).parent / recorded.name):
-        if str(candidate) and (candidate / "manifest.json").is_file():
+    recorded = str(features_manifest.get("source", {}).get("shards", ""))
+    if not recorded:
+        return None
+    beside = storage.join(str(features_dir).rstrip("/").rsplit("/", 1)[0], recorded.rstrip("/").rsplit("/", 1)[-1])
+    for candidate in (recorded, beside):
+        if storage.exists(storage.join(candidate, "manifest.json")):
             return candidate
     return None
 

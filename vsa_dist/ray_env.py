@@ -1,6 +1,21 @@
-"""Connecting to Ray the same way locally and on a cluster."""
+"""Connecting to Ray the same way locally and on a cluster, and refusing work the cluster can never place."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from vsa_dist.config import ConfigError
+
+# Where the Ray cluster launcher (`ray up`) leaves the autoscaler's config on the head node; elsewhere
+# (KubeRay, a hand-started autoscaler) point VSA_AUTOSCALER_CONFIG at the config that lists the node types.
+AUTOSCALER_CONFIG_ENV = "VSA_AUTOSCALER_CONFIG"
+LAUNCHER_CONFIG = Path.home() / "ray_bootstrap_config.yaml"
+
+
+class UnplaceableRequest(ConfigError):
+    """Resources that no node of the cluster, present or addable by its autoscaler, can provide."""
 
 
 def ensure_ray(progress: bool = True):
@@ -15,3 +30,56 @@ def ensure_ray(progress: bool = True):
         ray.init()
     ray.data.DataContext.get_current().enable_progress_bars = progress
     return ray
+
+
+def autoscaler_node_types() -> dict[str, dict[str, float]] | None:
+    """Node type → resources of the nodes the autoscaler may add, or None when the cluster does not autoscale."""
+    import yaml
+
+    path = os.environ.get(AUTOSCALER_CONFIG_ENV) or (str(LAUNCHER_CONFIG) if LAUNCHER_CONFIG.is_file() else "")
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise UnplaceableRequest(f"{AUTOSCALER_CONFIG_ENV}={path}: no such autoscaler config")
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    return {name: {k: float(v) for k, v in (spec.get("resources") or {}).items()}
+            for name, spec in (config.get("available_node_types") or {}).items()
+            if spec.get("max_workers", 1) > 0 or name == config.get("head_node_type")}
+
+
+def _fits(request: dict[str, float], node: dict[str, float]) -> int:
+    """How many copies of ``request`` one node of these resources holds."""
+    wanted = {k: v for k, v in request.items() if v > 0}
+    if not wanted:
+        return 1 << 30
+    return int(min(node.get(k, 0.0) // v for k, v in wanted.items()))
+
+
+def check_placeable(request: dict[str, float], count: int, what: str) -> None:
+    """Fail fast, before any work, when ``count`` bundles of ``request`` can never run on this cluster.
+
+    Without an autoscaler the live nodes must hold them all (Ray would otherwise wait forever); with
+    one, each bundle must fit some node type it can add (it adds as many as the demand needs).
+    """
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    node_types = autoscaler_node_types()
+    if node_types is not None:
+        shapes = nodes + list(node_types.values())
+        if not any(_fits(request, shape) for shape in shapes):
+            raise UnplaceableRequest(
+                f"{what} asks {request} per worker, but no node of this cluster and no node type its autoscaler "
+                f"can add has that much (node types: {node_types})")
+        return
+    capacity = sum(_fits(request, shape) for shape in nodes)
+    if capacity < count:
+        have = {k: sum(n.get(k, 0.0) for n in nodes) for k in request}
+        raise UnplaceableRequest(
+            f"{what} asks for {count} × {request}, but this cluster ({len(nodes)} node(s), {have} in all, no "
+            f"autoscaler found: set {AUTOSCALER_CONFIG_ENV} if it has one) can place only {capacity}")
+
+
+def worker_request(use_gpu: bool, threads: int) -> dict[str, Any]:
+    """One Ray Train worker's resources, as the stages ask for them."""
+    return {"CPU": 1.0, "GPU": 1.0} if use_gpu else {"CPU": float(threads)}

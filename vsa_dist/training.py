@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from vsa_dist import config as cfglib
+from vsa_dist import storage
 from vsa_dist.io import atomic_write_bytes, atomic_write_json
 
 CHECKPOINT = "checkpoint.pt"
@@ -179,20 +180,24 @@ def start_run(cfg: Any, out: Path, settings: dict[str, Any], prefix: str) -> dic
 
 
 def fit(train_loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], cfg: Any, record: dict[str, Any],
-        out: Path, datasets: dict[str, Any]):
-    """Ray Train DDP over ``cfg.workers`` workers; the same run name and storage resume a stopped run."""
+        datasets: dict[str, Any]):
+    """Ray Train DDP over ``cfg.workers`` workers; the same run name and storage resume a stopped run.
+
+    Ray Train keeps its checkpoints under OUT/ray itself, a URI included (every worker node writes there)."""
     import mlflow
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    from vsa_dist.ray_env import worker_request
 
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={**loop_config, "cfg": cfglib.to_dict(cfg), "mlflow_run_id": record["mlflow_run_id"],
                            "tracking_uri": mlflow.get_tracking_uri()},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker={"CPU": cfg.threads} if not cfg.use_gpu else None),
+                                               resources_per_worker=worker_request(cfg.use_gpu, cfg.threads)),
         run_config=ray.train.RunConfig(
-            name=record["name"], storage_path=str(out / "ray"),
+            name=record["name"], storage_path=ray_storage(cfg.out),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
         datasets=datasets,
@@ -201,6 +206,10 @@ def fit(train_loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any
     if result.checkpoint is None:
         raise RuntimeError(f"run {record['name']} reported no checkpoint")
     return result
+
+
+def ray_storage(out: str) -> str:
+    return storage.join(out, "ray") if storage.is_remote(out) else str(Path(out).resolve() / "ray")
 
 
 def save_best(result, out: Path, load_model: Callable[[Path], tuple[torch.nn.Module, dict[str, Any]]]):
@@ -228,7 +237,7 @@ def check_features(features: str, need_test: bool) -> None:
     """Config validation shared by the training stages: a feature folder with train, dev (and test) images."""
     from vsa_dist.features.format import load_features_manifest
 
-    if not features or not (Path(features) / "manifest.json").is_file():
+    if not features or not storage.exists(storage.join(features, "manifest.json")):
         raise cfglib.ConfigError(f"features {features!r}: no manifest.json there (run vsa features first)")
     splits = load_features_manifest(features)["splits"]
     for split in ("train", "dev") + (("test",) if need_test else ()):
@@ -285,20 +294,36 @@ def train(cfg: Any, stage: str, train_loop: Callable[[dict[str, Any]], None],
     import mlflow
 
     from vsa_dist.features.format import check_same_settings, load_features_manifest
-    from vsa_dist.ray_env import ensure_ray
+    from vsa_dist.ray_env import check_placeable, ensure_ray, worker_request
 
-    out = Path(cfg.out).resolve()
+    # Ray Train writes OUT/ray itself; run.json and best.pt are written here, then published to OUT.
+    out = storage.mirror(cfg.out, skip=("ray",)).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cfg.features = str(Path(cfg.features).resolve())
+    if not storage.is_remote(cfg.features):
+        cfg.features = str(Path(cfg.features).resolve())
     manifest = load_features_manifest(cfg.features)
     settings = check_same_settings({cfg.features: manifest})
     vocab = manifest["vocab"]["words"]
     ensure_ray(cfg.progress)
+    check_placeable(worker_request(cfg.use_gpu, cfg.threads), cfg.workers, f"{stage} --workers {cfg.workers}")
     record = start_run(cfg, out, settings, prefix=stage.removeprefix("train-"))
     print(f"{stage}: MLflow run {record['mlflow_run_id']} ({mlflow.get_tracking_uri()}), Ray Train run "
-          f"{record['name']} in {out}", flush=True)
+          f"{record['name']} in {cfg.out}", flush=True)
     loop_config = {"vocab": vocab, "feature_dim": settings["feature_dim"], "feature_settings": settings}
     dataset = train_dataset(cfg.features, vocab, cfg.max_words, whole_image_only)
-    result = fit(train_loop, loop_config, cfg, record, out, {"train": dataset})
+    result = fit(train_loop, loop_config, cfg, record, {"train": dataset})
     model, state, final = save_best(result, out, load_model)
     return Trained(model, state, final, manifest, record["mlflow_run_id"], dict(getattr(result, "metrics", None) or {}))
+
+
+def finish(cfg: Any, stage: str, trained: Trained, summary: dict[str, Any]) -> dict[str, Any]:
+    """End a training stage: the summary to MLflow and beside ``best.pt``, the MLflow run closed, and the run
+    folder published when OUT is a storage URI."""
+    import mlflow
+
+    mlflow.log_dict(summary, "summary.json")
+    mlflow.end_run()
+    atomic_write_json(trained.checkpoint.parent / "summary.json", summary)
+    storage.publish(trained.checkpoint.parent, cfg.out, skip=("ray",))
+    print(f"{stage}: done; MLflow run id {trained.run_id}; outputs in {cfg.out}", flush=True)
+    return summary

@@ -41,15 +41,21 @@ class _Open:
     rejects: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _source_key(source: str) -> str:
+    """Ray Data names a remote file by its path without the scheme (``s3://b/k`` comes back as ``b/k``)."""
+    return source.split("://", 1)[-1]
+
+
 class ShardAssembler:
     def __init__(self, out_dir: Path, state_dir: Path, plans: list[ShardPlan]):
         self.out_dir, self.state_dir = out_dir, state_dir
-        self.by_source = {p.source: p for p in plans}
+        self.by_source = {_source_key(p.source): p for p in plans}
         self.open: dict[str, _Open] = {}
         self.records: dict[str, dict[str, Any]] = {}
 
     def add(self, source: str, sample: dict[str, Any] | None, reject: dict[str, Any] | None = None) -> None:
         """One row of input shard ``source``: a sample to write, or (``sample=None``) a reject."""
+        source = _source_key(source)
         plan = self.by_source.get(source)
         if plan is None or plan.name in self.records:
             raise RuntimeError(f"row from {source!r}, which is not a pending shard of this run")
@@ -89,8 +95,8 @@ class ShardAssembler:
 
     def close(self) -> dict[str, dict[str, Any]]:
         """Every planned shard's record; a shard still missing rows is an error (rows were lost)."""
-        missing = {p.name: f"{self.open[p.source].rows if p.source in self.open else 0}/{p.expected}"
-                   for p in self.by_source.values() if p.name not in self.records}
+        missing = {p.name: f"{self.open[key].rows if key in self.open else 0}/{p.expected}"
+                   for key, p in self.by_source.items() if p.name not in self.records}
         for state in self.open.values():
             state.fh.close()
             Path(state.tmp).unlink(missing_ok=True)

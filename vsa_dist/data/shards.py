@@ -27,6 +27,7 @@ from typing import Any
 import webdataset as wds
 from tqdm import tqdm
 
+from vsa_dist import storage
 from vsa_dist.data.images import ImageRejected, check_jpeg
 from vsa_dist.data.sources import Catalog, ImageEntry
 from vsa_dist.data.text import VOCAB_MIN_COUNT, build_vocab
@@ -193,10 +194,11 @@ def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, 
 
 
 def load_manifest(shards_dir: Path | str) -> dict[str, Any]:
-    path = Path(shards_dir) / MANIFEST
-    if not path.is_file():
+    """A shard folder's manifest; the folder may be a path or a storage URI."""
+    path = storage.join(shards_dir, MANIFEST)
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no shard manifest (build shards first: vsa shards build)")
-    return json.loads(path.read_text())
+    return json.loads(storage.read_bytes(path))
 
 
 def _every_shard(urls):
@@ -205,13 +207,14 @@ def _every_shard(urls):
 
 def read_samples(paths: list[str]) -> Iterator[dict[str, Any]]:
     """Every sample of ``paths`` in order, in this one process, even inside a DDP worker (webdataset
-    would otherwise expect the shards to be split over ranks)."""
+    would otherwise expect the shards to be split over ranks). Remote shards are read from this node's cache."""
+    paths = [storage.fetch(p) for p in paths]
     yield from wds.WebDataset(paths, shardshuffle=False, empty_check=False, nodesplitter=_every_shard)
 
 
 def shard_paths(shards_dir: Path | str, splits: list[str] | tuple[str, ...] | None = None) -> list[str]:
-    """Shard files of the given splits (all splits if None), in manifest order."""
+    """Shard files (paths or URIs, as the folder is) of the given splits (all splits if None), in manifest order."""
     manifest = load_manifest(shards_dir)
-    return [str(Path(shards_dir) / shard["shard"])
+    return [storage.join(shards_dir, shard["shard"])
             for split, info in manifest["splits"].items() if splits is None or split in splits
             for shard in info["shards"]]

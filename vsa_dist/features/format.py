@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from vsa_dist import storage
+
 FEATURES_FORMAT_VERSION = 1
 
 # What makes two feature sets interchangeable: the same backbone, weights, preprocessing and regions.
@@ -70,10 +72,10 @@ def check_same_settings(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def load_features_manifest(features_dir: Path | str) -> dict[str, Any]:
-    path = Path(features_dir) / "manifest.json"
-    if not path.is_file():
+    path = storage.join(features_dir, "manifest.json")
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no feature manifest (extract features first: vsa features)")
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(storage.read_bytes(path))
     if manifest.get("kind") != "features":
         raise ValueError(f"{path}: not a feature manifest (kind={manifest.get('kind')!r})")
     return manifest

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from vsa_dist import config as cfglib
+from vsa_dist import storage
 from vsa_dist.data.pairs import load_split, word_index
 from vsa_dist.features.format import check_same_settings, load_features_manifest
-from vsa_dist.io import atomic_write_json
 
 
 @dataclass
@@ -34,9 +33,9 @@ class EvalConfig:
     out: str = field(default="", metadata={"help": "also write the metrics to this JSON file"})
 
     def validate(self) -> None:
-        if not Path(self.checkpoint).is_file():
+        if not self.checkpoint or not storage.exists(self.checkpoint):
             raise cfglib.ConfigError(f"checkpoint {self.checkpoint!r}: no such file")
-        if not (Path(self.features) / "manifest.json").is_file():
+        if not self.features or not storage.exists(storage.join(self.features, "manifest.json")):
             raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
 
 
@@ -55,7 +54,7 @@ def _split(cfg: EvalConfig, state: dict[str, Any], whole_image_only: bool) -> di
 def _finish(cfg: EvalConfig, metrics: dict[str, Any]) -> dict[str, Any]:
     print(json.dumps(metrics, indent=1))
     if cfg.out:
-        atomic_write_json(Path(cfg.out), metrics)
+        storage.write_bytes(cfg.out, (json.dumps(metrics, indent=1) + "\n").encode())
     return metrics
 
 
@@ -63,7 +62,7 @@ def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
     from vsa_dist.eval.retrieval import evaluate_alignment
     from vsa_dist.stages.train_align import load_model
 
-    model, state = load_model(cfg.checkpoint)
+    model, state = load_model(storage.fetch(cfg.checkpoint))
     split = _split(cfg, state, whole_image_only=False)
     metrics = evaluate_alignment(model, torch.from_numpy(split["features"]), torch.from_numpy(split["tokens"]).long())
     return _finish(cfg, {"split": cfg.split, "images": len(split["image_ids"]), **metrics})
@@ -72,7 +71,7 @@ def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
 def run_captions(cfg: EvalConfig) -> dict[str, Any]:
     from vsa_dist.stages.train_mrnn import generate, load_model, score_captions
 
-    model, state = load_model(cfg.checkpoint)
+    model, state = load_model(storage.fetch(cfg.checkpoint))
     split = _split(cfg, state, whole_image_only=True)
     beam = cfg.beam or state.get("beam") or 1
     captions = generate(model, torch.from_numpy(split["features"]).float(), state["vocab"], beam,

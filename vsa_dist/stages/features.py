@@ -12,6 +12,7 @@ grow with the data set. A rerun redoes only the shards that are missing or damag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -23,16 +24,17 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from vsa_dist import config as cfglib
+from vsa_dist import storage
 from vsa_dist.data.assembler import ShardAssembler, ShardPlan
 from vsa_dist.data.shards import MANIFEST, REJECTS, load_manifest
 from vsa_dist.features.extract import OUTPUT_COLUMNS, ExtractorSettings, RegionExtractor, add_proposals, describe
 from vsa_dist.features.format import FEATURES_FORMAT_VERSION
 from vsa_dist.features.proposals import PROPOSAL_METHODS
 from vsa_dist.io import (atomic_write_bytes, atomic_write_json, completed_record, remove_leftovers, remove_stale_shards,
-                         sha256_file, sha256_json)
+                         sha256_json)
 from vsa_dist.models.backbone import fast_bf16, load_backbone
 from vsa_dist.models.regions import REGION_MODES
-from vsa_dist.ray_env import ensure_ray
+from vsa_dist.ray_env import check_placeable, ensure_ray
 
 
 @dataclass
@@ -59,11 +61,12 @@ class FeaturesConfig:
     progress: bool = field(default=True, metadata={"help": "Ray Data progress bars"})
 
     def validate(self) -> None:
-        if not self.shards or not (Path(self.shards) / MANIFEST).is_file():
+        if not self.shards or not storage.exists(storage.join(self.shards, MANIFEST)):
             raise cfglib.ConfigError(f"shards {self.shards!r}: no {MANIFEST} there (build it with vsa shards build)")
         if not self.out:
             raise cfglib.ConfigError("out: an output folder is required")
-        if Path(self.out).resolve() == Path(self.shards).resolve():
+        if storage.is_remote(self.out) and self.out.rstrip("/") == self.shards.rstrip("/") or (
+                not storage.is_remote(self.out) and Path(self.out).resolve() == Path(self.shards).resolve()):
             raise cfglib.ConfigError("out must differ from shards: both folders hold a manifest.json")
         for key, value, allowed in (("regions", self.regions, REGION_MODES), ("proposals", self.proposals, PROPOSAL_METHODS),
                                     ("device", self.device, ("auto", "cpu", "cuda")),
@@ -82,13 +85,11 @@ def _settings(cfg: FeaturesConfig, cluster: dict[str, float]) -> tuple[Extractor
     """Extractor settings and the CNN actors' ``map_batches`` resources on this cluster."""
     gpus = int(cluster.get("GPU", 0))
     device = cfg.device if cfg.device != "auto" else ("cuda" if gpus else "cpu")
-    if device == "cuda" and not gpus:
-        raise cfglib.ConfigError("device cuda: this Ray cluster has no GPU")
     # Judged on this (the driver's) machine for CPUs: set it explicitly where workers' CPUs differ.
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if fast_bf16(device) else "fp32")
     cpus = max(1, int(cluster.get("CPU", 1)))
     if device == "cuda":
-        threads, actors = cfg.threads, cfg.actors or gpus
+        threads, actors = cfg.threads, cfg.actors or max(1, gpus)
         remote = {"num_gpus": 1, "num_cpus": 1}
     else:
         threads = min(cfg.threads, cpus)
@@ -103,14 +104,16 @@ def _settings(cfg: FeaturesConfig, cluster: dict[str, float]) -> tuple[Extractor
         num_regions=cfg.num_regions, nms_iou=cfg.nms_iou, roi_size=cfg.roi_size, max_proposals=cfg.max_proposals,
         cnn_batch=cfg.cnn_batch or (64 if device == "cuda" else 4), threads=threads, device=device,
         precision=precision)
+    check_placeable({"CPU": remote["num_cpus"], "GPU": remote.get("num_gpus", 0)}, actors,
+                    f"features ({actors} CNN actor(s) on {device})")
     return settings, {"compute": ActorPoolStrategy(size=actors), **remote}
 
 
-def plan_shards(shards_dir: Path, manifest: dict[str, Any], splits: list[str], settings: dict[str, Any]) -> list[ShardPlan]:
+def plan_shards(shards_dir: str, manifest: dict[str, Any], splits: list[str], settings: dict[str, Any]) -> list[ShardPlan]:
     plans = []
     for split in splits:
         for shard in manifest["splits"][split]["shards"]:
-            plans.append(ShardPlan(name=shard["shard"], source=str(shards_dir / shard["shard"]), split=split,
+            plans.append(ShardPlan(name=shard["shard"], source=storage.join(shards_dir, shard["shard"]), split=split,
                                    expected=shard["samples"],
                                    plan=sha256_json({"input": shard["sha256"], "settings": settings})))
     return plans
@@ -144,8 +147,12 @@ def _write(ds, assembler: ShardAssembler) -> tuple[float, int]:
 
 
 def run(cfg: FeaturesConfig) -> dict[str, Any]:
+    with storage.output_folder(cfg.out) as out_dir:
+        return _run(cfg, cfg.shards, out_dir)
+
+
+def _run(cfg: FeaturesConfig, shards_dir: str, out_dir: Path) -> dict[str, Any]:
     start = time.time()
-    shards_dir, out_dir = Path(cfg.shards), Path(cfg.out)
     shard_manifest = load_manifest(shards_dir)
     splits = cfg.splits or sorted(shard_manifest["splits"])
     ray = ensure_ray(cfg.progress)
@@ -188,7 +195,8 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     extracted = sum(p.expected for p in pending)
     manifest = {
         "kind": "features", "format_version": FEATURES_FORMAT_VERSION, "settings": described,
-        "source": {"shards": str(shards_dir), "manifest_sha256": sha256_file(shards_dir / MANIFEST)},
+        "source": {"shards": shards_dir,
+                   "manifest_sha256": hashlib.sha256(storage.read_bytes(storage.join(shards_dir, MANIFEST))).hexdigest()},
         "config": cfglib.to_dict(cfg), "splits": split_info,
         "counts": {"images": {"input": inputs, "written": written, "rejected": len(rejects)}},
         "rejects": {"file": REJECTS, "by_reason": dict(Counter(r["reason"] for r in rejects))},
@@ -205,7 +213,7 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
     atomic_write_json(out_dir / MANIFEST, manifest)
     rate = f" ({manifest['build']['images_per_s']} img/s)" if extracted else ""
     print(f"features: {written} images written, {len(rejects)} rejected, {len(pending)} shards built{rate}, "
-          f"{len(plans) - len(pending)} reused -> {out_dir}", flush=True)
+          f"{len(plans) - len(pending)} reused -> {cfg.out}", flush=True)
     return manifest
 
 

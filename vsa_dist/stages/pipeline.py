@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from vsa_dist import config as cfglib
+from vsa_dist import storage
 from vsa_dist.paths import data_root, runs_root
 from vsa_dist.stages import features as features_stage
 from vsa_dist.stages import shards as shards_stage
@@ -43,27 +43,27 @@ class PipelineConfig:
         for key, preset in (("align_preset", self.align_preset), ("mrnn_preset", self.mrnn_preset)):
             if not cfglib.preset_exists(preset):
                 raise cfglib.ConfigError(f"{key} {preset!r}: no such preset in vsa_dist/presets/")
-        if not Path(self.data).is_dir():
+        if not storage.exists(self.data):
             raise cfglib.ConfigError(f"data {self.data!r}: no such dataset folder (set --data or VSA_DATA_ROOT)")
 
 
 def run(cfg: PipelineConfig) -> dict:
-    run_dir = Path(cfg.run_dir)
+    shards, features = storage.join(cfg.run_dir, "shards"), storage.join(cfg.run_dir, "features")
     results: dict = {}
     start = time.time()
     results["shards"] = shards_stage.run(cfglib.resolve(shards_stage.ShardsConfig, "shards", {
-        "format": cfg.format, "root": cfg.data, "out": str(run_dir / "shards"), "progress": cfg.progress}))
+        "format": cfg.format, "root": cfg.data, "out": shards, "progress": cfg.progress}))
     results["features"] = features_stage.run(cfglib.resolve(features_stage.FeaturesConfig, "features", {
-        "shards": str(run_dir / "shards"), "out": str(run_dir / "features"), "regions": cfg.regions,
+        "shards": shards, "out": features, "regions": cfg.regions,
         "progress": cfg.progress}))
     results["align"] = align_stage.run(cfglib.resolve(align_stage.AlignConfig, cfg.align_preset, {
-        "features": str(run_dir / "features"), "out": str(run_dir / "align"), "epochs": cfg.align_epochs,
+        "features": features, "out": storage.join(cfg.run_dir, "align"), "epochs": cfg.align_epochs,
         "batch_size": cfg.align_batch_size, "progress": cfg.progress}))
     results["mrnn"] = mrnn_stage.run(cfglib.resolve(mrnn_stage.MRNNConfig, cfg.mrnn_preset, {
-        "features": str(run_dir / "features"), "out": str(run_dir / "mrnn"), "epochs": cfg.mrnn_epochs,
+        "features": features, "out": storage.join(cfg.run_dir, "mrnn"), "epochs": cfg.mrnn_epochs,
         "batch_size": cfg.mrnn_batch_size, "progress": cfg.progress}))
     retrieval, captions = results["align"].get("test", {}), results["mrnn"].get("test", {})
-    print(f"pipeline: done in {time.time() - start:.1f}s; outputs under {run_dir}\n"
+    print(f"pipeline: done in {time.time() - start:.1f}s; outputs under {cfg.run_dir}\n"
           f"  test retrieval R@5 annotation {retrieval.get('annotation', {}).get('r5', float('nan')):.1f}, "
           f"search {retrieval.get('search', {}).get('r5', float('nan')):.1f}; "
           f"test captions BLEU-4 {captions.get('bleu4', float('nan')):.3f}, CIDEr {captions.get('cider', float('nan')):.3f}\n"

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from vsa_dist import config as cfglib
+from vsa_dist import storage
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
 from vsa_dist.data.shards import write_shards
 from vsa_dist.data.sources import InputFormatError, read_source
@@ -38,7 +38,7 @@ class ShardsConfig:
     def validate(self) -> None:
         if self.format not in FORMATS:
             raise cfglib.ConfigError(f"format {self.format!r} is not one of {FORMATS}")
-        if not self.root or not Path(self.root).is_dir():
+        if not self.root or not storage.exists(self.root):
             raise cfglib.ConfigError(f"root {self.root!r}: no such dataset folder")
         if not self.out:
             raise cfglib.ConfigError("out: an output folder is required")
@@ -48,14 +48,16 @@ class ShardsConfig:
 
 def run(cfg: ShardsConfig) -> dict:
     start = time.time()
-    catalog = read_source(cfg.format, Path(cfg.root), cfg.captions, cfg.split_files, cfg.split_from, cfg.images_dir)
-    manifest = write_shards(catalog, Path(cfg.out), cfg.samples_per_shard, cfg.max_pixels, cfg.vocab_min_count,
-                            tuple(cfg.vocab_splits), config=cfglib.to_dict(cfg), progress=cfg.progress)
+    root = storage.mirror(cfg.root)  # a remote dataset is read from a local copy
+    catalog = read_source(cfg.format, root, cfg.captions, cfg.split_files, cfg.split_from, cfg.images_dir)
+    with storage.output_folder(cfg.out) as out:
+        manifest = write_shards(catalog, out, cfg.samples_per_shard, cfg.max_pixels, cfg.vocab_min_count,
+                                tuple(cfg.vocab_splits), config=cfglib.to_dict(cfg), progress=cfg.progress)
     counts = manifest["counts"]
     per_split = ", ".join(f"{s} {v['images']}" for s, v in sorted(manifest["splits"].items()))
     print(f"shards: {counts['images']['written']} images ({per_split}), {counts['sentences']['written']} sentences "
           f"written to {cfg.out}; rejected {counts['images']['rejected']} images, {counts['sentences']['rejected']} "
-          f"sentences (see {Path(cfg.out) / 'rejects.jsonl'}); vocab {manifest['vocab']['size']} words; "
+          f"sentences (see {storage.join(cfg.out, 'rejects.jsonl')}); vocab {manifest['vocab']['size']} words; "
           f"{manifest['build']['shards_built']} shards built, {manifest['build']['shards_reused']} reused; "
           f"{time.time() - start:.1f}s")
     return manifest

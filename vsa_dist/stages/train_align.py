@@ -21,10 +21,9 @@ from typing import Any
 import torch
 
 from vsa_dist import config as cfglib
-from vsa_dist import training
+from vsa_dist import storage, training
 from vsa_dist.data.pairs import load_split, word_index
 from vsa_dist.eval.retrieval import evaluate_alignment
-from vsa_dist.io import atomic_write_json
 from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
 
 @dataclass
@@ -155,7 +154,7 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
     settings, vocab = trained.manifest["settings"], trained.manifest["vocab"]["words"]
 
     summary: dict[str, Any] = {"run_id": run_id, "best_dev_epoch": state["best"]["epoch"],
-                               "best_dev_rsum": state["best"]["score"], "checkpoint": str(final),
+                               "best_dev_rsum": state["best"]["score"], "checkpoint": storage.join(cfg.out, final.name),
                                "last_epoch": trained.last_metrics}
     if cfg.test:
         test = load_split(cfg.features, "test", word_index(vocab), cfg.max_words)
@@ -169,11 +168,7 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
 
         version = log_alignment_model(final, cfg.register_as, settings)
         summary["registered"] = {"name": cfg.register_as, "version": version}
-    mlflow.log_dict(summary, "summary.json")
-    mlflow.end_run()
-    atomic_write_json(final.parent / "summary.json", summary)
-    print(f"train-align: done; MLflow run id {run_id}", flush=True)
-    return summary
+    return training.finish(cfg, "train-align", trained, summary)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -24,10 +24,9 @@ from typing import Any
 import torch
 
 from vsa_dist import config as cfglib
-from vsa_dist import training
+from vsa_dist import storage, training
 from vsa_dist.data.pairs import load_split, word_index
 from vsa_dist.eval.captions import caption_metrics, require_java
-from vsa_dist.io import atomic_write_json
 from vsa_dist.models.mrnn import MRNN, PAD, MRNNArgs, ids_to_words, teacher_forcing, token_nll
 
 
@@ -205,7 +204,7 @@ def run(cfg: MRNNConfig) -> dict[str, Any]:
     mlflow.log_metrics({f"dev_cider_beam{k}": v for k, v in dev_by_beam.items()} | {"beam": beam})
     summary: dict[str, Any] = {"run_id": run_id, "best_dev_epoch": state["best"]["epoch"],
                                "best_dev_cider_greedy": state["best"]["score"], "beam": beam,
-                               "dev_cider_by_beam": dev_by_beam, "checkpoint": str(final),
+                               "dev_cider_by_beam": dev_by_beam, "checkpoint": storage.join(cfg.out, final.name),
                                "last_epoch": trained.last_metrics}
     if cfg.test:
         from vsa_dist.examples import log_examples
@@ -225,11 +224,7 @@ def run(cfg: MRNNConfig) -> dict[str, Any]:
 
         summary["registered"] = log_captioner(final, cfg.register_as, manifest, beam, cfg.max_len,
                                               cfg.length_penalty, dev_by_beam[beam], cfg.alias)
-    mlflow.log_dict(summary, "summary.json")
-    mlflow.end_run()
-    atomic_write_json(final.parent / "summary.json", summary)
-    print(f"train-mrnn: done; MLflow run id {run_id}", flush=True)
-    return summary
+    return training.finish(cfg, "train-mrnn", trained, summary)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
