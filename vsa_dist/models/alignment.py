@@ -93,6 +93,13 @@ class AlignmentModel(nn.Module):
             total = total / mask.sum(dim=-1).clamp(min=1)[None]
         return total
 
+    def word_region_scores(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image b with sentence b: ([B, T, 1+R] v_iᵀ s_t for every word and region, [B] words per sentence),
+        the unary terms of snippet alignment (``vsa_dist.models.snippets``)."""
+        regions = self.embed_regions(features)
+        words, mask = self.embed_words(tokens)
+        return torch.einsum("brh,bth->btr", regions, words), mask.sum(dim=1).long()
+
     def loss(self, scores: torch.Tensor) -> torch.Tensor:
         """The paper's bidirectional ranking loss over a square batch (image k belongs with sentence k)."""
         diagonal = scores.diagonal()
