@@ -57,3 +57,56 @@ def test_word_region_scores_are_the_alignment_models_own_dot_products():
     words, mask = model.embed_words(tokens)
     full = model.score(model.embed_regions(features), words, mask)
     assert torch.allclose(scores.amax(dim=2).mul(mask).sum(dim=1), full.diagonal(), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------- the stage, on Ray
+def untrained_alignment_checkpoint(features_dir, path):
+    """A real best.pt in the format train-align writes, with untrained weights (the DP does not care)."""
+    import dataclasses
+    import json as jsonlib
+
+    from vsa_dist.config import to_dict
+    from vsa_dist.stages.train_align import AlignConfig, AlignmentModel, model_args
+    from vsa_dist.training import write_best
+
+    manifest = jsonlib.loads((features_dir / "manifest.json").read_text())
+    vocab = manifest["vocab"]["words"]
+    cfg = dataclasses.replace(AlignConfig(), embed_dim=32, word_dim=16)
+    torch.manual_seed(0)
+    model = AlignmentModel(model_args(cfg, len(vocab) + 2, manifest["settings"]["feature_dim"]))
+    write_best(path, model, {"config": to_dict(cfg), "vocab": vocab, "feature_dim": manifest["settings"]["feature_dim"],
+                             "feature_settings": manifest["settings"], "epoch": 1,
+                             "best": {"score": 0.0, "epoch": 1, "state": None}})
+    return path
+
+
+def test_align_snippets_stage_covers_every_word_and_beta_sets_snippet_length(mini_features, tmp_path, ray_cluster):
+    import json as jsonlib
+
+    from vsa_dist.cli import main as vsa
+    from vsa_dist.data.shards import read_samples, shard_paths
+
+    checkpoint = untrained_alignment_checkpoint(mini_features, tmp_path / "best.pt")
+    stats = {}
+    for beta in ("0", "1000000"):
+        out = tmp_path / f"snippets-{beta}"
+        manifest = vsa(["align-snippets", "--checkpoint", str(checkpoint), "--features", str(mini_features),
+                        "--out", str(out), "--beta", beta, "--splits", "train,dev", "--progress", "false"])
+        assert manifest["counts"]["images"] == {"input": 150, "written": 150, "rejected": 0}
+        stats[beta] = manifest["statistics"]["train"]
+        for sample in read_samples(shard_paths(out, ["dev"])):
+            meta = jsonlib.loads(sample["json"])
+            for k, sentence in enumerate(meta["sentences"]):
+                pieces = sorted((s["start"], s["end"], s["words"]) for s in meta["snippets"] if s["sentence"] == k)
+                # the snippets tile the sentence (as cut to max_words), in order, without gaps
+                assert [w for _, _, words in pieces for w in words] == sentence["tokens"][:32]
+                assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+                if beta != "0":
+                    assert len(pieces) == 1
+            assert all(0 <= s["region"] < 20 for s in meta["snippets"])
+    assert stats["1000000"]["snippets_per_sentence"] == 1.0
+    assert stats["0"]["mean_words_per_snippet"] < stats["1000000"]["mean_words_per_snippet"]
+
+    again = vsa(["align-snippets", "--checkpoint", str(checkpoint), "--features", str(mini_features),
+                 "--out", str(tmp_path / "snippets-0"), "--beta", "0", "--splits", "train,dev", "--progress", "false"])
+    assert again["build"] == {**again["build"], "shards_built": 0, "shards_reused": 5}

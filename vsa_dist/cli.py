@@ -11,6 +11,7 @@ COMMANDS: dict[str, object] = {
     "features": "vsa_dist.stages.features:main",
     "train-align": "vsa_dist.stages.train_align:main",
     "train-mrnn": "vsa_dist.stages.train_mrnn:main",
+    "align-snippets": "vsa_dist.stages.align_snippets:main",
     "eval": {"retrieval": "vsa_dist.stages.evaluate:retrieval_main", "captions": "vsa_dist.stages.evaluate:captions_main"},
     "caption": "vsa_dist.stages.caption:main",
     "pipeline": "vsa_dist.stages.pipeline:main",

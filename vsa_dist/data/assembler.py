@@ -9,6 +9,7 @@ redoes only the shards without a valid record (``vsa_dist.io.completed_record``)
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,10 @@ from typing import Any
 
 import webdataset as wds
 
-from vsa_dist.io import atomic_write_json, sha256_file, temp_path
+from vsa_dist import storage
+from vsa_dist.data.shards import REJECTS
+from vsa_dist.io import (atomic_write_bytes, atomic_write_json, completed_record, remove_leftovers, remove_stale_shards,
+                         sha256_file, sha256_json, temp_path)
 
 
 @dataclass
@@ -103,3 +107,43 @@ class ShardAssembler:
         if missing:
             raise RuntimeError(f"rows missing for shards (got/expected): {missing}")
         return self.records
+
+
+def plan_shards(source_dir: str, manifest: dict[str, Any], splits: list[str], settings: dict[str, Any]) -> list[ShardPlan]:
+    """One output shard per input shard of ``splits``; its plan digest changes with the input or the settings."""
+    plans = []
+    for split in splits:
+        for shard in manifest["splits"][split]["shards"]:
+            plans.append(ShardPlan(name=shard["shard"], source=storage.join(source_dir, shard["shard"]), split=split,
+                                   expected=shard["samples"],
+                                   plan=sha256_json({"input": shard["sha256"], "settings": settings})))
+    return plans
+
+
+def resume(out_dir: Path, plans: list[ShardPlan]) -> tuple[Path, dict[str, dict[str, Any]], list[ShardPlan]]:
+    """A rerun's starting point: (state folder, records of shards already complete, plans still to do)."""
+    state_dir = out_dir / "_state"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out_dir, state_dir)
+    remove_stale_shards(out_dir, state_dir, {p.name for p in plans})
+    records = {p.name: r for p in plans if (r := completed_record(state_dir / f"{p.name}.json", out_dir / p.name, p.plan))}
+    return state_dir, records, [p for p in plans if p.name not in records]
+
+
+def account(out_dir: Path, plans: list[ShardPlan], records: dict[str, dict[str, Any]],
+            splits: list[str]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """Every input sample is written or rejected: OUT/rejects.jsonl, the manifest's per-split shard lists, the
+    counts. Returns (splits, rejects, counts)."""
+    ordered = [records[p.name] for p in plans]
+    rejects = [r for rec in ordered for r in rec["rejects"]]
+    atomic_write_bytes(out_dir / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode())
+    split_info: dict[str, dict[str, Any]] = {s: {"images": 0, "shards": []} for s in splits}
+    for rec in ordered:
+        split_info[rec["split"]]["images"] += rec["samples"]
+        if rec["samples"]:
+            split_info[rec["split"]]["shards"].append({k: rec[k] for k in ("shard", "samples", "sha256", "bytes")})
+    inputs = sum(p.expected for p in plans)
+    written = sum(s["images"] for s in split_info.values())
+    if written + len(rejects) != inputs:
+        raise AssertionError(f"accounting broken: {written} written + {len(rejects)} rejected != {inputs} inputs")
+    return split_info, rejects, {"input": inputs, "written": written, "rejected": len(rejects)}

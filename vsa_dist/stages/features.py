@@ -25,13 +25,12 @@ from ray.data import ActorPoolStrategy
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
-from vsa_dist.data.assembler import ShardAssembler, ShardPlan
-from vsa_dist.data.shards import MANIFEST, REJECTS, load_manifest
+from vsa_dist.data.assembler import REJECTS, ShardAssembler, account, plan_shards, resume
+from vsa_dist.data.shards import MANIFEST, load_manifest
 from vsa_dist.features.extract import OUTPUT_COLUMNS, ExtractorSettings, RegionExtractor, add_proposals, describe
 from vsa_dist.features.format import FEATURES_FORMAT_VERSION
 from vsa_dist.features.proposals import PROPOSAL_METHODS
-from vsa_dist.io import (atomic_write_bytes, atomic_write_json, completed_record, remove_leftovers, remove_stale_shards,
-                         sha256_json)
+from vsa_dist.io import (atomic_write_json)
 from vsa_dist.models.backbone import fast_bf16, load_backbone
 from vsa_dist.models.regions import REGION_MODES
 from vsa_dist.ray_env import check_placeable, ensure_ray
@@ -109,16 +108,6 @@ def _settings(cfg: FeaturesConfig, cluster: dict[str, float]) -> tuple[Extractor
     return settings, {"compute": ActorPoolStrategy(size=actors), **remote}
 
 
-def plan_shards(shards_dir: str, manifest: dict[str, Any], splits: list[str], settings: dict[str, Any]) -> list[ShardPlan]:
-    plans = []
-    for split in splits:
-        for shard in manifest["splits"][split]["shards"]:
-            plans.append(ShardPlan(name=shard["shard"], source=storage.join(shards_dir, shard["shard"]), split=split,
-                                   expected=shard["samples"],
-                                   plan=sha256_json({"input": shard["sha256"], "settings": settings})))
-    return plans
-
-
 def _stream(cfg: FeaturesConfig, settings: ExtractorSettings, remote: dict[str, Any], sources: list[str]):
     """The Ray Data stream of output rows for the given image shards."""
     # Reading a tar is I/O, not compute: it must not wait for a CPU slot the CNN actors hold.
@@ -161,14 +150,8 @@ def _run(cfg: FeaturesConfig, shards_dir: str, out_dir: Path) -> dict[str, Any]:
     placement = {"device": settings.device, "actors": remote["compute"].max_size, "threads": settings.threads,
                  "cnn_batch": settings.cnn_batch}
 
-    state_dir = out_dir / "_state"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out_dir, state_dir)
     plans = plan_shards(shards_dir, shard_manifest, splits, described)
-    remove_stale_shards(out_dir, state_dir, {p.name for p in plans})
-
-    records = {p.name: r for p in plans if (r := completed_record(state_dir / f"{p.name}.json", out_dir / p.name, p.plan))}
-    pending = [p for p in plans if p.name not in records]
+    state_dir, records, pending = resume(out_dir, plans)
     print(f"features: {len(plans)} shards planned, {len(records)} already complete, {len(pending)} to extract "
           f"({settings.region_mode} regions, {settings.proposals} proposals, {settings.precision}, {placement})",
           flush=True)
@@ -180,25 +163,14 @@ def _run(cfg: FeaturesConfig, shards_dir: str, out_dir: Path) -> dict[str, Any]:
         records.update(assembler.close())
     extract_seconds, steady_seconds = time.time() - extract_start, time.time() - first_at
 
-    ordered = [records[p.name] for p in plans]
-    rejects = [r for rec in ordered for r in rec["rejects"]]
-    atomic_write_bytes(out_dir / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode())
-    split_info: dict[str, dict[str, Any]] = {s: {"images": 0, "shards": []} for s in splits}
-    for rec in ordered:
-        split_info[rec["split"]]["images"] += rec["samples"]
-        if rec["samples"]:
-            split_info[rec["split"]]["shards"].append({k: rec[k] for k in ("shard", "samples", "sha256", "bytes")})
-    inputs = sum(p.expected for p in plans)
-    written = sum(s["images"] for s in split_info.values())
-    if written + len(rejects) != inputs:
-        raise AssertionError(f"accounting broken: {written} written + {len(rejects)} rejected != {inputs} inputs")
+    split_info, rejects, counts = account(out_dir, plans, records, splits)
     extracted = sum(p.expected for p in pending)
     manifest = {
         "kind": "features", "format_version": FEATURES_FORMAT_VERSION, "settings": described,
         "source": {"shards": shards_dir,
                    "manifest_sha256": hashlib.sha256(storage.read_bytes(storage.join(shards_dir, MANIFEST))).hexdigest()},
         "config": cfglib.to_dict(cfg), "splits": split_info,
-        "counts": {"images": {"input": inputs, "written": written, "rejected": len(rejects)}},
+        "counts": {"images": counts},
         "rejects": {"file": REJECTS, "by_reason": dict(Counter(r["reason"] for r in rejects))},
         "vocab": shard_manifest["vocab"],
         "build": {"shards_built": len(pending), "shards_reused": len(plans) - len(pending),
@@ -212,7 +184,7 @@ def _run(cfg: FeaturesConfig, shards_dir: str, out_dir: Path) -> dict[str, Any]:
     }
     atomic_write_json(out_dir / MANIFEST, manifest)
     rate = f" ({manifest['build']['images_per_s']} img/s)" if extracted else ""
-    print(f"features: {written} images written, {len(rejects)} rejected, {len(pending)} shards built{rate}, "
+    print(f"features: {counts['written']} images written, {len(rejects)} rejected, {len(pending)} shards built{rate}, "
           f"{len(plans) - len(pending)} reused -> {cfg.out}", flush=True)
     return manifest
 
