@@ -70,6 +70,40 @@ def mini_features(mini_shards, ray_cluster) -> Path:
     return out
 
 
+def untrained_alignment_checkpoint(features_dir, path):
+    """A real best.pt in the format train-align writes, with untrained weights (the DP does not care)."""
+    import dataclasses
+    import json as jsonlib
+
+    import torch
+
+    from vsa_dist.config import to_dict
+    from vsa_dist.stages.train_align import AlignConfig, AlignmentModel, model_args
+    from vsa_dist.training import write_best
+
+    manifest = jsonlib.loads((features_dir / "manifest.json").read_text())
+    vocab = manifest["vocab"]["words"]
+    cfg = dataclasses.replace(AlignConfig(), embed_dim=32, word_dim=16)
+    torch.manual_seed(0)
+    model = AlignmentModel(model_args(cfg, len(vocab) + 2, manifest["settings"]["feature_dim"]))
+    write_best(path, model, {"config": to_dict(cfg), "vocab": vocab, "feature_dim": manifest["settings"]["feature_dim"],
+                             "feature_settings": manifest["settings"], "epoch": 1,
+                             "best": {"score": 0.0, "epoch": 1, "state": None}})
+    return path
+
+
+@pytest.fixture(scope="session")
+def mini_snippets(mini_features) -> Path:
+    """Snippets of the mini train split, aligned by an untrained alignment model (real shards, arbitrary regions)."""
+    from vsa_dist.cli import main as vsa
+
+    checkpoint = untrained_alignment_checkpoint(mini_features, mini_features.parent / "align-untrained.pt")
+    out = mini_features.parent / "snippets"
+    vsa(["align-snippets", "--checkpoint", str(checkpoint), "--features", str(mini_features), "--out", str(out),
+         "--beta", "0.5", "--progress", "false"])
+    return out
+
+
 # ----------------------------------------------------------------------------------- a real MLflow server
 def free_port() -> int:
     with socket.socket() as s:

@@ -140,8 +140,10 @@ def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------- a real run, registry, CLI and serving
-def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, mini_images, ray_cluster,
+def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, mini_snippets, mini_images, ray_cluster,
                                                     mlflow_server, monkeypatch, capsys):
+    """Trained on full images and on regions with their snippets (the paper's region generator), resumed,
+    tested, registered; captions from the registry for whole images and regions, and over HTTP."""
     from mlflow.tracking import MlflowClient
 
     from vsa_dist.cli import main as vsa
@@ -151,7 +153,7 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     out = tmp_path / "mrnn"
     args = ["train-mrnn", "--features", str(mini_features), "--out", str(out), "--batch-size", "50",
             "--hidden", "128", "--word-dim", "128", "--beam-choices", "1,2", "--experiment", "test-mrnn",
-            "--examples", "4", "--progress", "false"]
+            "--examples", "4", "--snippets", str(mini_snippets), "--progress", "false"]
     first = vsa([*args, "--epochs", "2", "--test", "false"])
     second = vsa([*args, "--epochs", "3", "--resume", "true"])
     run_id = second["run_id"]
@@ -184,6 +186,14 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     assert [p for p, _ in printed] == [str(folder / i.name) for i in mini_images[:3]]
     assert all(caption.split() for _, caption in printed)
     assert capsys.readouterr().out.count("\t") == 3
+    # --regions: the two best regions of each image too, each with its box inside the image
+    described = vsa(["caption", str(folder), "--model", "models:/vsa-captioner@champion", "--regions", "2"])
+    lines = capsys.readouterr().out.strip().split("\n")
+    assert len(described) == len(lines) == 9 and [p for p, _ in described[::3]] == [p for p, _ in printed]
+    for line in lines[1:3] + lines[4:6]:
+        _, box, region_caption = line.split("\t")
+        x1, y1, x2, y2 = map(float, box.split(","))
+        assert 0 <= x1 < x2 <= 224 and 0 <= y1 < y2 <= 224 and region_caption.split()
 
     # mlflow models serve: a base64 JPEG posted over HTTP gets the same caption back.
     port = free_port()

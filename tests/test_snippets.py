@@ -6,6 +6,7 @@ import itertools
 
 import torch
 
+from tests.conftest import untrained_alignment_checkpoint
 from vsa_dist.models.snippets import align_words, energy_of, snippets
 
 
@@ -60,26 +61,6 @@ def test_word_region_scores_are_the_alignment_models_own_dot_products():
 
 
 # ----------------------------------------------------------------------------------- the stage, on Ray
-def untrained_alignment_checkpoint(features_dir, path):
-    """A real best.pt in the format train-align writes, with untrained weights (the DP does not care)."""
-    import dataclasses
-    import json as jsonlib
-
-    from vsa_dist.config import to_dict
-    from vsa_dist.stages.train_align import AlignConfig, AlignmentModel, model_args
-    from vsa_dist.training import write_best
-
-    manifest = jsonlib.loads((features_dir / "manifest.json").read_text())
-    vocab = manifest["vocab"]["words"]
-    cfg = dataclasses.replace(AlignConfig(), embed_dim=32, word_dim=16)
-    torch.manual_seed(0)
-    model = AlignmentModel(model_args(cfg, len(vocab) + 2, manifest["settings"]["feature_dim"]))
-    write_best(path, model, {"config": to_dict(cfg), "vocab": vocab, "feature_dim": manifest["settings"]["feature_dim"],
-                             "feature_settings": manifest["settings"], "epoch": 1,
-                             "best": {"score": 0.0, "epoch": 1, "state": None}})
-    return path
-
-
 def test_align_snippets_stage_covers_every_word_and_beta_sets_snippet_length(mini_features, tmp_path, ray_cluster):
     import json as jsonlib
 

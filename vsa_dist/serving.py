@@ -57,8 +57,9 @@ def extractor_settings(feature_settings: dict[str, Any], weights: str = ""):
                              precision=feature_settings["precision"], threads=0)
 
 
-def image_features(extractor, jpegs: list[bytes], names: list[str]) -> np.ndarray:
-    """JPEG bytes → the [N, 1+R, D] float16 features ``vsa features`` would have stored for them."""
+def image_features(extractor, jpegs: list[bytes], names: list[str], with_boxes: bool = False):
+    """JPEG bytes → the [N, 1+R, D] float16 features ``vsa features`` would have stored for them (and with
+    ``with_boxes`` their regions' [N, R, 4] boxes, best first)."""
     from vsa_dist.features.format import npy_load
 
     batch = {"__key__": np.array(names, dtype=object), "__url__": np.array(names, dtype=object),
@@ -67,7 +68,10 @@ def image_features(extractor, jpegs: list[bytes], names: list[str]) -> np.ndarra
     failed = [f"{name}: {error}" for name, error in zip(names, out["error"]) if error]
     if failed:
         raise ValueError("cannot caption " + "; ".join(failed))
-    return np.stack([npy_load(raw) for raw in out["feat.npy"]])
+    features = np.stack([npy_load(raw) for raw in out["feat.npy"]])
+    if with_boxes:
+        return features, np.stack([npy_load(raw) for raw in out["boxes.npy"]])
+    return features
 
 
 class Captioner(mlflow.pyfunc.PythonModel):
@@ -99,6 +103,19 @@ class Captioner(mlflow.pyfunc.PythonModel):
         names = names or [f"image {i}" for i in range(len(jpegs))]
         whole_image = torch.from_numpy(image_features(self.extractor, jpegs, names)[:, 0]).float()
         return generate(self.model, whole_image, self.vocab, beam or self.beam, self.max_len, self.length_penalty)
+
+    def caption_regions(self, jpegs: list[bytes], names: list[str] | None = None, beam: int = 0,
+                        top: int = 5) -> list[list[tuple[list[float], str]]]:
+        """Per image, its ``top`` regions (best first) as (box x1 y1 x2 y2, caption): a model trained with
+        ``--snippets`` describes regions; one trained on whole images only says what it would of a crop."""
+        from vsa_dist.stages.train_mrnn import generate
+
+        names = names or [f"image {i}" for i in range(len(jpegs))]
+        features, boxes = image_features(self.extractor, jpegs, names, with_boxes=True)
+        top = min(top, boxes.shape[1])
+        regions = torch.from_numpy(features[:, 1:1 + top]).float().reshape(-1, features.shape[-1])
+        captions = generate(self.model, regions, self.vocab, beam or self.beam, self.max_len, self.length_penalty)
+        return [[(boxes[i, r].round(1).tolist(), captions[i * top + r]) for r in range(top)] for i in range(len(jpegs))]
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         import base64

@@ -245,19 +245,25 @@ def check_features(features: str, need_test: bool) -> None:
             raise cfglib.ConfigError(f"features {features}: no {split!r} images")
 
 
-def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_only: bool = False):
-    """The train split of a feature folder as a Ray Dataset of fixed-shape arrays, block order shuffled."""
+def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_only: bool = False,
+                  snippets: str = ""):
+    """The train split of a feature folder (or of a snippet folder: full images and regions with their
+    snippets) as a Ray Dataset of fixed-shape arrays, block order shuffled."""
     import ray
 
-    from vsa_dist.data.pairs import feature_rows_to_arrays, word_index
+    from vsa_dist.data.pairs import feature_rows_to_arrays, snippet_rows_to_arrays, word_index
     from vsa_dist.data.shards import shard_paths
 
+    kwargs: dict[str, Any] = {"index": word_index(vocab), "max_words": max_words}
+    if snippets:
+        to_arrays, source = snippet_rows_to_arrays, snippets
+    else:
+        to_arrays, source = feature_rows_to_arrays, features
+        kwargs["whole_image_only"] = whole_image_only
     # Reading and unpacking float16 arrays is light work: it takes no CPU slot, so that training workers
     # holding every CPU (2 workers on 2 cores) cannot starve their own input.
-    return (ray.data.read_webdataset(shard_paths(features, ["train"]), decoder=None, num_cpus=0, concurrency=2)
-            .map_batches(feature_rows_to_arrays, batch_size=64, num_cpus=0, concurrency=2,
-                         fn_kwargs={"index": word_index(vocab), "max_words": max_words,
-                                    "whole_image_only": whole_image_only})
+    return (ray.data.read_webdataset(shard_paths(source, ["train"]), decoder=None, num_cpus=0, concurrency=2)
+            .map_batches(to_arrays, batch_size=64, num_cpus=0, concurrency=2, fn_kwargs=kwargs)
             .randomize_block_order())
 
 
@@ -293,6 +299,7 @@ def train(cfg: Any, stage: str, train_loop: Callable[[dict[str, Any]], None],
     Ray Train over the train feature shards, write ``best.pt``. The MLflow run stays open for the stage."""
     import mlflow
 
+    from vsa_dist.data.shards import load_manifest
     from vsa_dist.features.format import check_same_settings, load_features_manifest
     from vsa_dist.ray_env import check_placeable, ensure_ray, worker_request
 
@@ -302,7 +309,8 @@ def train(cfg: Any, stage: str, train_loop: Callable[[dict[str, Any]], None],
     if not storage.is_remote(cfg.features):
         cfg.features = str(Path(cfg.features).resolve())
     manifest = load_features_manifest(cfg.features)
-    settings = check_same_settings({cfg.features: manifest})
+    snippets = getattr(cfg, "snippets", "")
+    settings = check_same_settings({cfg.features: manifest, **({snippets: load_manifest(snippets)} if snippets else {})})
     vocab = manifest["vocab"]["words"]
     ensure_ray(cfg.progress)
     check_placeable(worker_request(cfg.use_gpu, cfg.threads), cfg.workers, f"{stage} --workers {cfg.workers}")
@@ -310,7 +318,7 @@ def train(cfg: Any, stage: str, train_loop: Callable[[dict[str, Any]], None],
     print(f"{stage}: MLflow run {record['mlflow_run_id']} ({mlflow.get_tracking_uri()}), Ray Train run "
           f"{record['name']} in {cfg.out}", flush=True)
     loop_config = {"vocab": vocab, "feature_dim": settings["feature_dim"], "feature_settings": settings}
-    dataset = train_dataset(cfg.features, vocab, cfg.max_words, whole_image_only)
+    dataset = train_dataset(cfg.features, vocab, cfg.max_words, whole_image_only, snippets)
     result = fit(train_loop, loop_config, cfg, record, {"train": dataset})
     model, state, final = save_best(result, out, load_model)
     return Trained(model, state, final, manifest, record["mlflow_run_id"], dict(getattr(result, "metrics", None) or {}))

@@ -51,6 +51,26 @@ def feature_rows_to_arrays(batch: dict[str, np.ndarray], index: dict[str, int], 
     }
 
 
+def snippet_rows_to_arrays(batch: dict[str, np.ndarray], index: dict[str, int], max_words: int) -> dict[str, np.ndarray]:
+    """``map_batches`` over snippet shards (``vsa align-snippets``): the generator's rows for the paper's second
+    model, trained on full images *and* regions: per image, one row of its whole-image feature with its
+    sentences, and per region that snippets were aligned to, rows of that region's feature with up to 5 of
+    its snippets as the "sentences"."""
+    features, tokens = [], []
+    for raw_json, raw_features in zip(batch["json"], batch["feat.npy"]):
+        meta, image = json.loads(raw_json), npy_load(raw_features)
+        features.append(image[0])
+        tokens.append(encode_sentences(meta["sentences"], index, max_words))
+        by_region: dict[int, list[dict[str, Any]]] = {}
+        for snippet in meta["snippets"]:
+            by_region.setdefault(snippet["region"], []).append({"tokens": snippet["words"]})
+        for region, snippets in sorted(by_region.items()):
+            for start in range(0, len(snippets), SENTENCES_PER_IMAGE):
+                features.append(image[region])
+                tokens.append(encode_sentences(snippets[start:start + SENTENCES_PER_IMAGE], index, max_words))
+    return {"features": np.stack(features), "tokens": np.stack(tokens)}
+
+
 def load_split(features_dir: Path | str, split: str, index: dict[str, int], max_words: int,
                whole_image_only: bool = False) -> dict[str, Any]:
     """A whole split in memory (evaluation: 1,000 images are about 50 MB of float16 features), with each

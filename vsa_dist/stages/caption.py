@@ -2,10 +2,12 @@
 
     vsa caption photo.jpg more.jpg --model models:/vsa-captioner@champion
     vsa caption ../shared/data/flickr8k-mini/Images --model models:/vsa-captioner/3 --beam 5
+    vsa caption photo.jpg --regions 5 --model models:/vsa-region-captioner@champion
 
 The model is pulled from the MLflow registry (``MLFLOW_TRACKING_URI``, default the local sqlite store),
 the images' features are extracted with the backbone the model was trained on, and one line per image
-is printed: ``path<TAB>caption``. A folder stands for the images in it.
+is printed: ``path<TAB>caption``, and with ``--regions N`` N more: ``path<TAB>x1,y1,x2,y2<TAB>caption``
+for the image's top regions. A folder stands for the images in it.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ class CaptionConfig:
     model: str = field(default="models:/vsa-captioner@champion", metadata={"help": "MLflow model URI"})
     beam: int = field(default=0, metadata={"help": "beam size; 0: the one chosen on dev when the model was trained"})
     batch_size: int = field(default=32, metadata={"help": "images per feature/caption batch"})
+    regions: int = field(default=0, metadata={"help": "also describe this many top regions of each image, with their boxes (a model trained with --snippets)"})
 
     def validate(self) -> None:
+        if self.regions < 0:
+            raise cfglib.ConfigError("regions must be >= 0")
         if not self.images:
             raise cfglib.ConfigError("name at least one image file or folder")
         for item in self.images:
@@ -68,9 +73,14 @@ def run(cfg: CaptionConfig) -> list[tuple[str, str]]:
     for start in range(0, len(files), cfg.batch_size):
         part = files[start:start + cfg.batch_size]
         captions = captioner.caption([p.read_bytes() for p in part], names=[str(p) for p in part], beam=cfg.beam)
-        for path, caption in zip(part, captions):
+        regions = (captioner.caption_regions([p.read_bytes() for p in part], names=[str(p) for p in part],
+                                             beam=cfg.beam, top=cfg.regions) if cfg.regions else [[]] * len(part))
+        for path, caption, described in zip(part, captions, regions):
             print(f"{path}\t{caption}", flush=True)
             results.append((str(path), caption))
+            for box, region_caption in described:
+                print(f"{path}\t{','.join(f'{v:g}' for v in box)}\t{region_caption}", flush=True)
+                results.append((f"{path}#{','.join(f'{v:g}' for v in box)}", region_caption))
     return results
 
 

@@ -52,6 +52,7 @@ class MRNNConfig(training.TrainConfig):
     length_penalty: float = field(default=0.0, metadata={"help": "beam ranking by log P / length**this (0: the paper)"})
     alias: str = field(default="champion", metadata={"help": "alias moved to the new version when it beats the holder on dev"})
     examples: int = field(default=10, metadata={"help": "test images captioned into the example artifacts"})
+    snippets: str = field(default="", metadata={"help": "snippet folder (vsa align-snippets over train): train on full images and on regions with their snippets, the paper's region generator"})
 
     def validate(self) -> None:
         self.validate_training(default_out="mrnn", min_batch=5)
@@ -61,7 +62,17 @@ class MRNNConfig(training.TrainConfig):
             raise cfglib.ConfigError("max_len must be at least 1")
         if self.beam < 0 or not self.beam_choices or min(self.beam_choices) < 1:
             raise cfglib.ConfigError("beam must be >= 0 and beam_choices a list of sizes >= 1")
+        if self.snippets:
+            from vsa_dist.data.shards import load_manifest
+
+            try:
+                snippets = load_manifest(self.snippets)
+            except FileNotFoundError as err:
+                raise cfglib.ConfigError(f"snippets: {err} (make it with vsa align-snippets)") from err
+            if snippets.get("kind") != "snippets" or not snippets["splits"].get("train", {}).get("images"):
+                raise cfglib.ConfigError(f"snippets {self.snippets}: not a snippet folder with train images")
         require_java()  # dev CIDEr every epoch: fail now, not after the first epoch
+
 
 
 def model_args(cfg: MRNNConfig, vocab_size: int, feature_dim: int) -> MRNNArgs:
