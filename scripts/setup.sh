@@ -17,4 +17,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$VENV/bin/python" -m pip install --quiet -e ".[test]"
     echo "$want" > "$stamp"
 fi
+# The report test renders its page in a real headless Chromium (a system package, not a pip one).
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[setup] installing chromium (apt-get) for the report test"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "[setup] note: no chromium; tests/test_report.py needs it (e.g. sudo apt-get install chromium)" >&2
+    fi
+fi
 export PATH="$PWD/$VENV/bin:$PATH"

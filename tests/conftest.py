@@ -92,6 +92,28 @@ def untrained_alignment_checkpoint(features_dir, path):
     return path
 
 
+def untrained_generator_checkpoint(features_dir, path, cell="rnn"):
+    """A real best.pt in the format train-mrnn writes, with untrained weights."""
+    import dataclasses
+    import json as jsonlib
+
+    import torch
+
+    from vsa_dist.config import to_dict
+    from vsa_dist.stages.train_mrnn import MRNN, MRNNConfig, model_args
+    from vsa_dist.training import write_best
+
+    manifest = jsonlib.loads((features_dir / "manifest.json").read_text())
+    vocab = manifest["vocab"]["words"]
+    cfg = dataclasses.replace(MRNNConfig(), hidden=32, word_dim=16, cell=cell)
+    torch.manual_seed(0)
+    model = MRNN(model_args(cfg, len(vocab), manifest["settings"]["feature_dim"]))
+    write_best(path, model, {"config": to_dict(cfg), "vocab": vocab, "feature_dim": manifest["settings"]["feature_dim"],
+                             "feature_settings": manifest["settings"], "epoch": 1,
+                             "best": {"score": 0.0, "epoch": 1, "state": None}}, beam=2)
+    return path
+
+
 @pytest.fixture(scope="session")
 def mini_snippets(mini_features) -> Path:
     """Snippets of the mini train split, aligned by an untrained alignment model (real shards, arbitrary regions)."""

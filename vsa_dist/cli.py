@@ -14,6 +14,7 @@ COMMANDS: dict[str, object] = {
     "align-snippets": "vsa_dist.stages.align_snippets:main",
     "eval": {"retrieval": "vsa_dist.stages.evaluate:retrieval_main", "captions": "vsa_dist.stages.evaluate:captions_main"},
     "caption": "vsa_dist.stages.caption:main",
+    "report": "vsa_dist.stages.report:main",
     "pipeline": "vsa_dist.stages.pipeline:main",
 }
 

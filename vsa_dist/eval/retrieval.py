@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from typing import Any
+
 import torch
 
 ScoreFn = Callable[[slice, slice], torch.Tensor]  # (image slice, sentence slice) → scores [i, s]
@@ -69,15 +71,13 @@ def retrieval_metrics(score_block: ScoreFn, num_images: int, sentence_image: tor
 
 
 @torch.no_grad()
-def evaluate_alignment(model, features: torch.Tensor, tokens: torch.Tensor, image_chunk: int = 100,
-                       sentence_chunk: int = 1000, encode_chunk: int = 500) -> dict[str, dict[str, float]]:
-    """Retrieval metrics of an alignment model on N images [N, 1+R, D] with their sentences [N, S, T].
+def encode_split(model, features: torch.Tensor, tokens: torch.Tensor, sentence_chunk: int = 1000,
+                 encode_chunk: int = 500) -> dict[str, Any]:
+    """Region vectors of N images [N, 1+R, D] and word vectors of their sentences [N, S, T], in chunks.
 
-    Empty sentence rows (all PAD) are skipped. Sentences are scored in order of length, so a chunk is
-    only as wide as its longest sentence (the ranks do not depend on the order).
+    Empty sentence rows (all PAD) are skipped. Sentences are encoded in order of length, so a chunk is
+    only as wide as its longest sentence; ``image_of`` / ``slot`` say whose sentence each one is.
     """
-    was_training = model.training
-    model.eval()
     lengths = (tokens != 0).sum(dim=-1)                                   # [N, S]
     image_of, slot = torch.nonzero(lengths > 0, as_tuple=True)
     order = lengths[image_of, slot].argsort(stable=True)
@@ -91,11 +91,35 @@ def evaluate_alignment(model, features: torch.Tensor, tokens: torch.Tensor, imag
         w, m = model.embed_words(sentence_tokens[s0:s0 + sentence_chunk, :width])
         words.append(w)
         masks.append(m)
+    return {"regions": regions, "words": words, "masks": masks, "image_of": image_of, "slot": slot,
+            "sentence_chunk": sentence_chunk}
+
+
+def evaluate_alignment(model, features: torch.Tensor, tokens: torch.Tensor, image_chunk: int = 100,
+                       sentence_chunk: int = 1000, encode_chunk: int = 500) -> dict[str, dict[str, float]]:
+    """Retrieval metrics of an alignment model on N images [N, 1+R, D] with their sentences [N, S, T]
+    (the ranks do not depend on the order ``encode_split`` puts the sentences in)."""
+    was_training = model.training
+    model.eval()
+    encoded = encode_split(model, features, tokens, sentence_chunk, encode_chunk)
 
     def block(il: slice, sl: slice) -> torch.Tensor:
         chunk = sl.start // sentence_chunk  # retrieval_ranks asks for exactly these sentence chunks
-        return model.score(regions[il], words[chunk], masks[chunk])
+        return model.score(encoded["regions"][il], encoded["words"][chunk], encoded["masks"][chunk])
 
-    result = retrieval_metrics(block, len(features), image_of, image_chunk, sentence_chunk)
+    result = retrieval_metrics(block, len(features), encoded["image_of"], image_chunk, sentence_chunk)
     model.train(was_training)
     return result
+
+
+@torch.no_grad()
+def score_matrix(model, features: torch.Tensor, tokens: torch.Tensor, image_chunk: int = 100) -> dict[str, Any]:
+    """The whole image × sentence score matrix S [N, M] of a split (the report's retrieval examples), with
+    each sentence's (image, slot)."""
+    model.eval()
+    encoded = encode_split(model, features, tokens)
+    columns = []
+    for words, masks in zip(encoded["words"], encoded["masks"]):
+        columns.append(torch.cat([model.score(encoded["regions"][i:i + image_chunk], words, masks)
+                                  for i in range(0, len(features), image_chunk)]))
+    return {"scores": torch.cat(columns, dim=1), "image_of": encoded["image_of"], "slot": encoded["slot"]}

@@ -71,6 +71,15 @@ def check_same_settings(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return first
 
 
+def check_model_matches(features_dir: str, settings: dict[str, Any], model_state: dict[str, Any]) -> None:
+    """A checkpoint may only meet features made the way its training features were."""
+    trained_on = model_state.get("feature_settings") or settings  # checkpoints that predate the record
+    differ = [k for k in SETTINGS_KEYS if trained_on.get(k) != settings.get(k)]
+    if differ or model_state.get("feature_dim", settings["feature_dim"]) != settings["feature_dim"]:
+        detail = ", ".join(f"{k}: {trained_on.get(k)!r} vs {settings.get(k)!r}" for k in differ) or "feature_dim"
+        raise FeatureSettingsMismatch(f"{features_dir}: not made the way the model's training features were ({detail})")
+
+
 def load_features_manifest(features_dir: Path | str) -> dict[str, Any]:
     path = storage.join(features_dir, "manifest.json")
     if not storage.exists(path):

@@ -29,7 +29,7 @@ from vsa_dist import storage
 from vsa_dist.data.assembler import REJECTS, ShardAssembler, account, plan_shards, resume
 from vsa_dist.data.pairs import encode_sentences, word_index
 from vsa_dist.data.shards import MANIFEST, read_samples
-from vsa_dist.features.format import load_features_manifest, npy_load
+from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest, npy_load
 from vsa_dist.io import atomic_write_json, sha256_file
 from vsa_dist.models.snippets import align_words, snippets
 from vsa_dist.ray_env import check_placeable, ensure_ray
@@ -130,6 +130,8 @@ def _run(cfg: SnippetsConfig, out_dir: Path) -> dict[str, Any]:
     ray = ensure_ray(cfg.progress)
     actors = cfg.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     check_placeable({"CPU": 1.0}, actors, f"align-snippets ({actors} aligner actors)")
+    check_model_matches(cfg.features, check_same_settings({cfg.features: features_manifest}),
+                        torch.load(storage.fetch(cfg.checkpoint), map_location="cpu", weights_only=True))
     settings = {"features": features_manifest["settings"], "beta": cfg.beta,
                 "checkpoint_sha256": sha256_file(Path(storage.fetch(cfg.checkpoint))),
                 "format_version": SNIPPETS_FORMAT_VERSION}
@@ -168,4 +170,5 @@ def _run(cfg: SnippetsConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(SnippetsConfig, run, argv, prog="vsa align-snippets", preset="align_snippets")
+    return cfglib.run_stage(SnippetsConfig, run, argv, prog="vsa align-snippets", preset="align_snippets",
+                            input_errors=(ValueError,))

@@ -19,7 +19,7 @@ import torch
 from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.data.pairs import load_split, word_index
-from vsa_dist.features.format import check_same_settings, load_features_manifest
+from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest
 
 
 @dataclass
@@ -42,11 +42,7 @@ class EvalConfig:
 def _split(cfg: EvalConfig, state: dict[str, Any], whole_image_only: bool) -> dict[str, Any]:
     manifest = load_features_manifest(cfg.features)
     settings = check_same_settings({cfg.features: manifest})
-    if settings["weights_sha256"] != state.get("feature_settings", settings)["weights_sha256"]:
-        raise cfglib.ConfigError(f"{cfg.features}: features from another backbone than the checkpoint's")
-    if state["feature_dim"] != settings["feature_dim"]:
-        raise cfglib.ConfigError(f"{cfg.features}: {settings['feature_dim']}-d features, the checkpoint wants "
-                                 f"{state['feature_dim']}-d")
+    check_model_matches(cfg.features, settings, state)
     return load_split(cfg.features, cfg.split, word_index(state["vocab"]), state["config"]["max_words"],
                       whole_image_only=whole_image_only)
 

@@ -1,0 +1,65 @@
+"""`vsa report`: the page is built from real models, features, shards and MLflow runs, and a real headless
+Chromium loads it with every image decoded and no error."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import mlflow
+import pytest
+
+from tests.conftest import untrained_alignment_checkpoint, untrained_generator_checkpoint
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        pytest.fail("the report test needs Chromium: scripts/setup.sh installs it (apt-get install chromium) as root")
+    return found
+
+
+def open_in_browser(page, screenshot=None) -> tuple[dict[str, str], str]:
+    """Load the page headless; returns the <body> data attributes after load and the browser's log."""
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+               "--virtual-time-budget=10000"]
+    command += [f"--screenshot={screenshot}", "--window-size=1280,2400"] if screenshot else ["--dump-dom"]
+    proc = subprocess.run([*command, page.as_uri()], capture_output=True, text=True, timeout=120)
+    body = re.search(r"<body([^>]*)>", proc.stdout)
+    attributes = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1))) if body else {}
+    return attributes, proc.stderr
+
+
+def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, ray_cluster):
+    from vsa_dist.cli import main as vsa
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = tmp_path / "run"
+    for stage, metrics in (("align", ("dev_rsum", "train_loss")), ("mrnn", ("dev_perplexity", "dev_cider"))):
+        (run / stage).mkdir(parents=True)
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        with mlflow.start_run() as active:
+            for epoch in (1, 2, 3):
+                mlflow.log_metrics({key: float(epoch * (i + 1)) for i, key in enumerate(metrics)}, step=epoch)
+        (run / stage / "summary.json").write_text(json.dumps({"run_id": active.info.run_id}))
+    untrained_alignment_checkpoint(mini_features, run / "align" / "best.pt")
+    untrained_generator_checkpoint(mini_features, run / "mrnn" / "best.pt")
+
+    result = vsa(["report", str(run), "--features", str(mini_features), "--images", "3"])
+    page = run / "report.html"
+    assert result["images"] == 3 and page.is_file()
+    text = page.read_text()
+    assert text.count('<section class="example"') == 3 and "snippet" in text and "Top-5 sentences" in text
+    assert "http" not in re.sub(r'data:[^"]+', "", text).replace("http-equiv", ""), "the page must be self-contained"
+    logged = mlflow.MlflowClient().list_artifacts(result["mlflow_run_id"], "report")
+    assert [a.path for a in logged] == ["report/report.html"]
+
+    attributes, log = open_in_browser(page)
+    # 3 examples × (image + 5 retrieved images) + the curves
+    assert attributes.get("images") == "19", (attributes, log[-2000:])
+    assert attributes.get("images-loaded") == "19" and attributes.get("problems") == "0", (attributes, log[-2000:])
+    assert "CONSOLE" not in log, log[-2000:]
+    open_in_browser(page, screenshot=tmp_path / "report.png")
+    assert (tmp_path / "report.png").stat().st_size > 10_000

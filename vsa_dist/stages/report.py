@@ -1,0 +1,317 @@
+"""``vsa report RUN``: one self-contained HTML page to look at what a run learned.
+
+    vsa report runs/mini                              # RUN/features, RUN/align, RUN/mrnn → RUN/report.html
+    vsa report runs/flickr8k --features runs/flickr8k/features --region-captioner runs/flickr8k/mrnn-regions/best.pt
+
+For a few test images: the image with its region boxes; each reference sentence with its snippets
+(the snippet MRF over the alignment model's scores) coloured like the region they were aligned to; the
+generated caption and region captions beside the references; the top-5 sentences the alignment model
+retrieves for the image, and the top-5 images for its first sentence; and the training curves of both
+runs from MLflow. Images are embedded, so the file opens anywhere; it is logged to the generator's
+MLflow run as an artifact.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vsa_dist import config as cfglib
+from vsa_dist import storage
+from vsa_dist.io import atomic_write_bytes
+
+PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#469990",
+           "#800000", "#808000", "#000075", "#bfef45", "#fabed4", "#dcbeff", "#aaffc3", "#ffd8b1", "#a9a9a9",
+           "#ffe119", "#000000"]
+
+
+@dataclass
+class ReportConfig:
+    """Render a run's alignments, snippets, captions, retrieval examples and curves as one HTML page."""
+
+    run: list[str] = field(default_factory=list, metadata={"help": "run folder (vsa pipeline --run-dir)", "positional": True})
+    features: str = field(default="", metadata={"help": "feature folder; default RUN/features"})
+    align: str = field(default="", metadata={"help": "alignment checkpoint; default RUN/align/best.pt"})
+    captioner: str = field(default="", metadata={"help": "generator checkpoint; default RUN/mrnn/best.pt"})
+    region_captioner: str = field(default="", metadata={"help": "generator for region captions (trained with --snippets); default the captioner"})
+    split: str = field(default="test", metadata={"help": "split the examples come from"})
+    images: int = field(default=8, metadata={"help": "example images on the page"})
+    beta: float = field(default=1.0, metadata={"help": "snippet MRF beta (vsa align-snippets)"})
+    regions: int = field(default=3, metadata={"help": "region captions per image"})
+    out: str = field(default="", metadata={"help": "the HTML file; default RUN/report.html"})
+    log_to_mlflow: bool = field(default=True, metadata={"help": "log the page to the generator's MLflow run"})
+
+    def validate(self) -> None:
+        if len(self.run) != 1:
+            raise cfglib.ConfigError("name one run folder")
+        root = self.run[0]
+        self.features = self.features or storage.join(root, "features")
+        self.align = self.align or storage.join(root, "align", "best.pt")
+        self.captioner = self.captioner or storage.join(root, "mrnn", "best.pt")
+        self.region_captioner = self.region_captioner or self.captioner
+        self.out = self.out or storage.join(root, "report.html")
+        for key in ("align", "captioner", "region_captioner"):
+            if not storage.exists(getattr(self, key)):
+                raise cfglib.ConfigError(f"{key} {getattr(self, key)!r}: no such checkpoint")
+        if not storage.exists(storage.join(self.features, "manifest.json")):
+            raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
+        if self.images < 1 or self.regions < 0:
+            raise cfglib.ConfigError("images must be >= 1 and regions >= 0")
+
+
+# ----------------------------------------------------------------------------------- what goes on the page
+def image_jpegs(features_manifest: dict[str, Any], features_dir: str, split: str, wanted: set[str]) -> dict[str, bytes]:
+    from vsa_dist.data.shards import read_samples, shard_paths
+    from vsa_dist.examples import source_shards
+
+    shards = source_shards(features_manifest, features_dir)
+    if shards is None:
+        raise FileNotFoundError(f"{features_dir}: the image shards it was made from are not found; the page needs the images")
+    found = {}
+    for sample in read_samples(shard_paths(shards, [split])):
+        image_id = json.loads(sample["json"])["image_id"]
+        if image_id in wanted:
+            found[image_id] = sample["jpg"]
+    return found
+
+
+def region_boxes(features_dir: str, split: str, wanted: set[str]) -> dict[str, list[list[float]]]:
+    """Image id → its regions' boxes in the image's pixels, best first (feature rows 1..R)."""
+    from vsa_dist.data.shards import read_samples, shard_paths
+    from vsa_dist.features.format import decode_sample
+
+    boxes = {}
+    for sample in read_samples(shard_paths(features_dir, [split])):
+        meta = decode_sample(sample)
+        if meta["image_id"] in wanted:
+            boxes[meta["image_id"]] = meta["boxes"].tolist()
+    return boxes
+
+
+def thumbnail(jpeg: bytes, size: int) -> str:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def curves_png(histories: dict[str, dict[str, list[tuple[int, float]]]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(run, key, points) for run, metrics in histories.items() for key, points in metrics.items() if points]
+    figure, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.6 * max(len(panels), 1), 2.8), squeeze=False)
+    for ax, (run, key, points) in zip(axes[0], panels):
+        steps, values = zip(*sorted(points))
+        ax.plot(steps, values, marker="o", markersize=3)
+        ax.set_title(f"{run}: {key}", fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def metric_histories(summary_paths: dict[str, str], keys: dict[str, tuple[str, ...]]) -> dict[str, dict[str, list]]:
+    """Per-epoch metrics of the runs named in the stages' summary.json files, from the tracking store."""
+    from mlflow.tracking import MlflowClient
+
+    from vsa_dist.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    histories: dict[str, dict[str, list]] = {}
+    for name, path in summary_paths.items():
+        if not storage.exists(path):
+            continue
+        run_id = json.loads(storage.read_bytes(path))["run_id"]
+        histories[name] = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys[name]}
+    return histories
+
+
+def sentence_html(words: list[str], pieces: list[tuple[int, int, int]]) -> str:
+    spans = []
+    for region, start, end in pieces:
+        color = PALETTE[region % len(PALETTE)]
+        spans.append(f'<span class="snippet" style="border-color:{color}" title="region {region}">'
+                     f'{html.escape(" ".join(words[start:end]))}</span>')
+    return " ".join(spans)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1280px; }}
+section.example {{ display: flex; gap: 24px; border-top: 1px solid #ddd; padding: 16px 0; }}
+.figure {{ position: relative; flex: 0 0 {size}px; height: {size}px; }}
+.figure img, .figure svg {{ position: absolute; left: 0; top: 0; width: {size}px; height: {size}px; }}
+.snippet {{ border-bottom: 3px solid; padding: 0 1px; }}
+.swatch {{ display: inline-block; width: 10px; height: 10px; margin-right: 6px; }}
+.generated {{ font-size: 16px; font-weight: 600; }}
+.hit {{ color: #1a7f37; }} .miss {{ color: #555; }}
+.search img {{ width: 72px; height: 72px; object-fit: cover; margin-right: 4px; border: 3px solid transparent; }}
+.search img.hit {{ border-color: #1a7f37; }}
+img.curves {{ max-width: 100%; }}
+h2 {{ margin-top: 32px; }} h4 {{ margin: 10px 0 4px; }} ol, ul {{ margin: 0; padding-left: 20px; }}
+</style></head>
+<body>
+<h1>{title}</h1>
+<p>{subtitle}</p>
+<h2>Training curves</h2>
+<img class="curves" alt="training curves" src="{curves}">
+<h2>Test images</h2>
+{examples}
+<script>
+// Page health, read by tests/test_report.py in a real browser: every image decoded, nothing went wrong.
+const problems = [];
+window.addEventListener("error", e => problems.push(String(e.message || (e.target && e.target.src) || "error")), true);
+window.addEventListener("load", () => {{
+  const images = Array.from(document.images);
+  document.body.dataset.images = images.length;
+  document.body.dataset.imagesLoaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.problems = problems.length;
+}});
+</script>
+</body></html>
+"""
+
+
+def render_example(image_id: str, jpeg: bytes, boxes: list[list[float]], caption: str,
+                   region_captions: list[tuple[int, str]], sentences: list[tuple[list[str], list[tuple[int, int, int]]]],
+                   annotation: list[tuple[str, bool]], search_query: str, search: list[tuple[str, bool]],
+                   size: int) -> str:
+    width, height = boxes[0][2], boxes[0][3]
+    used = sorted({r for _, pieces in sentences for r, _, _ in pieces} | {r for r, _ in region_captions})
+    rects = "".join(
+        f'<rect x="{boxes[r][0]:.1f}" y="{boxes[r][1]:.1f}" width="{boxes[r][2] - boxes[r][0]:.1f}" '
+        f'height="{boxes[r][3] - boxes[r][1]:.1f}" fill="none" stroke="{PALETTE[r % len(PALETTE)]}" stroke-width="3"/>'
+        for r in used if r > 0)
+    regions_html = "".join(f'<li><span class="swatch" style="background:{PALETTE[r % len(PALETTE)]}"></span>'
+                           f'region {r}: {html.escape(text)}</li>' for r, text in region_captions)
+    references = "".join(f"<li>{sentence_html(words, pieces)}</li>" for words, pieces in sentences)
+    retrieved = "".join(f'<li class="{"hit" if hit else "miss"}">{html.escape(text)}</li>' for text, hit in annotation)
+    images = "".join(f'<img class="{"hit" if hit else "miss"}" alt="retrieved image" src="{src}">' for src, hit in search)
+    return f"""<section class="example" id="{html.escape(image_id)}">
+<div class="figure"><img alt="{html.escape(image_id)}" src="{thumbnail(jpeg, size)}">
+<svg viewBox="0 0 {width:.0f} {height:.0f}" preserveAspectRatio="none">{rects}</svg></div>
+<div class="text">
+<div class="generated">{html.escape(caption)}</div>
+<h4>Regions, described</h4><ul>{regions_html}</ul>
+<h4>References, snippets underlined in their region's colour</h4><ul>{references}</ul>
+<h4>Top-5 sentences for this image (green: one of its own)</h4><ol>{retrieved}</ol>
+<h4>Top-5 images for its sentence “{html.escape(search_query)}” (green: this image)</h4><div class="search">{images}</div>
+</div></section>"""
+
+
+def run(cfg: ReportConfig) -> dict[str, Any]:
+    from vsa_dist.data.pairs import load_split, word_index
+    from vsa_dist.eval.retrieval import score_matrix
+    from vsa_dist.examples import pick
+    from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest
+    from vsa_dist.models.snippets import align_words, snippets
+    from vsa_dist.stages import train_align, train_mrnn
+
+    manifest = load_features_manifest(cfg.features)
+    settings = check_same_settings({cfg.features: manifest})
+    aligner, align_state = train_align.load_model(storage.fetch(cfg.align))
+    captioner, caption_state = train_mrnn.load_model(storage.fetch(cfg.captioner))
+    region_captioner, region_state = train_mrnn.load_model(storage.fetch(cfg.region_captioner))
+    for state in (align_state, caption_state, region_state):
+        check_model_matches(cfg.features, settings, state)
+
+    split = load_split(cfg.features, cfg.split, word_index(align_state["vocab"]), align_state["config"]["max_words"])
+    features, tokens = torch.from_numpy(split["features"]).float(), torch.from_numpy(split["tokens"]).long()
+    chosen = pick(cfg.images, len(features))
+    with torch.no_grad():
+        matrix = score_matrix(aligner, features, tokens)
+        captions = train_mrnn.generate(captioner, features[chosen, 0], caption_state["vocab"],
+                                       caption_state.get("beam") or 1, caption_state["config"]["max_len"])
+        top_regions = min(cfg.regions, features.shape[1] - 1)
+        region_text = train_mrnn.generate(region_captioner, features[chosen, 1:1 + top_regions].reshape(-1, features.shape[-1]),
+                                          region_state["vocab"], region_state.get("beam") or 1,
+                                          region_state["config"]["max_len"]) if top_regions else []
+        scores, lengths = aligner.word_region_scores(features[chosen].repeat_interleave(tokens.shape[1], dim=0),
+                                                     tokens[chosen].reshape(-1, tokens.shape[-1]))
+        assignment, _ = align_words(scores, lengths, cfg.beta)
+
+    image_ids, references = split["image_ids"], split["references"]
+    sentence_image, sentence_slot = matrix["image_of"].tolist(), matrix["slot"].tolist()
+    sentence_text = [references[i][s] for i, s in zip(sentence_image, sentence_slot)]
+    query_of = {i: sentence_image.index(i) for i in chosen}  # each example's shortest sentence
+    wanted = {image_ids[i] for i in chosen}
+    for i in chosen:
+        wanted |= {image_ids[j] for j in matrix["scores"][:, query_of[i]].topk(5).indices.tolist()}
+    jpegs = image_jpegs(manifest, cfg.features, cfg.split, wanted)
+    from PIL import Image
+
+    boxes = {image_id: [[0.0, 0.0, *map(float, Image.open(io.BytesIO(jpegs[image_id])).size)]] + regions
+             for image_id, regions in region_boxes(cfg.features, cfg.split, {image_ids[i] for i in chosen}).items()}
+
+    max_words = align_state["config"]["max_words"]
+    sections = []
+    for n, i in enumerate(chosen):
+        sentences = []
+        for s in range(tokens.shape[1]):
+            row = n * tokens.shape[1] + s
+            if lengths[row] == 0:
+                continue
+            words = split["sentence_tokens"][i][s][:max_words]  # the words the model saw, cut as it cut them
+            sentences.append((words, snippets(assignment[row].tolist())))
+        annotation = [(sentence_text[j], sentence_image[j] == i) for j in matrix["scores"][i].topk(5).indices.tolist()]
+        query = query_of[i]
+        search = [(thumbnail(jpegs[image_ids[j]], 72), j == i) for j in matrix["scores"][:, query].topk(5).indices.tolist()]
+        described = [(r + 1, region_text[n * top_regions + r]) for r in range(top_regions)]
+        sections.append(render_example(image_ids[i], jpegs[image_ids[i]], boxes[image_ids[i]], captions[n], described,
+                                       sentences, annotation, sentence_text[query], search, size=320))
+
+    root = cfg.run[0]
+    histories = metric_histories(
+        {"alignment": storage.join(str(Path(cfg.align).parent), "summary.json"),
+         "generator": storage.join(str(Path(cfg.captioner).parent), "summary.json")},
+        {"alignment": ("dev_rsum", "train_loss"), "generator": ("dev_perplexity", "dev_cider")})
+    page = PAGE.format(title=f"vsa-dist report: {html.escape(root)}",
+                       subtitle=html.escape(f"{len(chosen)} {cfg.split} images of {cfg.features}; snippets with "
+                                            f"beta {cfg.beta}; {settings['backbone']} {settings['region_mode']} features"),
+                       curves=curves_png(histories), examples="\n".join(sections), size=320)
+    storage.write_bytes(cfg.out, page.encode("utf-8"))
+    logged = None
+    if cfg.log_to_mlflow:
+        logged = log_report(page, storage.join(str(Path(cfg.captioner).parent), "summary.json"))
+    print(f"report: {len(chosen)} images -> {cfg.out}" + (f" (MLflow run {logged}, report/report.html)" if logged else ""),
+          flush=True)
+    return {"out": cfg.out, "images": len(chosen), "mlflow_run_id": logged}
+
+
+def log_report(page: str, summary_path: str) -> str | None:
+    """The page as an artifact of the generator's run (from its summary.json), when that run is in the store."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    from vsa_dist.tracking import tracking_uri
+
+    if not storage.exists(summary_path):
+        return None
+    run_id = json.loads(storage.read_bytes(summary_path))["run_id"]
+    with tempfile.TemporaryDirectory(prefix="vsa-report-") as scratch:
+        path = Path(scratch) / "report.html"
+        atomic_write_bytes(path, page.encode("utf-8"))
+        MlflowClient(tracking_uri()).log_artifact(run_id, str(path), artifact_path="report")
+    return run_id
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return cfglib.run_stage(ReportConfig, run, argv, prog="vsa report", preset="report", input_errors=(ValueError,))
