@@ -217,6 +217,7 @@ def test_ray_job_submit_runs_the_pipeline_into_a_shared_mlflow_server(tmp_path, 
                       "--mrnn-epochs", "2", "--progress", "false"], "vsa-pipeline-test")
         logs = wait_for_job(head, "vsa-pipeline-test", timeout=900)
     assert "pipeline: done" in logs
+    assert (run_dir / "report.html").is_file() and "report.html" in logs
 
     align = json.loads((run_dir / "align" / "summary.json").read_text())
     captions = json.loads((run_dir / "mrnn" / "summary.json").read_text())

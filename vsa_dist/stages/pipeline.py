@@ -1,5 +1,5 @@
 """``vsa pipeline``: the local single-node debug mode — shards → features → alignment → generator, each
-trained, tested once and registered in MLflow, in one run folder.
+trained, tested once and registered in MLflow, then a report page (``vsa report``), in one run folder.
 
     vsa pipeline                                   # flickr8k-mini, outputs under runs/mini/
     vsa pipeline --data ../shared/data/flickr8k --run-dir runs/flickr8k
@@ -14,6 +14,7 @@ from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.paths import data_root, runs_root
 from vsa_dist.stages import features as features_stage
+from vsa_dist.stages import report as report_stage
 from vsa_dist.stages import shards as shards_stage
 from vsa_dist.stages import train_align as align_stage
 from vsa_dist.stages import train_mrnn as mrnn_stage
@@ -62,12 +63,15 @@ def run(cfg: PipelineConfig) -> dict:
     results["mrnn"] = mrnn_stage.run(cfglib.resolve(mrnn_stage.MRNNConfig, cfg.mrnn_preset, {
         "features": features, "out": storage.join(cfg.run_dir, "mrnn"), "epochs": cfg.mrnn_epochs,
         "batch_size": cfg.mrnn_batch_size, "progress": cfg.progress}))
+    results["report"] = report_stage.run(cfglib.resolve(report_stage.ReportConfig, "report", {
+        "run": [cfg.run_dir], "features": features}))
     retrieval, captions = results["align"].get("test", {}), results["mrnn"].get("test", {})
     print(f"pipeline: done in {time.time() - start:.1f}s; outputs under {cfg.run_dir}\n"
           f"  test retrieval R@5 annotation {retrieval.get('annotation', {}).get('r5', float('nan')):.1f}, "
           f"search {retrieval.get('search', {}).get('r5', float('nan')):.1f}; "
           f"test captions BLEU-4 {captions.get('bleu4', float('nan')):.3f}, CIDEr {captions.get('cider', float('nan')):.3f}\n"
           f"  registered: {results['mrnn'].get('registered')}\n"
+          f"  look at it: {results['report']['out']}\n"
           f"  caption your own images: vsa caption IMAGE_OR_FOLDER --model models:/vsa-captioner@champion")
     return results
 
