@@ -91,3 +91,39 @@ def test_align_snippets_stage_covers_every_word_and_beta_sets_snippet_length(min
     again = vsa(["align-snippets", "--checkpoint", str(checkpoint), "--features", str(mini_features),
                  "--out", str(tmp_path / "snippets-0"), "--beta", "0", "--splits", "train,dev", "--progress", "false"])
     assert again["build"] == {**again["build"], "shards_built": 0, "shards_reused": 5}
+
+
+def test_region_snippet_retrieval_matches_a_loop_over_every_snippet_and_region():
+    from vsa_dist.eval.snippets import evaluate_snippets
+    from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel
+
+    torch.manual_seed(3)
+    model = AlignmentModel(AlignmentArgs(vocab_size=20, feature_dim=8, embed_dim=6, word_dim=5)).eval()
+    features = torch.randn(7, 4, 8)
+    tokens = torch.randint(2, 20, (7, 2, 6))
+    tokens[:, :, 4:] = 0
+    tokens[0, 1] = 0  # an image with one sentence
+    beta = 0.2
+    result = evaluate_snippets(model, features, tokens, beta, ks=(1, 3))
+
+    regions = model.embed_regions(features)
+    hits, image_hits, count = {1: 0, 3: 0}, {1: 0, 3: 0}, 0
+    for image in range(7):
+        for slot in range(2):
+            if not tokens[image, slot].any():
+                continue
+            words, mask = model.embed_words(tokens[image, slot][None])
+            scores = torch.einsum("rh,th->tr", regions[image], words[0])
+            assignment, _ = align_words(scores[None], mask.sum(dim=1).long(), beta)
+            for region, start, end in snippets(assignment[0].tolist()):
+                count += 1
+                vector = words[0, start:end].mean(dim=0)
+                everything = [(float(regions[i, r] @ vector), i, r) for i in range(7) for r in range(4)]
+                ranked = sorted(everything, key=lambda x: -x[0])
+                for k in (1, 3):
+                    hits[k] += any((i, r) == (image, region) for _, i, r in ranked[:k])
+                    image_hits[k] += any(i == image for _, i, _ in ranked[:k])
+    assert result["snippets"] == count
+    for k in (1, 3):
+        assert result[f"r{k}"] == round(100 * hits[k] / count, 2)
+        assert result[f"image_r{k}"] == round(100 * image_hits[k] / count, 2)

@@ -2,10 +2,12 @@
 
     vsa eval retrieval --checkpoint runs/flickr8k/align/best.pt --features runs/flickr8k/features
     vsa eval captions --checkpoint runs/flickr8k/mrnn/best.pt --features runs/flickr8k/features --beam 3
+    vsa eval snippets --checkpoint runs/flickr8k/align/best.pt --features runs/flickr8k/features --beta 1
 
 Retrieval: image annotation and image search, R@1/5/10 and median rank, over every image of the split
 and its sentences. Captions: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, Java) against every
-reference sentence of each image. Prints the metrics as JSON; ``--out FILE`` also writes them.
+reference sentence of each image. Snippets: region–snippet retrieval R@K and where snippets go
+(``vsa_dist/eval/snippets.py``). Prints the metrics as JSON; ``--out FILE`` also writes them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class EvalConfig:
     features: str = field(default="", metadata={"help": "feature folder made with the settings the model was trained on"})
     split: str = field(default="test", metadata={"help": "split to score (model selection happens on dev, never test)"})
     beam: int = field(default=0, metadata={"help": "captions: beam size; 0: the size chosen on dev in training (or 1)"})
+    beta: float = field(default=1.0, metadata={"help": "snippets: the MRF's beta (vsa align-snippets)"})
     out: str = field(default="", metadata={"help": "also write the metrics to this JSON file"})
 
     def validate(self) -> None:
@@ -74,6 +77,22 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
                         state["config"]["max_len"], state["config"].get("length_penalty", 0.0))
     metrics = score_captions(split, captions)
     return _finish(cfg, {"split": cfg.split, "images": len(captions), "beam": beam, **metrics})
+
+
+def run_snippets(cfg: EvalConfig) -> dict[str, Any]:
+    from vsa_dist.eval.snippets import evaluate_snippets
+    from vsa_dist.stages.train_align import load_model
+
+    model, state = load_model(storage.fetch(cfg.checkpoint))
+    split = _split(cfg, state, whole_image_only=False)
+    metrics = evaluate_snippets(model, torch.from_numpy(split["features"]).float(),
+                                torch.from_numpy(split["tokens"]).long(), cfg.beta)
+    return _finish(cfg, {"split": cfg.split, "images": len(split["image_ids"]), **metrics})
+
+
+def snippets_main(argv: list[str] | None = None) -> dict[str, Any]:
+    return cfglib.run_stage(EvalConfig, run_snippets, argv, prog="vsa eval snippets", preset="eval",
+                            input_errors=(ValueError,))
 
 
 def retrieval_main(argv: list[str] | None = None) -> dict[str, Any]:
