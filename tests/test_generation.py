@@ -153,7 +153,8 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     out = tmp_path / "mrnn"
     args = ["train-mrnn", "--features", str(mini_features), "--out", str(out), "--batch-size", "50",
             "--hidden", "128", "--word-dim", "128", "--beam-choices", "1,2", "--experiment", "test-mrnn",
-            "--examples", "4", "--snippets", str(mini_snippets), "--progress", "false"]
+            "--examples", "4", "--snippets", str(mini_snippets), "--progress", "false",
+            "--register-as", "test-region-captioner"]  # its own name: other tests register vsa-captioner on this server
     first = vsa([*args, "--epochs", "2", "--test", "false"])
     second = vsa([*args, "--epochs", "3", "--resume", "true"])
     run_id = second["run_id"]
@@ -173,7 +174,7 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     evaluated = vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--features", str(mini_features)])
     assert evaluated["beam"] == second["beam"] and evaluated["images"] == 50
     assert {k: evaluated[k] for k in second["test"]} == pytest.approx(second["test"], abs=1e-9)
-    champion = client.get_model_version_by_alias("vsa-captioner", "champion")
+    champion = client.get_model_version_by_alias("test-region-captioner", "champion")
     assert champion.run_id == run_id and float(champion.tags["dev_cider"]) >= 0
 
     # vsa caption: a folder of images, through the registry on the server.
@@ -182,12 +183,12 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     for image in mini_images[:3]:
         (folder / image.name).write_bytes(image.read_bytes())
     capsys.readouterr()
-    printed = vsa(["caption", str(folder), "--model", "models:/vsa-captioner@champion"])
+    printed = vsa(["caption", str(folder), "--model", "models:/test-region-captioner@champion"])
     assert [p for p, _ in printed] == [str(folder / i.name) for i in mini_images[:3]]
     assert all(caption.split() for _, caption in printed)
     assert capsys.readouterr().out.count("\t") == 3
     # --regions: the two best regions of each image too, each with its box inside the image
-    described = vsa(["caption", str(folder), "--model", "models:/vsa-captioner@champion", "--regions", "2"])
+    described = vsa(["caption", str(folder), "--model", "models:/test-region-captioner@champion", "--regions", "2"])
     lines = capsys.readouterr().out.strip().split("\n")
     assert len(described) == len(lines) == 9 and [p for p, _ in described[::3]] == [p for p, _ in printed]
     for line in lines[1:3] + lines[4:6]:
@@ -198,7 +199,7 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     # mlflow models serve: a base64 JPEG posted over HTTP gets the same caption back.
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/vsa-captioner@champion",
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/test-region-captioner@champion",
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                               env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server,  # it execs uvicorn by name
                                    "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"},
