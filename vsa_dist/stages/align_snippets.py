@@ -45,7 +45,7 @@ class SnippetsConfig:
     checkpoint: str = field(default="", metadata={"help": "alignment model (vsa train-align: OUT/best.pt)"})
     features: str = field(default="", metadata={"help": "feature folder the model was trained on"})
     out: str = field(default="", metadata={"help": "output folder: snippet shards + manifest.json"})
-    beta: float = field(default=1.0, metadata={"help": "cost of a region change between neighbouring words: 0 = each word its own best region; larger = longer snippets"})
+    beta: float = field(default=0.1, metadata={"help": "cost of a region change between neighbouring words: 0 = each word its own best region; larger = longer snippets"})
     splits: list[str] = field(default_factory=lambda: ["train"], metadata={"help": "splits to align"})
     actors: int = field(default=0, metadata={"help": "aligner actors; 0 = one per CPU of the cluster"})
     batch_size: int = field(default=32, metadata={"help": "images per actor call"})

@@ -32,7 +32,7 @@ class EvalConfig:
     features: str = field(default="", metadata={"help": "feature folder made with the settings the model was trained on"})
     split: str = field(default="test", metadata={"help": "split to score (model selection happens on dev, never test)"})
     beam: int = field(default=0, metadata={"help": "captions: beam size; 0: the size chosen on dev in training (or 1)"})
-    beta: float = field(default=1.0, metadata={"help": "snippets: the MRF's beta (vsa align-snippets)"})
+    beta: float = field(default=0.1, metadata={"help": "snippets: the MRF's beta (vsa align-snippets)"})
     out: str = field(default="", metadata={"help": "also write the metrics to this JSON file"})
 
     def validate(self) -> None:

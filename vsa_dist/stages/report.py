@@ -43,7 +43,7 @@ class ReportConfig:
     region_captioner: str = field(default="", metadata={"help": "generator for region captions (trained with --snippets); default the captioner"})
     split: str = field(default="test", metadata={"help": "split the examples come from"})
     images: int = field(default=8, metadata={"help": "example images on the page"})
-    beta: float = field(default=1.0, metadata={"help": "snippet MRF beta (vsa align-snippets)"})
+    beta: float = field(default=0.1, metadata={"help": "snippet MRF beta (vsa align-snippets)"})
     regions: int = field(default=3, metadata={"help": "region captions per image"})
     out: str = field(default="", metadata={"help": "the HTML file; default RUN/report.html"})
     log_to_mlflow: bool = field(default=True, metadata={"help": "log the page to the generator's MLflow run"})
