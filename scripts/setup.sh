@@ -21,7 +21,8 @@ fi
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "[setup] installing chromium (apt-get) for the report test"
-        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+            || echo "[setup] could not install chromium; tests/test_report.py will say so" >&2
     else
         echo "[setup] note: no chromium; tests/test_report.py needs it (e.g. sudo apt-get install chromium)" >&2
     fi

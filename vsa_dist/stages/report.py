@@ -27,9 +27,15 @@ from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.io import atomic_write_bytes
 
+WHOLE_IMAGE_COLOUR = "#9e9e9e"
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#469990",
            "#800000", "#808000", "#000075", "#bfef45", "#fabed4", "#dcbeff", "#aaffc3", "#ffd8b1", "#a9a9a9",
            "#ffe119", "#000000"]
+
+
+def colour(region: int) -> str:
+    """Region 0 is the whole image (grey, no box); regions 1..R take the palette."""
+    return WHOLE_IMAGE_COLOUR if region == 0 else PALETTE[(region - 1) % len(PALETTE)]
 
 
 @dataclass
@@ -145,8 +151,7 @@ def metric_histories(summary_paths: dict[str, str], keys: dict[str, tuple[str, .
 def sentence_html(words: list[str], pieces: list[tuple[int, int, int]]) -> str:
     spans = []
     for region, start, end in pieces:
-        color = PALETTE[region % len(PALETTE)]
-        spans.append(f'<span class="snippet" style="border-color:{color}" title="region {region}">'
+        spans.append(f'<span class="snippet" style="border-color:{colour(region)}" title="region {region}">'
                      f'{html.escape(" ".join(words[start:end]))}</span>')
     return " ".join(spans)
 
@@ -197,9 +202,9 @@ def render_example(image_id: str, jpeg: bytes, boxes: list[list[float]], caption
     used = sorted({r for _, pieces in sentences for r, _, _ in pieces} | {r for r, _ in region_captions})
     rects = "".join(
         f'<rect x="{boxes[r][0]:.1f}" y="{boxes[r][1]:.1f}" width="{boxes[r][2] - boxes[r][0]:.1f}" '
-        f'height="{boxes[r][3] - boxes[r][1]:.1f}" fill="none" stroke="{PALETTE[r % len(PALETTE)]}" stroke-width="3"/>'
+        f'height="{boxes[r][3] - boxes[r][1]:.1f}" fill="none" stroke="{colour(r)}" stroke-width="3"/>'
         for r in used if r > 0)
-    regions_html = "".join(f'<li><span class="swatch" style="background:{PALETTE[r % len(PALETTE)]}"></span>'
+    regions_html = "".join(f'<li><span class="swatch" style="background:{colour(r)}"></span>'
                            f'region {r}: {html.escape(text)}</li>' for r, text in region_captions)
     references = "".join(f"<li>{sentence_html(words, pieces)}</li>" for words, pieces in sentences)
     retrieved = "".join(f'<li class="{"hit" if hit else "miss"}">{html.escape(text)}</li>' for text, hit in annotation)
@@ -210,7 +215,7 @@ def render_example(image_id: str, jpeg: bytes, boxes: list[list[float]], caption
 <div class="text">
 <div class="generated">{html.escape(caption)}</div>
 <h4>Regions, described</h4><ul>{regions_html}</ul>
-<h4>References, snippets underlined in their region's colour</h4><ul>{references}</ul>
+<h4>References, snippets underlined in their region's colour (grey: the whole image)</h4><ul>{references}</ul>
 <h4>Top-5 sentences for this image (green: one of its own)</h4><ol>{retrieved}</ol>
 <h4>Top-5 images for its sentence “{html.escape(search_query)}” (green: this image)</h4><div class="search">{images}</div>
 </div></section>"""
