@@ -82,10 +82,13 @@ def model_args(cfg: MRNNConfig, vocab_size: int, feature_dim: int) -> MRNNArgs:
 
 
 def every_sentence(features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images [B, D] with sentences [B, S, T] → one row per present sentence: ([N, D], [N, T])."""
+    """Images [B, D] with sentences [B, S, T] → one row per present sentence: ([N, D], [N, T']), cut to the
+    longest sentence present (the recurrence costs per time step; short snippets would pay for T)."""
     present = (tokens != PAD).any(dim=-1)                               # [B, S]
     image_of = torch.arange(len(tokens), device=tokens.device)[:, None].expand_as(present)[present]
-    return features[image_of], tokens[present]
+    rows = tokens[present]
+    width = int((rows != PAD).sum(dim=1).max()) if len(rows) else 0
+    return features[image_of], rows[:, :max(width, 1)]
 
 
 @torch.no_grad()
