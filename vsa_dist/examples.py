@@ -23,7 +23,7 @@ def source_shards(features_manifest: dict[str, Any], features_dir: str | Path) -
     recorded = str(features_manifest.get("source", {}).get("shards", ""))
     if not recorded:
         return None
-    beside = storage.join(str(features_dir).rstrip("/").rsplit("/", 1)[0], recorded.rstrip("/").rsplit("/", 1)[-1])
+    beside = storage.join(storage.parent(features_dir), recorded.rstrip("/").rsplit("/", 1)[-1])
     for candidate in (recorded, beside):
         if storage.exists(storage.join(candidate, "manifest.json")):
             return candidate

@@ -35,6 +35,13 @@ def join(location: str | Path, *names: str) -> str:
     return str(Path(location, *names))
 
 
+def parent(location: str | Path) -> str:
+    """The folder holding ``location``, for a path or a URI (``Path`` would fold ``s3://`` into ``s3:/``)."""
+    if is_remote(location):
+        return str(location).rstrip("/").rsplit("/", 1)[0]
+    return str(Path(location).parent)
+
+
 def _filesystem(uri: str):
     import pyarrow.fs
 

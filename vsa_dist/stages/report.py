@@ -284,8 +284,8 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
 
     root = cfg.run[0]
     histories = metric_histories(
-        {"alignment": storage.join(str(Path(cfg.align).parent), "summary.json"),
-         "generator": storage.join(str(Path(cfg.captioner).parent), "summary.json")},
+        {"alignment": storage.join(storage.parent(cfg.align), "summary.json"),
+         "generator": storage.join(storage.parent(cfg.captioner), "summary.json")},
         {"alignment": ("dev_rsum", "train_loss"), "generator": ("dev_perplexity", "dev_cider")})
     page = PAGE.format(title=f"vsa-dist report: {html.escape(root)}",
                        subtitle=html.escape(f"{len(chosen)} {cfg.split} images of {cfg.features}; snippets with "
@@ -294,7 +294,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     storage.write_bytes(cfg.out, page.encode("utf-8"))
     logged = None
     if cfg.log_to_mlflow:
-        logged = log_report(page, storage.join(str(Path(cfg.captioner).parent), "summary.json"))
+        logged = log_report(page, storage.join(storage.parent(cfg.captioner), "summary.json"))
     print(f"report: {len(chosen)} images -> {cfg.out}" + (f" (MLflow run {logged}, report/report.html)" if logged else ""),
           flush=True)
     return {"out": cfg.out, "images": len(chosen), "mlflow_run_id": logged}
