@@ -98,24 +98,24 @@ class Captioner(mlflow.pyfunc.PythonModel):
                              f"model was trained on (sha256 {used[:12]} vs {self.feature_settings['weights_sha256'][:12]})")
 
     def caption(self, jpegs: list[bytes], names: list[str] | None = None, beam: int = 0) -> list[str]:
-        from vsa_dist.stages.train_mrnn import generate
+        return [caption for caption, _ in self.describe(jpegs, names, beam)]
 
-        names = names or [f"image {i}" for i in range(len(jpegs))]
-        whole_image = torch.from_numpy(image_features(self.extractor, jpegs, names)[:, 0]).float()
-        return generate(self.model, whole_image, self.vocab, beam or self.beam, self.max_len, self.length_penalty)
-
-    def caption_regions(self, jpegs: list[bytes], names: list[str] | None = None, beam: int = 0,
-                        top: int = 5) -> list[list[tuple[list[float], str]]]:
-        """Per image, its ``top`` regions (best first) as (box x1 y1 x2 y2, caption): a model trained with
-        ``--snippets`` describes regions; one trained on whole images only says what it would of a crop."""
+    def describe(self, jpegs: list[bytes], names: list[str] | None = None, beam: int = 0,
+                 regions: int = 0) -> list[tuple[str, list[tuple[list[float], str]]]]:
+        """Per image, its caption and its ``regions`` top regions (best first) as (box x1 y1 x2 y2, caption),
+        from one feature extraction. A model trained with ``--snippets`` describes regions; one trained on
+        whole images only says what it would of a crop."""
         from vsa_dist.stages.train_mrnn import generate
 
         names = names or [f"image {i}" for i in range(len(jpegs))]
         features, boxes = image_features(self.extractor, jpegs, names, with_boxes=True)
-        top = min(top, boxes.shape[1])
-        regions = torch.from_numpy(features[:, 1:1 + top]).float().reshape(-1, features.shape[-1])
-        captions = generate(self.model, regions, self.vocab, beam or self.beam, self.max_len, self.length_penalty)
-        return [[(boxes[i, r].round(1).tolist(), captions[i * top + r]) for r in range(top)] for i in range(len(jpegs))]
+        top = min(regions, boxes.shape[1])
+        rows = torch.from_numpy(features[:, :1 + top]).float().reshape(-1, features.shape[-1])  # whole image, regions
+        captions = generate(self.model, rows, self.vocab, beam or self.beam, self.max_len, self.length_penalty)
+        per_image = 1 + top
+        return [(captions[i * per_image],
+                 [(boxes[i, r].round(1).tolist(), captions[i * per_image + 1 + r]) for r in range(top)])
+                for i in range(len(jpegs))]
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         import base64

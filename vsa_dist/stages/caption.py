@@ -72,15 +72,15 @@ def run(cfg: CaptionConfig) -> list[tuple[str, str]]:
     results = []
     for start in range(0, len(files), cfg.batch_size):
         part = files[start:start + cfg.batch_size]
-        captions = captioner.caption([p.read_bytes() for p in part], names=[str(p) for p in part], beam=cfg.beam)
-        regions = (captioner.caption_regions([p.read_bytes() for p in part], names=[str(p) for p in part],
-                                             beam=cfg.beam, top=cfg.regions) if cfg.regions else [[]] * len(part))
-        for path, caption, described in zip(part, captions, regions):
+        described = captioner.describe([p.read_bytes() for p in part], names=[str(p) for p in part], beam=cfg.beam,
+                                       regions=cfg.regions)
+        for path, (caption, regions) in zip(part, described):
             print(f"{path}\t{caption}", flush=True)
             results.append((str(path), caption))
-            for box, region_caption in described:
-                print(f"{path}\t{','.join(f'{v:g}' for v in box)}\t{region_caption}", flush=True)
-                results.append((f"{path}#{','.join(f'{v:g}' for v in box)}", region_caption))
+            for box, region_caption in regions:
+                corners = ",".join(f"{v:g}" for v in box)
+                print(f"{path}\t{corners}\t{region_caption}", flush=True)
+                results.append((f"{path}#{corners}", region_caption))
     return results
 
 
