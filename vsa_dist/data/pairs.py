@@ -74,17 +74,19 @@ def snippet_rows_to_arrays(batch: dict[str, np.ndarray], index: dict[str, int], 
 def load_split(features_dir: Path | str, split: str, index: dict[str, int], max_words: int,
                whole_image_only: bool = False) -> dict[str, Any]:
     """A whole split in memory (evaluation: 1,000 images are about 50 MB of float16 features), with each
-    image's id, JPEG file name and raw reference sentences."""
-    features, tokens, image_ids, file_names, references, sentence_tokens = [], [], [], [], [], []
+    image's id, JPEG file name, region boxes, and reference sentences (raw and as the shards tokenised them)."""
+    features, tokens, boxes, image_ids, file_names, references, sentence_tokens = [], [], [], [], [], [], []
     for sample in read_samples(shard_paths(features_dir, [split])):
         meta = json.loads(sample["json"])
         features.append(_features(sample["feat.npy"], whole_image_only))
         tokens.append(encode_sentences(meta["sentences"], index, max_words))
         image_ids.append(meta["image_id"])
         file_names.append(meta.get("file_name", ""))
+        boxes.append(npy_load(sample["boxes.npy"]))
         references.append([s["raw"] for s in meta["sentences"]])
         sentence_tokens.append([s["tokens"] for s in meta["sentences"]])
     if not features:
         raise ValueError(f"{features_dir}: no {split!r} images in the feature shards")
-    return {"split": split, "features": np.stack(features), "tokens": np.stack(tokens), "image_ids": image_ids,
-            "file_names": file_names, "references": references, "sentence_tokens": sentence_tokens}
+    return {"split": split, "features": np.stack(features), "tokens": np.stack(tokens), "boxes": np.stack(boxes),
+            "image_ids": image_ids, "file_names": file_names, "references": references,
+            "sentence_tokens": sentence_tokens}

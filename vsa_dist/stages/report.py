@@ -88,19 +88,6 @@ def image_jpegs(features_manifest: dict[str, Any], features_dir: str, split: str
     return found
 
 
-def region_boxes(features_dir: str, split: str, wanted: set[str]) -> dict[str, list[list[float]]]:
-    """Image id → its regions' boxes in the image's pixels, best first (feature rows 1..R)."""
-    from vsa_dist.data.shards import read_samples, shard_paths
-    from vsa_dist.features.format import decode_sample
-
-    boxes = {}
-    for sample in read_samples(shard_paths(features_dir, [split])):
-        meta = decode_sample(sample)
-        if meta["image_id"] in wanted:
-            boxes[meta["image_id"]] = meta["boxes"].tolist()
-    return boxes
-
-
 def thumbnail(jpeg: bytes, size: int) -> str:
     from PIL import Image
 
@@ -262,8 +249,9 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     jpegs = image_jpegs(manifest, cfg.features, cfg.split, wanted)
     from PIL import Image
 
-    boxes = {image_id: [[0.0, 0.0, *map(float, Image.open(io.BytesIO(jpegs[image_id])).size)]] + regions
-             for image_id, regions in region_boxes(cfg.features, cfg.split, {image_ids[i] for i in chosen}).items()}
+    # row 0 is the whole image, in the JPEG's own pixels; rows 1..R the regions, as the feature rows are
+    boxes = {image_ids[i]: [[0.0, 0.0, *map(float, Image.open(io.BytesIO(jpegs[image_ids[i]])).size)]]
+             + split["boxes"][i].tolist() for i in chosen}
 
     max_words = align_state["config"]["max_words"]
     sections = []
