@@ -35,6 +35,13 @@ def join(location: str | Path, *names: str) -> str:
     return str(Path(location, *names))
 
 
+def same_place(a: str | Path, b: str | Path) -> bool:
+    """Whether two locations name the same folder (local paths resolved, URIs compared as written)."""
+    if is_remote(a) or is_remote(b):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def parent(location: str | Path) -> str:
     """The folder holding ``location``, for a path or a URI (``Path`` would fold ``s3://`` into ``s3:/``)."""
     if is_remote(location):

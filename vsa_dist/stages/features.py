@@ -30,7 +30,7 @@ from vsa_dist.data.shards import MANIFEST, load_manifest
 from vsa_dist.features.extract import OUTPUT_COLUMNS, ExtractorSettings, RegionExtractor, add_proposals, describe
 from vsa_dist.features.format import FEATURES_FORMAT_VERSION
 from vsa_dist.features.proposals import PROPOSAL_METHODS
-from vsa_dist.io import (atomic_write_json)
+from vsa_dist.io import atomic_write_json
 from vsa_dist.models.backbone import fast_bf16, load_backbone
 from vsa_dist.models.regions import REGION_MODES
 from vsa_dist.ray_env import check_placeable, ensure_ray
@@ -64,8 +64,7 @@ class FeaturesConfig:
             raise cfglib.ConfigError(f"shards {self.shards!r}: no {MANIFEST} there (build it with vsa shards build)")
         if not self.out:
             raise cfglib.ConfigError("out: an output folder is required")
-        if storage.is_remote(self.out) and self.out.rstrip("/") == self.shards.rstrip("/") or (
-                not storage.is_remote(self.out) and Path(self.out).resolve() == Path(self.shards).resolve()):
+        if storage.same_place(self.out, self.shards):
             raise cfglib.ConfigError("out must differ from shards: both folders hold a manifest.json")
         for key, value, allowed in (("regions", self.regions, REGION_MODES), ("proposals", self.proposals, PROPOSAL_METHODS),
                                     ("device", self.device, ("auto", "cpu", "cuda")),
