@@ -185,6 +185,47 @@ class MRNN(nn.Module):
         return sequences[torch.arange(n, device=device), winner]
 
 
+class MRNNEnsemble(nn.Module):
+    """Several generators over one vocabulary decoding as one: each step's next-word distribution is the
+    renormalised geometric mean of theirs (their log-probabilities averaged). Beyond the paper.
+
+    It has the step interface ``MRNN.greedy`` and ``MRNN.beam_search`` use (``image_bias``,
+    ``initial_state``, ``step``, ``_log_probs``), so both decode it unchanged: the members' image biases and
+    states travel side by side as one tensor / one tuple, and are split again at every step.
+    """
+
+    def __init__(self, members: list[MRNN]):
+        super().__init__()
+        if len({m.args.vocab_size for m in members}) != 1:
+            raise ValueError("ensemble members must share one vocabulary")
+        self.members = nn.ModuleList(members)
+        self.args = members[0].args
+        self._bias_widths = [m.image.out_features for m in members]
+        self._state_counts = [1 if m.args.cell == "rnn" else 2 for m in members]
+
+    def image_bias(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.image_bias(features) for m in self.members], dim=-1)
+
+    def initial_state(self, n: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        return tuple(s for m in self.members for s in m.initial_state(n, device))
+
+    def step(self, words: torch.Tensor, state: tuple[torch.Tensor, ...],
+             first_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(mean of the members' log-probabilities [N, V] as the step's logits, the members' new states)."""
+        biases = first_bias.split(self._bias_widths, dim=-1) if first_bias is not None else [None] * len(self.members)
+        log_probs, new_state, at = [], [], 0
+        for member, bias, count in zip(self.members, biases, self._state_counts):
+            logits, member_state = member.step(words, state[at:at + count], bias)
+            log_probs.append(member._log_probs(logits))
+            new_state += member_state
+            at += count
+        return torch.stack(log_probs).mean(dim=0), tuple(new_state)
+
+    _log_probs = MRNN._log_probs  # renormalises the mean (log_softmax), PAD and UNK still excluded
+    greedy = MRNN.greedy
+    beam_search = MRNN.beam_search
+
+
 def ids_to_words(ids: torch.Tensor, vocab: list[str], end: int) -> list[list[str]]:
     """Decoded ids [N, L] → words, up to END (word id w is vocab[w - 2])."""
     sentences = []
