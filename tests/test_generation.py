@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from vsa_dist.eval.captions import caption_metrics
-from vsa_dist.models.mrnn import MRNN, NEVER_GENERATED, PAD, MRNNArgs, teacher_forcing, token_nll
+from vsa_dist.models.mrnn import MRNN, NEVER_GENERATED, PAD, MRNNArgs, MRNNEnsemble, teacher_forcing, token_nll
 
 VOCAB = 9  # PAD, UNK, 6 words, END
 
@@ -31,13 +31,24 @@ def tiny(cell: str = "rnn", seed: int = 0, vocab: int = VOCAB) -> MRNN:
     return model
 
 
-def sequence_log_prob(model: MRNN, feature: torch.Tensor, words: list[int]) -> float:
-    """log P(words | image) given that PAD and UNK are never generated, written out independently."""
+def step_log_probs(model: MRNN, feature: torch.Tensor, words: list[int]) -> torch.Tensor:
+    """[T, V] next-word log-probabilities along ``words`` given that PAD and UNK are never generated,
+    written out independently of the decoders (teacher forcing, then renormalised)."""
     inputs = torch.tensor([[model.args.end] + words[:-1]])
     with torch.no_grad():
         probs = torch.softmax(model(feature[None], inputs)[0].double(), dim=-1)
     probs[:, list(NEVER_GENERATED)] = 0.0
-    log_probs = torch.log(probs / probs.sum(dim=-1, keepdim=True))
+    return torch.log(probs / probs.sum(dim=-1, keepdim=True))
+
+
+def sequence_log_prob(model: MRNN | MRNNEnsemble, feature: torch.Tensor, words: list[int]) -> float:
+    """log P(words | image); for an ensemble, each step's distribution is the renormalised geometric mean
+    of its members'."""
+    if isinstance(model, MRNNEnsemble):
+        mean = torch.stack([step_log_probs(m, feature, words) for m in model.members]).mean(dim=0)
+        log_probs = mean - torch.logsumexp(mean, dim=-1, keepdim=True)
+    else:
+        log_probs = step_log_probs(model, feature, words)
     return float(sum(log_probs[t, w] for t, w in enumerate(words)))
 
 
@@ -67,10 +78,15 @@ def test_beam_one_is_greedy(cell):
     assert torch.equal(model.beam_search(features, beam=1, max_len=12), model.greedy(features, max_len=12))
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def ensemble_of(cells: str) -> MRNNEnsemble:
+    return MRNNEnsemble([tiny(cell, seed=3 + i) for i, cell in enumerate(cells.split("+"))])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "rnn+lstm"])
 def test_wide_beam_is_exhaustive_search(cell):
-    """With a beam wider than every prefix, beam search must return the most likely sentence of all."""
-    model, max_len = tiny(cell, seed=3), 3
+    """With a beam wider than every prefix, beam search must return the most likely sentence of all
+    (for an ensemble of an RNN and an LSTM: most likely under the mean of their log-probabilities)."""
+    model, max_len = (tiny(cell, seed=3) if "+" not in cell else ensemble_of(cell)), 3
     words = [w for w in range(VOCAB) if w not in NEVER_GENERATED]
     features = torch.randn(6, 6)
     found = model.beam_search(features, beam=len(words) ** (max_len - 1), max_len=max_len)
@@ -82,6 +98,18 @@ def test_wide_beam_is_exhaustive_search(cell):
         assert sequence_log_prob(model, image, got) == pytest.approx(sequence_log_prob(model, image, best), abs=1e-5)
         greedy = [w for w in model.greedy(image[None], max_len)[0].tolist() if w != PAD]
         assert sequence_log_prob(model, image, got) >= sequence_log_prob(model, image, greedy) - 1e-6
+
+
+def test_ensemble_of_one_is_the_model_and_members_must_share_a_vocabulary():
+    model, features = tiny("lstm", vocab=40), torch.randn(16, 6)
+    alone = MRNNEnsemble([model])
+    assert torch.equal(alone.greedy(features, 12), model.greedy(features, 12))
+    assert torch.equal(alone.beam_search(features, 3, 12), model.beam_search(features, 3, 12))
+    pair = ensemble_of("rnn+lstm")
+    assert not torch.equal(pair.greedy(features, 12), pair.members[0].greedy(features, 12))
+    assert torch.equal(pair.beam_search(features, 1, 12), pair.greedy(features, 12))
+    with pytest.raises(ValueError, match="vocabulary"):
+        MRNNEnsemble([tiny("rnn"), tiny("rnn", vocab=40)])
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
@@ -174,6 +202,11 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     evaluated = vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--features", str(mini_features)])
     assert evaluated["beam"] == second["beam"] and evaluated["images"] == 50
     assert {k: evaluated[k] for k in second["test"]} == pytest.approx(second["test"], abs=1e-9)
+    # An ensemble of the model with itself is the model: the same distributions, the same captions.
+    doubled = vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--ensemble", str(out / "best.pt"),
+                   "--features", str(mini_features)])
+    assert doubled["ensemble"] == [str(out / "best.pt")] * 2
+    assert {k: doubled[k] for k in second["test"]} == pytest.approx(second["test"], abs=1e-9)
     champion = client.get_model_version_by_alias("test-region-captioner", "champion")
     assert champion.run_id == run_id and float(champion.tags["dev_cider"]) >= 0
 
@@ -238,6 +271,8 @@ def test_bad_generator_configs_stop_before_any_work(tmp_path, mini_features, cap
         (["caption", str(tmp_path)], "no .jpg/.jpeg/.png images in this folder"),
         (["eval", "captions", "--checkpoint", str(tmp_path / "best.pt"), "--features", str(mini_features)],
          "no such file"),
+        (["eval", "captions", "--checkpoint", str(mini_features / "manifest.json"), "--ensemble",
+          str(tmp_path / "other.pt"), "--features", str(mini_features)], "ensemble checkpoint"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as stopped:

@@ -2,6 +2,7 @@
 
     vsa eval retrieval --checkpoint runs/flickr8k/align/best.pt --features runs/flickr8k/features
     vsa eval captions --checkpoint runs/flickr8k/mrnn/best.pt --features runs/flickr8k/features --beam 3
+    vsa eval captions --checkpoint A/best.pt --ensemble B/best.pt,C/best.pt --features F --beam 3   # decoded as one
     vsa eval snippets --checkpoint runs/flickr8k/align/best.pt --features runs/flickr8k/features --beta 1
 
 Retrieval: image annotation and image search, R@1/5/10 and median rank, over every image of the split
@@ -33,19 +34,27 @@ class EvalConfig:
     split: str = field(default="test", metadata={"help": "split to score (model selection happens on dev, never test)"})
     beam: int = field(default=0, metadata={"help": "captions: beam size; 0: the size chosen on dev in training (or 1)"})
     beta: float = field(default=0.1, metadata={"help": "snippets: the MRF's beta (vsa align-snippets)"})
+    ensemble: list[str] = field(default_factory=list, metadata={"help": "captions: more generator checkpoints (same vocabulary, same feature settings) decoded together with --checkpoint as one model"})
     out: str = field(default="", metadata={"help": "also write the metrics to this JSON file"})
 
     def validate(self) -> None:
         if not self.checkpoint or not storage.exists(self.checkpoint):
             raise cfglib.ConfigError(f"checkpoint {self.checkpoint!r}: no such file")
+        for path in self.ensemble:
+            if not storage.exists(path):
+                raise cfglib.ConfigError(f"ensemble checkpoint {path!r}: no such file")
         if not self.features or not storage.exists(storage.join(self.features, "manifest.json")):
             raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
 
 
-def _split(cfg: EvalConfig, state: dict[str, Any], whole_image_only: bool) -> dict[str, Any]:
-    manifest = load_features_manifest(cfg.features)
-    settings = check_same_settings({cfg.features: manifest})
+def _check_features_match(cfg: EvalConfig, state: dict[str, Any]) -> None:
+    """The checkpoint was trained on features made like ``cfg.features`` (else a clear error)."""
+    settings = check_same_settings({cfg.features: load_features_manifest(cfg.features)})
     check_model_matches(cfg.features, settings, state)
+
+
+def _split(cfg: EvalConfig, state: dict[str, Any], whole_image_only: bool) -> dict[str, Any]:
+    _check_features_match(cfg, state)
     return load_split(cfg.features, cfg.split, word_index(state["vocab"]), state["config"]["max_words"],
                       whole_image_only=whole_image_only)
 
@@ -73,10 +82,22 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
     model, state = load_model(storage.fetch(cfg.checkpoint))
     split = _split(cfg, state, whole_image_only=True)
     beam = cfg.beam or state.get("beam") or 1
+    if cfg.ensemble:
+        from vsa_dist.models.mrnn import MRNNEnsemble
+
+        members = [model]
+        for path in cfg.ensemble:
+            member, member_state = load_model(storage.fetch(path))
+            if member_state["vocab"] != state["vocab"]:
+                raise ValueError(f"ensemble checkpoint {path}: its vocabulary differs from {cfg.checkpoint}'s")
+            _check_features_match(cfg, member_state)
+            members.append(member)
+        model = MRNNEnsemble(members)
     captions = generate(model, torch.from_numpy(split["features"]).float(), state["vocab"], beam,
                         state["config"]["max_len"], state["config"].get("length_penalty", 0.0))
     metrics = score_captions(split, captions)
-    return _finish(cfg, {"split": cfg.split, "images": len(captions), "beam": beam, **metrics})
+    extra = {"ensemble": [cfg.checkpoint, *cfg.ensemble]} if cfg.ensemble else {}
+    return _finish(cfg, {"split": cfg.split, "images": len(captions), "beam": beam, **extra, **metrics})
 
 
 def run_snippets(cfg: EvalConfig) -> dict[str, Any]:
