@@ -87,6 +87,26 @@ def test_roi_features_of_the_mini_set(mini_features, mini_shards):
         np.testing.assert_allclose(rec["features"][5], region.numpy(), rtol=0.05, atol=0.05)
 
 
+def test_uint8_channels_last_batches_give_the_same_features(mini_images):
+    """Images at the input size are stacked as uint8 pixels in channels_last order (no float copy, no layout
+    conversion); resized or NCHW batches take the general path. Both must give the same numbers."""
+    from vsa_dist.models.regions import RegionFeatureExtractor
+
+    images = [torch.from_numpy(decode_rgb(p.read_bytes())).permute(2, 0, 1) for p in mini_images[:3]]
+    boxes = [torch.from_numpy(grid_boxes(224, 224))] * 3
+    fast = RegionFeatureExtractor(load_backbone(), channels_last=True)
+    general = RegionFeatureExtractor(load_backbone(), channels_last=False)
+    assert fast._batch(images, 224, torch.device("cpu")).dtype == torch.uint8
+    _, _, got = fast(images, boxes)
+    _, _, want = general(images, boxes)
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+    # a larger image is resized on the general path, also in a channels_last extractor
+    larger = torch.nn.functional.interpolate(images[0][None].float(), size=(300, 260), mode="bilinear")[0].round().byte()
+    _, _, mixed = fast([larger, images[1]], [torch.from_numpy(grid_boxes(260, 300)), boxes[1]])
+    assert mixed.shape == (2, 20, 1280) and torch.isfinite(mixed.float()).all()
+    torch.testing.assert_close(mixed[1].float(), got[1].float(), rtol=1e-2, atol=1e-2)
+
+
 def test_crop_mode_and_resume_after_a_kill(tmp_path, mini_dir, ray_cluster, mini_features):
     shards = tmp_path / "shards"
     vsa(["shards", "build", "--root", str(mini_dir), "--out", str(shards), "--samples-per-shard", "10", "--progress", "false"])

@@ -39,8 +39,9 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
-    def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return (images_uint8.float() - self.mean) / self.std
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """0..255 pixels (uint8 or float, any memory layout, which is kept) → the network's input."""
+        return images.to(torch.float32, copy=True).sub_(self.mean).div_(self.std)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)

@@ -76,7 +76,7 @@ class RegionFeatureExtractor(torch.nn.Module):
         return torch.autocast(device_type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        """float [B,3,S,S] in 0..255 → feature map [B,D,h,w] (float32)."""
+        """[B,3,S,S] in 0..255 (uint8 or float) → feature map [B,D,h,w] (float32)."""
         x = self.backbone.normalize(images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -89,6 +89,14 @@ class RegionFeatureExtractor(torch.nn.Module):
         return F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True,
                              align_corners=False)[0]
 
+    def _batch(self, images: list[torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
+        """[B,3,S,S] input batch, still in 0..255. Images already at the input size (the usual case) are
+        stacked as uint8 [B,S,S,3] pixels, which *is* the channels_last layout of [B,3,S,S]: no float copy
+        and no layout conversion before normalising (they cost 0.5 ms an image, ~4 % of the CNN, on a CPU)."""
+        if self.channels_last and all(img.shape[1:] == (size, size) for img in images):
+            return torch.stack([img.permute(1, 2, 0) for img in images]).to(device).permute(0, 3, 1, 2)
+        return torch.stack([self._resize(img.to(device), size).float() for img in images])
+
     @torch.inference_mode()
     def forward(self, images: list[torch.Tensor], candidates: list[torch.Tensor]):
         """images: uint8 [3,H,W] each (any size); candidates: float [K_b,4] boxes in that image's pixels.
@@ -97,7 +105,7 @@ class RegionFeatureExtractor(torch.nn.Module):
         """
         size = self.backbone.spec.input_size
         device = self.backbone.mean.device
-        batch = torch.stack([self._resize(img.to(device), size).float() for img in images])
+        batch = self._batch(images, size, device)
         # per image (sx, sy, sx, sy): original pixels → input-size pixels
         scale = torch.tensor([[size / img.shape[2], size / img.shape[1]] * 2 for img in images], device=device)
 
