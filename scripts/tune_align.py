@@ -3,9 +3,10 @@
     python scripts/tune_align.py --optimizer sgd --lr 1e-4 --epochs 1
     python scripts/tune_align.py --optimizer adam --lr 2e-4 --score-norm mean --dropout 0.1 --epochs 2
     python scripts/tune_align.py --optimizer sgd --lr 1e-5 --raw-features --epochs 3     # the collapse
+    python scripts/tune_align.py --optimizer adam --lr 2e-4 --score-norm mean --dropout 0.1 --hardest-negative --warmup-epochs 1 --epochs 4
 
-Trains on the train split of a feature folder in memory (batches of 50 pairs, like one of two DDP
-workers) and prints dev R@1+R@5+R@10 (both directions) after each epoch.
+Trains on the train split of a feature folder in memory (batches of 50 pairs by default, like one of two
+DDP workers before negatives were gathered across them) and prints dev R@1+R@5+R@10 (both directions) after each epoch.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from vsa_dist.stages.train_align import one_sentence_each, rsum
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--features", default="runs/flickr8k/features")
+    p.add_argument("--batch", type=int, default=50, help="pairs per step")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--score-norm", choices=("sum", "mean"), default="sum")
     p.add_argument("--hardest-negative", action="store_true")
+    p.add_argument("--warmup-epochs", type=int, default=0, help="with --hardest-negative: all negatives for this many epochs first (VSE++)")
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--raw-features", action="store_true", help="do not L2-normalise the CNN features")
     p.add_argument("--epochs", type=int, default=1)
@@ -42,14 +45,15 @@ def main() -> None:
     features, tokens = torch.from_numpy(train["features"]), torch.from_numpy(train["tokens"]).long()
     torch.manual_seed(0)
     model = AlignmentModel(AlignmentArgs(len(vocab) + 2, features.shape[-1], 1000, 300, args.dropout, args.score_norm,
-                                         args.hardest_negative, l2_features=not args.raw_features))
+                                         False, l2_features=not args.raw_features))
     opt = (torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
            if args.optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay))
     for epoch in range(1, args.epochs + 1):
+        model.args.hardest_negative = args.hardest_negative and epoch > args.warmup_epochs
         model.train()
         order, start, total, steps = torch.randperm(len(features)), time.time(), 0.0, 0
-        for i in range(0, len(features) - 49, 50):
-            b = order[i:i + 50]
+        for i in range(0, len(features) - args.batch + 1, args.batch):
+            b = order[i:i + args.batch]
             loss = model(features[b], one_sentence_each(tokens[b]))
             opt.zero_grad()
             loss.backward()
