@@ -142,6 +142,15 @@ def keep_if_best(best: dict[str, Any], score: float, epoch: int, model: torch.nn
     return best
 
 
+def say(message: str) -> None:
+    """Print one line from a train worker once. Ray Train swaps ``print`` for a logger that also tees to
+    ``sys.stdout`` whenever a library has wrapped it (MLflow does on rank 0), so a plain ``print`` reached
+    the driver twice; printing to the process's own stdout takes neither path."""
+    import sys
+
+    print(message, file=sys.__stdout__, flush=True)
+
+
 def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
     """Every rank calls this once per epoch; rank 0 passes the checkpoint state (the others None)."""
     import ray.train
@@ -263,7 +272,8 @@ def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_o
     # Reading and unpacking float16 arrays is light work: it takes no CPU slot, so that training workers
     # holding every CPU (2 workers on 2 cores) cannot starve their own input.
     return (ray.data.read_webdataset(shard_paths(source, ["train"]), decoder=None, num_cpus=0, concurrency=2)
-            .map_batches(to_arrays, batch_size=64, num_cpus=0, concurrency=2, fn_kwargs=kwargs)
+            .map_batches(to_arrays, batch_size=64, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2),
+                         fn_kwargs=kwargs)
             .randomize_block_order())
 
 

@@ -129,10 +129,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 dev_metrics = evaluate_alignment(plain, dev_features, dev_tokens)
             metrics.update(flat_metrics("dev", dev_metrics), dev_rsum=rsum(dev_metrics))
             best, state = training.end_epoch(loop_config, logger, metrics, metrics["dev_rsum"], best, plain, optimizer)
-            print(f"epoch {epoch}: loss {metrics['train_loss']:.2f}, dev rsum {metrics['dev_rsum']:.1f} "
-                  f"(R@1 {dev_metrics['annotation']['r1']:.1f}/{dev_metrics['search']['r1']:.1f}), "
-                  f"{metrics['pairs_per_s']:.0f} pairs/s, data wait {100 * metrics['data_wait_share']:.1f}%",
-                  flush=True)
+            training.say(f"epoch {epoch}: loss {metrics['train_loss']:.2f}, dev rsum {metrics['dev_rsum']:.1f} "
+                         f"(R@1 {dev_metrics['annotation']['r1']:.1f}/{dev_metrics['search']['r1']:.1f}), "
+                         f"{metrics['pairs_per_s']:.0f} pairs/s, data wait {100 * metrics['data_wait_share']:.1f}%")
         training.report(metrics, state)
 
 

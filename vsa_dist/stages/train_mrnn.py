@@ -179,9 +179,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 greedy = generate(plain, dev_features, vocab, beam=1, max_len=cfg.max_len)
             metrics["dev_cider"] = score_captions(dev, greedy, ("cider",))["cider"]
             best, state = training.end_epoch(loop_config, logger, metrics, metrics["dev_cider"], best, plain, optimizer)
-            print(f"epoch {epoch}: train ppl {metrics['train_perplexity']:.1f}, dev ppl {metrics['dev_perplexity']:.1f}, "
-                  f"dev CIDEr {metrics['dev_cider']:.3f} (greedy), e.g. {greedy[0]!r}; "
-                  f"{metrics['words_per_s']:.0f} words/s, data wait {100 * metrics['data_wait_share']:.1f}%", flush=True)
+            training.say(f"epoch {epoch}: train ppl {metrics['train_perplexity']:.1f}, dev ppl {metrics['dev_perplexity']:.1f}, "
+                         f"dev CIDEr {metrics['dev_cider']:.3f} (greedy), e.g. {greedy[0]!r}; "
+                         f"{metrics['words_per_s']:.0f} words/s, data wait {100 * metrics['data_wait_share']:.1f}%")
         training.report(metrics, state)
 
 
