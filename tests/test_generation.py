@@ -260,6 +260,29 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
         server.wait(timeout=30)
 
 
+def test_champion_moves_only_to_a_better_model_on_the_same_dev_data(mlflow_server, capsys):
+    from mlflow import MlflowClient
+
+    from vsa_dist.serving import dev_data_id, move_alias_if_better
+
+    client, name = MlflowClient(mlflow_server), "test-alias-rules"
+    client.create_registered_model(name)
+    dev = {"image_ids": ["a", "b"], "references": [["a dog runs"], ["a cat sits", "a cat"]]}
+    same, other = dev_data_id(dev), dev_data_id({**dev, "references": [["a dog runs"], ["a cat sits"]]})
+    assert same == dev_data_id({"image_ids": ("a", "b"), "references": [("a dog runs",), ("a cat sits", "a cat")]})
+    assert same != other
+    run = client.create_run(client.create_experiment("test-alias-rules"))
+    moves = []
+    for cider, data in ((0.30, same), (0.20, same), (0.40, same), (0.90, other)):
+        version = client.create_model_version(name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id).version
+        client.set_model_version_tag(name, version, "dev_cider", str(cider))
+        client.set_model_version_tag(name, version, "dev_data", data)
+        moves.append(move_alias_if_better(client, name, "champion", version, cider, data))
+    assert moves == [True, False, True, False]
+    assert client.get_model_version_by_alias(name, "champion").version == "3"
+    assert "was chosen on other dev data" in capsys.readouterr().out
+
+
 def test_bad_generator_configs_stop_before_any_work(tmp_path, mini_features, capsys):
     from vsa_dist.cli import main as vsa
 

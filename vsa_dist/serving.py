@@ -125,22 +125,45 @@ class Captioner(mlflow.pyfunc.PythonModel):
         return {"caption": self.caption(jpegs, beam=beam)}
 
 
+def dev_data_id(dev: dict[str, Any]) -> str:
+    """What makes two dev CIDErs comparable: the same dev images with the same reference sentences. Not the
+    shard or feature manifests, which change when identical data is rebuilt (and a model trained on other
+    features of the same images is still comparable)."""
+    from vsa_dist.io import sha256_json
+
+    return sha256_json({"images": list(dev["image_ids"]), "sentences": [list(r) for r in dev["references"]]})
+
+
+def move_alias_if_better(client, name: str, alias: str, version: str, dev_cider: float, dev_data: str) -> bool:
+    """Point ``alias`` at ``version`` when nobody holds it or the holder scored lower dev CIDEr on the same dev
+    data; a holder chosen on other dev data is left alone (the scores do not compare). Returns whether it moved."""
+    try:
+        holder = client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        holder = None
+    if holder is not None and holder.tags.get("dev_data") != dev_data:
+        print(f"registry: {name}@{alias} (version {holder.version}) was chosen on other dev data; "
+              f"leaving it (set it by hand: MlflowClient().set_registered_model_alias)", flush=True)
+        moved = False
+    else:
+        moved = holder is None or float(holder.tags.get("dev_cider", "-inf")) < dev_cider
+        if moved:
+            client.set_registered_model_alias(name, alias, version)
+    print(f"registry: {name} version {version} (dev CIDEr {dev_cider:.3f})"
+          + (f" is now @{alias}" if moved else f"; @{alias} stays on version {holder.version}"), flush=True)
+    return moved
+
+
 def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any], beam: int, max_len: int,
-                  length_penalty: float, dev_cider: float, alias: str) -> dict[str, Any]:
+                  length_penalty: float, dev_cider: float, alias: str, dev_data: str) -> dict[str, Any]:
     """Log the generator as a pyfunc model in the active run, register it, and move ``alias`` to it when its
-    dev CIDEr beats the alias holder's on the same dev data (or nobody holds it). Returns what was done."""
+    dev CIDEr beats the alias holder's on the same dev data (``dev_data_id``). Returns what was done."""
     import json
     import tempfile
 
     from mlflow import MlflowClient
 
-    from vsa_dist.io import sha256_json
-
     settings = features_manifest["settings"]
-    # The same images and sentences (the image shards' manifest), whatever the feature settings: dev CIDEr
-    # of two models compares only on the same dev set.
-    dev_data = sha256_json({"images": features_manifest.get("source", {}).get("manifest_sha256"),
-                            "dev_images": features_manifest["splits"].get("dev", {}).get("images")})
     with tempfile.TemporaryDirectory(prefix="vsa-captioner-") as scratch:
         info_path = Path(scratch) / "captioner.json"
         info_path.write_text(json.dumps({"beam": beam, "max_len": max_len, "length_penalty": length_penalty,
@@ -161,17 +184,6 @@ def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any]
     client.set_model_version_tag(name, version, "dev_cider", f"{dev_cider:.6f}")
     client.set_model_version_tag(name, version, "dev_data", dev_data)
     done = {"name": name, "version": version, "dev_cider": dev_cider, "alias": None}
-    if alias:
-        try:
-            holder = client.get_model_version_by_alias(name, alias)
-        except mlflow.exceptions.MlflowException:
-            holder = None
-        if holder is not None and holder.tags.get("dev_data") != dev_data:
-            print(f"registry: {name}@{alias} (version {holder.version}) was chosen on other dev data; "
-                  f"leaving it (set it by hand: MlflowClient().set_registered_model_alias)", flush=True)
-        elif holder is None or float(holder.tags.get("dev_cider", "-inf")) < dev_cider:
-            client.set_registered_model_alias(name, alias, version)
-            done["alias"] = alias
-        print(f"registry: {name} version {version} (dev CIDEr {dev_cider:.3f})"
-              + (f" is now @{alias}" if done["alias"] else f"; @{alias} stays on version {holder.version}"), flush=True)
+    if alias and move_alias_if_better(client, name, alias, version, dev_cider, dev_data):
+        done["alias"] = alias
     return done

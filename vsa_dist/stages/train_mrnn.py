@@ -234,10 +234,10 @@ def run(cfg: MRNNConfig) -> dict[str, Any]:
               f"{json.dumps({k: round(v, 4) for k, v in summary['test'].items()})}", flush=True)
     mlflow.log_artifact(str(final), artifact_path="checkpoint")
     if cfg.register_as:
-        from vsa_dist.serving import log_captioner
+        from vsa_dist.serving import dev_data_id, log_captioner
 
         summary["registered"] = log_captioner(final, cfg.register_as, manifest, beam, cfg.max_len,
-                                              cfg.length_penalty, dev_by_beam[beam], cfg.alias)
+                                              cfg.length_penalty, dev_by_beam[beam], cfg.alias, dev_data_id(dev))
     return training.finish(cfg, "train-mrnn", trained, summary)
 
 
