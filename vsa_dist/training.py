@@ -255,10 +255,11 @@ def check_features(features: str, need_test: bool) -> None:
 
 
 def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_only: bool = False,
-                  snippets: str = ""):
+                  snippets: str = "", seed: int = 0):
     """The train split of a feature folder (or of a snippet folder: full images and regions with their
-    snippets) as a Ray Dataset of fixed-shape arrays, block order shuffled."""
+    snippets) as a streaming Ray Dataset of fixed-shape arrays, its shard order shuffled anew every epoch."""
     import ray
+    from ray.data import FileShuffleConfig
 
     from vsa_dist.data.pairs import feature_rows_to_arrays, snippet_rows_to_arrays, word_index
     from vsa_dist.data.shards import shard_paths
@@ -269,12 +270,16 @@ def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_o
     else:
         to_arrays, source = feature_rows_to_arrays, features
         kwargs["whole_image_only"] = whole_image_only
+    # Shuffling the shard order (a new order each execution, i.e. each epoch) mixes as much as shuffling the
+    # blocks did (a shard is one block here) without an all-to-all step, which held back the first batch of
+    # every epoch until the whole split had been read into the object store (the data wait, and memory that
+    # grew with the split). Within the stream each worker's local shuffle buffer mixes images.
     # Reading and unpacking float16 arrays is light work: it takes no CPU slot, so that training workers
     # holding every CPU (2 workers on 2 cores) cannot starve their own input.
-    return (ray.data.read_webdataset(shard_paths(source, ["train"]), decoder=None, num_cpus=0, concurrency=2)
+    return (ray.data.read_webdataset(shard_paths(source, ["train"]), decoder=None, num_cpus=0, concurrency=2,
+                                     shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=True))
             .map_batches(to_arrays, batch_size=64, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2),
-                         fn_kwargs=kwargs)
-            .randomize_block_order())
+                         fn_kwargs=kwargs))
 
 
 def end_epoch(loop_config: dict[str, Any], logger, metrics: dict[str, Any], score: float, best: dict[str, Any],
@@ -328,7 +333,7 @@ def train(cfg: Any, stage: str, train_loop: Callable[[dict[str, Any]], None],
     print(f"{stage}: MLflow run {record['mlflow_run_id']} ({mlflow.get_tracking_uri()}), Ray Train run "
           f"{record['name']} in {cfg.out}", flush=True)
     loop_config = {"vocab": vocab, "feature_dim": settings["feature_dim"], "feature_settings": settings}
-    dataset = train_dataset(cfg.features, vocab, cfg.max_words, whole_image_only, snippets)
+    dataset = train_dataset(cfg.features, vocab, cfg.max_words, whole_image_only, snippets, cfg.seed)
     result = fit(train_loop, loop_config, cfg, record, {"train": dataset})
     model, state, final = save_best(result, out, load_model)
     return Trained(model, state, final, manifest, record["mlflow_run_id"], dict(getattr(result, "metrics", None) or {}))
