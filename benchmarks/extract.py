@@ -204,15 +204,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  {per_core} img/s (batch {one_thread['batch']})", flush=True)
     print("the actors' per-batch work in this process, one thread, no Ray:", flush=True)
     work_rate = {b: pipeline_work(jpegs, precision, b) for b in (4, 8, 16)}
-    print(f"  {work_rate} img/s by CNN batch", flush=True)
+    cnn_batch = max(work_rate, key=work_rate.get)  # the e2e runs use the actors' best CNN batch
+    print(f"  {work_rate} img/s by CNN batch; e2e runs use --cnn-batch {cnn_batch}", flush=True)
 
     # e2e outputs are the benchmark's own (other runs' feature folders under WORK are left alone)
     for old in work.glob("*/e2e-*"):  # every e2e run extracts from scratch
         shutil.rmtree(old)
-    e2e = [extract("roi, grid, mini", mini, work / "flickr8k-mini" / "e2e-roi", work),
+    batch_flag = ("--cnn-batch", str(cnn_batch))
+    e2e = [extract("roi, grid, mini", mini, work / "flickr8k-mini" / "e2e-roi", work, *batch_flag),
            extract("roi, selective-search, mini", mini, work / "flickr8k-mini" / "e2e-roi-ss", work,
-                   "--proposals", "selective-search"),
-           extract("crop, grid, mini", mini, work / "flickr8k-mini" / "e2e-crop", work, "--regions", "crop")]
+                   "--proposals", "selective-search", *batch_flag),
+           extract("crop, grid, mini", mini, work / "flickr8k-mini" / "e2e-crop", work, "--regions", "crop", *batch_flag)]
     # The bound for the ratio is the best setting measured again right before and right after the roi run
     # it is compared with: the machine's speed drifts by tens of percent over minutes, and the sweep's
     # maximum over dozens of short samples is biased upward by that noise (both are reported).
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     adjacent = bound_repeats(setting, 2 * args.seconds, 3)
     roi_source = mini if args.quick else work / "flickr8k" / "shards"
     roi = extract(f"roi, grid, {'mini' if args.quick else 'full'}", roi_source,
-                  work / ("flickr8k-mini" if args.quick else "flickr8k") / "e2e-roi-ratio", work)
+                  work / ("flickr8k-mini" if args.quick else "flickr8k") / "e2e-roi-ratio", work, *batch_flag)
     adjacent += bound_repeats(setting, 2 * args.seconds, 3)
     print(f"  {adjacent} img/s", flush=True)
     e2e.append(roi)

@@ -3,10 +3,12 @@
     python scripts/record_results.py retrieval.paper runs/flickr8k/align-paper/summary.json \
         "vsa train-align --features runs/flickr8k/features --out runs/flickr8k/align-paper --epochs 12"
     python scripts/record_results.py captions runs/flickr8k/mrnn-paper/summary.json "vsa train-mrnn …"
+    python scripts/record_results.py captions.ensemble runs/flickr8k/ensemble-test.json "vsa eval captions …" RUN_A,RUN_B
 
 Retrieval runs (train-align) record annotation/search R@K and median rank; generator runs (train-mrnn)
 record BLEU-1..4, METEOR, ROUGE-L, CIDEr, with the beam chosen on dev. An existing entry's other keys
-(e.g. ``captions.modern`` under ``captions``) are kept.
+(e.g. ``captions.modern`` under ``captions``) are kept. The output of ``vsa eval captions --out FILE`` (an
+ensemble of trained generators) is recorded with the MLflow run ids of its members, given as a fourth argument.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "flickr8k.json"
+CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 
 
 def main(argv: list[str]) -> None:
-    key, summary_path, command = argv
+    key, summary_path, command, *member_runs = argv
     summary = json.loads(Path(summary_path).read_text())
+    if "test" not in summary:  # vsa eval captions --out: the numbers themselves, no training run of its own
+        summary = {"test": {k: v for k, v in summary.items() if k in CAPTION_METRICS}, "beam": summary["beam"],
+                   "best_dev_epoch": None, "run_id": member_runs[0].split(",") if member_runs else None}
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     node = results
     for part in key.split(".")[:-1]:
@@ -32,7 +38,8 @@ def main(argv: list[str]) -> None:
         numbers = {d: {k: round(v, 2) for k, v in summary["test"][d].items()} for d in ("annotation", "search")}
     entry = node.setdefault(key.split(".")[-1], {})
     entry.update({
-        **numbers, "best_dev_epoch": summary["best_dev_epoch"], "command": command, "mlflow_run_id": summary["run_id"],
+        **numbers, **({"best_dev_epoch": summary["best_dev_epoch"]} if summary["best_dev_epoch"] else {}),
+        "command": command, "mlflow_run_id": summary["run_id"],
         "data": "../shared/data/flickr8k: 6,000 train / 1,000 dev (selection) / 1,000 test images, 5 sentences each"})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
