@@ -7,6 +7,7 @@ import io
 import json
 import tempfile
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,15 @@ def source_shards(features_manifest: dict[str, Any], features_dir: str | Path) -
     return None
 
 
-def pick(count: int, total: int) -> list[int]:
-    """``count`` indices spread evenly over ``total`` items (the same ones every run)."""
+def pick(count: int, image_ids: Sequence[str]) -> list[int]:
+    """Indices of ``count`` images spread evenly over the split in image-id order: the same images every run,
+    whatever order the feature shards hold them in (a re-extraction writes them in arrival order)."""
+    total = len(image_ids)
     if count <= 0 or total <= 0:
         return []
+    by_id = sorted(range(total), key=lambda i: image_ids[i])
     step = total / min(count, total)
-    return [int(i * step) for i in range(min(count, total))]
+    return [by_id[int(i * step)] for i in range(min(count, total))]
 
 
 def render_grid(tiles: list[tuple[bytes, str, str]]) -> bytes:
@@ -61,7 +65,7 @@ def log_examples(features_manifest: dict[str, Any], split: dict[str, Any], capti
     """Log ``examples.json`` (and ``examples.jpg`` when the source images can be found) to the active run."""
     import mlflow
 
-    chosen = pick(count, len(captions))
+    chosen = pick(count, split["image_ids"])
     examples = [{"image_id": split["image_ids"][i], "file_name": split["file_names"][i], "caption": captions[i],
                  "references": split["references"][i]} for i in chosen]
     if not examples:

@@ -226,7 +226,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
 
     split = load_split(cfg.features, cfg.split, word_index(align_state["vocab"]), align_state["config"]["max_words"])
     features, tokens = torch.from_numpy(split["features"]).float(), torch.from_numpy(split["tokens"]).long()
-    chosen = pick(cfg.images, len(features))
+    chosen = pick(cfg.images, split["image_ids"])
     with torch.no_grad():
         matrix = score_matrix(aligner, features, tokens)
         captions = train_mrnn.generate(captioner, features[chosen, 0], caption_state["vocab"],
