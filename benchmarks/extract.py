@@ -56,16 +56,21 @@ def model_only(trunk, normalize, threads: int, batch: int, channels_last: bool, 
     return done / (time.perf_counter() - start)
 
 
-def bound_sweep(seconds: float) -> list[dict]:
+def folded_trunk():
+    """The pipeline's own CNN (BatchNorm folded into the convolutions) and its input normalisation."""
     backbone = load_backbone()
-    trunk = fold_batchnorm(backbone.trunk)  # the pipeline's own model
+    return fold_batchnorm(backbone.trunk), backbone.normalize
+
+
+def bound_sweep(seconds: float) -> list[dict]:
+    trunk, normalize = folded_trunk()
     precisions = ["fp32", "bf16"] if fast_bf16("cpu") else ["fp32"]
     rows = []
     for precision in precisions:
         for threads in sorted({1, os.cpu_count() or 1}):
             for channels_last in (False, True):
                 for batch in (1, 2, 4, 8, 16, 32):
-                    rate = model_only(trunk, backbone.normalize, threads, batch, channels_last, precision, seconds)
+                    rate = model_only(trunk, normalize, threads, batch, channels_last, precision, seconds)
                     rows.append({"precision": precision, "threads": threads, "batch": batch,
                                  "channels_last": channels_last, "images_per_s": round(rate, 1)})
                     print(f"  bound {precision} threads={threads} batch={batch:2d} channels_last={channels_last}: "
@@ -76,9 +81,8 @@ def bound_sweep(seconds: float) -> list[dict]:
 
 def bound_repeats(setting: dict, seconds: float, repeats: int) -> list[float]:
     """The best sweep configuration measured again ``repeats`` times: the bound for a run next to it in time."""
-    backbone = load_backbone()
-    trunk = fold_batchnorm(backbone.trunk)
-    rates = [round(model_only(trunk, backbone.normalize, setting["threads"], setting["batch"], setting["channels_last"],
+    trunk, normalize = folded_trunk()
+    rates = [round(model_only(trunk, normalize, setting["threads"], setting["batch"], setting["channels_last"],
                               setting["precision"], seconds), 1) for _ in range(repeats)]
     torch.set_num_threads(os.cpu_count() or 1)
     return rates
@@ -86,8 +90,7 @@ def bound_repeats(setting: dict, seconds: float, repeats: int) -> list[float]:
 
 def _one_core(args: tuple) -> float:
     batch, precision, seconds = args
-    backbone = load_backbone()
-    return model_only(fold_batchnorm(backbone.trunk), backbone.normalize, 1, batch, True, precision, seconds)
+    return model_only(*folded_trunk(), 1, batch, True, precision, seconds)
 
 
 def bound_per_core(batch: int, precision: str, seconds: float) -> float:

@@ -270,10 +270,11 @@ def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_o
     else:
         to_arrays, source = feature_rows_to_arrays, features
         kwargs["whole_image_only"] = whole_image_only
-    # Shuffling the shard order (a new order each execution, i.e. each epoch) mixes as much as shuffling the
-    # blocks did (a shard is one block here) without an all-to-all step, which held back the first batch of
+    # The shard order is shuffled anew each execution (each epoch), and each worker's local shuffle buffer
+    # mixes images within the stream. That is coarser than the randomize_block_order it replaces (Ray Data
+    # splits a shard into several blocks), but that was an all-to-all step: it held back the first batch of
     # every epoch until the whole split had been read into the object store (the data wait, and memory that
-    # grew with the split). Within the stream each worker's local shuffle buffer mixes images.
+    # grew with the split).
     # Reading and unpacking float16 arrays is light work: it takes no CPU slot, so that training workers
     # holding every CPU (2 workers on 2 cores) cannot starve their own input.
     return (ray.data.read_webdataset(shard_paths(source, ["train"]), decoder=None, num_cpus=0, concurrency=2,

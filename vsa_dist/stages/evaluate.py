@@ -47,10 +47,11 @@ class EvalConfig:
             raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
 
 
-def _check_features_match(cfg: EvalConfig, state: dict[str, Any]) -> None:
-    """The checkpoint was trained on features made like ``cfg.features`` (else a clear error)."""
+def _check_features_match(cfg: EvalConfig, *states: dict[str, Any]) -> None:
+    """Each checkpoint was trained on features made like ``cfg.features`` (else a clear error)."""
     settings = check_same_settings({cfg.features: load_features_manifest(cfg.features)})
-    check_model_matches(cfg.features, settings, state)
+    for state in states:
+        check_model_matches(cfg.features, settings, state)
 
 
 def _split(cfg: EvalConfig, state: dict[str, Any], whole_image_only: bool) -> dict[str, Any]:
@@ -85,14 +86,12 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.ensemble:
         from vsa_dist.models.mrnn import MRNNEnsemble
 
-        members = [model]
-        for path in cfg.ensemble:
-            member, member_state = load_model(storage.fetch(path))
+        loaded = [load_model(storage.fetch(path)) for path in cfg.ensemble]
+        for path, (_, member_state) in zip(cfg.ensemble, loaded):
             if member_state["vocab"] != state["vocab"]:
                 raise ValueError(f"ensemble checkpoint {path}: its vocabulary differs from {cfg.checkpoint}'s")
-            _check_features_match(cfg, member_state)
-            members.append(member)
-        model = MRNNEnsemble(members)
+        _check_features_match(cfg, *(member_state for _, member_state in loaded))
+        model = MRNNEnsemble([model, *(member for member, _ in loaded)])
     captions = generate(model, torch.from_numpy(split["features"]).float(), state["vocab"], beam,
                         state["config"]["max_len"], state["config"].get("length_penalty", 0.0))
     metrics = score_captions(split, captions)
