@@ -131,7 +131,75 @@ def test_tiny_mrnn_overfits_a_handful_of_captions(cell):
         assert recalled == [[w for w in row if w != PAD] for row in captions.tolist()]
 
 
+def test_sampled_log_probs_are_the_models_and_carry_gradients():
+    model, features = tiny("lstm", vocab=40), torch.randn(6, 6)
+    torch.manual_seed(1)
+    ids, log_probs = model(features, sample_len=10)  # through forward, as DDP sees it
+    assert log_probs.requires_grad
+    for i in range(len(features)):
+        words = [w for w in ids[i].tolist() if w != PAD]
+        assert words.count(model.args.end) <= 1 and not set(words) & set(NEVER_GENERATED)
+        assert log_probs[i].sum().item() == pytest.approx(sequence_log_prob(model, features[i], words), abs=1e-4)
+        assert torch.all(log_probs[i, len(words):] == 0)
+    log_probs.sum().backward()
+    assert model.output.weight.grad.abs().sum() > 0
+
+
+def test_self_critical_training_raises_the_cider_of_samples():
+    """A tiny model sampling captions for four images learns, from CIDEr-D rewards alone (no teacher
+    forcing), to say what each image's references say."""
+    from vsa_dist.eval.cider import CiderD
+    from vsa_dist.stages.train_mrnn import caption_ids, self_critical_loss
+
+    torch.manual_seed(0)
+    model = MRNN(MRNNArgs(vocab_size=14, feature_dim=8, hidden=48, word_dim=16, cell="lstm", dropout=0.0))
+    features = torch.randn(4, 8)
+    tokens = torch.tensor([[[2, 3, 4, 0], [2, 3, 4, 5]], [[6, 7, 0, 0], [6, 7, 8, 0]],
+                           [[9, 10, 11, 0], [9, 10, 11, 0]], [[12, 2, 0, 0], [12, 2, 3, 0]]])
+    reward = CiderD([[r for r in caption_ids(image, 13) if r] for image in tokens] + [[(5, 6)], [(8, 9, 10)]])
+    references = [reward.references([r for r in caption_ids(image, 13) if r]) for image in tokens]
+
+    def greedy_cider() -> list[float]:
+        return [reward.score(c, refs) for c, refs in zip(caption_ids(model.greedy(features, 6), 13), references)]
+
+    before = greedy_cider()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    rewards = []
+    for _ in range(300):
+        loss, mean_reward = self_critical_loss(model, features, tokens, reward, samples=5, end=13, max_len=6)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        rewards.append(mean_reward)
+    after = greedy_cider()
+    assert sum(rewards[:10]) / 10 < 1.0 and sum(rewards[-10:]) / 10 > 3 * sum(rewards[:10]) / 10, rewards[::10]
+    assert max(before) < 1.0 and min(after) > 2.0, (before, after)
+
+
 # --------------------------------------------------------------------------------------------- metrics
+def test_cider_reward_is_pycocoevalcaps_cider_given_the_same_corpus():
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+    from vsa_dist.eval.cider import CiderD
+
+    references = [["a dog runs on the grass", "the dog is running", "a brown dog runs"],
+                  ["two men play football", "men playing football on a field"],
+                  ["a child in a red shirt", "a little girl smiles", "a girl in red"],
+                  ["a dog", "dog"]]
+    candidates = ["a dog runs", "two men play a game of football on grass", "a girl a girl a girl in red", "dog"]
+    scorer = CiderScorer(n=4, sigma=6.0)
+    for candidate, refs in zip(candidates, references):
+        scorer += (candidate, refs)
+    _, expected = scorer.compute_score()
+    ours = CiderD([[r.split() for r in refs] for refs in references])
+    got = [ours.score(c.split(), ours.references([r.split() for r in refs])) for c, refs in zip(candidates, references)]
+    assert got == pytest.approx(list(expected), abs=1e-9)
+    assert got[1] > 0 and got[3] > got[0] > 0  # not all zero: the comparison bites
+    # a larger corpus makes the shared n-grams rarer: every score changes
+    wider = CiderD([[r.split() for r in refs] for refs in references] + [[["a", "cat"]]] * 5)
+    assert wider.score(candidates[0].split(), wider.references([r.split() for r in references[0]])) != got[0]
+
+
 def test_caption_metrics_match_hand_computation_and_pycocoevalcap():
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -209,6 +277,16 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     assert {k: doubled[k] for k in second["test"]} == pytest.approx(second["test"], abs=1e-9)
     champion = client.get_model_version_by_alias("test-region-captioner", "champion")
     assert champion.run_id == run_id and float(champion.tags["dev_cider"]) >= 0
+
+    # Self-critical fine-tuning from that model (whole images only), through the same Ray Train loop.
+    tuned = vsa(["train-mrnn", "--features", str(mini_features), "--out", str(tmp_path / "scst"), "--objective", "scst",
+                 "--init", str(out / "best.pt"), "--hidden", "128", "--word-dim", "128", "--batch-size", "50",
+                 "--epochs", "1", "--lr", "1e-4", "--beam-choices", "1", "--test", "false", "--register-as", "",
+                 "--experiment", "test-mrnn", "--progress", "false"])
+    history = client.get_metric_history(tuned["run_id"], "train_sample_cider")
+    assert [m.step for m in history] == [1] and history[0].value > 0
+    # it started from the trained model: its first dev CIDEr is near that model's, not an untrained one's (0)
+    assert client.get_metric_history(tuned["run_id"], "dev_cider")[0].value > 0.5 * second["best_dev_cider_greedy"]
 
     # vsa caption: a folder of images, through the registry on the server.
     folder = tmp_path / "images"
@@ -290,6 +368,9 @@ def test_bad_generator_configs_stop_before_any_work(tmp_path, mini_features, cap
         (["train-mrnn", "--features", str(mini_features), "--cell", "gru"], "cell 'gru' is not one of"),
         (["train-mrnn", "--features", str(tmp_path / "nowhere")], "no manifest.json there"),
         (["train-mrnn", "--features", str(mini_features), "--beam-choices", "0,3"], "beam_choices"),
+        (["train-mrnn", "--features", str(mini_features), "--objective", "scst"], "objective scst needs --init"),
+        (["train-mrnn", "--features", str(mini_features), "--objective", "scst", "--init", str(tmp_path / "x.pt")],
+         "x.pt: no such checkpoint"),
         (["caption", str(tmp_path / "missing.jpg")], "missing.jpg: no such file or folder"),
         (["caption", str(tmp_path)], "no .jpg/.jpeg/.png images in this folder"),
         (["eval", "captions", "--checkpoint", str(tmp_path / "best.pt"), "--features", str(mini_features)],

@@ -35,6 +35,15 @@ def encode_sentences(sentences: list[dict[str, Any]], index: dict[str, int], max
     return out
 
 
+def split_sentence_ids(features_dir: Path | str, split: str, index: dict[str, int],
+                       max_words: int) -> list[list[tuple[int, ...]]]:
+    """Every image's sentences as word-id tuples, encoded as the training rows encode them (the corpus of the
+    CIDEr-D reward in self-critical training). Reads only the shards' metadata."""
+    return [[tuple(encode_tokens(s["tokens"], index, max_words))
+             for s in json.loads(sample["json"])["sentences"][:SENTENCES_PER_IMAGE]]
+            for sample in read_samples(shard_paths(features_dir, [split]))]
+
+
 def _features(raw: bytes, whole_image_only: bool) -> np.ndarray:
     features = npy_load(raw)
     return features[0] if whole_image_only else features

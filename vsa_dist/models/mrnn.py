@@ -106,12 +106,18 @@ class MRNN(nn.Module):
         state = self._recur(self._step_input(words), state, first_bias)
         return self.output(self.drop(state[0])), state
 
-    def forward(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor | None = None,
+                sample_len: int = 0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing: features [N, D], input ids [N, T] → logits [N, T, V].
 
         The same arithmetic as ``step`` at every t, but the input and output layers run once over all time
         steps (two large matrix products instead of 2T small ones); only the recurrence loops.
+
+        Without ``inputs``: ``sample(features, sample_len)``. Sampling goes through ``forward`` so that a
+        DistributedDataParallel wrapper sees it and averages the gradients of self-critical training.
         """
+        if inputs is None:
+            return self.sample(features, sample_len)
         bias = self.image_bias(features)
         state = self.initial_state(len(inputs), inputs.device)
         step_inputs = self._step_input(inputs)                            # [N, T, H or E]
@@ -126,6 +132,25 @@ class MRNN(nn.Module):
         logits = logits.float().clone()
         logits[..., list(NEVER_GENERATED)] = float("-inf")
         return F.log_softmax(logits, dim=-1)
+
+    def sample(self, features: torch.Tensor, max_len: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+        """One caption per row drawn from the model (PAD and UNK excluded), with gradients: (ids [N, L], END
+        then PAD after a sentence ends; the log-probability of each drawn word [N, L], 0 after the end)."""
+        n, device = len(features), features.device
+        bias, state = self.image_bias(features), self.initial_state(n, device)
+        words = torch.full((n,), self.args.end, dtype=torch.long, device=device)
+        done = torch.zeros(n, dtype=torch.bool, device=device)
+        ids, log_probs = [], []
+        for t in range(max_len):
+            logits, state = self.step(words, state, bias if t == 0 else None)
+            step_log_probs = self._log_probs(logits)
+            words = torch.multinomial(step_log_probs.detach().exp(), 1).squeeze(1).masked_fill(done, PAD)
+            log_probs.append(step_log_probs.gather(1, words[:, None]).squeeze(1).masked_fill(done, 0.0))
+            ids.append(words)
+            done = done | (words == self.args.end)
+            if done.all():
+                break
+        return torch.stack(ids, dim=1), torch.stack(log_probs, dim=1)
 
     @torch.no_grad()
     def greedy(self, features: torch.Tensor, max_len: int = 20) -> torch.Tensor:

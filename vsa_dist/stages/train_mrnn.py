@@ -3,6 +3,8 @@
     vsa train-mrnn --features runs/flickr8k/features                        # the paper: RNN cell, RMSprop
     vsa train-mrnn --features runs/flickr8k/features --preset train_mrnn_modern   # LSTM, Adam, cosine
     vsa train-mrnn --features runs/flickr8k/features --resume               # continue the last run
+    vsa train-mrnn --features runs/flickr8k/features --preset train_mrnn_scst \
+        --init runs/flickr8k/mrnn/best.pt --out runs/flickr8k/mrnn-scst       # self-critical, on CIDEr-D
 
 Per epoch every worker streams its share of the train images (Ray Data, shuffled) and learns every
 sentence of each image by teacher forcing; rank 0 then measures dev perplexity and the CIDEr of greedy
@@ -25,8 +27,9 @@ import torch
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage, training
-from vsa_dist.data.pairs import load_split, word_index
+from vsa_dist.data.pairs import load_split, split_sentence_ids, word_index
 from vsa_dist.eval.captions import caption_metrics, require_java
+from vsa_dist.eval.cider import CiderD
 from vsa_dist.models.mrnn import MRNN, PAD, MRNNArgs, ids_to_words, teacher_forcing, token_nll
 
 
@@ -53,11 +56,21 @@ class MRNNConfig(training.TrainConfig):
     alias: str = field(default="champion", metadata={"help": "alias moved to the new version when it beats the holder on dev"})
     examples: int = field(default=10, metadata={"help": "test images captioned into the example artifacts"})
     snippets: str = field(default="", metadata={"help": "snippet folder (vsa align-snippets over train): train on full images and on regions with their snippets, the paper's region generator"})
+    objective: str = field(default="xe", metadata={"help": "xe (cross-entropy, teacher forcing: the paper) or scst (self-critical: the CIDEr-D of sampled captions, from --init)"})
+    init: str = field(default="", metadata={"help": "a generator checkpoint (best.pt) to start from; scst needs one"})
+    samples: int = field(default=5, metadata={"help": "scst: captions sampled per image; each one's baseline is the mean reward of the others"})
 
     def validate(self) -> None:
         self.validate_training(default_out="mrnn", min_batch=5)
         training.check_choice("cell", self.cell, ("rnn", "lstm"))
         training.check_choice("feature_norm", self.feature_norm, ("unit", "rms"))
+        training.check_choice("objective", self.objective, ("xe", "scst"))
+        if self.objective == "scst" and not self.init:
+            raise cfglib.ConfigError("objective scst needs --init, a checkpoint trained with xe (sampling from an "
+                                     "untrained model earns no reward to learn from)")
+        if self.objective == "scst" and (self.snippets or self.samples < 2):
+            raise cfglib.ConfigError("objective scst needs samples >= 2 and no snippets (a region's snippets are "
+                                     "not references for a whole caption)")
         if self.max_len < 1:
             raise cfglib.ConfigError("max_len must be at least 1")
         if self.beam < 0 or not self.beam_choices or min(self.beam_choices) < 1:
@@ -71,7 +84,24 @@ class MRNNConfig(training.TrainConfig):
                 raise cfglib.ConfigError(f"snippets: {err} (make it with vsa align-snippets)") from err
             if snippets.get("kind") != "snippets" or not snippets["splits"].get("train", {}).get("images"):
                 raise cfglib.ConfigError(f"snippets {self.snippets}: not a snippet folder with train images")
+        if self.init:
+            self.check_init()
         require_java()  # dev CIDEr every epoch: fail now, not after the first epoch
+
+    def check_init(self) -> None:
+        """The --init checkpoint must be a generator of this shape over this feature folder's vocabulary."""
+        from vsa_dist.features.format import load_features_manifest
+
+        if not Path(self.init).is_file():
+            raise cfglib.ConfigError(f"init {self.init}: no such checkpoint")
+        saved = torch.load(self.init, map_location="cpu", weights_only=True)
+        config = {"feature_norm": "unit", **saved.get("config", {})}
+        differ = [k for k in ("cell", "hidden", "word_dim", "feature_norm") if config.get(k) != getattr(self, k)]
+        if differ:
+            raise cfglib.ConfigError(f"init {self.init}: trained with a different " + ", ".join(
+                f"{k} ({config.get(k)!r}, here {getattr(self, k)!r})" for k in differ))
+        if saved.get("vocab") != load_features_manifest(self.features)["vocab"]["words"]:
+            raise cfglib.ConfigError(f"init {self.init}: its vocabulary is not the one of {self.features}")
 
 
 
@@ -124,6 +154,34 @@ def score_captions(split: dict[str, Any], captions: list[str], metrics: tuple[st
     return caption_metrics(references, candidates, *(() if metrics is None else (metrics,)))
 
 
+def caption_ids(ids: torch.Tensor, end: int) -> list[tuple[int, ...]]:
+    """Decoded or sampled ids [N, L] → word-id tuples up to END."""
+    captions = []
+    for row in ids.tolist():
+        words = []
+        for w in row:
+            if w == end or w == PAD:
+                break
+            words.append(w)
+        captions.append(tuple(words))
+    return captions
+
+
+def self_critical_loss(model: torch.nn.Module, features: torch.Tensor, tokens: torch.Tensor, reward: CiderD,
+                       samples: int, end: int, max_len: int) -> tuple[torch.Tensor, float]:
+    """Self-critical sequence training (Rennie et al. 2017) with the mean-of-the-others baseline (Luo 2020):
+    ``samples`` captions drawn per image, each rewarded by its CIDEr-D against the image's references, and
+    pushed up or down by how much it beats the image's other samples; no greedy decode is needed.
+    Images [B, D], their sentences [B, S, T] → (loss, mean reward of the samples)."""
+    ids, log_probs = model(features.repeat_interleave(samples, dim=0), sample_len=max_len)
+    references = [reward.references([r for r in caption_ids(image, end) if r]) for image in tokens]
+    scores = torch.tensor([reward.score(caption, references[i // samples])
+                           for i, caption in enumerate(caption_ids(ids, end))], device=log_probs.device)
+    scores = scores.view(-1, samples)
+    advantage = scores - (scores.sum(dim=1, keepdim=True) - scores) / (samples - 1)
+    return -(advantage.view(-1) * log_probs.sum(dim=1)).mean(), scores.mean().item()
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: load checkpoint → epochs of steps → report (rank 0: eval, log)."""
     import ray.train
@@ -136,6 +194,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     model = MRNN(model_args(cfg, len(vocab), feature_dim))
     optimizer = training.make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)
     start_epoch, best = training.restore(model, optimizer)
+    if start_epoch == 1 and cfg.init:
+        model.load_state_dict(load_model(cfg.init)[0].state_dict())
     model = ray.train.torch.prepare_model(model)
     plain = model.module if hasattr(model, "module") else model
     train_shard = ray.train.get_dataset_shard("train")
@@ -148,30 +208,43 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         dev = load_split(cfg.features, "dev", word_index(vocab), cfg.max_words, whole_image_only=True)
         dev_features, dev_tokens = torch.from_numpy(dev["features"]).float(), torch.from_numpy(dev["tokens"]).long()
 
+    reward = None
+    if cfg.objective == "scst":  # document frequencies from every train image's references, as training encodes them
+        reward = CiderD(split_sentence_ids(cfg.features, "train", word_index(vocab), cfg.max_words))
     images_per_worker = max(1, cfg.batch_size // (5 * world))
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         lr = training.epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
         training.set_lr(optimizer, lr)
-        total_nll, total_words, steps, wait, start = 0.0, 0, 0, 0.0, time.time()
+        total_nll, total_words, total_reward, steps, wait, start = 0.0, 0, 0.0, 0, 0.0, time.time()
         fetch = time.time()
         for batch in train_shard.iter_torch_batches(batch_size=images_per_worker, drop_last=True, device=device,
                                                     local_shuffle_buffer_size=cfg.shuffle_buffer,
                                                     prefetch_batches=cfg.prefetch_batches):
             wait += time.time() - fetch
-            features, sentences = every_sentence(batch["features"].float(), batch["tokens"].long())
-            inputs, targets = teacher_forcing(sentences, plain.args.end)
-            nll, words = token_nll(model(features, inputs), targets)
             optimizer.zero_grad(set_to_none=True)
-            (nll / words).backward()  # mean over words: the step size does not depend on sentence lengths
+            if reward is None:
+                features, sentences = every_sentence(batch["features"].float(), batch["tokens"].long())
+                inputs, targets = teacher_forcing(sentences, plain.args.end)
+                nll, words = token_nll(model(features, inputs), targets)
+                (nll / words).backward()  # mean over words: the step size does not depend on sentence lengths
+            else:
+                loss, mean_reward = self_critical_loss(model, batch["features"].float(), batch["tokens"].long(),
+                                                       reward, cfg.samples, plain.args.end, cfg.max_len)
+                loss.backward()
+                nll, words, total_reward = torch.zeros(()), 0, total_reward + mean_reward
             torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip)
             optimizer.step()
             total_nll, total_words, steps = total_nll + nll.detach().item(), total_words + int(words), steps + 1
             fetch = time.time()
         seconds = time.time() - start
-        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_perplexity": math.exp(total_nll / max(total_words, 1)),
-                                   "steps": steps, "words_per_s": total_words * world / seconds,
-                                   "data_wait_share": wait / seconds}
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps, "data_wait_share": wait / seconds}
+        if reward is None:
+            metrics |= {"train_perplexity": math.exp(total_nll / max(total_words, 1)),
+                        "words_per_s": total_words * world / seconds}
+        else:
+            metrics |= {"train_sample_cider": total_reward / max(steps, 1),
+                        "images_per_s": steps * images_per_worker * world / seconds}
         state = None
         if rank == 0:
             with training.all_cores(cfg.threads):
@@ -179,9 +252,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 greedy = generate(plain, dev_features, vocab, beam=1, max_len=cfg.max_len)
             metrics["dev_cider"] = score_captions(dev, greedy, ("cider",))["cider"]
             best, state = training.end_epoch(loop_config, logger, metrics, metrics["dev_cider"], best, plain, optimizer)
-            training.say(f"epoch {epoch}: train ppl {metrics['train_perplexity']:.1f}, dev ppl {metrics['dev_perplexity']:.1f}, "
+            train = (f"train ppl {metrics['train_perplexity']:.1f}" if reward is None
+                     else f"train sample CIDEr-D {metrics['train_sample_cider']:.3f}")
+            speed = (f"{metrics['words_per_s']:.0f} words/s" if reward is None
+                     else f"{metrics['images_per_s']:.1f} images/s")
+            training.say(f"epoch {epoch}: {train}, dev ppl {metrics['dev_perplexity']:.1f}, "
                          f"dev CIDEr {metrics['dev_cider']:.3f} (greedy), e.g. {greedy[0]!r}; "
-                         f"{metrics['words_per_s']:.0f} words/s, data wait {100 * metrics['data_wait_share']:.1f}%")
+                         f"{speed}, data wait {100 * metrics['data_wait_share']:.1f}%")
         training.report(metrics, state)
 
 
