@@ -4,6 +4,8 @@
     python scripts/tune_align.py --optimizer adam --lr 2e-4 --score-norm mean --dropout 0.1 --epochs 2
     python scripts/tune_align.py --optimizer sgd --lr 1e-5 --raw-features --epochs 3     # the collapse
     python scripts/tune_align.py --optimizer adam --lr 2e-4 --score-norm mean --dropout 0.1 --hardest-negative --warmup-epochs 1 --epochs 4
+    python scripts/tune_align.py --optimizer adam --lr 2e-4 --weight-decay 0 --score-norm mean --dropout 0.1 \
+        --batch 100 --epochs 2 --gru --cosine --margin 0.2       # variants outside the model: --gru, --cosine, --global-only
 
 Trains on the train split of a feature folder in memory (batches of 50 pairs by default, like one of two
 DDP workers before negatives were gathered across them) and prints dev R@1+R@5+R@10 (both directions) after each epoch.
@@ -16,11 +18,41 @@ import json
 import time
 
 import torch
+import torch.nn.functional as F
 
 from vsa_dist.data.pairs import load_split, word_index
 from vsa_dist.eval.retrieval import evaluate_alignment
 from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel
 from vsa_dist.stages.train_align import one_sentence_each, rsum
+
+
+class Variant(AlignmentModel):
+    """Probes beyond the model's options: a GRU in place of the ReLU BRNN (directions summed, as h^f + h^b),
+    region and word vectors at unit length (cosine scores, VSE-style), the whole-image row alone."""
+
+    def __init__(self, args: AlignmentArgs, gru: bool, cosine: bool, global_only: bool):
+        super().__init__(args)
+        self.gru = torch.nn.GRU(args.word_dim, args.embed_dim, batch_first=True, bidirectional=True) if gru else None
+        self.cosine, self.global_only = cosine, global_only
+
+    def embed_regions(self, features: torch.Tensor) -> torch.Tensor:
+        v = super().embed_regions(features)
+        v = v[:, :1] if self.global_only else v
+        return F.normalize(v, dim=-1) if self.cosine else v
+
+    def embed_words(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.gru is None:
+            s, mask = super().embed_words(tokens)
+        else:
+            mask = (tokens != 0).float()
+            packed = torch.nn.utils.rnn.pack_padded_sequence(self.dropout(self.word_vectors(tokens)),
+                                                             mask.sum(1).clamp(min=1).long(), batch_first=True,
+                                                             enforce_sorted=False)
+            out, _ = torch.nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True,
+                                                            total_length=tokens.shape[1])
+            forward, backward = out.chunk(2, dim=-1)
+            s = F.relu(self.word_out(self.dropout(forward + backward))) * mask[..., None]
+        return (F.normalize(s, dim=-1) * mask[..., None] if self.cosine else s), mask
 
 
 def main() -> None:
@@ -35,6 +67,10 @@ def main() -> None:
     p.add_argument("--warmup-epochs", type=int, default=0, help="with --hardest-negative: all negatives for this many epochs first (VSE++)")
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--raw-features", action="store_true", help="do not L2-normalise the CNN features")
+    p.add_argument("--margin", type=float, default=1.0)
+    p.add_argument("--gru", action="store_true", help="a bidirectional GRU in place of the ReLU BRNN")
+    p.add_argument("--cosine", action="store_true", help="unit-length region and word vectors (use a margin ~0.2)")
+    p.add_argument("--global-only", action="store_true", help="the whole-image row alone, no regions")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -44,8 +80,8 @@ def main() -> None:
     train, dev = (load_split(args.features, s, index, 32) for s in ("train", "dev"))
     features, tokens = torch.from_numpy(train["features"]), torch.from_numpy(train["tokens"]).long()
     torch.manual_seed(0)
-    model = AlignmentModel(AlignmentArgs(len(vocab) + 2, features.shape[-1], 1000, 300, args.dropout, args.score_norm,
-                                         False, l2_features=not args.raw_features))
+    model = Variant(AlignmentArgs(len(vocab) + 2, features.shape[-1], 1000, 300, args.dropout, args.score_norm, False,
+                                  args.margin, l2_features=not args.raw_features), args.gru, args.cosine, args.global_only)
     opt = (torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
            if args.optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay))
     for epoch in range(1, args.epochs + 1):
