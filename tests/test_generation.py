@@ -371,6 +371,8 @@ def test_bad_generator_configs_stop_before_any_work(tmp_path, mini_features, cap
         (["train-mrnn", "--features", str(mini_features), "--objective", "scst"], "objective scst needs --init"),
         (["train-mrnn", "--features", str(mini_features), "--objective", "scst", "--init", str(tmp_path / "x.pt")],
          "x.pt: no such checkpoint"),
+        (["train-mrnn", "--features", str(mini_features), "--objective", "scst", "--init",
+          str(mini_features / "manifest.json")], "manifest.json: not a generator checkpoint"),
         (["caption", str(tmp_path / "missing.jpg")], "missing.jpg: no such file or folder"),
         (["caption", str(tmp_path)], "no .jpg/.jpeg/.png images in this folder"),
         (["eval", "captions", "--checkpoint", str(tmp_path / "best.pt"), "--features", str(mini_features)],

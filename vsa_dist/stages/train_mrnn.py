@@ -92,9 +92,12 @@ class MRNNConfig(training.TrainConfig):
         """The --init checkpoint must be a generator of this shape over this feature folder's vocabulary."""
         from vsa_dist.features.format import load_features_manifest
 
-        if not Path(self.init).is_file():
+        if not storage.exists(self.init):
             raise cfglib.ConfigError(f"init {self.init}: no such checkpoint")
-        saved = torch.load(self.init, map_location="cpu", weights_only=True)
+        try:
+            saved = torch.load(storage.fetch(self.init), map_location="cpu", weights_only=True)
+        except Exception as err:  # a folder, a truncated file, not a torch checkpoint: say which and why
+            raise cfglib.ConfigError(f"init {self.init}: not a generator checkpoint ({err})") from err
         config = {"feature_norm": "unit", **saved.get("config", {})}
         differ = [k for k in ("cell", "hidden", "word_dim", "feature_norm") if config.get(k) != getattr(self, k)]
         if differ:
@@ -195,7 +198,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     optimizer = training.make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)
     start_epoch, best = training.restore(model, optimizer)
     if start_epoch == 1 and cfg.init:
-        model.load_state_dict(load_model(cfg.init)[0].state_dict())
+        model.load_state_dict(load_model(storage.fetch(cfg.init))[0].state_dict())  # a local path or a storage URI
     model = ray.train.torch.prepare_model(model)
     plain = model.module if hasattr(model, "module") else model
     train_shard = ray.train.get_dataset_shard("train")
@@ -228,14 +231,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 inputs, targets = teacher_forcing(sentences, plain.args.end)
                 nll, words = token_nll(model(features, inputs), targets)
                 (nll / words).backward()  # mean over words: the step size does not depend on sentence lengths
+                total_nll, total_words = total_nll + nll.detach().item(), total_words + int(words)
             else:
                 loss, mean_reward = self_critical_loss(model, batch["features"].float(), batch["tokens"].long(),
                                                        reward, cfg.samples, plain.args.end, cfg.max_len)
                 loss.backward()
-                nll, words, total_reward = torch.zeros(()), 0, total_reward + mean_reward
+                total_reward += mean_reward
             torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip)
             optimizer.step()
-            total_nll, total_words, steps = total_nll + nll.detach().item(), total_words + int(words), steps + 1
+            steps += 1
             fetch = time.time()
         seconds = time.time() - start
         metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps, "data_wait_share": wait / seconds}
