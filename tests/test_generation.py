@@ -149,7 +149,8 @@ def test_self_critical_training_raises_the_cider_of_samples():
     """A tiny model sampling captions for four images learns, from CIDEr-D rewards alone (no teacher
     forcing), to say what each image's references say."""
     from vsa_dist.eval.cider import CiderD
-    from vsa_dist.stages.train_mrnn import caption_ids, self_critical_loss
+    from vsa_dist.models.mrnn import caption_ids
+    from vsa_dist.stages.train_mrnn import self_critical_loss
 
     torch.manual_seed(0)
     model = MRNN(MRNNArgs(vocab_size=14, feature_dim=8, hidden=48, word_dim=16, cell="lstm", dropout=0.0))

@@ -251,14 +251,19 @@ class MRNNEnsemble(nn.Module):
     beam_search = MRNN.beam_search
 
 
-def ids_to_words(ids: torch.Tensor, vocab: list[str], end: int) -> list[list[str]]:
-    """Decoded ids [N, L] → words, up to END (word id w is vocab[w - 2])."""
-    sentences = []
+def caption_ids(ids: torch.Tensor, end: int) -> list[tuple[int, ...]]:
+    """Decoded or sampled ids [N, L] → word-id tuples up to END."""
+    captions = []
     for row in ids.tolist():
         words = []
         for w in row:
             if w == end or w == PAD:
                 break
-            words.append(vocab[w - 2] if w > UNK else "<unk>")
-        sentences.append(words)
-    return sentences
+            words.append(w)
+        captions.append(tuple(words))
+    return captions
+
+
+def ids_to_words(ids: torch.Tensor, vocab: list[str], end: int) -> list[list[str]]:
+    """Decoded ids [N, L] → words, up to END (word id w is vocab[w - 2])."""
+    return [[vocab[w - 2] if w > UNK else "<unk>" for w in caption] for caption in caption_ids(ids, end)]

@@ -30,7 +30,7 @@ from vsa_dist import storage, training
 from vsa_dist.data.pairs import load_split, split_sentence_ids, word_index
 from vsa_dist.eval.captions import caption_metrics, require_java
 from vsa_dist.eval.cider import CiderD
-from vsa_dist.models.mrnn import MRNN, PAD, MRNNArgs, ids_to_words, teacher_forcing, token_nll
+from vsa_dist.models.mrnn import MRNN, PAD, MRNNArgs, caption_ids, ids_to_words, teacher_forcing, token_nll
 
 
 @dataclass
@@ -155,19 +155,6 @@ def score_captions(split: dict[str, Any], captions: list[str], metrics: tuple[st
     references = {key: refs for key, refs in zip(split["image_ids"], split["references"])}
     candidates = dict(zip(split["image_ids"], captions))
     return caption_metrics(references, candidates, *(() if metrics is None else (metrics,)))
-
-
-def caption_ids(ids: torch.Tensor, end: int) -> list[tuple[int, ...]]:
-    """Decoded or sampled ids [N, L] → word-id tuples up to END."""
-    captions = []
-    for row in ids.tolist():
-        words = []
-        for w in row:
-            if w == end or w == PAD:
-                break
-            words.append(w)
-        captions.append(tuple(words))
-    return captions
 
 
 def self_critical_loss(model: torch.nn.Module, features: torch.Tensor, tokens: torch.Tensor, reward: CiderD,
