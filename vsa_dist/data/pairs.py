@@ -38,7 +38,8 @@ def encode_sentences(sentences: list[dict[str, Any]], index: dict[str, int], max
 def split_sentence_ids(features_dir: Path | str, split: str, index: dict[str, int],
                        max_words: int) -> list[list[tuple[int, ...]]]:
     """Every image's sentences as word-id tuples, encoded as the training rows encode them (the corpus of the
-    CIDEr-D reward in self-critical training). Reads only the shards' metadata."""
+    CIDEr-D reward in self-critical training). Decodes only the metadata, but reads the tars through (feature
+    bytes included), once per worker per run."""
     return [[tuple(encode_tokens(s["tokens"], index, max_words))
              for s in json.loads(sample["json"])["sentences"][:SENTENCES_PER_IMAGE]]
             for sample in read_samples(shard_paths(features_dir, [split]))]
