@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from vsa_dist.data.pairs import load_split, word_index
 from vsa_dist.eval.retrieval import evaluate_alignment
-from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel
+from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
 from vsa_dist.stages.train_align import one_sentence_each, rsum
 
 
@@ -44,7 +44,7 @@ class Variant(AlignmentModel):
         if self.gru is None:
             s, mask = super().embed_words(tokens)
         else:
-            mask = (tokens != 0).float()
+            mask = (tokens != PAD).float()
             packed = torch.nn.utils.rnn.pack_padded_sequence(self.dropout(self.word_vectors(tokens)),
                                                              mask.sum(1).clamp(min=1).long(), batch_first=True,
                                                              enforce_sorted=False)

@@ -133,9 +133,10 @@ class MRNN(nn.Module):
         logits[..., list(NEVER_GENERATED)] = float("-inf")
         return F.log_softmax(logits, dim=-1)
 
-    def sample(self, features: torch.Tensor, max_len: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-        """One caption per row drawn from the model (PAD and UNK excluded), with gradients: (ids [N, L], END
-        then PAD after a sentence ends; the log-probability of each drawn word [N, L], 0 after the end)."""
+    def _unroll(self, features: torch.Tensor, max_len: int, choose) -> tuple[torch.Tensor, torch.Tensor]:
+        """One caption per row, word by word: ``choose`` picks each step's words [N] from the next-word
+        log-probabilities [N, V]. (ids [N, L], END then PAD after a sentence ends; the log-probability of each
+        chosen word [N, L], 0 after the end.)"""
         n, device = len(features), features.device
         bias, state = self.image_bias(features), self.initial_state(n, device)
         words = torch.full((n,), self.args.end, dtype=torch.long, device=device)
@@ -144,7 +145,7 @@ class MRNN(nn.Module):
         for t in range(max_len):
             logits, state = self.step(words, state, bias if t == 0 else None)
             step_log_probs = self._log_probs(logits)
-            words = torch.multinomial(step_log_probs.detach().exp(), 1).squeeze(1).masked_fill(done, PAD)
+            words = choose(step_log_probs.detach()).masked_fill(done, PAD)
             log_probs.append(step_log_probs.gather(1, words[:, None]).squeeze(1).masked_fill(done, 0.0))
             ids.append(words)
             done = done | (words == self.args.end)
@@ -152,22 +153,15 @@ class MRNN(nn.Module):
                 break
         return torch.stack(ids, dim=1), torch.stack(log_probs, dim=1)
 
+    def sample(self, features: torch.Tensor, max_len: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+        """One caption per row drawn from the model (PAD and UNK excluded), with gradients: (ids [N, L], END
+        then PAD after a sentence ends; the log-probability of each drawn word [N, L], 0 after the end)."""
+        return self._unroll(features, max_len, lambda log_probs: torch.multinomial(log_probs.exp(), 1).squeeze(1))
+
     @torch.no_grad()
     def greedy(self, features: torch.Tensor, max_len: int = 20) -> torch.Tensor:
         """The most likely word at every step: ids [N, L], END then PAD after a sentence ends."""
-        n, device = len(features), features.device
-        bias, state = self.image_bias(features), self.initial_state(n, device)
-        words = torch.full((n,), self.args.end, dtype=torch.long, device=device)
-        done = torch.zeros(n, dtype=torch.bool, device=device)
-        out = []
-        for t in range(max_len):
-            logits, state = self.step(words, state, bias if t == 0 else None)
-            words = self._log_probs(logits).argmax(dim=-1).masked_fill(done, PAD)
-            out.append(words)
-            done |= words == self.args.end
-            if done.all():
-                break
-        return torch.stack(out, dim=1)
+        return self._unroll(features, max_len, lambda log_probs: log_probs.argmax(dim=-1))[0]
 
     @torch.no_grad()
     def beam_search(self, features: torch.Tensor, beam: int = 3, max_len: int = 20,
@@ -247,6 +241,7 @@ class MRNNEnsemble(nn.Module):
         return torch.stack(log_probs).mean(dim=0), tuple(new_state)
 
     _log_probs = MRNN._log_probs  # renormalises the mean (log_softmax), PAD and UNK still excluded
+    _unroll = MRNN._unroll
     greedy = MRNN.greedy
     beam_search = MRNN.beam_search
 
