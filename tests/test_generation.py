@@ -131,6 +131,20 @@ def test_tiny_mrnn_overfits_a_handful_of_captions(cell):
         assert recalled == [[w for w in row if w != PAD] for row in captions.tolist()]
 
 
+def test_label_smoothing_mixes_the_reference_word_with_the_whole_vocabulary():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, VOCAB)
+    targets = torch.tensor([[3, 4, PAD], [5, VOCAB - 1, 2]])
+    log_probs = logits.log_softmax(dim=-1)[targets != PAD]        # [5 words, V]
+    words = targets[targets != PAD]
+    plain = -log_probs[torch.arange(len(words)), words].sum()
+    uniform = -log_probs.mean(dim=-1).sum()                          # ε spread evenly over all V classes
+    smoothed, count = token_nll(logits, targets, label_smoothing=0.1)
+    assert int(count) == 5
+    torch.testing.assert_close(token_nll(logits, targets)[0], plain)
+    torch.testing.assert_close(smoothed, 0.9 * plain + 0.1 * uniform)
+
+
 def test_sampled_log_probs_are_the_models_and_carry_gradients():
     model, features = tiny("lstm", vocab=40), torch.randn(6, 6)
     torch.manual_seed(1)
@@ -369,6 +383,7 @@ def test_bad_generator_configs_stop_before_any_work(tmp_path, mini_features, cap
         (["train-mrnn", "--features", str(mini_features), "--cell", "gru"], "cell 'gru' is not one of"),
         (["train-mrnn", "--features", str(tmp_path / "nowhere")], "no manifest.json there"),
         (["train-mrnn", "--features", str(mini_features), "--beam-choices", "0,3"], "beam_choices"),
+        (["train-mrnn", "--features", str(mini_features), "--label-smoothing", "1"], "label_smoothing must be in [0, 1)"),
         (["train-mrnn", "--features", str(mini_features), "--objective", "scst"], "objective scst needs --init"),
         (["train-mrnn", "--features", str(mini_features), "--objective", "scst", "--init", str(tmp_path / "x.pt")],
          "x.pt: no such checkpoint"),

@@ -47,10 +47,13 @@ def teacher_forcing(tokens: torch.Tensor, end: int) -> tuple[torch.Tensor, torch
     return inputs, targets
 
 
-def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy over the non-PAD targets, and their count (mean = / count; perplexity = exp)."""
+def token_nll(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy over the non-PAD targets, and their count (mean = / count; perplexity = exp).
+
+    ``label_smoothing`` ε: the target is 1 − ε on the reference word plus ε spread over the vocabulary
+    (a training loss only: perplexity is measured with ε = 0)."""
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD,
-                          reduction="sum")
+                          reduction="sum", label_smoothing=label_smoothing)
     return nll, (targets != PAD).sum()
 
 

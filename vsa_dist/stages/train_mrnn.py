@@ -42,6 +42,7 @@ class MRNNConfig(training.TrainConfig):
     optimizer: str = field(default="rmsprop", metadata={"help": "rmsprop (the paper's choice for the generator), adam or sgd"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate (chosen on dev)"})
     max_words: int = field(default=20, metadata={"help": "longer training sentences are cut"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "xe: share of each target spread over the vocabulary (0: the paper's plain cross-entropy)"})
     experiment: str = field(default="vsa-mrnn", metadata={"help": "MLflow experiment"})
     register_as: str = field(default="vsa-captioner", metadata={"help": "registered model name; empty: do not register"})
     test: bool = field(default=True, metadata={"help": "caption test once at the end and score it"})
@@ -71,6 +72,8 @@ class MRNNConfig(training.TrainConfig):
         if self.objective == "scst" and (self.snippets or self.samples < 2):
             raise cfglib.ConfigError("objective scst needs samples >= 2 and no snippets (a region's snippets are "
                                      "not references for a whole caption)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise cfglib.ConfigError("label_smoothing must be in [0, 1)")
         if self.max_len < 1:
             raise cfglib.ConfigError("max_len must be at least 1")
         if self.beam < 0 or not self.beam_choices or min(self.beam_choices) < 1:
@@ -216,9 +219,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if reward is None:
                 features, sentences = every_sentence(batch["features"].float(), batch["tokens"].long())
                 inputs, targets = teacher_forcing(sentences, plain.args.end)
-                nll, words = token_nll(model(features, inputs), targets)
-                (nll / words).backward()  # mean over words: the step size does not depend on sentence lengths
-                total_nll, total_words = total_nll + nll.detach().item(), total_words + int(words)
+                logits = model(features, inputs)
+                loss, words = token_nll(logits, targets, cfg.label_smoothing)
+                (loss / words).backward()  # mean over words: the step size does not depend on sentence lengths
+                # the logged train perplexity is of the model, whatever the loss smoothed
+                nll = token_nll(logits.detach(), targets)[0] if cfg.label_smoothing else loss.detach()
+                total_nll, total_words = total_nll + nll.item(), total_words + int(words)
             else:
                 loss, mean_reward = self_critical_loss(model, batch["features"].float(), batch["tokens"].long(),
                                                        reward, cfg.samples, plain.args.end, cfg.max_len)
