@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from vsa_dist.eval.retrieval import evaluate_alignment, retrieval_ranks
 from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
 
@@ -222,3 +228,25 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
             ids = [index.get(t, 1) for t in tokenize(sentence)]
             words, mask = best.embed_words(torch.tensor([ids]))
             assert value == pytest.approx(best.score(regions, words, mask).item(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_stopped_run_is_killed_in_mlflow_not_finished(tmp_path, mini_features, ray_cluster, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "align"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+           "MLFLOW_TRACKING_URI": mlflow_server}
+    proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "train_alignment.py"), "--features", str(mini_features),
+                             "--out", str(out), "--epochs", "200", "--batch-size", "20", "--workers", "1",
+                             "--experiment", "test-align-stopped", "--progress", "false"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not (out / "run.json").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    time.sleep(3)  # into the training, past the MLflow run's start
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    run = MlflowClient(mlflow_server).get_run(json.loads((out / "run.json").read_text())["mlflow_run_id"])
+    assert run.info.status == "KILLED"

@@ -175,9 +175,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def run_stage(cls: type[C], run, argv: list[str] | None, prog: str, preset: str,
               input_errors: tuple[type[Exception], ...] = ()):
     """A stage's ``main``: parse and validate its config, run it; a bad config or input exits 2 with one line."""
+    from vsa_dist.tracking import end_interrupted_run
+
     cfg = parse_args(cls, argv, prog=prog, preset=preset)
     try:
         return run(cfg)
     except (ConfigError, *input_errors) as err:
+        end_interrupted_run(err)
         print(f"{prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+    except BaseException as err:  # Ray's driver turns SIGTERM into SystemExit
+        end_interrupted_run(err)
+        raise

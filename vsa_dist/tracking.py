@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from vsa_dist.paths import runs_root
@@ -31,3 +32,14 @@ def use_experiment(name: str) -> str:
     elif "MLFLOW_ARTIFACT_ROOT" in os.environ:
         location = os.environ["MLFLOW_ARTIFACT_ROOT"]
     return mlflow.create_experiment(name, artifact_location=location)
+
+
+def end_interrupted_run(error: BaseException) -> None:
+    """Close the stage's MLflow run, if one is open, as KILLED (a signal, Ctrl-C) or FAILED (an error).
+
+    Left open, MLflow's exit hook would close it as FINISHED: a stopped run would look like one that ran
+    to its end. Does nothing, and imports nothing, in a stage that never used MLflow."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None or mlflow.active_run() is None:
+        return
+    mlflow.end_run(status="KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED")
