@@ -198,6 +198,15 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
     # Resume: the same run continues at epoch 7 from its checkpoint and ends at 8, logging to the same run.
     second = vsa([*args, "--epochs", "8", "--resume", "true"])
     assert second["run_id"] == run_id
+
+    # The alias: the first version took it (nobody held it on this server); the second, selected on dev over
+    # epochs 1-8, takes it only if its dev score is higher than the first's (1-6), on the same dev data.
+    assert first["registered"]["alias"] == "champion"
+    improved = second["best_dev_rsum"] > first["best_dev_rsum"]
+    assert second["registered"]["alias"] == ("champion" if improved else None)
+    champion = client.get_model_version_by_alias("vsa-align", "champion")
+    assert champion.version == (second if improved else first)["registered"]["version"]
+    assert float(champion.tags["dev_rsum"]) == pytest.approx(max(first["best_dev_rsum"], second["best_dev_rsum"]))
     steps = sorted(m.step for m in client.get_metric_history(run_id, "train_loss"))
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
     assert {"test_annotation_r1", "test_search_medr"} <= set(client.get_run(run_id).data.metrics)

@@ -36,12 +36,14 @@ class AlignmentScorer(mlflow.pyfunc.PythonModel):
         return {"score": scores}
 
 
-def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str, Any]) -> str:
-    """Log the checkpoint as a pyfunc model in the active run and register it; returns the version."""
+def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str, Any], dev_rsum: float, alias: str,
+                        dev_data: str) -> dict[str, Any]:
+    """Log the checkpoint as a pyfunc model in the active run, register it, and move ``alias`` to it when its dev
+    R@1+5+10 sum beats the alias holder's on the same dev data. Returns what was done."""
     info = mlflow.pyfunc.log_model(name="model", python_model=AlignmentScorer(),
                                    artifacts={"checkpoint": str(checkpoint)}, registered_model_name=name,
                                    metadata={"feature_settings": feature_settings})
-    return str(info.registered_model_version)
+    return tag_and_promote(name, str(info.registered_model_version), "dev_rsum", dev_rsum, dev_data, alias)
 
 
 def extractor_settings(feature_settings: dict[str, Any], weights: str = ""):
@@ -134,9 +136,11 @@ def dev_data_id(dev: dict[str, Any]) -> str:
     return sha256_json({"images": list(dev["image_ids"]), "sentences": [list(r) for r in dev["references"]]})
 
 
-def move_alias_if_better(client, name: str, alias: str, version: str, dev_cider: float, dev_data: str) -> bool:
-    """Point ``alias`` at ``version`` when nobody holds it or the holder scored lower dev CIDEr on the same dev
-    data; a holder chosen on other dev data is left alone (the scores do not compare). Returns whether it moved."""
+def move_alias_if_better(client, name: str, alias: str, version: str, dev_score: float, dev_data: str,
+                         metric: str = "dev_cider") -> bool:
+    """Point ``alias`` at ``version`` when nobody holds it or the holder scored lower on ``metric`` (a version
+    tag) on the same dev data; a holder chosen on other dev data is left alone (the scores do not compare).
+    Returns whether it moved."""
     try:
         holder = client.get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException:
@@ -146,12 +150,25 @@ def move_alias_if_better(client, name: str, alias: str, version: str, dev_cider:
               f"leaving it (set it by hand: MlflowClient().set_registered_model_alias)", flush=True)
         moved = False
     else:
-        moved = holder is None or float(holder.tags.get("dev_cider", "-inf")) < dev_cider
+        moved = holder is None or float(holder.tags.get(metric, "-inf")) < dev_score
         if moved:
             client.set_registered_model_alias(name, alias, version)
-    print(f"registry: {name} version {version} (dev CIDEr {dev_cider:.3f})"
+    print(f"registry: {name} version {version} ({metric} {dev_score:.3f})"
           + (f" is now @{alias}" if moved else f"; @{alias} stays on version {holder.version}"), flush=True)
     return moved
+
+
+def tag_and_promote(name: str, version: str, metric: str, dev_score: float, dev_data: str, alias: str) -> dict[str, Any]:
+    """Tag a new model version with its dev score and dev data, and move ``alias`` to it if it is better."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, metric, f"{dev_score:.6f}")
+    client.set_model_version_tag(name, version, "dev_data", dev_data)
+    done = {"name": name, "version": version, metric: dev_score, "alias": None}
+    if alias and move_alias_if_better(client, name, alias, version, dev_score, dev_data, metric):
+        done["alias"] = alias
+    return done
 
 
 def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any], beam: int, max_len: int,
@@ -160,8 +177,6 @@ def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any]
     dev CIDEr beats the alias holder's on the same dev data (``dev_data_id``). Returns what was done."""
     import json
     import tempfile
-
-    from mlflow import MlflowClient
 
     settings = features_manifest["settings"]
     with tempfile.TemporaryDirectory(prefix="vsa-captioner-") as scratch:
@@ -179,11 +194,4 @@ def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any]
         logged = mlflow.pyfunc.log_model(name="model", python_model=Captioner(), artifacts=artifacts,
                                          registered_model_name=name, signature=signature,
                                          metadata={"feature_settings": settings, "beam": beam})
-    version = str(logged.registered_model_version)
-    client = MlflowClient()
-    client.set_model_version_tag(name, version, "dev_cider", f"{dev_cider:.6f}")
-    client.set_model_version_tag(name, version, "dev_data", dev_data)
-    done = {"name": name, "version": version, "dev_cider": dev_cider, "alias": None}
-    if alias and move_alias_if_better(client, name, alias, version, dev_cider, dev_data):
-        done["alias"] = alias
-    return done
+    return tag_and_promote(name, str(logged.registered_model_version), "dev_cider", dev_cider, dev_data, alias)

@@ -7,7 +7,8 @@
 Per epoch every worker streams its share of the train images from the feature shards (Ray Data,
 shuffled), pairs each image with one of its sentences drawn at random, and steps; rank 0 then scores
 the dev split (R@1/5/10 both ways), keeps the best model, logs to MLflow and reports a checkpoint.
-After training, the best-on-dev model is evaluated on test once and registered as ``vsa-align``.
+After training, the best-on-dev model is evaluated on test once and registered as ``vsa-align``; the alias
+``champion`` moves to it when it beats the holder's dev R@1+5+10 sum on the same dev data.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class AlignConfig(training.TrainConfig):
     weight_decay: float = field(default=1e-4, metadata={"help": "L2 weight decay (chosen on dev)"})
     experiment: str = field(default="vsa-align", metadata={"help": "MLflow experiment"})
     register_as: str = field(default="vsa-align", metadata={"help": "registered model name; empty: do not register"})
+    alias: str = field(default="champion", metadata={"help": "alias moved to the new version when it beats the holder on dev (R@1+5+10 sum)"})
     embed_dim: int = field(default=1000, metadata={"help": "multimodal space h"})
     word_dim: int = field(default=300, metadata={"help": "word vector size"})
     score_norm: str = field(default="sum", metadata={"help": "sum over words (paper) or mean"})
@@ -163,10 +165,11 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
         print(f"train-align: test (best dev epoch {state['best']['epoch']}): {json.dumps(test_metrics)}", flush=True)
     mlflow.log_artifact(str(final), artifact_path="checkpoint")
     if cfg.register_as:
-        from vsa_dist.serving import log_alignment_model
+        from vsa_dist.serving import dev_data_id, log_alignment_model
 
-        version = log_alignment_model(final, cfg.register_as, settings)
-        summary["registered"] = {"name": cfg.register_as, "version": version}
+        dev = load_split(cfg.features, "dev", word_index(vocab), cfg.max_words)
+        summary["registered"] = log_alignment_model(final, cfg.register_as, settings, state["best"]["score"], cfg.alias,
+                                                    dev_data_id(dev))
     return training.finish(cfg, "train-align", trained, summary)
 
 
