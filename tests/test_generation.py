@@ -228,6 +228,8 @@ def test_caption_metrics_match_hand_computation_and_pycocoevalcap():
     # BLEU-1 by hand, pooled over the corpus: clipped matches (the 1 + dog 1) + 6 = 8 of 4 + 6 = 10 words;
     # candidate length 10 against the closest reference lengths 3 + 6 = 9: no brevity penalty.
     assert ours["bleu1"] == pytest.approx(0.8, abs=1e-6)
+    assert ours["bleu_length_ratio"] == pytest.approx(10 / 9)
+    assert caption_metrics(references, {"1": "dog", "2": "two men"})["bleu_length_ratio"] == pytest.approx(3 / 9)
     # ROUGE-L of a candidate equal to its reference is 1; the other is LCS 2 ("the dog") of 4 and 3 words.
     precision, recall, beta = 2 / 4, 2 / 3, 1.2
     f_hand = (1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision)

@@ -39,8 +39,9 @@ def _tokenized(references: dict[str, list[str]], candidates: dict[str, str]):
 
 def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str],
                     metrics: tuple[str, ...] = ALL_METRICS) -> dict[str, float]:
-    """Corpus-level scores (0–1; CIDEr 0–10) for the images in ``references``."""
-    from pycocoevalcap.bleu.bleu import Bleu
+    """Corpus-level scores (0–1; CIDEr 0–10) for the images in ``references``; with BLEU, also
+    ``bleu_length_ratio``: candidate words over the closest references' words, as BLEU's brevity penalty sees them."""
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
@@ -52,8 +53,14 @@ def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str]
     gts, res = _tokenized(references, candidates)
     out: dict[str, float] = {}
     if any(m.startswith("bleu") for m in metrics):
-        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        # pycocoevalcap's Bleu(4).compute_score, keeping its scorer for the length ratio: the brevity penalty
+        # is exp(1 - 1 / ratio) below 1, and tells a short-caption problem from a wrong-word one.
+        scorer = BleuScorer(n=4)
+        for key in gts:
+            scorer += (res[key][0], gts[key])
+        bleu, _ = scorer.compute_score(option="closest", verbose=0)
         out.update({f"bleu{n + 1}": float(bleu[n]) for n in range(4) if f"bleu{n + 1}" in metrics})
+        out["bleu_length_ratio"] = scorer.testlen("closest") / scorer.reflen("closest")
     if "meteor" in metrics:
         meteor = Meteor()  # a JVM until the object is collected
         out["meteor"] = float(meteor.compute_score(gts, res)[0])
