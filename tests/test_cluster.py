@@ -222,7 +222,8 @@ def test_ray_job_submit_runs_the_pipeline_into_a_shared_mlflow_server(tmp_path, 
     align = json.loads((run_dir / "align" / "summary.json").read_text())
     captions = json.loads((run_dir / "mrnn" / "summary.json").read_text())
     assert set(align["test"]) == {"annotation", "search"}
-    assert set(captions["test"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"}
+    assert set(captions["test"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "bleu_length_ratio", "meteor", "rouge_l",
+                                     "cider"}
     mlflow.set_tracking_uri(mlflow_server)
     client = mlflow.MlflowClient()
     run = client.get_run(align["run_id"])

@@ -40,6 +40,11 @@ def end_interrupted_run(error: BaseException) -> None:
     Left open, MLflow's exit hook would close it as FINISHED: a stopped run would look like one that ran
     to its end. Does nothing, and imports nothing, in a stage that never used MLflow."""
     mlflow = sys.modules.get("mlflow")
-    if mlflow is None or mlflow.active_run() is None:
+    run = mlflow.active_run() if mlflow is not None else None
+    if run is None:
         return
-    mlflow.end_run(status="KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED")
+    status = "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
+    try:
+        mlflow.end_run(status=status)
+    except Exception as failure:  # an unreachable server must not replace the error that stopped the stage
+        print(f"mlflow: could not mark run {run.info.run_id} {status}: {failure}", file=sys.stderr)

@@ -167,7 +167,7 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
     if cfg.register_as:
         from vsa_dist.serving import dev_data_id, log_alignment_model
 
-        dev = load_split(cfg.features, "dev", word_index(vocab), cfg.max_words)
+        dev = load_split(cfg.features, "dev", word_index(vocab), cfg.max_words, whole_image_only=True)  # for its ids
         summary["registered"] = log_alignment_model(final, cfg.register_as, settings, state["best"]["score"], cfg.alias,
                                                     dev_data_id(dev))
     return training.finish(cfg, "train-align", trained, summary)
