@@ -93,15 +93,20 @@ def _one_core(args: tuple) -> float:
     return model_only(*folded_trunk(), 1, batch, True, precision, seconds)
 
 
-def bound_per_core(batch: int, precision: str, seconds: float) -> float:
-    """Model-only images/s with one single-threaded process per core, all at once (the layout of the
-    pipeline's CNN actors): the sum over the processes. Not part of the issue's bound, which sweeps one
-    process; printed so the two layouts can be compared."""
+def side_by_side(work, args: tuple) -> float:
+    """``work(args)`` (images/s) in one process per core, all at once, as the pipeline's CNN actors run:
+    the sum over the processes."""
     import multiprocessing
 
     cores = os.cpu_count() or 1
     with multiprocessing.get_context("spawn").Pool(cores) as pool:
-        return round(sum(pool.map(_one_core, [(batch, precision, seconds)] * cores)), 1)
+        return round(sum(pool.map(work, [args] * cores)), 1)
+
+
+def bound_per_core(batch: int, precision: str, seconds: float) -> float:
+    """Model-only images/s with one single-threaded process per core, side by side. Not part of the issue's
+    bound, which sweeps one process; printed so the two layouts can be compared."""
+    return side_by_side(_one_core, (batch, precision, seconds))
 
 
 def _actor_batches(jpegs: list[bytes], rows: int = 32) -> list[dict]:
@@ -130,11 +135,7 @@ def pipeline_work(jpegs: list[bytes], precision: str, cnn_batch: int) -> float:
     actors could do together. Measured side by side because that is how the actors run: alone, one
     process was fastest at CNN batch 16, beside a second one batch 16 is the slowest (they share the
     caches and memory bandwidth), so a batch chosen on one process alone slows the pipeline down."""
-    import multiprocessing
-
-    cores = os.cpu_count() or 1
-    with multiprocessing.get_context("spawn").Pool(cores) as pool:
-        return round(sum(pool.map(_actor_work, [(jpegs, precision, cnn_batch)] * cores)), 1)
+    return side_by_side(_actor_work, (jpegs, precision, cnn_batch))
 
 
 def best(rows: list[dict], precision: str) -> dict:
