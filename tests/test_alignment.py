@@ -31,7 +31,7 @@ def batch(num: int = 4, regions: int = 3, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     features = torch.randn(num, regions, 8, generator=g)
     lengths = [5, 2, 4, 1, 3, 5][:num]
-    tokens = torch.full((num, 5), PAD)
+    tokens = torch.full((num, 7), PAD)  # two columns past the longest sentence: the model skips them
     for i, n in enumerate(lengths):
         tokens[i, :n] = torch.randint(2, 30, (n,), generator=g)
     return features, tokens, lengths
@@ -108,6 +108,45 @@ def test_workers_shares_of_the_loss_add_up_to_the_whole_batch(hardest):
     assert sum(shares) == pytest.approx(whole.item(), rel=1e-5)
     for a, b in zip(grads, whole_grads):  # every row's and column's terms sit in exactly one share
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _gathered_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One of two real gloo processes: its half of the batch, negatives gathered from the other."""
+    import torch.distributed as dist
+
+    from vsa_dist.stages.train_align import gather_across_workers
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    model = tiny_model()
+    features, tokens, _ = batch(num=6)
+    rows = slice(rank * 3, rank * 3 + 3)
+    loss = model(features[rows], tokens[rows], gather=gather_across_workers)
+    loss.backward()
+    torch.save({"loss": loss.item(), "grads": [p.grad for p in model.parameters()]}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gather_across_two_real_processes_gives_the_whole_batch_gradient(tmp_path):
+    """Two gloo processes, each with half the batch: their losses add up to the whole batch's, and their
+    gradients (what DDP's all-reduce sums) to its gradient — the gather's backward hands each row's gradient
+    from every worker's loss back to the row's owner."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_gathered_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    shares = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    model = tiny_model()
+    features, tokens, _ = batch(num=6)
+    whole = model(features, tokens)
+    whole.backward()
+    assert shares[0]["loss"] + shares[1]["loss"] == pytest.approx(whole.item(), rel=1e-5)
+    for (name, param), a, b in zip(model.named_parameters(), shares[0]["grads"], shares[1]["grads"]):
+        torch.testing.assert_close(a + b, param.grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.allclose(shares[0]["grads"][0], shares[1]["grads"][0])  # the workers' shares really differ
 
 
 def test_gradients_reach_every_parameter():

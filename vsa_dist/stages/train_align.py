@@ -52,13 +52,36 @@ def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> Alignment
                          dropout=cfg.dropout, score_norm=cfg.score_norm, hardest_negative=cfg.hardest_negative)
 
 
+class _GatherRows(torch.autograd.Function):
+    """Every worker's rows, concatenated in rank order. Backward: each worker's loss reached every worker's rows,
+    so a row's gradient is the sum over workers (all_reduce) of which its owner keeps its own slice — a
+    reduce-scatter made of calls every backend has (gloo has no reduce_scatter). torch's own
+    ``torch.distributed.nn.functional.all_gather`` does the same but is deprecated for a private successor."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rows, ctx.rank = len(tensor), dist.get_rank()
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
 def gather_across_workers(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], int]:
     """All workers' tensors concatenated (gradients flow back to each owner), and this worker's row offset.
     Every worker has the same batch size: the train split is divided equally and batches drop the remainder."""
     import torch.distributed as dist
-    from torch.distributed.nn.functional import all_gather
 
-    return [torch.cat(all_gather(t.contiguous()), dim=0) for t in tensors], dist.get_rank() * len(tensors[0])
+    return [_GatherRows.apply(t) for t in tensors], dist.get_rank() * len(tensors[0])
 
 
 def one_sentence_each(tokens: torch.Tensor) -> torch.Tensor:
