@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import run_stage  # noqa: E402
 from vsa_dist.data.shards import read_samples, shard_paths  # noqa: E402
-from vsa_dist.features.extract import ExtractorSettings, RegionExtractor  # noqa: E402
+from vsa_dist.features.extract import ExtractorSettings, RegionExtractor, jpeg_batch  # noqa: E402
 from vsa_dist.features.proposals import grid_boxes, selective_search  # noqa: E402
 from vsa_dist.models.backbone import fast_bf16, fold_batchnorm, load_backbone  # noqa: E402
 from vsa_dist.models.regions import select_top  # noqa: E402
@@ -111,10 +111,7 @@ def bound_per_core(batch: int, precision: str, seconds: float) -> float:
 
 def _actor_batches(jpegs: list[bytes], rows: int = 32) -> list[dict]:
     """The mini images as the CNN actors receive them from read_webdataset: batches of ``rows``."""
-    return [{"__key__": np.array([f"k{i}" for i in range(start, min(start + rows, len(jpegs)))], dtype=object),
-             "__url__": np.array(["mini"] * len(jpegs[start:start + rows]), dtype=object),
-             "jpg": np.array(jpegs[start:start + rows], dtype=object),
-             "json": np.array([b"{}"] * len(jpegs[start:start + rows]), dtype=object)}
+    return [jpeg_batch(jpegs[start:start + rows], [f"k{i}" for i in range(start, min(start + rows, len(jpegs)))])
             for start in range(0, len(jpegs), rows)]
 
 

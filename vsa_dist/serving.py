@@ -62,11 +62,10 @@ def extractor_settings(feature_settings: dict[str, Any], weights: str = ""):
 def image_features(extractor, jpegs: list[bytes], names: list[str], with_boxes: bool = False):
     """JPEG bytes → the [N, 1+R, D] float16 features ``vsa features`` would have stored for them (and with
     ``with_boxes`` their regions' [N, R, 4] boxes, best first)."""
+    from vsa_dist.features.extract import jpeg_batch
     from vsa_dist.features.format import npy_load
 
-    batch = {"__key__": np.array(names, dtype=object), "__url__": np.array(names, dtype=object),
-             "jpg": np.array(jpegs, dtype=object), "json": np.array([b"{}"] * len(jpegs), dtype=object)}
-    out = extractor(batch)
+    out = extractor(jpeg_batch(jpegs, names))
     failed = [f"{name}: {error}" for name, error in zip(names, out["error"]) if error]
     if failed:
         raise ValueError("cannot caption " + "; ".join(failed))

@@ -87,6 +87,13 @@ def add_proposals(batch: dict[str, np.ndarray], method: str = "selective-search"
     return batch
 
 
+def jpeg_batch(jpegs: list[bytes], names: list[str]) -> dict[str, np.ndarray]:
+    """JPEG bytes as ``RegionExtractor`` receives them from ``read_webdataset``: a batch of columns, no metadata
+    (for callers outside the pipeline: captioning new images, benchmarks)."""
+    return {"__key__": np.array(names, dtype=object), "__url__": np.array(names, dtype=object),
+            "jpg": np.array(jpegs, dtype=object), "json": np.array([b"{}"] * len(jpegs), dtype=object)}
+
+
 class RegionExtractor:
     """Callable class for ``map_batches``: the backbone is loaded once per actor (or per process)."""
 
