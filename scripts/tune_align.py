@@ -6,6 +6,8 @@
     python scripts/tune_align.py --optimizer adam --lr 2e-4 --score-norm mean --dropout 0.1 --hardest-negative --warmup-epochs 1 --epochs 4
     python scripts/tune_align.py --optimizer adam --lr 2e-4 --weight-decay 0 --score-norm mean --dropout 0.1 \
         --batch 100 --epochs 2 --gru --cosine --margin 0.2       # variants outside the model: --gru, --cosine, --global-only
+    python scripts/tune_align.py --features runs/flickr8k/features-lite2 --optimizer adam --lr 6e-4 --weight-decay 0 \
+        --score-norm mean --dropout 0.1 --batch 100 --epochs 3 --global-only   # compare backbones' feature folders
 
 Trains on the train split of a feature folder in memory (batches of 50 pairs by default, like one of two
 DDP workers before negatives were gathered across them) and prints dev R@1+R@5+R@10 (both directions) after each epoch.
@@ -24,6 +26,7 @@ from vsa_dist.data.pairs import load_split, word_index
 from vsa_dist.eval.retrieval import evaluate_alignment
 from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
 from vsa_dist.stages.train_align import one_sentence_each, rsum
+from vsa_dist.training import epoch_lr, set_lr
 
 
 class Variant(AlignmentModel):
@@ -72,6 +75,9 @@ def main() -> None:
     p.add_argument("--cosine", action="store_true", help="unit-length region and word vectors (use a margin ~0.2)")
     p.add_argument("--global-only", action="store_true", help="the whole-image row alone, no regions")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--embed-dim", type=int, default=1000, help="multimodal space h")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant", help="cosine: decay to 0 over --epochs")
+    p.add_argument("--clip-norm", type=float, default=0.0, help="also clip the gradient's global norm (0: off)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,13 +86,14 @@ def main() -> None:
     train, dev = (load_split(args.features, s, index, 32) for s in ("train", "dev"))
     features, tokens = torch.from_numpy(train["features"]), torch.from_numpy(train["tokens"]).long()
     torch.manual_seed(0)
-    model = Variant(AlignmentArgs(len(vocab) + 2, features.shape[-1], 1000, 300, args.dropout, args.score_norm, False,
+    model = Variant(AlignmentArgs(len(vocab) + 2, features.shape[-1], args.embed_dim, 300, args.dropout, args.score_norm, False,
                                   args.margin, l2_features=not args.raw_features), args.gru, args.cosine, args.global_only)
     opt = (torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
            if args.optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay))
     for epoch in range(1, args.epochs + 1):
         model.args.hardest_negative = args.hardest_negative and epoch > args.warmup_epochs
         model.train()
+        set_lr(opt, epoch_lr(args.lr, args.lr_schedule, epoch, args.epochs))
         order, start, total, steps = torch.randperm(len(features)), time.time(), 0.0, 0
         for i in range(0, len(features) - args.batch + 1, args.batch):
             b = order[i:i + args.batch]
@@ -94,6 +101,8 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_value_(model.parameters(), 5)
+            if args.clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_norm)
             opt.step()
             total, steps = total + loss.item(), steps + 1
         metrics = evaluate_alignment(model, torch.from_numpy(dev["features"]), torch.from_numpy(dev["tokens"]).long())
