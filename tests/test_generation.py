@@ -365,6 +365,7 @@ def test_champion_moves_only_to_a_better_model_on_the_same_dev_data(mlflow_serve
     dev = {"image_ids": ["a", "b"], "references": [["a dog runs"], ["a cat sits", "a cat"]]}
     same, other = dev_data_id(dev), dev_data_id({**dev, "references": [["a dog runs"], ["a cat sits"]]})
     assert same == dev_data_id({"image_ids": ("a", "b"), "references": [("a dog runs",), ("a cat sits", "a cat")]})
+    assert same == dev_data_id({"image_ids": ["b", "a"], "references": [["a cat sits", "a cat"], ["a dog runs"]]})
     assert same != other
     run = client.create_run(client.create_experiment("test-alias-rules"))
     moves = []

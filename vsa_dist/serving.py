@@ -129,10 +129,12 @@ class Captioner(mlflow.pyfunc.PythonModel):
 def dev_data_id(dev: dict[str, Any]) -> str:
     """What makes two dev CIDErs comparable: the same dev images with the same reference sentences. Not the
     shard or feature manifests, which change when identical data is rebuilt (and a model trained on other
-    features of the same images is still comparable)."""
+    features of the same images is still comparable). Nor their order: two feature folders of the same shards
+    can hold the dev images in different orders (the extraction actors finish in any order)."""
     from vsa_dist.io import sha256_json
 
-    return sha256_json({"images": list(dev["image_ids"]), "sentences": [list(r) for r in dev["references"]]})
+    pairs = sorted((image, list(references)) for image, references in zip(dev["image_ids"], dev["references"]))
+    return sha256_json({"images": [image for image, _ in pairs], "sentences": [references for _, references in pairs]})
 
 
 def move_alias_if_better(client, name: str, alias: str, version: str, dev_score: float, dev_data: str,
