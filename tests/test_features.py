@@ -223,7 +223,7 @@ def test_larger_efficientnet_lite_weights_load_from_their_packages(mini_images, 
             large_top1 = large.classify(large.feature_map(large.normalize(resized)).mean((2, 3))).argmax()
         agree += int(large_top1 in small_top5[0])
     assert agree >= 8, f"{name}'s top class is in lite0's top five for only {agree} of 12 images"
-    boxes, _, feats = RegionFeatureExtractor(large, num_regions=19)([image], [torch.from_numpy(grid_boxes(224, 224))])
+    _, _, feats = RegionFeatureExtractor(large, num_regions=19)([image], [torch.from_numpy(grid_boxes(224, 224))])
     assert feats.shape == (1, 20, 1280) and torch.isfinite(feats.float()).all()
 
 

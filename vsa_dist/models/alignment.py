@@ -40,6 +40,11 @@ class AlignmentArgs:
     #                           hundreds, so the hinge does not drive every ReLU dead before anything is learned
 
 
+def longest(mask: torch.Tensor) -> int:
+    """Words in the longest sentence of a [N, T] word mask (0 for no sentences)."""
+    return int(mask.sum(dim=1).max().item()) if len(mask) else 0
+
+
 class AlignmentModel(nn.Module):
     def __init__(self, args: AlignmentArgs):
         super().__init__()
@@ -70,7 +75,9 @@ class AlignmentModel(nn.Module):
         mask = (tokens != PAD).to(torch.float32)
         # Only as many steps as the batch's longest sentence: the rest is padding for every row, and a batch's
         # longest is ~24 of 32 words on Flickr8k. The padding columns come back as zeros, so shapes stay fixed.
-        steps = int(mask.sum(dim=1).max().item()) if len(tokens) else 0
+        steps = longest(mask)
+        if steps == 0:
+            return mask.new_zeros(*tokens.shape, self.word_out.out_features), mask
         e = F.relu(self.word_in(self.dropout(self.word_vectors(tokens[:, :steps]))))  # [N, steps, h]
         h_f, h_b = [], [None] * steps
         state = e.new_zeros(e.shape[0], e.shape[2])
@@ -82,15 +89,13 @@ class AlignmentModel(nn.Module):
             # Zero past each sentence's end, so its backward pass starts at its own last word.
             state = F.relu(e[:, t] + self.backward_rec(state)) * mask[:, t, None]
             h_b[t] = state
-        if steps == 0:
-            return e.new_zeros(*tokens.shape, e.shape[2]), mask
         hidden = torch.stack(h_f, dim=1) + torch.stack(h_b, dim=1)
         s = F.relu(self.word_out(self.dropout(hidden))) * mask[:, :steps, None]
         return F.pad(s, (0, 0, 0, tokens.shape[1] - steps)), mask
 
     def score(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """S [K images, L sentences] = sum (or mean) over words of the best region's dot product."""
-        steps = int(mask.sum(dim=1).max().item()) if len(mask) else 0            # padding columns score 0
+        steps = longest(mask)                                                   # padding columns score 0
         words, mask = words[:, :steps], mask[:, :steps]
         dots = torch.einsum("krh,lth->kltr", regions, words)                    # [K, L, T, 1+R]
         best = dots.amax(dim=-1) * mask[None]                                   # [K, L, T]
