@@ -73,6 +73,8 @@ def test_score_is_the_papers_sum_of_best_region_dots(score_norm, l2_features):
                 total = sum(max(float(v[i] @ s[t]) for i in range(len(v))) for t in range(n))
                 expected = total / n if score_norm == "mean" else total
                 assert scores[k, l].item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+        # Each image with its own sentence alone (retrieval's positives): the diagonal of the matrix.
+        torch.testing.assert_close(model.paired_score(regions, words, mask), scores.diagonal(), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("hardest", [False, True])
@@ -170,17 +172,38 @@ def brute_ranks(scores: np.ndarray, owner: np.ndarray):
     return np.array(annotation), np.array(search)
 
 
+def test_data_clock_counts_the_wait_for_batches_not_the_steps():
+    from vsa_dist.training import DataClock
+
+    def stream():
+        time.sleep(0.3)  # the stream's start-up, before its first batch
+        yield from range(3)
+
+    clock = DataClock(stream())
+    assert list(_step(batch) for batch in clock) == [0, 1, 2]
+    timing = clock.metrics()
+    assert timing["first_batch_wait_s"] >= 0.3
+    assert 0.3 <= timing["data_wait_share"] * timing["seconds"] < 0.5  # the 3 × 0.2 s of steps are not waiting
+    assert timing["seconds"] >= 0.9
+
+
+def _step(batch: int) -> int:
+    time.sleep(0.2)  # a training step
+    return batch
+
+
 def test_chunked_retrieval_equals_brute_force():
     g = torch.Generator().manual_seed(5)
     owner = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 3, 3, 3, 4, 5, 5, 6])
     scores = torch.randint(0, 6, (7, len(owner)), generator=g).float()  # many ties on purpose
-    annotation, search = retrieval_ranks(lambda i, s: scores[i, s], 7, owner, image_chunk=3, sentence_chunk=4)
     ref_annotation, ref_search = brute_ranks(scores.numpy(), owner.numpy())
-    assert annotation.tolist() == ref_annotation.tolist() and search.tolist() == ref_search.tolist()
+    for positive in (None, scores[owner, torch.arange(len(owner))]):  # found in the blocks, or given
+        annotation, search = retrieval_ranks(lambda i, s: scores[i, s], 7, owner, image_chunk=3, sentence_chunk=4,
+                                             positive=positive)
+        assert annotation.tolist() == ref_annotation.tolist() and search.tolist() == ref_search.tolist()
 
 
-def test_evaluate_alignment_equals_brute_force_on_a_model():
-    model = tiny_model()
+def retrieval_split():
     g = torch.Generator().manual_seed(7)
     features = torch.randn(6, 3, 8, generator=g)
     tokens = torch.full((6, 5, 6), PAD)
@@ -188,12 +211,55 @@ def test_evaluate_alignment_equals_brute_force_on_a_model():
         for j in range(1 + i % 5):  # 1 to 5 sentences per image, of different lengths
             n = 1 + (i + j) % 6
             tokens[i, j, :n] = torch.randint(2, 30, (n,), generator=g)
-    result = evaluate_alignment(model, features, tokens, image_chunk=4, sentence_chunk=3, encode_chunk=2)
+    return features, tokens
+
+
+def full_scores(model: AlignmentModel, features: torch.Tensor, tokens: torch.Tensor):
+    """The whole score matrix [images, sentences] at once, and each sentence's image."""
     with torch.no_grad():
         image, slot = torch.nonzero((tokens != PAD).any(-1), as_tuple=True)
         words, mask = model.embed_words(tokens[image, slot])
-        full = model.score(model.embed_regions(features), words, mask).numpy()
-    annotation, search = brute_ranks(full, image.numpy())
+        return model.score(model.embed_regions(features), words, mask).numpy(), image.numpy()
+
+
+def test_evaluate_alignment_equals_brute_force_on_a_model():
+    model = tiny_model()
+    features, tokens = retrieval_split()
+    result = evaluate_alignment(model, features, tokens, image_chunk=4, sentence_chunk=3, encode_chunk=2)
+    assert_metrics_match(result, *brute_ranks(*full_scores(model, features, tokens)))
+
+
+def test_an_ensemble_ranks_by_the_sum_of_its_members_spread_normalised_scores():
+    import copy
+
+    summing, averaging = tiny_model(), tiny_model(score_norm="mean")
+    torch.manual_seed(3)
+    for parameter in averaging.parameters():  # another model, not the same one averaged
+        torch.nn.init.normal_(parameter, std=0.5)
+    features, tokens = retrieval_split()
+    chunks = {"image_chunk": 4, "sentence_chunk": 3, "encode_chunk": 2}
+    result = evaluate_alignment([summing, averaging], features, tokens, **chunks)
+
+    # Brute force: each member's whole matrix divided by the spread of its first 4 images × first 3 sentences in
+    # the order the evaluation encodes them (shortest first), then summed.
+    lengths = (tokens != PAD).sum(-1)
+    image, slot = torch.nonzero(lengths > 0, as_tuple=True)
+    first = lengths[image, slot].argsort(stable=True)[:3].numpy()
+    total = 0
+    for member in (summing, averaging):
+        full, owner = full_scores(member, features, tokens)
+        total = total + full / full[:4, first].std(ddof=1)
+    assert_metrics_match(result, *brute_ranks(total, owner))
+
+    # A member's scale does not count: a model with itself at three times its scores ranks as the model alone.
+    tripled = copy.deepcopy(summing)
+    with torch.no_grad():
+        tripled.region_proj.weight.mul_(3)
+        tripled.region_proj.bias.mul_(3)
+    assert evaluate_alignment([summing, tripled], features, tokens, **chunks) == evaluate_alignment(summing, features, tokens, **chunks)
+
+
+def assert_metrics_match(result: dict, annotation: np.ndarray, search: np.ndarray) -> None:
     assert result["annotation"]["r1"] == pytest.approx(100 * np.mean(annotation <= 1))
     assert result["annotation"]["r5"] == pytest.approx(100 * np.mean(annotation <= 5))
     assert result["search"]["r1"] == pytest.approx(100 * np.mean(search <= 1))
@@ -230,6 +296,7 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
     history = [m.step for m in client.get_metric_history(run_id, "train_loss")]
     assert sorted(history) == [1, 2, 3, 4, 5, 6]
     assert len(client.get_metric_history(run_id, "dev_search_r5")) == 6
+    assert len(client.get_metric_history(run_id, "first_batch_wait_s")) == 6
     run = client.get_run(run_id)
     assert run.data.params["batch_size"] == "20" and run.data.params["optimizer"] == "adam"
     assert client.get_model_version("vsa-align", first["registered"]["version"]).run_id == run_id
@@ -254,6 +321,11 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
                      "--out", str(tmp_path / "eval.json")])
     assert {d: evaluated[d] for d in ("annotation", "search")} == second["test"]
     assert json.loads((tmp_path / "eval.json").read_text())["images"] == 50
+    # An ensemble of the model with itself ranks as the model alone (each member at its own scale).
+    doubled = vsa(["eval", "retrieval", "--checkpoint", str(out / "best.pt"), "--features", str(mini_features),
+                   "--ensemble", str(out / "best.pt")])
+    assert {d: doubled[d] for d in ("annotation", "search")} == second["test"]
+    assert doubled["ensemble"] == [str(out / "best.pt")] * 2
 
     # The registered model, loaded back through the registry, scores pairs exactly as the checkpoint does.
     import pandas as pd

@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +140,28 @@ def keep_if_best(best: dict[str, Any], score: float, epoch: int, model: torch.nn
     if score > best["score"]:
         return {"score": score, "epoch": epoch, "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
     return best
+
+
+class DataClock:
+    """Wraps an epoch's batch iterator and times what the step loop spends waiting on it: in all, and for the
+    first batch alone (the stream's start-up each epoch, which a steady shortfall of the reader does not explain)."""
+
+    def __init__(self, batches: Iterable[Any]):
+        self.batches, self.wait, self.first_wait, self.start = batches, 0.0, 0.0, time.time()
+
+    def __iter__(self) -> Iterator[Any]:
+        asked, first = time.time(), True
+        for batch in self.batches:
+            waited = time.time() - asked
+            self.wait += waited
+            if first:
+                self.first_wait, first = waited, False
+            yield batch
+            asked = time.time()
+
+    def metrics(self) -> dict[str, float]:
+        seconds = time.time() - self.start
+        return {"seconds": seconds, "data_wait_share": self.wait / seconds, "first_batch_wait_s": self.first_wait}
 
 
 def say(message: str) -> None:

@@ -12,8 +12,8 @@ gets the worst ranks, never the best.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-
 from typing import Any
 
 import torch
@@ -22,24 +22,28 @@ ScoreFn = Callable[[slice, slice], torch.Tensor]  # (image slice, sentence slice
 
 
 def retrieval_ranks(score_block: ScoreFn, num_images: int, sentence_image: torch.Tensor,
-                    image_chunk: int = 100, sentence_chunk: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+                    image_chunk: int = 100, sentence_chunk: int = 1000,
+                    positive: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(annotation ranks [num_images], search ranks [num_sentences]), 1-based.
 
-    ``sentence_image[l]`` is the index of sentence l's image.
+    ``sentence_image[l]`` is the index of sentence l's image. ``positive[l]``, S[image(l), l], may be given
+    when the caller has it more cheaply than from the blocks: otherwise a first pass over (nearly) every block
+    finds it, and the score matrix is computed twice.
     """
     num_sentences = len(sentence_image)
-    positive = torch.empty(num_sentences)          # S[image(l), l]
+    if positive is None:
+        positive = torch.empty(num_sentences)
+        for s0 in range(0, num_sentences, sentence_chunk):
+            sl = slice(s0, min(s0 + sentence_chunk, num_sentences))
+            owners = sentence_image[sl]
+            for i0 in range(0, num_images, image_chunk):
+                il = slice(i0, min(i0 + image_chunk, num_images))
+                mine = (owners >= il.start) & (owners < il.stop)
+                if mine.any():
+                    block = score_block(il, sl)
+                    cols = torch.nonzero(mine).flatten()
+                    positive[s0 + cols] = block[owners[cols] - il.start, cols]
     best_positive = torch.full((num_images,), -torch.inf)
-    for s0 in range(0, num_sentences, sentence_chunk):
-        sl = slice(s0, min(s0 + sentence_chunk, num_sentences))
-        owners = sentence_image[sl]
-        for i0 in range(0, num_images, image_chunk):
-            il = slice(i0, min(i0 + image_chunk, num_images))
-            mine = (owners >= il.start) & (owners < il.stop)
-            if mine.any():
-                block = score_block(il, sl)
-                cols = torch.nonzero(mine).flatten()
-                positive[s0 + cols] = block[owners[cols] - il.start, cols]
     best_positive.scatter_reduce_(0, sentence_image, positive, reduce="amax")
 
     images_ahead = torch.zeros(num_sentences)      # images scoring >= the sentence's own, itself excluded
@@ -65,8 +69,10 @@ def recall_metrics(ranks: torch.Tensor) -> dict[str, float]:
 
 
 def retrieval_metrics(score_block: ScoreFn, num_images: int, sentence_image: torch.Tensor,
-                      image_chunk: int = 100, sentence_chunk: int = 1000) -> dict[str, dict[str, float]]:
-    annotation, search = retrieval_ranks(score_block, num_images, sentence_image, image_chunk, sentence_chunk)
+                      image_chunk: int = 100, sentence_chunk: int = 1000,
+                      positive: torch.Tensor | None = None) -> dict[str, dict[str, float]]:
+    annotation, search = retrieval_ranks(score_block, num_images, sentence_image, image_chunk, sentence_chunk,
+                                         positive)
     return {"annotation": recall_metrics(annotation), "search": recall_metrics(search)}
 
 
@@ -98,18 +104,47 @@ def encode_split(model, features: torch.Tensor, tokens: torch.Tensor, sentence_c
 def evaluate_alignment(model, features: torch.Tensor, tokens: torch.Tensor, image_chunk: int = 100,
                        sentence_chunk: int = 1000, encode_chunk: int = 500) -> dict[str, dict[str, float]]:
     """Retrieval metrics of an alignment model on N images [N, 1+R, D] with their sentences [N, S, T]
-    (the ranks do not depend on the order ``encode_split`` puts the sentences in)."""
-    was_training = model.training
-    model.eval()
-    encoded = encode_split(model, features, tokens, sentence_chunk, encode_chunk)
+    (the ranks do not depend on the order ``encode_split`` puts the sentences in).
+
+    ``model`` may also be a list of models over one vocabulary, scored as one: the sum of the members' scores,
+    each divided by the spread of its own scores (``ensemble_scales``), so that no member outvotes the others by
+    the scale of its vectors (a model that sums over words scores in the tens, one that averages in ones).
+    """
+    members = list(model) if isinstance(model, (list, tuple)) else [model]
+    modes = [member.training for member in members]
+    for member in members:
+        member.eval()
+    encoded = [encode_split(member, features, tokens, sentence_chunk, encode_chunk) for member in members]
+
+    def member_block(member, enc: dict[str, Any], il: slice, sl: slice) -> torch.Tensor:
+        chunk = sl.start // sentence_chunk  # retrieval_ranks asks for exactly these sentence chunks
+        return member.score(enc["regions"][il], enc["words"][chunk], enc["masks"][chunk])
+
+    scales = ensemble_scales([lambda il, sl, m=m, e=e: member_block(m, e, il, sl) for m, e in zip(members, encoded)],
+                             image_chunk, sentence_chunk)
 
     def block(il: slice, sl: slice) -> torch.Tensor:
-        chunk = sl.start // sentence_chunk  # retrieval_ranks asks for exactly these sentence chunks
-        return model.score(encoded["regions"][il], encoded["words"][chunk], encoded["masks"][chunk])
+        return sum(member_block(m, e, il, sl) / scale for m, e, scale in zip(members, encoded, scales))
 
-    result = retrieval_metrics(block, len(features), encoded["image_of"], image_chunk, sentence_chunk)
-    model.train(was_training)
+    # Each sentence with its own image alone: a thousandth of the score matrix's work, where finding these scores
+    # in its blocks costs a whole extra pass over it.
+    positive = sum(torch.cat([m.paired_score(e["regions"][owners], words, masks) for owners, words, masks in
+                              zip(e["image_of"].split(sentence_chunk), e["words"], e["masks"])]) / scale
+                   for m, e, scale in zip(members, encoded, scales))
+    result = retrieval_metrics(block, len(features), encoded[0]["image_of"], image_chunk, sentence_chunk, positive)
+    for member, mode in zip(members, modes):
+        member.train(mode)
     return result
+
+
+def ensemble_scales(member_blocks: list[ScoreFn], image_chunk: int, sentence_chunk: int) -> list[float]:
+    """Each ensemble member's score spread: the standard deviation of its first block of scores (first images ×
+    first sentences: no labels used). 1 for a lone model, whose scores stay as they are."""
+    if len(member_blocks) == 1:
+        return [1.0]
+    first = (slice(0, image_chunk), slice(0, sentence_chunk))
+    spreads = [float(block(*first).std()) for block in member_blocks]
+    return [spread if math.isfinite(spread) and spread > 0 else 1.0 for spread in spreads]  # constant scorers
 
 
 @torch.no_grad()

@@ -98,10 +98,19 @@ class AlignmentModel(nn.Module):
         steps = longest(mask)                                                   # padding columns score 0
         words, mask = words[:, :steps], mask[:, :steps]
         dots = torch.einsum("krh,lth->kltr", regions, words)                    # [K, L, T, 1+R]
-        best = dots.amax(dim=-1) * mask[None]                                   # [K, L, T]
-        total = best.sum(dim=-1)
+        return self.over_words(dots.amax(dim=-1), mask[None])
+
+    def paired_score(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """S [B]: image b with sentence b only, the diagonal of ``score`` without the rest of its matrix."""
+        steps = longest(mask)
+        dots = torch.einsum("brh,bth->btr", regions, words[:, :steps])         # [B, T, 1+R]
+        return self.over_words(dots.amax(dim=-1), mask[:, :steps])
+
+    def over_words(self, best: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each word's best-region score [..., T] summed (or averaged) over the sentence's words."""
+        total = (best * mask).sum(dim=-1)
         if self.args.score_norm == "mean":
-            total = total / mask.sum(dim=-1).clamp(min=1)[None]
+            total = total / mask.sum(dim=-1).clamp(min=1)
         return total
 
     def word_region_scores(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,7 @@
 """``vsa eval``: score a trained model's checkpoint on a split of a feature folder.
 
     vsa eval retrieval --checkpoint runs/flickr8k/align/best.pt --features runs/flickr8k/features
+    vsa eval retrieval --checkpoint A/best.pt --ensemble B/best.pt --features F     # scores summed, each at its own scale
     vsa eval captions --checkpoint runs/flickr8k/mrnn/best.pt --features runs/flickr8k/features --beam 3
     vsa eval captions --checkpoint A/best.pt --ensemble B/best.pt,C/best.pt --features F --beam 3   # decoded as one
     vsa eval snippets --checkpoint runs/flickr8k/align/best.pt --features runs/flickr8k/features --beta 1
@@ -34,7 +35,7 @@ class EvalConfig:
     split: str = field(default="test", metadata={"help": "split to score (model selection happens on dev, never test)"})
     beam: int = field(default=0, metadata={"help": "captions: beam size; 0: the size chosen on dev in training (or 1)"})
     beta: float = field(default=0.1, metadata={"help": "snippets: the MRF's beta (vsa align-snippets)"})
-    ensemble: list[str] = field(default_factory=list, metadata={"help": "captions: more generator checkpoints (same vocabulary, same feature settings) decoded together with --checkpoint as one model"})
+    ensemble: list[str] = field(default_factory=list, metadata={"help": "captions, retrieval: more checkpoints of the same kind (same vocabulary, same feature settings) scored together with --checkpoint as one model"})
     out: str = field(default="", metadata={"help": "also write the metrics to this JSON file"})
 
     def validate(self) -> None:
@@ -73,8 +74,23 @@ def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
 
     model, state = load_model(storage.fetch(cfg.checkpoint))
     split = _split(cfg, state, whole_image_only=False)
-    metrics = evaluate_alignment(model, torch.from_numpy(split["features"]), torch.from_numpy(split["tokens"]).long())
-    return _finish(cfg, {"split": cfg.split, "images": len(split["image_ids"]), **metrics})
+    members = [model, *(member for member, _ in _ensemble_members(cfg, state, load_model))]
+    metrics = evaluate_alignment(members, torch.from_numpy(split["features"]), torch.from_numpy(split["tokens"]).long())
+    return _finish(cfg, {"split": cfg.split, "images": len(split["image_ids"]), **_ensemble_record(cfg), **metrics})
+
+
+def _ensemble_members(cfg: EvalConfig, state: dict[str, Any], load_model) -> list[tuple[Any, dict[str, Any]]]:
+    """The ``--ensemble`` checkpoints, each checked to share ``--checkpoint``'s vocabulary and feature settings."""
+    loaded = [load_model(storage.fetch(path)) for path in cfg.ensemble]
+    for path, (_, member_state) in zip(cfg.ensemble, loaded):
+        if member_state["vocab"] != state["vocab"]:
+            raise ValueError(f"ensemble checkpoint {path}: its vocabulary differs from {cfg.checkpoint}'s")
+    _check_features_match(cfg, *(member_state for _, member_state in loaded))
+    return loaded
+
+
+def _ensemble_record(cfg: EvalConfig) -> dict[str, Any]:
+    return {"ensemble": [cfg.checkpoint, *cfg.ensemble]} if cfg.ensemble else {}
 
 
 def run_captions(cfg: EvalConfig) -> dict[str, Any]:
@@ -86,23 +102,19 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.ensemble:
         from vsa_dist.models.mrnn import MRNNEnsemble
 
-        loaded = [load_model(storage.fetch(path)) for path in cfg.ensemble]
-        for path, (_, member_state) in zip(cfg.ensemble, loaded):
-            if member_state["vocab"] != state["vocab"]:
-                raise ValueError(f"ensemble checkpoint {path}: its vocabulary differs from {cfg.checkpoint}'s")
-        _check_features_match(cfg, *(member_state for _, member_state in loaded))
-        model = MRNNEnsemble([model, *(member for member, _ in loaded)])
+        model = MRNNEnsemble([model, *(member for member, _ in _ensemble_members(cfg, state, load_model))])
     captions = generate(model, torch.from_numpy(split["features"]).float(), state["vocab"], beam,
                         state["config"]["max_len"], state["config"].get("length_penalty", 0.0))
     metrics = score_captions(split, captions)
-    extra = {"ensemble": [cfg.checkpoint, *cfg.ensemble]} if cfg.ensemble else {}
-    return _finish(cfg, {"split": cfg.split, "images": len(captions), "beam": beam, **extra, **metrics})
+    return _finish(cfg, {"split": cfg.split, "images": len(captions), "beam": beam, **_ensemble_record(cfg), **metrics})
 
 
 def run_snippets(cfg: EvalConfig) -> dict[str, Any]:
     from vsa_dist.eval.snippets import evaluate_snippets
     from vsa_dist.stages.train_align import load_model
 
+    if cfg.ensemble:
+        raise cfglib.ConfigError("vsa eval snippets: --ensemble is for retrieval and captions (snippets come from one model's alignment)")
     model, state = load_model(storage.fetch(cfg.checkpoint))
     split = _split(cfg, state, whole_image_only=False)
     metrics = evaluate_snippets(model, torch.from_numpy(split["features"]).float(),

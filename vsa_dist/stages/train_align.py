@@ -14,7 +14,6 @@ After training, the best-on-dev model is evaluated on test once and registered a
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,12 +129,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         model.train()
         lr = training.epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
         training.set_lr(optimizer, lr)
-        losses, steps, wait, start = 0.0, 0, 0.0, time.time()
-        fetch = time.time()
-        for batch in train_shard.iter_torch_batches(batch_size=per_worker, local_shuffle_buffer_size=cfg.shuffle_buffer,
-                                                    prefetch_batches=cfg.prefetch_batches,
-                                                    drop_last=True, device=device):
-            wait += time.time() - fetch
+        losses, steps = 0.0, 0
+        clock = training.DataClock(train_shard.iter_torch_batches(
+            batch_size=per_worker, local_shuffle_buffer_size=cfg.shuffle_buffer, prefetch_batches=cfg.prefetch_batches,
+            drop_last=True, device=device))
+        for batch in clock:
             tokens = one_sentence_each(batch["tokens"].long())
             loss = model(batch["features"], tokens, gather=gather)
             optimizer.zero_grad(set_to_none=True)
@@ -144,10 +142,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             optimizer.step()
             losses += loss.item()
             steps += 1
-            fetch = time.time()
-        seconds = time.time() - start
+        timing = clock.metrics()
+        seconds = timing.pop("seconds")
         metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": losses / max(steps, 1), "steps": steps,
-                                   "pairs_per_s": steps * per_worker * world / seconds, "data_wait_share": wait / seconds}
+                                   "pairs_per_s": steps * per_worker * world / seconds, **timing}
         state = None
         if rank == 0:
             with training.all_cores(cfg.threads):
@@ -156,7 +154,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             best, state = training.end_epoch(loop_config, logger, metrics, metrics["dev_rsum"], best, plain, optimizer)
             training.say(f"epoch {epoch}: loss {metrics['train_loss']:.2f}, dev rsum {metrics['dev_rsum']:.1f} "
                          f"(R@1 {dev_metrics['annotation']['r1']:.1f}/{dev_metrics['search']['r1']:.1f}), "
-                         f"{metrics['pairs_per_s']:.0f} pairs/s, data wait {100 * metrics['data_wait_share']:.1f}%")
+                         f"{metrics['pairs_per_s']:.0f} pairs/s, data wait {100 * metrics['data_wait_share']:.1f}% "
+                         f"({metrics['first_batch_wait_s']:.1f} s of it for the first batch)")
         training.report(metrics, state)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,12 +208,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         model.train()
         lr = training.epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
         training.set_lr(optimizer, lr)
-        total_nll, total_words, total_reward, steps, wait, start = 0.0, 0, 0.0, 0, 0.0, time.time()
-        fetch = time.time()
-        for batch in train_shard.iter_torch_batches(batch_size=images_per_worker, drop_last=True, device=device,
-                                                    local_shuffle_buffer_size=cfg.shuffle_buffer,
-                                                    prefetch_batches=cfg.prefetch_batches):
-            wait += time.time() - fetch
+        total_nll, total_words, total_reward, steps = 0.0, 0, 0.0, 0
+        clock = training.DataClock(train_shard.iter_torch_batches(
+            batch_size=images_per_worker, drop_last=True, device=device, local_shuffle_buffer_size=cfg.shuffle_buffer,
+            prefetch_batches=cfg.prefetch_batches))
+        for batch in clock:
             optimizer.zero_grad(set_to_none=True)
             if reward is None:
                 features, sentences = every_sentence(batch["features"].float(), batch["tokens"].long())
@@ -233,9 +231,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip)
             optimizer.step()
             steps += 1
-            fetch = time.time()
-        seconds = time.time() - start
-        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps, "data_wait_share": wait / seconds}
+        timing = clock.metrics()
+        seconds = timing.pop("seconds")
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps, **timing}
         if reward is None:
             metrics |= {"train_perplexity": math.exp(total_nll / max(total_words, 1)),
                         "words_per_s": total_words * world / seconds}
@@ -255,7 +253,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                      else f"{metrics['images_per_s']:.1f} images/s")
             training.say(f"epoch {epoch}: {train}, dev ppl {metrics['dev_perplexity']:.1f}, "
                          f"dev CIDEr {metrics['dev_cider']:.3f} (greedy), e.g. {greedy[0]!r}; "
-                         f"{speed}, data wait {100 * metrics['data_wait_share']:.1f}%")
+                         f"{speed}, data wait {100 * metrics['data_wait_share']:.1f}% "
+                         f"({metrics['first_batch_wait_s']:.1f} s of it for the first batch)")
         training.report(metrics, state)
 
 
