@@ -4,11 +4,13 @@
         "vsa train-align --features runs/flickr8k/features --out runs/flickr8k/align-paper --epochs 12"
     python scripts/record_results.py captions runs/flickr8k/mrnn-paper/summary.json "vsa train-mrnn …"
     python scripts/record_results.py captions.ensemble runs/flickr8k/ensemble-test.json "vsa eval captions …" RUN_A,RUN_B
+    python scripts/record_results.py retrieval.modern_ensemble runs/flickr8k/ensemble-align-test.json "vsa eval retrieval …" RUN_A,RUN_B
 
 Retrieval runs (train-align) record annotation/search R@K and median rank; generator runs (train-mrnn)
 record BLEU-1..4, METEOR, ROUGE-L, CIDEr, with the beam chosen on dev. An existing entry's other keys
-(e.g. ``captions.modern`` under ``captions``) are kept. The output of ``vsa eval captions --out FILE`` (an
-ensemble of trained generators) is recorded with the MLflow run ids of its members, given as a fourth argument.
+(e.g. ``captions.modern`` under ``captions``) are kept. The output of ``vsa eval captions --out FILE`` or
+``vsa eval retrieval --out FILE`` (an ensemble of trained models) is recorded with the MLflow run ids of its
+members, given as a fourth argument.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cid
 def main(argv: list[str]) -> None:
     key, summary_path, command, *member_runs = argv
     summary = json.loads(Path(summary_path).read_text())
-    if "test" not in summary:  # vsa eval captions --out: the numbers themselves, no training run of its own
-        summary = {"test": {k: v for k, v in summary.items() if k in CAPTION_METRICS}, "beam": summary["beam"],
-                   "best_dev_epoch": None, "run_id": member_runs[0].split(",") if member_runs else None}
+    if "test" not in summary:  # vsa eval captions/retrieval --out: the numbers themselves, no training run of its own
+        numbers = ({d: summary[d] for d in ("annotation", "search")} if "annotation" in summary
+                   else {k: v for k, v in summary.items() if k in CAPTION_METRICS})
+        summary = {"test": numbers, "beam": summary.get("beam"), "best_dev_epoch": None,
+                   "run_id": member_runs[0].split(",") if member_runs else None}
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     node = results
     for part in key.split(".")[:-1]:
