@@ -53,9 +53,10 @@ def eval_cost(features: Path) -> dict:
     # in the blocks, a first pass over (nearly) the whole score matrix.
     start = time.time()
     encoded = encode_split(model, features, tokens)
-    two_pass = retrieval_metrics(lambda il, sl: model.score(encoded["regions"][il], encoded["words"][sl.start // 1000],
-                                                            encoded["masks"][sl.start // 1000]),
-                                 len(features), encoded["image_of"])
+    chunk = encoded["sentence_chunk"]  # the blocks asked for are whole sentence chunks of the encoding
+    two_pass = retrieval_metrics(lambda il, sl: model.score(encoded["regions"][il], encoded["words"][sl.start // chunk],
+                                                            encoded["masks"][sl.start // chunk]),
+                                 len(features), encoded["image_of"], sentence_chunk=chunk)
     seconds_two_pass = time.time() - start
     assert two_pass == metrics, (two_pass, metrics)
     return {"images": len(test["features"]), "sentences": int((test["tokens"] != 0).any(-1).sum()),
