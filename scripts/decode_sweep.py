@@ -14,7 +14,7 @@ import json
 import torch
 
 from vsa_dist.data.pairs import load_split, word_index
-from vsa_dist.stages.train_mrnn import generate, load_model, score_captions
+from vsa_dist.stages.train_mrnn import generate, load_model, score_captions, whole_image_only
 
 
 def main() -> None:
@@ -26,7 +26,8 @@ def main() -> None:
     args = parser.parse_args()
     model, state = load_model(args.checkpoint)
     vocab = state["vocab"]
-    split = load_split(args.features, args.split, word_index(vocab), state["config"]["max_words"], whole_image_only=True)
+    split = load_split(args.features, args.split, word_index(vocab), state["config"]["max_words"],
+                       whole_image_only(state["config"]))
     features = torch.from_numpy(split["features"]).float()
     for setting in args.settings.split(","):
         beam, penalty = setting.split(":")

@@ -24,8 +24,10 @@ VOCAB = 9  # PAD, UNK, 6 words, END
 
 
 def tiny(cell: str = "rnn", seed: int = 0, vocab: int = VOCAB) -> MRNN:
+    """``cell`` rnn, lstm, or lstm-att (an LSTM attending over the image's rows)."""
     torch.manual_seed(seed)
-    model = MRNN(MRNNArgs(vocab_size=vocab, feature_dim=6, hidden=16, word_dim=8, cell=cell, dropout=0.0)).eval()
+    model = MRNN(MRNNArgs(vocab_size=vocab, feature_dim=6, hidden=16, word_dim=8, cell=cell.removesuffix("-att"),
+                          dropout=0.0, attention=cell.endswith("-att"))).eval()
     for p in model.parameters():  # spread the weights: distinct, confident choices make the search tests bite
         torch.nn.init.normal_(p, std=0.8)
     return model
@@ -71,10 +73,45 @@ def test_teacher_forcing_starts_and_ends_with_end():
     assert targets.tolist() == [[3, 4, 8, 0], [5, 8, 0, 0]]
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_attention_is_soft_attention_over_the_images_rows():
+    """Step by step: the previous hidden state weighs the rows (whole image first), their weighted values join
+    the word vector as the LSTM's input, and the whole image's vector is added to x_1 as without attention."""
+    model = tiny("lstm-att")
+    rows, words = torch.randn(1, 4, 6), [4, 2, 7]
+    logits = model(rows, torch.tensor([[model.args.end, *words]]))[0]
+    unit = torch.nn.functional.normalize(rows[0], dim=-1) * 6 ** 0.5
+    keys, values, b_v = model.keys(unit), model.values(unit), model.image(unit[0])
+    h, c = torch.zeros(1, 16), torch.zeros(1, 16)
+    for t, w in enumerate([model.args.end, *words]):
+        weights = torch.softmax(torch.stack([model.attend(torch.tanh(k + model.query(h[0]))) for k in keys]).squeeze(-1), 0)
+        x = model.embed.weight[w] + (b_v if t == 0 else 0)
+        h, c = model.lstm(torch.cat([x, weights @ values])[None], (h, c))
+        assert torch.allclose(logits[t], model.output(h[0]), atol=1e-5)
+    # One vector per image is one row to attend to; without attention a model reads row 0 of the rows.
+    assert torch.allclose(model(rows[:, 0], torch.tensor([[model.args.end]])), model(rows[:, :1], torch.tensor([[model.args.end]])))
+    plain = tiny("lstm")
+    assert torch.equal(plain(rows, torch.tensor([[8, 3]])), plain(rows[:, 0], torch.tensor([[8, 3]])))
+    with pytest.raises(ValueError, match="lstm"):
+        MRNN(MRNNArgs(vocab_size=VOCAB, cell="rnn", attention=True))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm-att"])
+def test_sentences_share_their_images_rows_without_copies(cell):
+    """``image_of`` (the image layers once per image, training's path) gives what one copy per sentence gives."""
+    model, features = tiny(cell, vocab=40), torch.randn(3, 4, 6)
+    image_of, inputs = torch.tensor([0, 0, 1, 2, 2, 2]), torch.randint(2, 40, (6, 5))
+    assert torch.allclose(model(features, inputs, image_of=image_of), model(features[image_of], inputs), rtol=1e-5, atol=1e-4)
+
+
+def image_features(cell: str, n: int) -> torch.Tensor:
+    """Test images: one vector each, or for an attending model its whole image and three regions."""
+    return torch.randn(n, 4, 6) if cell.endswith("-att") else torch.randn(n, 6)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "lstm-att"])
 def test_beam_one_is_greedy(cell):
     model = tiny(cell, vocab=40)
-    features = torch.randn(16, 6)
+    features = image_features(cell, 16)
     assert torch.equal(model.beam_search(features, beam=1, max_len=12), model.greedy(features, max_len=12))
 
 
@@ -82,13 +119,13 @@ def ensemble_of(cells: str) -> MRNNEnsemble:
     return MRNNEnsemble([tiny(cell, seed=3 + i) for i, cell in enumerate(cells.split("+"))])
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "rnn+lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "rnn+lstm", "lstm-att", "lstm-att+rnn"])
 def test_wide_beam_is_exhaustive_search(cell):
     """With a beam wider than every prefix, beam search must return the most likely sentence of all
     (for an ensemble of an RNN and an LSTM: most likely under the mean of their log-probabilities)."""
     model, max_len = (tiny(cell, seed=3) if "+" not in cell else ensemble_of(cell)), 3
     words = [w for w in range(VOCAB) if w not in NEVER_GENERATED]
-    features = torch.randn(6, 6)
+    features = image_features(cell.split("+")[0], 6)
     found = model.beam_search(features, beam=len(words) ** (max_len - 1), max_len=max_len)
     for image, row in zip(features, found):
         candidates = [list(seq) for n in range(1, max_len + 1) for seq in itertools.product(words, repeat=n)
@@ -112,11 +149,14 @@ def test_ensemble_of_one_is_the_model_and_members_must_share_a_vocabulary():
         MRNNEnsemble([tiny("rnn"), tiny("rnn", vocab=40)])
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "lstm-att"])
 def test_tiny_mrnn_overfits_a_handful_of_captions(cell):
     torch.manual_seed(0)
-    model = MRNN(MRNNArgs(vocab_size=14, feature_dim=8, hidden=48, word_dim=16, cell=cell, dropout=0.0))
+    model = MRNN(MRNNArgs(vocab_size=14, feature_dim=8, hidden=48, word_dim=16, cell=cell.removesuffix("-att"),
+                          dropout=0.0, attention=cell.endswith("-att")))
     features = torch.randn(5, 8)
+    if model.args.attention:  # one whole-image vector for all five: only the regions tell the images apart
+        features = torch.cat([torch.randn(1, 1, 8).expand(5, 1, 8), torch.randn(5, 2, 8)], dim=1)
     captions = torch.tensor([[2, 3, 4, 0, 0], [5, 6, 0, 0, 0], [7, 8, 9, 10, 11], [3, 3, 12, 0, 0], [12, 2, 5, 6, 0]])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(300):
@@ -305,6 +345,19 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     # it started from the trained model: its first dev CIDEr is near that model's, not an untrained one's (0)
     assert client.get_metric_history(tuned["run_id"], "dev_cider")[0].value > 0.5 * second["best_dev_cider_greedy"]
 
+    # An LSTM attending over each image's whole frame and regions: trained by the same loop on every feature
+    # row; `vsa eval captions` reads the rows back for it, alone and beside the whole-image model above.
+    attending = vsa(["train-mrnn", "--features", str(mini_features), "--out", str(tmp_path / "attention"),
+                     "--cell", "lstm", "--attention", "true", "--hidden", "64", "--word-dim", "64", "--batch-size", "50",
+                     "--epochs", "1", "--beam-choices", "1", "--register-as", "", "--experiment", "test-mrnn",
+                     "--progress", "false"])
+    evaluated = vsa(["eval", "captions", "--checkpoint", str(tmp_path / "attention" / "best.pt"),
+                     "--features", str(mini_features)])
+    assert {k: evaluated[k] for k in attending["test"]} == pytest.approx(attending["test"], abs=1e-9)
+    mixed = vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--ensemble",
+                 str(tmp_path / "attention" / "best.pt"), "--features", str(mini_features)])
+    assert mixed["images"] == 50 and 0 <= mixed["cider"]
+
     # vsa caption: a folder of images, through the registry on the server.
     folder = tmp_path / "images"
     folder.mkdir()
@@ -388,6 +441,7 @@ def test_bad_generator_configs_stop_before_any_work(tmp_path, mini_features, cap
         (["train-mrnn", "--features", str(mini_features), "--beam-choices", "0,3"], "beam_choices"),
         (["train-mrnn", "--features", str(mini_features), "--label-smoothing", "1"], "label_smoothing must be in [0, 1)"),
         (["train-mrnn", "--features", str(mini_features), "--objective", "scst"], "objective scst needs --init"),
+        (["train-mrnn", "--features", str(mini_features), "--attention", "true"], "attention needs cell lstm"),
         (["train-mrnn", "--features", str(mini_features), "--objective", "scst", "--init", str(tmp_path / "x.pt")],
          "x.pt: no such checkpoint"),
         (["train-mrnn", "--features", str(mini_features), "--objective", "scst", "--init",

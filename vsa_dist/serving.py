@@ -111,11 +111,14 @@ class Captioner(mlflow.pyfunc.PythonModel):
         names = names or [f"image {i}" for i in range(len(jpegs))]
         features, boxes = image_features(self.extractor, jpegs, names, with_boxes=True)
         top = min(regions, boxes.shape[1])
-        rows = torch.from_numpy(features[:, :1 + top]).float().reshape(-1, features.shape[-1])  # whole image, regions
-        captions = generate(self.model, rows, self.vocab, beam or self.beam, self.max_len, self.length_penalty)
-        per_image = 1 + top
-        return [(captions[i * per_image],
-                 [(boxes[i, r].round(1).tolist(), captions[i * per_image + 1 + r]) for r in range(top)])
+        features = torch.from_numpy(features).float()
+        beam = beam or self.beam
+        # the whole image with its regions (an attending model reads them all, the others row 0), then each
+        # region on its own as if it were an image
+        captions = generate(self.model, features, self.vocab, beam, self.max_len, self.length_penalty)
+        region_captions = generate(self.model, features[:, 1:1 + top].reshape(-1, features.shape[-1]), self.vocab,
+                                   beam, self.max_len, self.length_penalty) if top else []
+        return [(captions[i], [(boxes[i, r].round(1).tolist(), region_captions[i * top + r]) for r in range(top)])
                 for i in range(len(jpegs))]
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):

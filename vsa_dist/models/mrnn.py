@@ -7,6 +7,11 @@
 Word ids: PAD = 0, UNK = 1, the vocabulary from 2 on, and END last. END also starts every sentence
 (x_1 = START), as in the paper's code, so the model learns one "boundary" token. ``cell="lstm"`` swaps
 the ReLU recurrence for an LSTM cell (beyond the paper); the image then enters as a bias on x_1.
+
+Image features come as [N, D] (one vector per image) or [N, M, D] (row 0 the whole image, rows 1.. its
+regions, as the feature shards store them); the paper's model reads row 0 only. ``attention=True`` (lstm
+only, beyond the paper; Xu et al. 2015's soft attention) also reads the regions: before every step the
+previous hidden state weighs the M rows, and their weighted mean enters the LSTM beside the word vector.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ class MRNNArgs:
     dropout: float = 0.5          # on the non-recurrent layers: word vectors, image vector, output layer input
     feature_norm: str = "rms"     # CNN features at unit length ("unit"), or at unit length x sqrt(D) ("rms": each
     #                               component ~1, the scale a Linear layer's default init expects; lower dev perplexity)
+    attention: bool = False       # lstm: attend over the whole image and its regions at every step
+
+    @property
+    def state_size(self) -> int:
+        """Tensors in the recurrent state: h (rnn); h, c (lstm); plus the attention memory's keys and values."""
+        return (1 if self.cell == "rnn" else 2) + (2 if self.attention else 0)
 
     @property
     def end(self) -> int:
@@ -64,6 +75,8 @@ class MRNN(nn.Module):
             raise ValueError(f"cell {args.cell!r} is not rnn or lstm")
         if args.feature_norm not in ("unit", "rms"):
             raise ValueError(f"feature_norm {args.feature_norm!r} is not unit or rms")
+        if args.attention and args.cell != "lstm":
+            raise ValueError("attention needs cell lstm")
         self.args = args
         self.embed = nn.Embedding(args.vocab_size, args.word_dim, padding_idx=PAD)
         self.drop = nn.Dropout(args.dropout)
@@ -73,19 +86,43 @@ class MRNN(nn.Module):
             self.recurrent = nn.Linear(args.hidden, args.hidden, bias=False)  # W_hh
         else:
             self.image = nn.Linear(args.feature_dim, args.word_dim)        # added to x_1
-            self.lstm = nn.LSTMCell(args.word_dim, args.hidden)
+            context = args.word_dim if args.attention else 0
+            self.lstm = nn.LSTMCell(args.word_dim + context, args.hidden)
+        if args.attention:
+            self.keys = nn.Linear(args.feature_dim, args.hidden)            # what each row offers the query
+            self.values = nn.Linear(args.feature_dim, args.word_dim)        # what a chosen row adds to the input
+            self.query = nn.Linear(args.hidden, args.hidden, bias=False)   # what h_{t-1} asks for
+            self.attend = nn.Linear(args.hidden, 1)                        # w in w·tanh(key + query)
         self.output = nn.Linear(args.hidden, args.vocab_size)              # W_oh, b_o
 
-    def image_bias(self, features: torch.Tensor) -> torch.Tensor:
-        """Whole-image CNN features [N, D] → b_v."""
+    def _normalise(self, features: torch.Tensor) -> torch.Tensor:
         features = F.normalize(features.float(), dim=-1)
-        if self.args.feature_norm == "rms":
-            features = features * features.shape[-1] ** 0.5
-        return self.drop(self.image(features))
+        return features * features.shape[-1] ** 0.5 if self.args.feature_norm == "rms" else features
+
+    def image_bias(self, features: torch.Tensor) -> torch.Tensor:
+        """Image features [N, D] or [N, M, D] (row 0 the whole image) → b_v, from the whole image."""
+        return self.drop(self.image(self._normalise(features[:, 0] if features.dim() == 3 else features)))
 
     def initial_state(self, n: int, device: torch.device) -> tuple[torch.Tensor, ...]:
         zeros = torch.zeros(n, self.args.hidden, device=device)
         return (zeros,) if self.args.cell == "rnn" else (zeros, zeros.clone())
+
+    def start(self, features: torch.Tensor, copies: int = 1,
+              image_of: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Image features [B, D] or [B, M, D] → (b_v, the state before the first word) for each sentence:
+        sentence n reads image ``image_of[n]`` (default: one sentence per image), and each is repeated
+        ``copies`` times (a beam's hypotheses). The image layers run once per image, not per sentence. With
+        attention the state carries the rows' keys and values: they ride along unchanged, so a beam's
+        reordering moves them with their hypotheses."""
+        def per_sentence(x: torch.Tensor) -> torch.Tensor:
+            return (x if image_of is None else x[image_of]).repeat_interleave(copies, dim=0)
+
+        bias = per_sentence(self.image_bias(features))
+        state = self.initial_state(len(bias), bias.device)
+        if self.args.attention:
+            rows = self._normalise(features if features.dim() == 3 else features[:, None])
+            state += (per_sentence(self.keys(rows)), per_sentence(self.drop(self.values(rows))))
+        return bias, state
 
     def _recur(self, x: torch.Tensor, state: tuple[torch.Tensor, ...],
                first_bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
@@ -97,7 +134,12 @@ class MRNN(nn.Module):
             return (torch.relu(pre),)
         if first_bias is not None:
             x = x + first_bias
-        return self.lstm(x, state)
+        if not self.args.attention:
+            return self.lstm(x, state)
+        h, c, keys, values = state
+        weights = self.attend(torch.tanh(keys + self.query(h)[:, None])).squeeze(-1).softmax(dim=-1)  # [N, M]
+        context = torch.einsum("nm,nme->ne", weights, values)
+        return (*self.lstm(torch.cat([x, context], dim=-1), (h, c)), keys, values)
 
     def _step_input(self, words: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.embed(words))
@@ -109,9 +151,10 @@ class MRNN(nn.Module):
         state = self._recur(self._step_input(words), state, first_bias)
         return self.output(self.drop(state[0])), state
 
-    def forward(self, features: torch.Tensor, inputs: torch.Tensor | None = None,
-                sample_len: int = 0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Teacher forcing: features [N, D], input ids [N, T] → logits [N, T, V].
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor | None = None, sample_len: int = 0,
+                image_of: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: features [N, D] or [N, M, D], input ids [N, T] → logits [N, T, V]; with
+        ``image_of`` [N], features are per image ([B, ...]) and sentence n is of image image_of[n].
 
         The same arithmetic as ``step`` at every t, but the input and output layers run once over all time
         steps (two large matrix products instead of 2T small ones); only the recurrence loops.
@@ -121,8 +164,7 @@ class MRNN(nn.Module):
         """
         if inputs is None:
             return self.sample(features, sample_len)
-        bias = self.image_bias(features)
-        state = self.initial_state(len(inputs), inputs.device)
+        bias, state = self.start(features, image_of=image_of)
         step_inputs = self._step_input(inputs)                            # [N, T, H or E]
         hidden = []
         for t in range(inputs.shape[1]):
@@ -141,7 +183,7 @@ class MRNN(nn.Module):
         log-probabilities [N, V]. (ids [N, L], END then PAD after a sentence ends; the log-probability of each
         chosen word [N, L], 0 after the end.)"""
         n, device = len(features), features.device
-        bias, state = self.image_bias(features), self.initial_state(n, device)
+        bias, state = self.start(features)
         words = torch.full((n,), self.args.end, dtype=torch.long, device=device)
         done = torch.zeros(n, dtype=torch.bool, device=device)
         ids, log_probs = [], []
@@ -177,8 +219,7 @@ class MRNN(nn.Module):
         """
         n, k, device = len(features), beam, features.device
         vocab = self.args.vocab_size
-        bias = self.image_bias(features).repeat_interleave(k, dim=0)
-        state = self.initial_state(n * k, device)
+        bias, state = self.start(features, k)
         words = torch.full((n * k,), self.args.end, dtype=torch.long, device=device)
         scores = torch.full((n, k), float("-inf"), device=device)
         scores[:, 0] = 0.0  # all beams start identical: only one may expand at first
@@ -211,9 +252,9 @@ class MRNNEnsemble(nn.Module):
     """Several generators over one vocabulary decoding as one: each step's next-word distribution is the
     renormalised geometric mean of theirs (their log-probabilities averaged). Beyond the paper.
 
-    It has the step interface ``MRNN.greedy`` and ``MRNN.beam_search`` use (``image_bias``,
-    ``initial_state``, ``step``, ``_log_probs``), so both decode it unchanged: the members' image biases and
-    states travel side by side as one tensor / one tuple, and are split again at every step.
+    It has the step interface ``MRNN.greedy`` and ``MRNN.beam_search`` use (``start``, ``step``,
+    ``_log_probs``), so both decode it unchanged: the members' image biases and states travel side by side
+    as one tensor / one tuple, and are split again at every step.
     """
 
     def __init__(self, members: list[MRNN]):
@@ -223,13 +264,11 @@ class MRNNEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.args = members[0].args
         self._bias_widths = [m.image.out_features for m in members]
-        self._state_counts = [1 if m.args.cell == "rnn" else 2 for m in members]
+        self._state_counts = [m.args.state_size for m in members]
 
-    def image_bias(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m.image_bias(features) for m in self.members], dim=-1)
-
-    def initial_state(self, n: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-        return tuple(s for m in self.members for s in m.initial_state(n, device))
+    def start(self, features: torch.Tensor, copies: int = 1) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        starts = [m.start(features, copies) for m in self.members]
+        return torch.cat([bias for bias, _ in starts], dim=-1), tuple(s for _, state in starts for s in state)
 
     def step(self, words: torch.Tensor, state: tuple[torch.Tensor, ...],
              first_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:

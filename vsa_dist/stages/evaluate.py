@@ -94,15 +94,17 @@ def _ensemble_record(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def run_captions(cfg: EvalConfig) -> dict[str, Any]:
-    from vsa_dist.stages.train_mrnn import generate, load_model, score_captions
+    from vsa_dist.stages.train_mrnn import generate, load_model, score_captions, whole_image_only
 
     model, state = load_model(storage.fetch(cfg.checkpoint))
-    split = _split(cfg, state, whole_image_only=True)
+    members = _ensemble_members(cfg, state, load_model)
+    # the regions too when any member attends over them; the others read row 0 of them
+    split = _split(cfg, state, all(whole_image_only(s["config"]) for s in [state, *(s for _, s in members)]))
     beam = cfg.beam or state.get("beam") or 1
     if cfg.ensemble:
         from vsa_dist.models.mrnn import MRNNEnsemble
 
-        model = MRNNEnsemble([model, *(member for member, _ in _ensemble_members(cfg, state, load_model))])
+        model = MRNNEnsemble([model, *(member for member, _ in members)])
     captions = generate(model, torch.from_numpy(split["features"]).float(), state["vocab"], beam,
                         state["config"]["max_len"], state["config"].get("length_penalty", 0.0))
     metrics = score_captions(split, captions)

@@ -229,7 +229,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     chosen = pick(cfg.images, split["image_ids"])
     with torch.no_grad():
         matrix = score_matrix(aligner, features, tokens)
-        captions = train_mrnn.generate(captioner, features[chosen, 0], caption_state["vocab"],
+        captions = train_mrnn.generate(captioner, features[chosen], caption_state["vocab"],
                                        caption_state.get("beam") or 1, caption_state["config"]["max_len"])
         top_regions = min(cfg.regions, features.shape[1] - 1)
         region_text = train_mrnn.generate(region_captioner, features[chosen, 1:1 + top_regions].reshape(-1, features.shape[-1]),

@@ -34,7 +34,7 @@ from vsa_dist.models.mrnn import MRNN, PAD, MRNNArgs, caption_ids, ids_to_words,
 
 @dataclass
 class MRNNConfig(training.TrainConfig):
-    """Train the MRNN caption generator on feature shards (whole-image features + sentences)."""
+    """Train the MRNN caption generator on feature shards (whole-image features, or all rows with attention, + sentences)."""
 
     epochs: int = field(default=20, metadata={"help": "passes over the train images, all their sentences each time"})
     batch_size: int = field(default=100, metadata={"help": "image-sentence pairs per step over all workers (5 per image)"})
@@ -49,6 +49,7 @@ class MRNNConfig(training.TrainConfig):
     hidden: int = field(default=512, metadata={"help": "hidden units"})
     word_dim: int = field(default=512, metadata={"help": "word vector size"})
     feature_norm: str = field(default="rms", metadata={"help": "image features at unit length (unit) or unit RMS per component (rms)"})
+    attention: bool = field(default=False, metadata={"help": "lstm: attend over the whole image and its regions at every word (beyond the paper)"})
     max_len: int = field(default=20, metadata={"help": "longest generated caption, in words"})
     beam: int = field(default=0, metadata={"help": "beam size at test time; 0: choose from beam_choices on dev"})
     beam_choices: list[int] = field(default_factory=lambda: [1, 2, 3, 5], metadata={"help": "beam sizes tried on dev"})
@@ -65,6 +66,9 @@ class MRNNConfig(training.TrainConfig):
         training.check_choice("cell", self.cell, ("rnn", "lstm"))
         training.check_choice("feature_norm", self.feature_norm, ("unit", "rms"))
         training.check_choice("objective", self.objective, ("xe", "scst"))
+        if self.attention and (self.cell != "lstm" or self.snippets):
+            raise cfglib.ConfigError("attention needs cell lstm and no snippets (a snippet's region is one row, "
+                                     "nothing to attend over)")
         if self.objective == "scst" and not self.init:
             raise cfglib.ConfigError("objective scst needs --init, a checkpoint trained with xe (sampling from an "
                                      "untrained model earns no reward to learn from)")
@@ -100,8 +104,8 @@ class MRNNConfig(training.TrainConfig):
             saved = torch.load(storage.fetch(self.init), map_location="cpu", weights_only=True)
         except Exception as err:  # a folder, a truncated file, not a torch checkpoint: say which and why
             raise cfglib.ConfigError(f"init {self.init}: not a generator checkpoint ({err})") from err
-        config = {"feature_norm": "unit", **saved.get("config", {})}
-        differ = [k for k in ("cell", "hidden", "word_dim", "feature_norm") if config.get(k) != getattr(self, k)]
+        config = {"feature_norm": "unit", "attention": False, **saved.get("config", {})}
+        differ = [k for k in ("cell", "hidden", "word_dim", "feature_norm", "attention") if config.get(k) != getattr(self, k)]
         if differ:
             raise cfglib.ConfigError(f"init {self.init}: trained with a different " + ", ".join(
                 f"{k} ({config.get(k)!r}, here {getattr(self, k)!r})" for k in differ))
@@ -113,28 +117,36 @@ class MRNNConfig(training.TrainConfig):
 def model_args(cfg: MRNNConfig, vocab_size: int, feature_dim: int) -> MRNNArgs:
     """``vocab_size`` words → ids PAD, UNK, words, END."""
     return MRNNArgs(vocab_size=vocab_size + 3, feature_dim=feature_dim, hidden=cfg.hidden, word_dim=cfg.word_dim,
-                    cell=cfg.cell, dropout=cfg.dropout, feature_norm=cfg.feature_norm)
+                    cell=cfg.cell, dropout=cfg.dropout, feature_norm=cfg.feature_norm, attention=cfg.attention)
 
 
-def every_sentence(features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images [B, D] with sentences [B, S, T] → one row per present sentence: ([N, D], [N, T']), cut to the
+def whole_image_only(config: dict[str, Any] | MRNNConfig) -> bool:
+    """Whether a generator reads only each image's whole-image row (every one but an attending one)."""
+    attention = config.get("attention", False) if isinstance(config, dict) else config.attention
+    return not attention
+
+
+def sentence_rows(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sentences [B, S, T] → (the image of each present sentence [N], the sentences [N, T']), cut to the
     longest sentence present (the recurrence costs per time step; short snippets would pay for T)."""
     present = (tokens != PAD).any(dim=-1)                               # [B, S]
     image_of = torch.arange(len(tokens), device=tokens.device)[:, None].expand_as(present)[present]
     rows = tokens[present]
     width = int((rows != PAD).sum(dim=1).max()) if len(rows) else 0
-    return features[image_of], rows[:, :max(width, 1)]
+    return image_of, rows[:, :max(width, 1)]
 
 
 @torch.no_grad()
 def perplexity(model: MRNN, features: torch.Tensor, tokens: torch.Tensor, chunk: int = 500) -> float:
     """exp(mean NLL per word, END included) over every sentence of the split."""
     model.eval()
-    feats, sentences = every_sentence(features, tokens)
+    image_of, sentences = sentence_rows(tokens)  # features indexed per chunk: a split's rows x regions is large
     total, count = 0.0, 0
     for start in range(0, len(sentences), chunk):
         inputs, targets = teacher_forcing(sentences[start:start + chunk], model.args.end)
-        nll, n = token_nll(model(feats[start:start + chunk], inputs), targets)
+        images = image_of[start:start + chunk]
+        first = int(images[0])  # the chunk's sentences are of consecutive images: pass only those
+        nll, n = token_nll(model(features[first:int(images[-1]) + 1], inputs, image_of=images - first), targets)
         total, count = total + float(nll), count + int(n)
     return math.exp(total / max(count, 1))
 
@@ -142,7 +154,7 @@ def perplexity(model: MRNN, features: torch.Tensor, tokens: torch.Tensor, chunk:
 @torch.no_grad()
 def generate(model: MRNN, features: torch.Tensor, vocab: list[str], beam: int, max_len: int,
              length_penalty: float = 0.0, chunk: int = 250) -> list[str]:
-    """Captions for images [N, D]; beam 1 is greedy."""
+    """Captions for images [N, D] or [N, M, D] (whole image, regions); beam 1 is greedy."""
     model.eval()
     captions = []
     for start in range(0, len(features), chunk):
@@ -197,7 +209,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         from mlflow.tracking import MlflowClient
 
         logger = MlflowClient(loop_config["tracking_uri"])
-        dev = load_split(cfg.features, "dev", word_index(vocab), cfg.max_words, whole_image_only=True)
+        dev = load_split(cfg.features, "dev", word_index(vocab), cfg.max_words, whole_image_only(cfg))
         dev_features, dev_tokens = torch.from_numpy(dev["features"]).float(), torch.from_numpy(dev["tokens"]).long()
 
     reward = None
@@ -215,9 +227,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         for batch in clock:
             optimizer.zero_grad(set_to_none=True)
             if reward is None:
-                features, sentences = every_sentence(batch["features"].float(), batch["tokens"].long())
+                image_of, sentences = sentence_rows(batch["tokens"].long())
                 inputs, targets = teacher_forcing(sentences, plain.args.end)
-                logits = model(features, inputs)
+                logits = model(batch["features"].float(), inputs, image_of=image_of)
                 loss, words = token_nll(logits, targets, cfg.label_smoothing)
                 (loss / words).backward()  # mean over words: the step size does not depend on sentence lengths
                 # the logged train perplexity is of the model, whatever the loss smoothed
@@ -280,12 +292,12 @@ def choose_beam(cfg: MRNNConfig, model: MRNN, dev: dict[str, Any], vocab: list[s
 def run(cfg: MRNNConfig) -> dict[str, Any]:
     import mlflow
 
-    trained = training.train(cfg, "train-mrnn", train_loop, load_model, whole_image_only=True)
+    trained = training.train(cfg, "train-mrnn", train_loop, load_model, whole_image_only(cfg))
     model, state, final, run_id = trained.model, trained.state, trained.checkpoint, trained.run_id
     manifest, vocab = trained.manifest, trained.manifest["vocab"]["words"]
 
     index = word_index(vocab)
-    dev = load_split(cfg.features, "dev", index, cfg.max_words, whole_image_only=True)
+    dev = load_split(cfg.features, "dev", index, cfg.max_words, whole_image_only(cfg))
     beam, dev_by_beam = choose_beam(cfg, model, dev, vocab)
     training.write_best(final, model, state, beam=beam)
     mlflow.log_metrics({f"dev_cider_beam{k}": v for k, v in dev_by_beam.items()} | {"beam": beam})
@@ -296,7 +308,7 @@ def run(cfg: MRNNConfig) -> dict[str, Any]:
     if cfg.test:
         from vsa_dist.examples import log_examples
 
-        test = load_split(cfg.features, "test", index, cfg.max_words, whole_image_only=True)
+        test = load_split(cfg.features, "test", index, cfg.max_words, whole_image_only(cfg))
         captions = generate(model, torch.from_numpy(test["features"]).float(), vocab, beam, cfg.max_len,
                             cfg.length_penalty)
         summary["test"] = score_captions(test, captions)
