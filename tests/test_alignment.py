@@ -297,6 +297,8 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
     assert sorted(history) == [1, 2, 3, 4, 5, 6]
     assert len(client.get_metric_history(run_id, "dev_search_r5")) == 6
     assert len(client.get_metric_history(run_id, "first_batch_wait_s")) == 6
+    # Every epoch is the whole train split: 100 images / 2 workers / 10 a step.
+    assert [m.value for m in client.get_metric_history(run_id, "steps")] == [5.0] * 6
     run = client.get_run(run_id)
     assert run.data.params["batch_size"] == "20" and run.data.params["optimizer"] == "adam"
     assert client.get_model_version("vsa-align", first["registered"]["version"]).run_id == run_id
