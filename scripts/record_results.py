@@ -2,7 +2,7 @@
 
     python scripts/record_results.py retrieval.paper runs/flickr8k/align-paper/summary.json \
         "vsa train-align --features runs/flickr8k/features --out runs/flickr8k/align-paper --epochs 12"
-    python scripts/record_results.py captions runs/flickr8k/mrnn-paper/summary.json "vsa train-mrnn …"
+    python scripts/record_results.py captions.paper runs/flickr8k/mrnn-paper/summary.json "vsa train-mrnn …"
     python scripts/record_results.py captions.ensemble runs/flickr8k/ensemble-test.json "vsa eval captions …" RUN_A,RUN_B
     python scripts/record_results.py retrieval.modern_ensemble runs/flickr8k/ensemble-align-test.json "vsa eval retrieval …" RUN_A,RUN_B
 
