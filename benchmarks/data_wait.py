@@ -1,20 +1,26 @@
-"""Where an epoch's first-batch wait goes: the training stages' train stream under Ray Train, with no model.
+"""Where an epoch's first-batch wait goes: the training stages' train stream under Ray Train, with stand-in work.
 
-    python benchmarks/data_wait.py                                   # runs/flickr8k/features, buffers 1000 and 250
-    python benchmarks/data_wait.py --buffers 1000,250,50 --epochs 3 --pause 20
+    python benchmarks/data_wait.py                      # runs/flickr8k/features: late vs early start, CPU-bound work
+    python benchmarks/data_wait.py --work-kind sleep --step-s 0 --starts late,early --buffers 1000,250
 
 Two Ray Train workers read the train split of a feature folder exactly as ``vsa train-align`` does
-(``training.train_dataset``, ``iter_torch_batches`` with the same batch and prefetch settings), and do nothing
-with the batches; between epochs every worker pauses ``--pause`` seconds, standing in for rank 0's dev
-evaluation. Per local shuffle buffer size, it prints each epoch's wait for its first batch and its whole
-read time. One run, one machine: compare the buffer sizes with each other, not with other runs. Writes
-WORK/data_wait.json (default runs/bench/).
+(``training.train_dataset``, ``training.EpochStreams`` over ``iter_torch_batches`` with the same batch and
+prefetch settings). Each batch costs ``--step-s`` seconds of one-thread CPU work, standing in for a training
+step, and between epochs rank 0 works ``--pause`` seconds on every core, standing in for its dev evaluation
+(``--work-kind sleep``: both only sleep, which hides what the read costs the CPU). The work is a fixed number
+of matrix products calibrated once at start, so both settings do the same work. ``early``: the next epoch's
+stream is started before the pause, as the training stages do with ``--read-ahead true`` (and by default with
+GPUs); ``late``: after it, their default on CPUs. Per setting it prints each epoch's wait for its first batch,
+its steps' time and its whole cycle (steps + pause + waits): on a machine whose cores the read competes for,
+only a shorter cycle is a gain. One run, one machine: compare the settings with each other, not with other
+runs. Writes WORK/data_wait.json (default runs/bench/).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,41 +30,81 @@ sys.path.insert(0, str(REPO))
 
 from vsa_dist.paths import runs_root  # noqa: E402
 
+WORK_SIZE = 256  # the side of the matrices of the stand-in work
+
+
+def busy(units: int, threads: int) -> None:
+    """Fixed CPU work: ``units`` matrix products, the same in every setting compared."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(WORK_SIZE, WORK_SIZE) / WORK_SIZE ** 0.5
+    for _ in range(units):
+        a = torch.tanh(a @ a)
+
+
+def units_per_second() -> float:
+    """How many one-thread units this machine does in a second, from a half-second sample."""
+    busy(20, 1)
+    start, units = time.perf_counter(), 0
+    while time.perf_counter() - start < 0.5:
+        busy(10, 1)
+        units += 10
+    return units / (time.perf_counter() - start)
+
 
 def read_only_loop(config: dict) -> None:
     import ray.train
 
+    from vsa_dist.training import EpochStreams
+
+    rank = ray.train.get_context().get_world_rank()
     shard = ray.train.get_dataset_shard("train")
+    streams = EpochStreams(lambda: shard.iter_torch_batches(
+        batch_size=config["batch"], drop_last=True, local_shuffle_buffer_size=config["buffer"], prefetch_batches=4),
+        depth=4, read_ahead=config["early"])
     for epoch in range(1, config["epochs"] + 1):
         asked = start = time.time()
-        first, rows = None, 0
-        for batch in shard.iter_torch_batches(batch_size=config["batch"], drop_last=True,
-                                              local_shuffle_buffer_size=config["buffer"], prefetch_batches=4):
+        first, rows, stepping = None, 0, 0.0
+        for batch in streams.take():
             if first is None:
                 first = time.time() - asked
             rows += len(batch["tokens"])
-        record = {"rank": ray.train.get_context().get_world_rank(), "epoch": epoch,
-                  "first_batch_wait_s": round(first or 0.0, 2), "epoch_read_s": round(time.time() - start, 2), "rows": rows}
+            began = time.time()
+            busy(config["step_units"], 1)
+            stepping += time.time() - began
+        steps_done = time.time()
+        if epoch < config["epochs"]:
+            streams.start_next()  # only with read_ahead (early)
+        if config["work_kind"] == "sleep":
+            time.sleep(config["pause"])
+        elif rank == 0:  # the others wait for it, as at the report after rank 0's dev evaluation
+            busy(config["pause_units"], len(os.sched_getaffinity(0)))
+        record = {"rank": rank, "epoch": epoch, "first_batch_wait_s": round(first or 0.0, 2),
+                  "steps_s": round(stepping, 2), "epoch_read_s": round(steps_done - start, 2), "rows": rows}
+        ray.train.report(record)  # every rank: a barrier
+        record["cycle_s"] = round(time.time() - start, 2)
         with open(config["log"], "a") as log:  # one machine: every worker appends its line
             log.write(json.dumps(record) + "\n")
-        ray.train.report(record)
-        time.sleep(config["pause"])
 
 
-def measure(features: str, buffer: int, epochs: int, pause: float, workers: int, batch: int, work: Path) -> list[dict]:
+def measure(features: str, buffer: int, early: bool, work_config: dict, epochs: int, workers: int, batch: int,
+            work: Path) -> list[dict]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from vsa_dist.training import train_dataset
 
     vocab = json.loads((Path(features) / "manifest.json").read_text())["vocab"]["words"]
-    log = work / f"buffer-{buffer}.jsonl"
+    name = f"{'early' if early else 'late'}-buffer-{buffer}"
+    log = work / f"{name}.jsonl"
     log.unlink(missing_ok=True)
     trainer = TorchTrainer(
         read_only_loop,
-        train_loop_config={"epochs": epochs, "buffer": buffer, "pause": pause, "batch": batch, "log": str(log.resolve())},
+        train_loop_config={"epochs": epochs, "buffer": buffer, "early": early, "batch": batch, **work_config,
+                           "log": str(log.resolve())},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name=f"data-wait-b{buffer}-{int(time.time())}", storage_path=str(work.resolve())),
+        run_config=ray.train.RunConfig(name=f"data-wait-{name}-{int(time.time())}", storage_path=str(work.resolve())),
         datasets={"train": train_dataset(features, vocab, 32)},
     )
     trainer.fit()
@@ -68,9 +114,13 @@ def measure(features: str, buffer: int, epochs: int, pause: float, workers: int,
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", default=str(runs_root() / "flickr8k" / "features"))
-    parser.add_argument("--buffers", default="1000,250", help="local shuffle buffer sizes (rows) to compare")
+    parser.add_argument("--buffers", default="1000", help="local shuffle buffer sizes (rows) to compare")
+    parser.add_argument("--starts", default="late,early",
+                        help="when the next epoch's stream starts: late, early, or both in turn")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--pause", type=float, default=20.0, help="seconds between epochs (rank 0's dev evaluation)")
+    parser.add_argument("--work-kind", default="cpu", choices=("cpu", "sleep"), help="what the steps and the pause do")
+    parser.add_argument("--step-s", type=float, default=0.4, help="seconds of one-thread work per batch (cpu)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=50, help="rows per worker batch (train-align: 100 pairs / 2 workers)")
     parser.add_argument("--work", default=str(runs_root() / "bench" / "data_wait"))
@@ -81,10 +131,21 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     ray.init()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    result = {}
-    for buffer in (int(b) for b in args.buffers.split(",")):
-        result[str(buffer)] = measure(args.features, buffer, args.epochs, args.pause, args.workers, args.batch, work)
-        print(f"shuffle buffer {buffer}: {json.dumps(result[str(buffer)])}", flush=True)
+    rate = units_per_second()
+    work_config = {"work_kind": args.work_kind, "pause": args.pause,
+                   "step_units": round(args.step_s * rate) if args.work_kind == "cpu" else 0,
+                   "pause_units": round(args.pause * rate * len(os.sched_getaffinity(0)))}  # on every core
+    print(f"stand-in work: {rate:.0f} units/s on one thread; {json.dumps(work_config)}", flush=True)
+    result: dict = {"work": work_config}
+    for start in args.starts.split(","):
+        for buffer in (int(b) for b in args.buffers.split(",")):
+            key = f"{start} start, shuffle buffer {buffer}"
+            result[key] = measure(args.features, buffer, start == "early", work_config, args.epochs, args.workers,
+                                  args.batch, work)
+            # the first epoch has its cold start, and the last pause reads nothing ahead in either setting
+            middle = [r["cycle_s"] for r in result[key] if 1 < r["epoch"] < args.epochs]
+            print(f"{key}: {json.dumps(result[key])}", flush=True)
+            print(f"{key}: mean cycle of the middle epochs {sum(middle) / max(len(middle), 1):.1f} s", flush=True)
     (work / "data_wait.json").write_text(json.dumps(result, indent=1))
     return result
 

@@ -187,6 +187,48 @@ def test_data_clock_counts_the_wait_for_batches_not_the_steps():
     assert timing["seconds"] >= 0.9
 
 
+def test_epoch_streams_read_the_next_epoch_during_the_evaluation():
+    from vsa_dist.training import DataClock, EpochStreams
+
+    epochs_made = []
+
+    def one_epoch():
+        epochs_made.append(len(epochs_made) + 1)
+        time.sleep(0.4)  # the stream's start-up, before its first batch
+        yield from range(3)
+
+    streams = EpochStreams(one_epoch, depth=2)
+    first = DataClock(streams.take())
+    assert [_step(batch) for batch in first] == [0, 1, 2]
+    assert first.metrics()["first_batch_wait_s"] >= 0.35  # nothing was started early for the first epoch
+    streams.start_next()
+    time.sleep(0.6)  # rank 0's dev evaluation: the next stream starts up meanwhile
+    second = DataClock(streams.take())
+    assert [_step(batch) for batch in second] == [0, 1, 2]
+    assert second.metrics()["first_batch_wait_s"] < 0.1
+    assert epochs_made == [1, 2]
+    streams.start_next()
+    streams.start_next()  # a second call does not start a third stream
+    list(streams.take())
+    assert epochs_made == [1, 2, 3]
+
+    def broken():
+        yield 1
+        raise OSError("shard-000003.tar: truncated")
+
+    streams = EpochStreams(broken, depth=1)
+    streams.start_next()
+    with pytest.raises(OSError, match="shard-000003.tar"):  # a reader's error reaches the training thread
+        list(streams.take())
+
+    epochs_made.clear()
+    streams = EpochStreams(one_epoch, depth=2, read_ahead=False)  # a CPU machine's default: nothing starts early
+    streams.start_next()
+    time.sleep(0.1)
+    assert epochs_made == []
+    assert list(streams.take()) == [0, 1, 2] and epochs_made == [1]
+
+
 def _step(batch: int) -> int:
     time.sleep(0.2)  # a training step
     return batch
@@ -280,6 +322,7 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     out = tmp_path / "align"
     args = ["train-align", "--features", str(mini_features), "--out", str(out), "--workers", "2",
+            "--read-ahead", "true",  # the GPU default, so that a CPU-only suite runs it too
             "--batch-size", "20", "--optimizer", "adam", "--lr", "1e-3", "--weight-decay", "0", "--embed-dim", "256",
             "--dropout", "0.1", "--score-norm", "mean", "--experiment", "test-align", "--progress", "false"]
     first = vsa([*args, "--epochs", "6", "--test", "false"])

@@ -114,6 +114,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     plain = model.module if hasattr(model, "module") else model
     train_shard = ray.train.get_dataset_shard("train")
+    per_worker = cfg.batch_size // world
+    streams = training.EpochStreams(lambda: train_shard.iter_torch_batches(
+        batch_size=per_worker, local_shuffle_buffer_size=cfg.shuffle_buffer, prefetch_batches=cfg.prefetch_batches,
+        drop_last=True, device=device), depth=cfg.prefetch_batches,
+        read_ahead=training.reads_ahead(cfg))
+    if start_epoch <= cfg.epochs:
+        streams.start_next()  # with read-ahead, its first shards are read while rank 0 loads dev
 
     logger = None
     if rank == 0:  # the one rank that evaluates, logs and writes checkpoints
@@ -123,16 +130,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         dev = load_split(cfg.features, "dev", word_index(vocab), cfg.max_words)
         dev_features, dev_tokens = torch.from_numpy(dev["features"]), torch.from_numpy(dev["tokens"]).long()
 
-    per_worker = cfg.batch_size // world
     gather = gather_across_workers if cfg.gather_negatives and world > 1 else None
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         lr = training.epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
         training.set_lr(optimizer, lr)
         losses, steps = 0.0, 0
-        clock = training.DataClock(train_shard.iter_torch_batches(
-            batch_size=per_worker, local_shuffle_buffer_size=cfg.shuffle_buffer, prefetch_batches=cfg.prefetch_batches,
-            drop_last=True, device=device))
+        clock = training.DataClock(streams.take())
         for batch in clock:
             tokens = one_sentence_each(batch["tokens"].long())
             loss = model(batch["features"], tokens, gather=gather)
@@ -143,6 +147,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             losses += loss.item()
             steps += 1
         timing = clock.metrics()
+        if epoch < cfg.epochs:
+            streams.start_next()  # with read-ahead, its first shards are read while rank 0 scores dev
         seconds = timing.pop("seconds")
         metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": losses / max(steps, 1), "steps": steps,
                                    "pairs_per_s": steps * per_worker * world / seconds, **timing}

@@ -203,6 +203,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     plain = model.module if hasattr(model, "module") else model
     train_shard = ray.train.get_dataset_shard("train")
+    images_per_worker = max(1, cfg.batch_size // (5 * world))
+    streams = training.EpochStreams(lambda: train_shard.iter_torch_batches(
+        batch_size=images_per_worker, drop_last=True, device=device, local_shuffle_buffer_size=cfg.shuffle_buffer,
+        prefetch_batches=cfg.prefetch_batches), depth=cfg.prefetch_batches,
+        read_ahead=training.reads_ahead(cfg))
+    if start_epoch <= cfg.epochs:
+        streams.start_next()  # with read-ahead, read while rank 0 loads dev (and SCST counts the references)
 
     logger = None
     if rank == 0:  # the one rank that evaluates, logs and writes checkpoints
@@ -215,15 +222,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     reward = None
     if cfg.objective == "scst":  # document frequencies from every train image's references, as training encodes them
         reward = CiderD(split_sentence_ids(cfg.features, "train", word_index(vocab), cfg.max_words))
-    images_per_worker = max(1, cfg.batch_size // (5 * world))
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         lr = training.epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
         training.set_lr(optimizer, lr)
         total_nll, total_words, total_reward, steps = 0.0, 0, 0.0, 0
-        clock = training.DataClock(train_shard.iter_torch_batches(
-            batch_size=images_per_worker, drop_last=True, device=device, local_shuffle_buffer_size=cfg.shuffle_buffer,
-            prefetch_batches=cfg.prefetch_batches))
+        clock = training.DataClock(streams.take())
         for batch in clock:
             optimizer.zero_grad(set_to_none=True)
             if reward is None:
@@ -244,6 +248,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             optimizer.step()
             steps += 1
         timing = clock.metrics()
+        if epoch < cfg.epochs:
+            streams.start_next()  # with read-ahead, its first shards are read while rank 0 scores dev
         seconds = timing.pop("seconds")
         metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps, **timing}
         if reward is None:
