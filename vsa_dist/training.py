@@ -216,9 +216,17 @@ class _ReadAhead:
             yield item
 
 
-def reads_ahead(cfg: Any) -> bool:
-    """Whether the next epoch's stream starts during rank 0's dev evaluation (``EpochStreams``)."""
-    return cfg.read_ahead == "true" or (cfg.read_ahead == "auto" and cfg.use_gpu)
+def epoch_streams(shard: Any, cfg: Any, batch_size: int, device: torch.device, start: bool) -> EpochStreams:
+    """A train worker's ``EpochStreams`` over its Ray dataset shard, with the config's shuffle buffer, prefetch and
+    read-ahead (``auto``: with GPUs only). ``start``: with read-ahead, begin the first epoch's stream now, so its
+    first shards are read while rank 0 loads dev."""
+    read_ahead = cfg.read_ahead == "true" or (cfg.read_ahead == "auto" and cfg.use_gpu)
+    streams = EpochStreams(lambda: shard.iter_torch_batches(
+        batch_size=batch_size, local_shuffle_buffer_size=cfg.shuffle_buffer, prefetch_batches=cfg.prefetch_batches,
+        drop_last=True, device=device), depth=cfg.prefetch_batches, read_ahead=read_ahead)
+    if start:
+        streams.start_next()
+    return streams
 
 
 def say(message: str) -> None:

@@ -115,12 +115,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     plain = model.module if hasattr(model, "module") else model
     train_shard = ray.train.get_dataset_shard("train")
     per_worker = cfg.batch_size // world
-    streams = training.EpochStreams(lambda: train_shard.iter_torch_batches(
-        batch_size=per_worker, local_shuffle_buffer_size=cfg.shuffle_buffer, prefetch_batches=cfg.prefetch_batches,
-        drop_last=True, device=device), depth=cfg.prefetch_batches,
-        read_ahead=training.reads_ahead(cfg))
-    if start_epoch <= cfg.epochs:
-        streams.start_next()  # with read-ahead, its first shards are read while rank 0 loads dev
+    streams = training.epoch_streams(train_shard, cfg, per_worker, device, start=start_epoch <= cfg.epochs)
 
     logger = None
     if rank == 0:  # the one rank that evaluates, logs and writes checkpoints

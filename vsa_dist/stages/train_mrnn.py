@@ -204,12 +204,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     plain = model.module if hasattr(model, "module") else model
     train_shard = ray.train.get_dataset_shard("train")
     images_per_worker = max(1, cfg.batch_size // (5 * world))
-    streams = training.EpochStreams(lambda: train_shard.iter_torch_batches(
-        batch_size=images_per_worker, drop_last=True, device=device, local_shuffle_buffer_size=cfg.shuffle_buffer,
-        prefetch_batches=cfg.prefetch_batches), depth=cfg.prefetch_batches,
-        read_ahead=training.reads_ahead(cfg))
-    if start_epoch <= cfg.epochs:
-        streams.start_next()  # with read-ahead, read while rank 0 loads dev (and SCST counts the references)
+    # with read-ahead, the first epoch's shards are read while rank 0 loads dev (and SCST counts the references)
+    streams = training.epoch_streams(train_shard, cfg, images_per_worker, device, start=start_epoch <= cfg.epochs)
 
     logger = None
     if rank == 0:  # the one rank that evaluates, logs and writes checkpoints
