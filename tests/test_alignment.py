@@ -222,11 +222,35 @@ def test_epoch_streams_read_the_next_epoch_during_the_evaluation():
         list(streams.take())
 
     epochs_made.clear()
-    streams = EpochStreams(one_epoch, depth=2, read_ahead=False)  # a CPU machine's default: nothing starts early
+    streams = EpochStreams(one_epoch, depth=2, read_ahead=False)  # --read-ahead false: nothing starts early
     streams.start_next()
     time.sleep(0.1)
     assert epochs_made == []
     assert list(streams.take()) == [0, 1, 2] and epochs_made == [1]
+
+
+def test_the_train_stream_gives_each_train_image_once_an_epoch_as_load_split_does(mini_features, ray_cluster):
+    from vsa_dist.data.pairs import load_split, word_index
+    from vsa_dist.training import train_dataset
+
+    vocab = json.loads((mini_features / "manifest.json").read_text())["vocab"]["words"]
+    reference = load_split(mini_features, "train", word_index(vocab), 16)
+    by_tokens = {tokens.tobytes(): features for features, tokens in zip(reference["features"], reference["tokens"])}
+    for whole_image_only in (False, True):
+        stream = train_dataset(str(mini_features), vocab, 16, whole_image_only=whole_image_only)
+        rows = stream.take_all()
+        assert len(rows) == len(reference["tokens"]) and set(rows[0]) == {"features", "tokens"}
+        assert {row["tokens"].tobytes() for row in rows} == set(by_tokens)
+        for row in rows:
+            expected = by_tokens[row["tokens"].tobytes()]
+            assert np.array_equal(row["features"], expected[0] if whole_image_only else expected)
+
+
+def test_the_read_workers_row_code_imports_neither_torch_nor_webdataset():
+    """Ray starts the train stream's read workers afresh each epoch; torch + webdataset cost them ~1.8 s each."""
+    probe = "import sys, vsa_dist.data.pairs; print(sorted({'torch', 'webdataset'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def _step(batch: int) -> int:
@@ -322,7 +346,6 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     out = tmp_path / "align"
     args = ["train-align", "--features", str(mini_features), "--out", str(out), "--workers", "2",
-            "--read-ahead", "true",  # the GPU default, so that a CPU-only suite runs it too
             "--batch-size", "20", "--optimizer", "adam", "--lr", "1e-3", "--weight-decay", "0", "--embed-dim", "256",
             "--dropout", "0.1", "--score-norm", "mean", "--experiment", "test-align", "--progress", "false"]
     first = vsa([*args, "--epochs", "6", "--test", "false"])

@@ -7,6 +7,7 @@ settings), Ray Train's storage under ``ray/`` (per-epoch checkpoints) and, at th
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -51,7 +52,7 @@ class TrainConfig:
     threads: int = field(default=1, metadata={"help": "torch threads per CPU worker"})
     shuffle_buffer: int = field(default=1000, metadata={"help": "images in each worker's local shuffle buffer"})
     prefetch_batches: int = field(default=4, metadata={"help": "batches each worker prepares ahead (hides data wait)"})
-    read_ahead: str = field(default="auto", metadata={"help": "start each epoch's stream while rank 0 scores dev: true, false, or auto (with GPUs only: on a small CPU machine the read slows the evaluation more than it saves, docs/alignment.md)"})
+    read_ahead: str = field(default="true", metadata={"help": "start each epoch's stream while rank 0 scores dev: true, false, or auto (with GPUs only); docs/alignment.md measures it"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     resume: bool = field(default=False, metadata={"help": "continue the run recorded in OUT/run.json from its last checkpoint"})
     max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint after a failure"})
@@ -173,10 +174,11 @@ class EpochStreams:
     epoch's dev evaluation.
 
     Ray Data begins an epoch's execution only when every worker asks for its first batch, and its first shards'
-    read and unpack took 10-15 s per epoch on full Flickr8k (docs/alignment.md) while the steps stood still.
-    With ``read_ahead``, ``start_next`` asks for the next epoch's first batches from a thread as soon as an epoch's
-    steps end, so that read runs while rank 0 scores dev and the ranks meet at the report: a gain where the
-    evaluation runs on a GPU, a loss where it needs the same CPU cores. ``make`` builds one epoch's iterable."""
+    read took 4-15 s per epoch on full Flickr8k (docs/alignment.md) while the steps stood still. With
+    ``read_ahead``, ``start_next`` asks for the next epoch's first batches from a thread as soon as an epoch's steps
+    end, so that read runs while rank 0 scores dev and the ranks meet at the report. On CPUs the read then competes
+    with the evaluation for the cores: a loss while the read was expensive, no longer since it costs about 6 s
+    of a core per epoch. ``make`` builds one epoch's iterable."""
 
     def __init__(self, make: Callable[[], Iterable[Any]], depth: int, read_ahead: bool = True):
         self.make, self.depth, self.read_ahead, self.upcoming = make, max(1, depth), read_ahead, None
@@ -348,26 +350,30 @@ def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_o
     import ray
     from ray.data import FileShuffleConfig
 
-    from vsa_dist.data.pairs import feature_rows_to_arrays, snippet_rows_to_arrays, word_index
+    from vsa_dist.data.pairs import feature_sample_to_row, snippet_rows_to_arrays, word_index
     from vsa_dist.data.shards import shard_paths
 
     kwargs: dict[str, Any] = {"index": word_index(vocab), "max_words": max_words}
-    if snippets:
-        to_arrays, source = snippet_rows_to_arrays, snippets
-    else:
-        to_arrays, source = feature_rows_to_arrays, features
-        kwargs["whole_image_only"] = whole_image_only
     # The shard order is shuffled anew each execution (each epoch), and each worker's local shuffle buffer
     # mixes images within the stream. That is coarser than the randomize_block_order it replaces (Ray Data
     # splits a shard into several blocks), but that was an all-to-all step: it held back the first batch of
     # every epoch until the whole split had been read into the object store (the data wait, and memory that
     # grew with the split).
     # Reading and unpacking float16 arrays is light work: it takes no CPU slot, so that training workers
-    # holding every CPU (2 workers on 2 cores) cannot starve their own input.
-    return (ray.data.read_webdataset(shard_paths(source, ["train"]), decoder=None, num_cpus=0, concurrency=2,
-                                     shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=True))
-            .map_batches(to_arrays, batch_size=64, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2),
-                         fn_kwargs=kwargs))
+    # holding every CPU (2 workers on 2 cores) cannot starve their own input. Only the members a row needs are
+    # read (not boxes or proposals).
+    read = functools.partial(ray.data.read_webdataset, num_cpus=0, concurrency=2,
+                             fileselect=["*.feat.npy", "*.json"],
+                             shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=True))
+    if snippets:  # one image gives several rows (the image, then its regions): a map of its own
+        return read(shard_paths(snippets, ["train"]), decoder=None).map_batches(
+            snippet_rows_to_arrays, batch_size=64, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2),
+            fn_kwargs=kwargs)
+    # Rows made inside the read, as its decoder, not by a map_batches after it: the two did not fuse into one
+    # operator, and the second one's tasks, their worker processes and the blocks passed between them doubled
+    # the CPU an epoch's stream costs (benchmarks/data_wait.py --reads map,decoder; docs/alignment.md).
+    return read(shard_paths(features, ["train"]),
+                decoder=functools.partial(feature_sample_to_row, whole_image_only=whole_image_only, **kwargs))
 
 
 def end_epoch(loop_config: dict[str, Any], logger, metrics: dict[str, Any], score: float, best: dict[str, Any],

@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from vsa_dist.data.shards import read_samples, shard_paths
+
 from vsa_dist.features.format import npy_load
-from vsa_dist.models.alignment import PAD, UNK
+from vsa_dist.models.tokens import PAD, UNK
+
+# The row functions below run in Ray Data's read workers, which Ray starts afresh for each epoch's stream
+# (it ends idle workers within a second, and rank 0's dev evaluation lasts longer), so this module imports
+# only numpy and json at the top: webdataset (and the torch it pulls in) cost ~1.8 s of a core per worker.
 
 SENTENCES_PER_IMAGE = 5
 
@@ -40,6 +44,8 @@ def split_sentence_ids(features_dir: Path | str, split: str, index: dict[str, in
     """Every image's sentences as word-id tuples, encoded as the training rows encode them (the corpus of the
     CIDEr-D reward in self-critical training). Decodes only the metadata, but reads the tars through (feature
     bytes included), once per worker per run."""
+    from vsa_dist.data.shards import read_samples, shard_paths
+
     return [[tuple(encode_tokens(s["tokens"], index, max_words))
              for s in json.loads(sample["json"])["sentences"][:SENTENCES_PER_IMAGE]]
             for sample in read_samples(shard_paths(features_dir, [split]))]
@@ -50,15 +56,12 @@ def _features(raw: bytes, whole_image_only: bool) -> np.ndarray:
     return features[0] if whole_image_only else features
 
 
-def feature_rows_to_arrays(batch: dict[str, np.ndarray], index: dict[str, int], max_words: int,
-                           whole_image_only: bool = False) -> dict[str, np.ndarray]:
-    """``map_batches`` over ``read_webdataset(feature shards, decoder=None)``: bytes → fixed-shape arrays
+def feature_sample_to_row(sample: dict[str, Any], index: dict[str, int], max_words: int,
+                          whole_image_only: bool = False) -> dict[str, np.ndarray]:
+    """``read_webdataset``'s decoder over feature shards: one image's raw members → its fixed-shape training row
     (``whole_image_only``: features [D], the whole-image row, for the generator)."""
-    metas = [json.loads(raw) for raw in batch["json"]]
-    return {
-        "features": np.stack([_features(raw, whole_image_only) for raw in batch["feat.npy"]]),
-        "tokens": np.stack([encode_sentences(m["sentences"], index, max_words) for m in metas]),
-    }
+    return {"features": _features(sample["feat.npy"], whole_image_only),
+            "tokens": encode_sentences(json.loads(sample["json"])["sentences"], index, max_words)}
 
 
 def snippet_rows_to_arrays(batch: dict[str, np.ndarray], index: dict[str, int], max_words: int) -> dict[str, np.ndarray]:
@@ -85,6 +88,8 @@ def load_split(features_dir: Path | str, split: str, index: dict[str, int], max_
                whole_image_only: bool = False) -> dict[str, Any]:
     """A whole split in memory (evaluation: 1,000 images are about 50 MB of float16 features), with each
     image's id, JPEG file name, region boxes, and reference sentences (raw and as the shards tokenised them)."""
+    from vsa_dist.data.shards import read_samples, shard_paths
+
     features, tokens, boxes, image_ids, file_names, references, sentence_tokens = [], [], [], [], [], [], []
     for sample in read_samples(shard_paths(features_dir, [split])):
         meta = json.loads(sample["json"])

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PAD, UNK = 0, 1  # token ids reserved in every vocabulary
+from vsa_dist.models.tokens import PAD, UNK
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PAD, UNK = 0, 1
+from vsa_dist.models.tokens import PAD, UNK
 NEVER_GENERATED = (PAD, UNK)
 
 
