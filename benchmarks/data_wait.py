@@ -153,8 +153,9 @@ def measure(features: str, buffer: int, early: bool, work_config: dict, epochs: 
 def read_cost(features: str, reads: list[str], passes: int, pause: float, buffer: int, batch: int) -> dict:
     vocab = json.loads((Path(features) / "manifest.json").read_text())["vocab"]["words"]
     result: dict = {}
-    for read in reads:
-        stream, result[read] = train_stream(features, vocab, read), []
+    for index, read in enumerate(reads):  # a setting may come more than once: each keeps its own entry
+        key, stream = f"{read} ({index})", train_stream(features, vocab, read)
+        result[key] = []
         for _ in range(passes):
             time.sleep(pause)
             cpu_before, start, first, rows = machine_cpu_seconds(), time.time(), None, 0
@@ -162,9 +163,9 @@ def read_cost(features: str, reads: list[str], passes: int, pause: float, buffer
                                                         prefetch_batches=4, drop_last=True):
                 first = first if first is not None else time.time() - start
                 rows += len(rows_batch["tokens"])
-            result[read].append({"first_batch_s": round(first or 0.0, 2), "pass_s": round(time.time() - start, 2),
-                                 "machine_cpu_s": round(machine_cpu_seconds() - cpu_before, 1), "rows": rows})
-            print(f"rows by {read}: {json.dumps(result[read][-1])}", flush=True)
+            result[key].append({"first_batch_s": round(first or 0.0, 2), "pass_s": round(time.time() - start, 2),
+                                "machine_cpu_s": round(machine_cpu_seconds() - cpu_before, 1), "rows": rows})
+            print(f"rows by {read}: {json.dumps(result[key][-1])}", flush=True)
     return result
 
 
@@ -201,21 +202,21 @@ def main(argv: list[str] | None = None) -> dict:
                    "pause_units": round(args.pause * rate * len(os.sched_getaffinity(0)))}  # on every core
     print(f"stand-in work: {rate:.0f} units/s on one thread; {json.dumps(work_config)}", flush=True)
     result: dict = {"work": work_config}
-    for read in args.reads.split(","):
-        for start in args.starts.split(","):
-            for buffer in (int(b) for b in args.buffers.split(",")):
-                key = f"rows by {read}, {start} start, shuffle buffer {buffer}"
-                cpu_before = machine_cpu_seconds()
-                result[key] = measure(args.features, buffer, start == "early", work_config, args.epochs,
-                                      args.workers, args.batch, work, read)
-                cpu = machine_cpu_seconds() - cpu_before
-                # the first epoch has its cold start, and the last pause reads nothing ahead in either setting
-                middle = [r["cycle_s"] for r in result[key] if 1 < r["epoch"] < args.epochs]
-                waits = [r["first_batch_wait_s"] for r in result[key] if r["epoch"] > 1]
-                print(f"{key}: {json.dumps(result[key])}", flush=True)
-                print(f"{key}: mean cycle of the middle epochs {sum(middle) / max(len(middle), 1):.1f} s, "
-                      f"mean first-batch wait after epoch 1 {sum(waits) / max(len(waits), 1):.2f} s, "
-                      f"machine CPU {cpu:.0f} s in all", flush=True)
+    settings = [(read, start, int(buffer)) for read in args.reads.split(",") for start in args.starts.split(",")
+                for buffer in args.buffers.split(",")]
+    for index, (read, start, buffer) in enumerate(settings):  # a setting may come more than once: each its own entry
+        key = f"rows by {read}, {start} start, shuffle buffer {buffer} ({index})"
+        cpu_before = machine_cpu_seconds()
+        result[key] = measure(args.features, buffer, start == "early", work_config, args.epochs,
+                              args.workers, args.batch, work, read)
+        cpu = machine_cpu_seconds() - cpu_before
+        # the first epoch has its cold start, and the last pause reads nothing ahead in either setting
+        middle = [r["cycle_s"] for r in result[key] if 1 < r["epoch"] < args.epochs]
+        waits = [r["first_batch_wait_s"] for r in result[key] if r["epoch"] > 1]
+        print(f"{key}: {json.dumps(result[key])}", flush=True)
+        print(f"{key}: mean cycle of the middle epochs {sum(middle) / max(len(middle), 1):.1f} s, "
+              f"mean first-batch wait after epoch 1 {sum(waits) / max(len(waits), 1):.2f} s, "
+              f"machine CPU {cpu:.0f} s in all", flush=True)
     (work / "data_wait.json").write_text(json.dumps(result, indent=1))
     return result
 
