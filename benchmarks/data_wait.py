@@ -60,15 +60,18 @@ def units_per_second() -> float:
 
 
 def read_only_loop(config: dict) -> None:
-    import ray.train
+    from types import SimpleNamespace
 
-    from vsa_dist.training import EpochStreams
+    import ray.train
+    import torch
+
+    from vsa_dist.training import epoch_streams
 
     rank = ray.train.get_context().get_world_rank()
-    shard = ray.train.get_dataset_shard("train")
-    streams = EpochStreams(lambda: shard.iter_torch_batches(
-        batch_size=config["batch"], drop_last=True, local_shuffle_buffer_size=config["buffer"], prefetch_batches=4),
-        depth=4, read_ahead=config["early"])
+    stream_settings = SimpleNamespace(read_ahead="true" if config["early"] else "false", use_gpu=False,
+                                      shuffle_buffer=config["buffer"], prefetch_batches=4)
+    streams = epoch_streams(ray.train.get_dataset_shard("train"), stream_settings, config["batch"],
+                            torch.device("cpu"), start=False)
     for epoch in range(1, config["epochs"] + 1):
         asked = start = time.time()
         first, rows, stepping = None, 0, 0.0
