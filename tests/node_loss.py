@@ -6,7 +6,10 @@
 A ``ray.cluster_utils.Cluster`` on this machine: a head with no CPUs (so work lands on the workers), two
 1-CPU worker nodes and a spare added before the kill. The stage's ``main`` runs in a thread, because
 adding and removing nodes installs signal handlers and must happen in the main thread. The node is
-removed once the stage is demonstrably mid-way: for training, when OUT/ray holds its first checkpoint; for features, when the CNN actors have run for a few seconds. RESULT.json says what was
+removed once the stage is demonstrably mid-way: for training, when Ray Train's controller has registered the
+first checkpoint (listed in OUT/ray's checkpoint_manager_snapshot.json; the checkpoint's directory appears
+earlier, while the report is still on its way to the controller, and a node lost in that window rightly
+restarts from scratch); for features, when the CNN actors have run for a few seconds. RESULT.json says what was
 seen: when the node went, whether the stage was still running then, and the stage's return value.
 """
 
@@ -19,8 +22,14 @@ import time
 from pathlib import Path
 
 
-def checkpoints(out: Path) -> int:
-    return len([p for p in (out / "ray").glob("*/checkpoint_*") if p.is_dir()])
+def registered_checkpoints(out: Path) -> int:
+    count = 0
+    for snapshot in (out / "ray").glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            count += len(json.loads(snapshot.read_text())["checkpoint_results"])
+        except (OSError, ValueError, KeyError):  # being rewritten by the controller: look again shortly
+            pass
+    return count
 
 
 def cpus_in_use() -> float:
@@ -64,7 +73,7 @@ def lose_a_node_while(cluster, stage: str, result_path: Path, args: list[str]) -
     out = Path(args[args.index("--out") + 1])
     deadline = time.time() + 300
     if stage == "align":
-        while checkpoints(out) < 1 and thread.is_alive() and time.time() < deadline:
+        while registered_checkpoints(out) < 1 and thread.is_alive() and time.time() < deadline:
             time.sleep(0.2)
     else:
         while cpus_in_use() < 2 and thread.is_alive() and time.time() < deadline:  # both CNN actors placed
