@@ -37,7 +37,10 @@ def _read_yaml(text: str, where: str) -> dict[str, Any]:
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}{line}: not valid YAML: {problem}") from err
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(values).__name__}")
     return values
@@ -88,13 +91,33 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     return value
 
 
+def _interval(text: str) -> tuple[float, float, bool, bool]:
+    """'[0, 1)' → (0, 1, lower closed, upper closed); 'inf' stands for no bound."""
+    low, high = (float(part) for part in text[1:-1].split(","))
+    return low, high, text[0] == "[", text[-1] == "]"
+
+
+def check_ranges(cfg: Any) -> None:
+    """Every numeric field whose metadata gives a ``range`` (interval notation, e.g. '(0, inf)' or '[0, 1)') holds a
+    value inside it: a negative learning rate must stop the stage in a second, not inside Ray a minute later."""
+    for f in dataclasses.fields(cfg):
+        if "range" not in f.metadata:
+            continue
+        value = getattr(cfg, f.name)
+        low, high, low_closed, high_closed = _interval(f.metadata["range"])
+        inside = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            (value >= low if low_closed else value > low) and (value <= high if high_closed else value < high))
+        if not inside:
+            raise ConfigError(f"{f.name} {value!r} is outside its range {f.metadata['range']}")
+
+
 def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip())
     parser.add_argument("--config", help="YAML file of config keys, applied over the preset")
     parser.add_argument("--preset", help="a preset under vsa_dist/presets/ other than the job's own (e.g. train_align_modern)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     for f in dataclasses.fields(cls):
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "") + (f"; range {f.metadata['range']}" if "range" in f.metadata else "")
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
@@ -130,6 +153,7 @@ def resolve(cls: type[C], preset: str | None, values: dict[str, Any], source: st
         cfg = cls(**merged)
     except TypeError as err:
         raise ConfigError(f"{source}: {err}") from err
+    check_ranges(cfg)
     validate = getattr(cfg, "validate", None)
     if validate is not None:
         validate()
@@ -148,13 +172,17 @@ def parse_args(cls: type[C], argv: list[str] | None, prog: str, preset: str | No
             parser.error(f"--preset {chosen}: no such preset in vsa_dist/presets/")
         preset = chosen
     values: dict[str, Any] = {}
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            parser.error(f"--config {config_file}: no such file")
-        values.update(_read_yaml(path.read_text(), str(path)))
-    values.update(args)
     try:
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ConfigError(f"--config {config_file}: no such file")
+            try:
+                text = path.read_bytes().decode("utf-8-sig")
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{path}: not UTF-8 (byte offset {err.start})") from err
+            values.update(_read_yaml(text, str(path)))
+        values.update(args)
         cfg = resolve(cls, preset, values, source=config_file or "command line")
     except ConfigError as err:
         parser.exit(2, f"{prog}: error: {err}\n")

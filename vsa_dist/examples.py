@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from vsa_dist import storage
+from vsa_dist.data.images import open_rgb
 from vsa_dist.data.shards import read_samples, shard_paths
 
 TILE, TEXT_HEIGHT, COLUMNS = 224, 96, 5
@@ -50,7 +51,7 @@ def render_grid(tiles: list[tuple[bytes, str, str]]) -> bytes:
     draw = ImageDraw.Draw(canvas)
     for n, (jpeg, generated, reference) in enumerate(tiles):
         x, y = (n % COLUMNS) * TILE, (n // COLUMNS) * (TILE + TEXT_HEIGHT)
-        canvas.paste(Image.open(io.BytesIO(jpeg)).convert("RGB").resize((TILE, TILE)), (x, y))
+        canvas.paste(open_rgb(jpeg).resize((TILE, TILE)), (x, y))
         lines = [(line, (20, 60, 160)) for line in textwrap.wrap(generated, 34)[:3]]
         lines += [(line, (110, 110, 110)) for line in textwrap.wrap("ref: " + reference, 34)[:3]]
         for k, (line, colour) in enumerate(lines):

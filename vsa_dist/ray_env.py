@@ -28,8 +28,27 @@ def ensure_ray(progress: bool = True):
 
     if not ray.is_initialized():
         ray.init()
+        if started_local_ray():
+            start_reaper()
     ray.data.DataContext.get_current().enable_progress_bars = progress
     return ray
+
+
+def started_local_ray() -> bool:
+    """Whether this process started the Ray it uses (its raylet is our child), rather than joining a cluster."""
+    import psutil
+
+    return any(child.name() == "raylet" for child in psutil.Process().children())
+
+
+def start_reaper() -> None:
+    """A watchdog that kills what this local Ray leaves behind if this driver dies without shutting it down
+    (``vsa_dist.reaper``); in its own session, so that a signal to our process group does not take it along."""
+    import subprocess
+    import sys
+
+    subprocess.Popen([sys.executable, "-m", "vsa_dist.reaper", str(os.getpid())], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def autoscaler_node_types() -> dict[str, dict[str, float]] | None:

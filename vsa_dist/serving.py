@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,17 +10,28 @@ import mlflow
 import numpy as np
 import torch
 
+from vsa_dist.data.images import DEFAULT_MAX_PIXELS
+
+
+# What a served model runs: these files (models-from-code), copied into the model folder when it is logged. MLflow
+# executes them when it serves the model; nothing is unpickled. `vsa caption` runs neither (load_captioner).
+MODEL_CODE = Path(__file__).parent / "model_code"
+
 
 class AlignmentScorer(mlflow.pyfunc.PythonModel):
     """Scores image-sentence pairs: a DataFrame with ``sentence`` (text) and ``features`` ([1+R, D] region
     features from ``vsa features`` with the settings recorded in the model) → ``score`` S_kl per row."""
 
     def load_context(self, context) -> None:
+        self.load(context.artifacts)
+
+    def load(self, artifacts: dict[str, str]) -> AlignmentScorer:
         from vsa_dist.data.pairs import word_index
         from vsa_dist.stages.train_align import load_model
 
-        self.model, state = load_model(context.artifacts["checkpoint"])
+        self.model, state = load_model(artifacts["checkpoint"])
         self.index, self.max_words = word_index(state["vocab"]), state["config"]["max_words"]
+        return self
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         from vsa_dist.data.pairs import encode_tokens
@@ -40,13 +52,13 @@ def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str,
                         dev_data: str) -> dict[str, Any]:
     """Log the checkpoint as a pyfunc model in the active run, register it, and move ``alias`` to it when its dev
     R@1+5+10 sum beats the alias holder's on the same dev data. Returns what was done."""
-    info = mlflow.pyfunc.log_model(name="model", python_model=AlignmentScorer(),
+    info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE / "alignment_scorer.py"),
                                    artifacts={"checkpoint": str(checkpoint)}, registered_model_name=name,
                                    metadata={"feature_settings": feature_settings})
     return tag_and_promote(name, str(info.registered_model_version), "dev_rsum", dev_rsum, dev_data, alias)
 
 
-def extractor_settings(feature_settings: dict[str, Any], weights: str = ""):
+def extractor_settings(feature_settings: dict[str, Any], weights: str = "", max_pixels: int = DEFAULT_MAX_PIXELS):
     """What re-extracts a new image's features the way a model's training features were made.
 
     The whole-image row is the feature map's global average in every region mode, so captions use
@@ -56,77 +68,157 @@ def extractor_settings(feature_settings: dict[str, Any], weights: str = ""):
 
     return ExtractorSettings(backbone=feature_settings["backbone"], weights=weights, region_mode="roi", proposals="grid",
                              num_regions=feature_settings["num_regions"], roi_size=feature_settings["roi_size"],
-                             precision=feature_settings["precision"], threads=0)
+                             precision=feature_settings["precision"], threads=0, max_pixels=max_pixels)
 
 
-def image_features(extractor, jpegs: list[bytes], names: list[str], with_boxes: bool = False):
-    """JPEG bytes → the [N, 1+R, D] float16 features ``vsa features`` would have stored for them (and with
-    ``with_boxes`` their regions' [N, R, 4] boxes, best first)."""
+@dataclass
+class Described:
+    """One image's result: its caption and top regions as (box x1 y1 x2 y2, caption), or why it has none."""
+
+    name: str
+    caption: str | None
+    regions: list[tuple[list[float], str]]
+    error: str | None = None
+
+
+def image_features(extractor, jpegs: list[bytes], names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """JPEG bytes → the [G, 1+R, D] float16 features ``vsa features`` would have stored for the G images that
+    decode, their regions' [G, R, 4] boxes (best first), and per image of ``jpegs`` an error ('' where it decoded)."""
     from vsa_dist.features.extract import jpeg_batch
     from vsa_dist.features.format import npy_load
 
     out = extractor(jpeg_batch(jpegs, names))
-    failed = [f"{name}: {error}" for name, error in zip(names, out["error"]) if error]
-    if failed:
-        raise ValueError("cannot caption " + "; ".join(failed))
-    features = np.stack([npy_load(raw) for raw in out["feat.npy"]])
-    if with_boxes:
-        return features, np.stack([npy_load(raw) for raw in out["boxes.npy"]])
-    return features
+    errors = [str(error) for error in out["error"]]
+    good = [i for i, error in enumerate(errors) if not error]
+    if not good:  # nothing decoded: empty arrays of the right rank
+        regions = extractor.settings.num_regions
+        return np.zeros((0, 1 + regions, 1), np.float16), np.zeros((0, regions, 4), np.float32), errors
+    return (np.stack([npy_load(out["feat.npy"][i]) for i in good]),
+            np.stack([npy_load(out["boxes.npy"][i]) for i in good]), errors)
 
 
 class Captioner(mlflow.pyfunc.PythonModel):
-    """Captions images. ``predict``: a DataFrame with ``image`` (base64 JPEG/PNG) → ``caption`` per row.
-    ``caption(jpegs)`` is the same from Python (``vsa caption`` calls it)."""
+    """Captions images. ``predict``: a DataFrame with ``image`` (base64 JPEG/PNG) → ``caption`` per row; an image
+    that cannot be captioned makes the request a 400 naming it and why. ``describe`` is the same from Python
+    (``vsa caption`` calls it), one result per image."""
 
     def load_context(self, context) -> None:
+        self.load(context.artifacts)
+
+    def load(self, artifacts: dict[str, str], max_pixels: int = DEFAULT_MAX_PIXELS) -> Captioner:
+        """Build from the model's artifacts: the checkpoint (weights only), captioner.json and an optional local
+        backbone weight file. The served model and ``vsa caption`` share it."""
         import json
 
         from vsa_dist.features.extract import RegionExtractor
         from vsa_dist.io import sha256_file
         from vsa_dist.stages.train_mrnn import load_model
 
-        self.model, state = load_model(context.artifacts["checkpoint"])
+        self.model, state = load_model(artifacts["checkpoint"])
         self.vocab = state["vocab"]
-        info = json.loads(Path(context.artifacts["captioner"]).read_text())
+        info = json.loads(Path(artifacts["captioner"]).read_text())
         self.beam, self.max_len, self.length_penalty = info["beam"], info["max_len"], info["length_penalty"]
         self.feature_settings = info["feature_settings"]
-        weights = context.artifacts.get("backbone_weights", "")
-        self.extractor = RegionExtractor(extractor_settings(self.feature_settings, weights))
+        weights = artifacts.get("backbone_weights", "")
+        self.extractor = RegionExtractor(extractor_settings(self.feature_settings, weights, max_pixels))
         used = sha256_file(Path(self.extractor.model.backbone.spec.weights))
         if used != self.feature_settings["weights_sha256"]:
             raise ValueError(f"backbone weights {self.extractor.model.backbone.spec.weights} are not the ones the "
                              f"model was trained on (sha256 {used[:12]} vs {self.feature_settings['weights_sha256'][:12]})")
+        return self
 
-    def caption(self, jpegs: list[bytes], names: list[str] | None = None, beam: int = 0) -> list[str]:
-        return [caption for caption, _ in self.describe(jpegs, names, beam)]
+    def set_max_pixels(self, max_pixels: int) -> None:
+        """Images above this many pixels are refused from their header, before decoding."""
+        import dataclasses
+
+        self.extractor.settings = dataclasses.replace(self.extractor.settings, max_pixels=max_pixels)
 
     def describe(self, jpegs: list[bytes], names: list[str] | None = None, beam: int = 0,
-                 regions: int = 0) -> list[tuple[str, list[tuple[list[float], str]]]]:
-        """Per image, its caption and its ``regions`` top regions (best first) as (box x1 y1 x2 y2, caption),
-        from one feature extraction. A model trained with ``--snippets`` describes regions; one trained on
-        whole images only says what it would of a crop."""
+                 regions: int = 0) -> list[Described]:
+        """Per image, its caption and its ``regions`` top regions (best first) with their captions, from one
+        feature extraction; an image that does not decode gets its error instead. A model trained with
+        ``--snippets`` describes regions; one trained on whole images only says what it would of a crop."""
         from vsa_dist.stages.train_mrnn import generate
 
         names = names or [f"image {i}" for i in range(len(jpegs))]
-        features, boxes = image_features(self.extractor, jpegs, names, with_boxes=True)
+        features, boxes, errors = image_features(self.extractor, jpegs, names)
         top = min(regions, boxes.shape[1])
         features = torch.from_numpy(features).float()
         beam = beam or self.beam
-        # the whole image with its regions (an attending model reads them all, the others row 0), then each
-        # region on its own as if it were an image
-        captions = generate(self.model, features, self.vocab, beam, self.max_len, self.length_penalty)
-        region_captions = generate(self.model, features[:, 1:1 + top].reshape(-1, features.shape[-1]), self.vocab,
-                                   beam, self.max_len, self.length_penalty) if top else []
-        return [(captions[i], [(boxes[i, r].round(1).tolist(), region_captions[i * top + r]) for r in range(top)])
-                for i in range(len(jpegs))]
+        captions, region_captions = [], []
+        if len(features):
+            # the whole image with its regions (an attending model reads them all, the others row 0), then each
+            # region on its own as if it were an image
+            captions = generate(self.model, features, self.vocab, beam, self.max_len, self.length_penalty)
+            if top:
+                region_captions = generate(self.model, features[:, 1:1 + top].reshape(-1, features.shape[-1]),
+                                           self.vocab, beam, self.max_len, self.length_penalty)
+        results, g = [], 0
+        for name, error in zip(names, errors):
+            if error:
+                results.append(Described(name, None, [], error))
+                continue
+            results.append(Described(name, captions[g], [(boxes[g, r].round(1).tolist(), region_captions[g * top + r])
+                                                         for r in range(top)]))
+            g += 1
+        return results
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         import base64
+        import binascii
 
-        jpegs = [base64.b64decode(value) for value in model_input["image"]]
-        beam = int((params or {}).get("beam", 0))
-        return {"caption": self.caption(jpegs, beam=beam)}
+        params = params or {}
+        self.set_max_pixels(int(params.get("max_pixels") or DEFAULT_MAX_PIXELS))
+        jpegs, bad = [], []
+        for row, value in enumerate(model_input["image"]):
+            try:
+                jpegs.append(base64.b64decode(value, validate=True))
+            except (binascii.Error, TypeError, ValueError):
+                jpegs.append(b"")
+                bad.append(f"image {row}: not base64")
+        described = self.describe(jpegs, [f"image {row}" for row in range(len(jpegs))], beam=int(params.get("beam", 0)))
+        bad += [f"{d.name}: {d.error}" for d in described if d.error and f"{d.name}: not base64" not in bad]
+        if bad:  # a 400 that names each image and why; MLflow's server adds no stack trace to it
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value("cannot caption " + "; ".join(bad))
+        return {"caption": [d.caption for d in described]}
+
+
+def model_folder(uri: str) -> Path:
+    """A local folder holding the MLflow model at ``uri`` (a folder, or ``models:/``, ``runs:/`` or any artifact URI,
+    downloaded from the tracking store). Nothing in it is executed or unpickled here."""
+    if Path(uri).is_dir():
+        return Path(uri)
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+
+
+def model_artifacts(folder: Path, required: tuple[str, ...]) -> dict[str, str]:
+    """The files a vsa model logged beside itself, read from the folder's ``MLmodel`` (YAML, safe loader); each
+    must lie inside the folder. ValueError names the folder and what is wrong."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load((folder / "MLmodel").read_text())
+        listed = meta["flavors"]["python_function"].get("artifacts") or {}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{folder}: not an MLflow pyfunc model folder ({type(err).__name__}: {err})") from err
+    root, artifacts = folder.resolve(), {}
+    for key, entry in listed.items():
+        path = (root / str((entry or {}).get("path", ""))).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise ValueError(f"{folder}: artifact {key!r} is not a file inside the model folder")
+        artifacts[key] = str(path)
+    if missing := [key for key in required if key not in artifacts]:
+        raise ValueError(f"{folder}: not a vsa model (no {', '.join(missing)} artifact)")
+    return artifacts
+
+
+def load_captioner(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Captioner:
+    """A registered captioner, built from its own artifacts: the checkpoint with ``torch.load(weights_only=True)``
+    and its JSON settings. Never through ``mlflow.pyfunc.load_model``, which would run the model folder's code
+    (or unpickle ``python_model.pkl`` for a model logged that way): a model folder is data to us, not a program."""
+    return Captioner().load(model_artifacts(model_folder(uri), ("checkpoint", "captioner")), max_pixels)
 
 
 def dev_data_id(dev: dict[str, Any]) -> str:
@@ -194,8 +286,9 @@ def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any]
         import pandas as pd
 
         signature = mlflow.models.infer_signature(pd.DataFrame({"image": ["<base64 JPEG>"]}),
-                                                  pd.DataFrame({"caption": ["a caption"]}), params={"beam": 0})
-        logged = mlflow.pyfunc.log_model(name="model", python_model=Captioner(), artifacts=artifacts,
+                                                  pd.DataFrame({"caption": ["a caption"]}),
+                                                  params={"beam": 0, "max_pixels": DEFAULT_MAX_PIXELS})
+        logged = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE / "captioner.py"), artifacts=artifacts,
                                          registered_model_name=name, signature=signature,
                                          metadata={"feature_settings": settings, "beam": beam})
     return tag_and_promote(name, str(logged.registered_model_version), "dev_cider", dev_cider, dev_data, alias)

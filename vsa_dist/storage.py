@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vsa_dist.io import atomic_write_bytes
+from vsa_dist.io import atomic_write_bytes, claim_output_folder
 
 CACHE_ENV = "VSA_CACHE_DIR"
 _PUBLISH_LAST = ("manifest.json", "summary.json")
@@ -178,10 +178,11 @@ def publish(local: Path, location: str | Path, skip: tuple[str, ...] = ()) -> in
 
 
 @contextmanager
-def output_folder(location: str | Path, skip: tuple[str, ...] = ()) -> Iterator[Path]:
+def output_folder(location: str | Path, kind: str, skip: tuple[str, ...] = ()) -> Iterator[Path]:
     """A stage's output folder as a local path: ``location`` itself, or its mirror, published when the
-    stage ends without an error (a failed stage's partial work stays in the mirror for the rerun)."""
-    local = mirror(location, skip)
+    stage ends without an error (a failed stage's partial work stays in the mirror for the rerun). A folder that
+    is not this ``kind`` of stage's output, or not empty, is refused (``io.claim_output_folder``)."""
+    local = claim_output_folder(mirror(location, skip), kind)
     local.mkdir(parents=True, exist_ok=True)
     yield local
     uploaded = publish(local, location, skip)

@@ -14,6 +14,38 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(runs_root() / 'mlflow.db').resolve()}"
 
 
+PROBE_TIMEOUT_S = 5.0
+
+
+def check_tracking_store(timeout: float = PROBE_TIMEOUT_S) -> str:
+    """Fail in seconds, before Ray starts, when the tracking store cannot be used: a server that does not answer
+    (MLflow's own client would retry for minutes), or a sqlite file whose folder cannot be written. Returns the URI."""
+    import urllib.error
+    import urllib.request
+
+    from vsa_dist.config import ConfigError
+
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # it answered: a server is there (a proxy may lack /health)
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise ConfigError(f"MLflow tracking server {uri} does not answer within {timeout:g} s ({reason}); start "
+                              "it, or unset MLFLOW_TRACKING_URI to use a local sqlite file") from err
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"MLflow tracking store {uri}: cannot create {folder} ({err.strerror})") from err
+        if not os.access(folder, os.W_OK):
+            raise ConfigError(f"MLflow tracking store {uri}: {folder} is not writable")
+    return uri
+
+
 def use_experiment(name: str) -> str:
     """Point MLflow at the tracking store and experiment ``name``; returns the experiment id.
 

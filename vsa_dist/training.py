@@ -37,25 +37,25 @@ class TrainConfig:
 
     features: str = field(default="", metadata={"help": "feature folder (vsa features --out)"})
     out: str = field(default="", metadata={"help": "run folder: checkpoints, run.json, best.pt; default beside FEATURES"})
-    epochs: int = field(default=20, metadata={"help": "passes over the train images"})
-    batch_size: int = field(default=100, metadata={"help": "image-sentence pairs per step, over all workers (paper: 100)"})
+    epochs: int = field(default=20, metadata={"help": "passes over the train images", "range": "[1, inf)"})
+    batch_size: int = field(default=100, metadata={"help": "image-sentence pairs per step, over all workers (paper: 100)", "range": "[1, inf)"})
     optimizer: str = field(default="sgd", metadata={"help": "sgd (with momentum), adam or rmsprop"})
-    lr: float = field(default=1e-4, metadata={"help": "learning rate (chosen on dev)"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate (chosen on dev)", "range": "(0, inf)"})
     lr_schedule: str = field(default="constant", metadata={"help": "constant, or cosine: decay to 0 over the planned epochs"})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
-    weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay (chosen on dev)"})
-    clip: float = field(default=5.0, metadata={"help": "element-wise gradient clipping (paper: 5)"})
-    dropout: float = field(default=0.5, metadata={"help": "dropout on the non-recurrent layers"})
-    max_words: int = field(default=32, metadata={"help": "longer sentences are cut"})
-    workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP)"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum", "range": "[0, 1)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay (chosen on dev)", "range": "[0, inf)"})
+    clip: float = field(default=5.0, metadata={"help": "element-wise gradient clipping (paper: 5)", "range": "(0, inf)"})
+    dropout: float = field(default=0.5, metadata={"help": "dropout on the non-recurrent layers", "range": "[0, 1)"})
+    max_words: int = field(default=32, metadata={"help": "longer sentences are cut", "range": "[1, inf)"})
+    workers: int = field(default=2, metadata={"help": "Ray Train workers (DDP)", "range": "[1, inf)"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker"})
-    threads: int = field(default=1, metadata={"help": "torch threads per CPU worker"})
-    shuffle_buffer: int = field(default=1000, metadata={"help": "images in each worker's local shuffle buffer"})
-    prefetch_batches: int = field(default=4, metadata={"help": "batches each worker prepares ahead (hides data wait)"})
+    threads: int = field(default=1, metadata={"help": "torch threads per CPU worker", "range": "[1, inf)"})
+    shuffle_buffer: int = field(default=1000, metadata={"help": "images in each worker's local shuffle buffer", "range": "[0, inf)"})
+    prefetch_batches: int = field(default=4, metadata={"help": "batches each worker prepares ahead (hides data wait)", "range": "[1, inf)"})
     read_ahead: str = field(default="true", metadata={"help": "start each epoch's stream while rank 0 scores dev: true, false, or auto (with GPUs only); docs/alignment.md measures it"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     resume: bool = field(default=False, metadata={"help": "continue the run recorded in OUT/run.json from its last checkpoint"})
-    max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint after a failure"})
+    max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint after a failure", "range": "[0, 100]"})
     experiment: str = field(default="", metadata={"help": "MLflow experiment"})
     register_as: str = field(default="", metadata={"help": "registered model name; empty: do not register"})
     test: bool = field(default=True, metadata={"help": "evaluate the best-on-dev model on test once at the end"})
@@ -411,6 +411,7 @@ def train(cfg: Any, stage: str, train_loop: Callable[[dict[str, Any]], None],
     from vsa_dist.data.shards import load_manifest
     from vsa_dist.features.format import check_same_settings, load_features_manifest
     from vsa_dist.ray_env import check_placeable, ensure_ray, worker_request
+    from vsa_dist.tracking import check_tracking_store
 
     # Ray Train writes OUT/ray itself; run.json and best.pt are written here, then published to OUT.
     out = storage.mirror(cfg.out, skip=("ray",)).resolve()
@@ -421,6 +422,7 @@ def train(cfg: Any, stage: str, train_loop: Callable[[dict[str, Any]], None],
     snippets = getattr(cfg, "snippets", "")
     settings = check_same_settings({cfg.features: manifest, **({snippets: load_manifest(snippets)} if snippets else {})})
     vocab = manifest["vocab"]["words"]
+    check_tracking_store()  # an unreachable MLflow server fails here in seconds, not after Ray has started
     ensure_ray(cfg.progress)
     check_placeable(worker_request(cfg.use_gpu, cfg.threads), cfg.workers, f"{stage} --workers {cfg.workers}")
     record = start_run(cfg, out, settings, prefix=stage.removeprefix("train-"))

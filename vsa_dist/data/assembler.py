@@ -32,6 +32,7 @@ class ShardPlan:
     split: str
     expected: int
     plan: str  # digest of what the shard is meant to hold; a record for another plan is not reused
+    sha256: str = ""  # the input shard's, as its folder's manifest records it
 
 
 @dataclass
@@ -115,9 +116,28 @@ def plan_shards(source_dir: str, manifest: dict[str, Any], splits: list[str], se
     for split in splits:
         for shard in manifest["splits"][split]["shards"]:
             plans.append(ShardPlan(name=shard["shard"], source=storage.join(source_dir, shard["shard"]), split=split,
-                                   expected=shard["samples"],
+                                   expected=shard["samples"], sha256=shard["sha256"],
                                    plan=sha256_json({"input": shard["sha256"], "settings": settings})))
     return plans
+
+
+class DamagedInput(ValueError):
+    """An input shard is not the one its folder's manifest records."""
+
+
+def check_sources(plans: list[ShardPlan], remake: str) -> None:
+    """Each input shard still has the sha256 its manifest records (a local file) or exists (a storage URI, where
+    hashing would mean downloading it twice): a changed or damaged input is refused before any work, naming the
+    shard and what remakes it (``remake``)."""
+    for plan in plans:
+        if storage.is_remote(plan.source):
+            ok, why = storage.exists(plan.source), "is missing"
+        else:
+            path = Path(plan.source)
+            ok = path.is_file() and sha256_file(path) == plan.sha256
+            why = "is missing" if not path.is_file() else "does not match the sha256 in its manifest"
+        if not ok:
+            raise DamagedInput(f"{plan.source}: input shard {why}; rebuild it ({remake})")
 
 
 def resume(out_dir: Path, plans: list[ShardPlan]) -> tuple[Path, dict[str, dict[str, Any]], list[ShardPlan]]:

@@ -1,47 +1,97 @@
-"""Checks an image before it goes into a shard: the bytes stay as they are, the check decodes them once."""
+"""Every image this suite decodes goes through here: a pixel limit read from the header before any decoding,
+and one orientation (EXIF applied, as a person sees the photo) for sizes, features, boxes and thumbnails.
+
+Shard building checks an image once (its bytes stay as they are); ``vsa features``, ``vsa caption``, the
+served captioner, the report and the example grids decode with the same limit.
+"""
 
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
-from PIL import Image
+from PIL import Image, ImageOps
 
-# PIL's own decompression-bomb threshold (about 89.5 megapixels); a config may lower it.
+# PIL's own decompression-bomb threshold (about 89.5 megapixels); a config may lower or raise it.
 DEFAULT_MAX_PIXELS = 89_478_485
+# EXIF orientations that turn the stored image by 90 degrees: width and height swap when it is shown.
+_TRANSPOSED = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+_PIL_LIMIT = threading.Lock()
 
 
 class ImageRejected(Exception):
-    """The image cannot go into a shard; ``code`` is a short stable reason, the message the detail."""
+    """The image cannot be used; ``code`` is a short stable reason, the message the detail."""
 
     def __init__(self, code: str, detail: str):
         super().__init__(detail)
         self.code = code
 
 
-def check_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """Return (width, height) of a fully decodable JPEG, or raise ImageRejected saying why not."""
+def _open(data: bytes) -> Image.Image:
+    """The image with only its header read. PIL's own bomb check is off for this call: ``max_pixels`` is the
+    limit that counts, and a user may raise it above PIL's (which would otherwise refuse at twice its default)."""
     if not data:
         raise ImageRejected("not-an-image", "file is empty")
-    try:
-        with warnings.catch_warnings():
-            # Our own pixel check below is the one that counts; PIL's warning would only be noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as err:
-        raise ImageRejected("too-many-pixels", str(err)) from err
-    except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError… for garbage
-        raise ImageRejected("not-an-image", f"cannot identify image: {err}") from err
+    with _PIL_LIMIT, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(io.BytesIO(data))
+        except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError… for garbage
+            raise ImageRejected("not-an-image", f"cannot identify image: {err}") from err
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _shown_size(img: Image.Image) -> tuple[int, int]:
     width, height = img.size
-    if img.format != "JPEG":
-        raise ImageRejected("not-jpeg", f"image is {img.format}, shards hold JPEG bytes unchanged")
-    # Checked from the header, before decoding: a bomb must be refused without allocating it.
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # a damaged EXIF block: the pixels are still the image
+        orientation = None
+    return (height, width) if orientation in _TRANSPOSED else (width, height)
+
+
+def _check_pixels(img: Image.Image, max_pixels: int) -> None:
+    # From the header, before decoding: a bomb must be refused without allocating it.
+    width, height = img.size
     if width * height > max_pixels:
-        raise ImageRejected("too-many-pixels", f"{width}x{height} = {width * height} pixels > limit {max_pixels}")
+        raise ImageRejected("too-many-pixels", f"{width}x{height} = {width * height} pixels > limit {max_pixels} "
+                                               "(raise it with --max-pixels)")
+
+
+def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_only: bool = False) -> tuple[int, int]:
+    """(width, height) as shown (EXIF orientation applied) of an image within the pixel limit, from its header
+    alone; ImageRejected says why not. Cheap: nothing is decoded."""
+    img = _open(data)
+    if jpeg_only and img.format != "JPEG":
+        raise ImageRejected("not-jpeg", f"image is {img.format}, shards hold JPEG bytes unchanged")
+    _check_pixels(img, max_pixels)
+    return _shown_size(img)
+
+
+def check_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) as shown of a fully decodable JPEG within the pixel limit, or ImageRejected saying why not."""
+    size = check_image(data, max_pixels, jpeg_only=True)
+    img = _open(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
     except Exception as err:  # truncated or corrupt entropy data
         raise ImageRejected("corrupt-image", f"JPEG does not decode: {err}") from err
-    return width, height
+    return size
+
+
+def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A decoded RGB image as shown (EXIF orientation applied), for pages and grids; ImageRejected if it cannot be."""
+    img = _open(data)
+    _check_pixels(img, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return ImageOps.exif_transpose(img).convert("RGB")
+    except Exception as err:
+        raise ImageRejected("corrupt-image", f"image does not decode: {err}") from err

@@ -101,11 +101,34 @@ def _require_file(path: Path, what: str) -> Path:
 def _load_json(path: Path) -> Any:
     _require_file(path, "caption file")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8-sig"))  # a byte-order mark is not part of the JSON
     except UnicodeDecodeError as err:
         raise InputFormatError(path, f"not UTF-8 (byte offset {err.start})") from err
     except json.JSONDecodeError as err:
         raise InputFormatError(path, f"not valid JSON: {err.msg} (column {err.colno})", line=err.lineno) from err
+    except RecursionError as err:
+        raise InputFormatError(path, "JSON nested too deeply to be a caption file") from err
+
+
+def _text_lines(path: Path) -> list[str]:
+    """A text input's lines (a leading byte-order mark dropped), or InputFormatError naming the first line that
+    is not UTF-8."""
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    lines = raw.split(b"\n")
+    for lineno, line in enumerate(lines, 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputFormatError(path, f"not UTF-8 (byte {err.start + 1} of the line)", lineno) from err
+    return [line.decode("utf-8").rstrip("\r") for line in lines]
+
+
+def _outside_root(name: str) -> str | None:
+    """Why an image name from a caption file may not be read (it must stay inside the images folder), or None."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts:
+        return f"image path {name!r} leaves the images folder (absolute, or with '..')"
+    return None
 
 
 def _finish(catalog: Catalog, images: dict[str, dict[str, Any]], images_dir: Path) -> Catalog:
@@ -121,6 +144,9 @@ def _finish(catalog: Catalog, images: dict[str, dict[str, Any]], images_dir: Pat
             catalog.reject_image("no-captions", reason, info["ref"], name, [])
             continue
         rel = info.get("rel_path", name)
+        if (why := _outside_root(rel)) is not None:
+            catalog.reject_image("outside-root", why, info["ref"], name, info["sentences"])
+            continue
         catalog.entries.append(ImageEntry(
             key=info.get("key") or sample_key(name), image_id=info.get("image_id", sample_key(name)),
             file_name=name, path=images_dir / rel, split=info["split"], sentences=info["sentences"], ref=info["ref"],
@@ -159,7 +185,7 @@ def read_flickr(root: Path, captions: str = "", split_files: str = "", images_di
         if not path.is_file():
             continue
         catalog.source_files.append(path)
-        for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
+        for lineno, line in enumerate(_text_lines(path), 1):
             name = line.strip()
             if not name:
                 continue
@@ -171,7 +197,7 @@ def read_flickr(root: Path, captions: str = "", split_files: str = "", images_di
             info["split"] = split
 
     seen: dict[tuple[str, str], str] = {}
-    raw_lines = token_path.read_bytes().split(b"\n")
+    raw_lines = token_path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a BOM is not an image name
     for lineno, raw_line in enumerate(raw_lines, 1):
         raw_line = raw_line.rstrip(b"\r")
         if not raw_line.strip():
@@ -268,6 +294,11 @@ def _coco_subdir(captions_path: Path) -> str:
     return f"{m.group(1)}{m.group(2)}" if m else ""
 
 
+def _is_id(value: Any) -> bool:
+    """COCO ids are numbers (or text in hand-made files); a list or object there is a broken file, not an id."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def read_coco(root: Path, captions: str = "", split_files: str = "", split_from: str = "", images_dir: str = "") -> Catalog:
     """COCO ``captions_*.json``; the split comes from a Karpathy JSON, from split lists, or the file name."""
     paths = [Path(p) for p in captions.split(",") if p] if captions else sorted(
@@ -281,14 +312,14 @@ def read_coco(root: Path, captions: str = "", split_files: str = "", split_from:
         karpathy = _load_json(_require_file(Path(split_from), "split file"))
         catalog.source_files.append(Path(split_from))
         for item in karpathy.get("images", []) if isinstance(karpathy, dict) else []:
-            if isinstance(item, dict) and "filename" in item:
+            if isinstance(item, dict) and isinstance(item.get("filename"), str):
                 split_of[item["filename"]] = _KARPATHY_SPLITS.get(str(item.get("split")), str(item.get("split")))
     elif split_files:
         for split in SPLITS:
             path = Path(split_files.format(split=split))
             if path.is_file():
                 catalog.source_files.append(path)
-                for line in path.read_text(encoding="utf-8").splitlines():
+                for line in _text_lines(path):
                     if line.strip():
                         split_of[line.strip()] = split
 
@@ -304,6 +335,8 @@ def read_coco(root: Path, captions: str = "", split_files: str = "", split_from:
             ref = f"{path.name}:images[{index}]"
             if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("file_name"), str):
                 raise InputFormatError(path, f"images[{index}] needs 'id' and 'file_name'")
+            if not _is_id(item["id"]):
+                raise InputFormatError(path, f"images[{index}].id is {type(item['id']).__name__}, not a number or text")
             name = item["file_name"]
             if name in images or item["id"] in by_id:
                 catalog.input_images += 1
@@ -321,6 +354,10 @@ def read_coco(root: Path, captions: str = "", split_files: str = "", split_from:
             catalog.input_sentences += 1
             if not isinstance(ann, dict) or "image_id" not in ann:
                 raise InputFormatError(path, f"annotations[{index}] needs 'image_id' and 'caption'")
+            if not _is_id(ann["image_id"]) or not (ann.get("id") is None or _is_id(ann["id"])):
+                catalog.reject_sentence("bad-id", "image_id or id is not a number or text", ref, None,
+                                        ann.get("caption") if isinstance(ann.get("caption"), str) else None)
+                continue
             name = by_id.get(ann["image_id"])
             if name is None:
                 catalog.reject_sentence("unknown-image", f"image_id {ann['image_id']} is not in 'images'", ref, None, ann.get("caption"))

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from vsa_dist.data.images import DEFAULT_MAX_PIXELS, ImageRejected, check_image
 from vsa_dist.features.format import FEATURES_FORMAT_VERSION, npy_bytes, npy_load
 from vsa_dist.features.proposals import grid_boxes, propose
 from vsa_dist.io import sha256_file
@@ -41,6 +42,7 @@ class ExtractorSettings:
     device: str = "cpu"
     channels_last: bool = True
     precision: str = "fp32"     # or bf16: autocast, where the hardware runs it natively
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images above this are refused from their header, before decoding
 
 
 def describe(settings: ExtractorSettings, spec: dict[str, Any]) -> dict[str, Any]:
@@ -57,11 +59,18 @@ def describe(settings: ExtractorSettings, spec: dict[str, Any]) -> dict[str, Any
     }
 
 
-def decode_rgb(jpeg: bytes) -> np.ndarray:
-    """JPEG bytes → uint8 [H, W, 3] RGB."""
+def decode_rgb(jpeg: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Image bytes → uint8 [H, W, 3] RGB as shown (OpenCV applies the EXIF orientation, as ``check_jpeg`` does for
+    the shard's width and height). ValueError saying why not: no bytes, too many pixels, does not decode."""
+    if not isinstance(jpeg, bytes):  # a sample without its image member (or a link in the tar, which has no bytes)
+        raise ValueError("the sample has no image bytes")
+    try:
+        check_image(jpeg, max_pixels)
+    except ImageRejected as err:
+        raise ValueError(str(err)) from err
     array = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if array is None:
-        raise ValueError("JPEG does not decode")
+        raise ValueError("image does not decode")
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
 
 
@@ -73,7 +82,7 @@ def add_proposals(batch: dict[str, np.ndarray], method: str = "selective-search"
     scales with cores, not with the model.
     """
     out = []
-    for jpeg in batch["jpg"]:
+    for jpeg in batch.get("jpg", [None] * len(batch["__key__"])):
         try:
             image = decode_rgb(jpeg)
         except ValueError:
@@ -90,7 +99,9 @@ def add_proposals(batch: dict[str, np.ndarray], method: str = "selective-search"
 def jpeg_batch(jpegs: list[bytes], names: list[str]) -> dict[str, np.ndarray]:
     """JPEG bytes as ``RegionExtractor`` receives them from ``read_webdataset``: a batch of columns, no metadata
     (for callers outside the pipeline: captioning new images, benchmarks)."""
-    return {"__key__": np.array(names, dtype=object), "__url__": np.array(names, dtype=object),
+    # keys by position: a file name is not a sample key (a path has slashes); __url__ keeps the name
+    return {"__key__": np.array([f"image-{i}" for i in range(len(names))], dtype=object),
+            "__url__": np.array(names, dtype=object),
             "jpg": np.array(jpegs, dtype=object), "json": np.array([b"{}"] * len(jpegs), dtype=object)}
 
 
@@ -105,9 +116,8 @@ class RegionExtractor:
                                             precision=settings.precision)
         self.model_name = backbone.spec.name
 
-    @staticmethod
-    def _decode(jpeg: bytes) -> torch.Tensor:
-        return torch.from_numpy(decode_rgb(jpeg)).permute(2, 0, 1)
+    def _decode(self, jpeg: bytes | None) -> torch.Tensor:
+        return torch.from_numpy(decode_rgb(jpeg, self.settings.max_pixels)).permute(2, 0, 1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Per call, not in __init__: OpenMP's thread count is per calling thread, and a Ray actor may run
@@ -117,13 +127,23 @@ class RegionExtractor:
         rows = len(batch["__key__"])
         out: dict[str, list] = {name: [b""] * rows for name in OUTPUT_COLUMNS}
         out["__key__"], out["__url__"], out["error"] = list(batch["__key__"]), list(batch["__url__"]), [""] * rows
-        good, images, candidates = [], [], []
+        # A column that no sample of the batch has is absent, not a column of Nones.
+        jpegs, metas = batch.get("jpg", [None] * rows), batch.get("json", [None] * rows)
+        good, images, candidates, parsed = [], [], [], {}
         for i in range(rows):
+            key = str(batch["__key__"][i])
             try:
-                image = self._decode(batch["jpg"][i])
-            except (RuntimeError, ValueError) as err:
-                out["error"][i] = f"JPEG does not decode: {err}"
-                out["json"][i] = batch["json"][i]  # the reject names the file
+                if key.startswith("/") or ".." in key.split("/"):
+                    raise ValueError(f"sample key {key!r} would leave the output folder")
+                if not isinstance(metas[i], bytes):
+                    raise ValueError("the sample has no JSON member")
+                parsed[i] = json.loads(metas[i])  # ValueError when it is not JSON
+                if not isinstance(parsed[i], dict):
+                    raise ValueError("the sample's JSON is not an object")
+                image = self._decode(jpegs[i])
+            except (RuntimeError, ValueError, cv2.error) as err:
+                out["error"][i] = f"image rejected: {err}"
+                out["json"][i] = metas[i] if isinstance(metas[i], bytes) else b""  # the reject names the file
                 continue
             if "proposals" in batch and len(batch["proposals"][i]):
                 boxes = npy_load(batch["proposals"][i])
@@ -139,7 +159,7 @@ class RegionExtractor:
         for start, (boxes, scores, feats) in zip(range(0, len(good), step), results):
             idx = good[start:start + step]
             for j, i in enumerate(idx):
-                meta = json.loads(batch["json"][i])
+                meta = parsed[i]
                 meta.update(model=self.model_name, region_mode=self.settings.region_mode,
                             proposals=self.settings.proposals, num_proposals=len(candidates[start + j]),
                             box_scores=[round(float(s), 5) for s in scores[j]])

@@ -26,7 +26,8 @@ from ray.data import ActorPoolStrategy
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
-from vsa_dist.data.assembler import REJECTS, ShardAssembler, account, plan_shards, resume
+from vsa_dist.checkpoints import read_checkpoint
+from vsa_dist.data.assembler import REJECTS, ShardAssembler, account, check_sources, plan_shards, resume
 from vsa_dist.data.pairs import encode_sentences, word_index
 from vsa_dist.data.shards import MANIFEST, read_samples
 from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest, npy_load
@@ -45,10 +46,10 @@ class SnippetsConfig:
     checkpoint: str = field(default="", metadata={"help": "alignment model (vsa train-align: OUT/best.pt)"})
     features: str = field(default="", metadata={"help": "feature folder the model was trained on"})
     out: str = field(default="", metadata={"help": "output folder: snippet shards + manifest.json"})
-    beta: float = field(default=0.1, metadata={"help": "cost of a region change between neighbouring words: 0 = each word its own best region; larger = longer snippets"})
+    beta: float = field(default=0.1, metadata={"help": "cost of a region change between neighbouring words: 0 = each word its own best region; larger = longer snippets", "range": "[0, inf)"})
     splits: list[str] = field(default_factory=lambda: ["train"], metadata={"help": "splits to align"})
-    actors: int = field(default=0, metadata={"help": "aligner actors; 0 = one per CPU of the cluster"})
-    batch_size: int = field(default=32, metadata={"help": "images per actor call"})
+    actors: int = field(default=0, metadata={"help": "aligner actors; 0 = one per CPU of the cluster", "range": "[0, inf)"})
+    batch_size: int = field(default=32, metadata={"help": "images per actor call", "range": "[1, inf)"})
     progress: bool = field(default=True, metadata={"help": "Ray Data progress bars"})
 
     def validate(self) -> None:
@@ -120,23 +121,25 @@ def snippet_statistics(samples) -> dict[str, Any]:
 
 
 def run(cfg: SnippetsConfig) -> dict[str, Any]:
-    with storage.output_folder(cfg.out) as out_dir:
+    with storage.output_folder(cfg.out, "snippets") as out_dir:
         return _run(cfg, out_dir)
 
 
 def _run(cfg: SnippetsConfig, out_dir: Path) -> dict[str, Any]:
     start = time.time()
     features_manifest = load_features_manifest(cfg.features)
+    # the checkpoint is read (weights only) and matched to the features before Ray starts: a wrong file fails in seconds
+    check_model_matches(cfg.features, check_same_settings({cfg.features: features_manifest}),
+                        read_checkpoint(storage.fetch(cfg.checkpoint)))
     ray = ensure_ray(cfg.progress)
     actors = cfg.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     check_placeable({"CPU": 1.0}, actors, f"align-snippets ({actors} aligner actors)")
-    check_model_matches(cfg.features, check_same_settings({cfg.features: features_manifest}),
-                        torch.load(storage.fetch(cfg.checkpoint), map_location="cpu", weights_only=True))
     settings = {"features": features_manifest["settings"], "beta": cfg.beta,
                 "checkpoint_sha256": sha256_file(Path(storage.fetch(cfg.checkpoint))),
                 "format_version": SNIPPETS_FORMAT_VERSION}
     plans = plan_shards(cfg.features, features_manifest, cfg.splits, settings)
     state_dir, records, pending = resume(out_dir, plans)
+    check_sources(pending, f"vsa features --out {cfg.features}")
     print(f"align-snippets: {len(plans)} shards planned, {len(records)} already complete, {len(pending)} to align "
           f"(beta {cfg.beta}, {actors} actors)", flush=True)
     if pending:

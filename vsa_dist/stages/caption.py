@@ -12,10 +12,12 @@ for the image's top regions. A folder stands for the images in it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vsa_dist import config as cfglib
+from vsa_dist.data.images import DEFAULT_MAX_PIXELS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -25,14 +27,15 @@ class CaptionConfig:
     """Caption images (files or folders) with a model from the MLflow registry."""
 
     images: list[str] = field(default_factory=list, metadata={"help": "image files or folders", "positional": True})
-    model: str = field(default="models:/vsa-captioner@champion", metadata={"help": "MLflow model URI"})
-    beam: int = field(default=0, metadata={"help": "beam size; 0: the one chosen on dev when the model was trained"})
-    batch_size: int = field(default=32, metadata={"help": "images per feature/caption batch"})
-    regions: int = field(default=0, metadata={"help": "also describe this many top regions of each image, with their boxes (a model trained with --snippets)"})
+    model: str = field(default="models:/vsa-captioner@champion", metadata={"help": "MLflow model URI or model folder"})
+    beam: int = field(default=0, metadata={"help": "beam size; 0: the one chosen on dev when the model was trained", "range": "[0, inf)"})
+    batch_size: int = field(default=32, metadata={"help": "images per feature/caption batch", "range": "[1, inf)"})
+    regions: int = field(default=0, metadata={"help": "also describe this many top regions of each image, with their boxes (a model trained with --snippets)", "range": "[0, inf)"})
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "refuse images above this many pixels, from their header (decompression bombs); may be raised", "range": "[1, inf)"})
 
     def validate(self) -> None:
-        if self.regions < 0:
-            raise cfglib.ConfigError("regions must be >= 0")
+        if self.regions < 0 or self.beam < 0 or self.batch_size < 1 or self.max_pixels < 1:
+            raise cfglib.ConfigError("regions and beam must be >= 0, batch_size and max_pixels >= 1")
         if not self.images:
             raise cfglib.ConfigError("name at least one image file or folder")
         for item in self.images:
@@ -53,34 +56,57 @@ def image_files(items: list[str]) -> list[Path]:
     return files
 
 
-def load_captioner(uri: str):
-    """The registered pyfunc model's Python object (``vsa_dist.serving.Captioner``)."""
+def load_captioner(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """The captioner at ``uri`` (``vsa_dist.serving.Captioner``), built from its own artifacts: no code from the
+    model folder runs, nothing is unpickled."""
     import mlflow
 
+    from vsa_dist.serving import load_captioner as load
     from vsa_dist.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+        return load(uri, max_pixels)
     except mlflow.exceptions.MlflowException as err:
         raise cfglib.ConfigError(f"model {uri}: {err.message} (tracking store {tracking_uri()})") from err
+    except ValueError as err:
+        raise cfglib.ConfigError(f"model {uri}: {err}") from err
+
+
+def _read(path: Path) -> tuple[bytes, str]:
+    """A file's bytes, or no bytes and why (the image then gets an error line, the others are still captioned)."""
+    try:
+        return path.read_bytes(), ""
+    except OSError as err:
+        return b"", f"cannot read: {err.strerror or err}"
 
 
 def run(cfg: CaptionConfig) -> list[tuple[str, str]]:
+    """Print ``path<TAB>caption`` per image (and its regions); an image that cannot be captioned gets
+    ``path: error: reason`` on stderr and the others go on. Exits 1 when any image failed."""
     files = image_files(cfg.images)
-    captioner = load_captioner(cfg.model)
-    results = []
+    captioner = load_captioner(cfg.model, cfg.max_pixels)
+    results, failed = [], 0
     for start in range(0, len(files), cfg.batch_size):
         part = files[start:start + cfg.batch_size]
-        described = captioner.describe([p.read_bytes() for p in part], names=[str(p) for p in part], beam=cfg.beam,
+        read = [_read(p) for p in part]
+        described = captioner.describe([data for data, _ in read], names=[str(p) for p in part], beam=cfg.beam,
                                        regions=cfg.regions)
-        for path, (caption, regions) in zip(part, described):
-            print(f"{path}\t{caption}", flush=True)
-            results.append((str(path), caption))
-            for box, region_caption in regions:
+        for path, (_, read_error), result in zip(part, read, described):
+            if read_error or result.error:
+                print(f"{path}: error: {read_error or result.error}", file=sys.stderr, flush=True)
+                failed += 1
+                continue
+            print(f"{path}\t{result.caption}", flush=True)
+            results.append((str(path), result.caption))
+            for box, region_caption in result.regions:
                 corners = ",".join(f"{v:g}" for v in box)
                 print(f"{path}\t{corners}\t{region_caption}", flush=True)
                 results.append((f"{path}#{corners}", region_caption))
+    if failed:
+        print(f"vsa caption: {len(files) - failed} of {len(files)} images captioned; {failed} failed (see above)",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1)
     return results
 
 

@@ -33,8 +33,8 @@ class EvalConfig:
     checkpoint: str = field(default="", metadata={"help": "best.pt (or an epoch checkpoint) of a training run"})
     features: str = field(default="", metadata={"help": "feature folder made with the settings the model was trained on"})
     split: str = field(default="test", metadata={"help": "split to score (model selection happens on dev, never test)"})
-    beam: int = field(default=0, metadata={"help": "captions: beam size; 0: the size chosen on dev in training (or 1)"})
-    beta: float = field(default=0.1, metadata={"help": "snippets: the MRF's beta (vsa align-snippets)"})
+    beam: int = field(default=0, metadata={"help": "captions: beam size; 0: the size chosen on dev in training (or 1)", "range": "[0, inf)"})
+    beta: float = field(default=0.1, metadata={"help": "snippets: the MRF's beta (vsa align-snippets)", "range": "[0, inf)"})
     ensemble: list[str] = field(default_factory=list, metadata={"help": "captions, retrieval: more checkpoints of the same kind (same vocabulary, same feature settings) scored together with --checkpoint as one model"})
     out: str = field(default="", metadata={"help": "also write the metrics to this JSON file"})
 

@@ -25,7 +25,9 @@ from ray.data import ActorPoolStrategy
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
-from vsa_dist.data.assembler import REJECTS, ShardAssembler, account, plan_shards, resume
+from vsa_dist.data.assembler import (REJECTS, DamagedInput, ShardAssembler, account, check_sources, plan_shards,
+                                     resume)
+from vsa_dist.data.images import DEFAULT_MAX_PIXELS
 from vsa_dist.data.shards import MANIFEST, load_manifest
 from vsa_dist.features.extract import OUTPUT_COLUMNS, ExtractorSettings, RegionExtractor, add_proposals, describe
 from vsa_dist.features.format import FEATURES_FORMAT_VERSION
@@ -44,19 +46,20 @@ class FeaturesConfig:
     out: str = field(default="", metadata={"help": "output folder for feature shards + manifest.json"})
     regions: str = field(default="roi", metadata={"help": f"region features: one of {REGION_MODES}"})
     proposals: str = field(default="grid", metadata={"help": f"candidate boxes: one of {PROPOSAL_METHODS}"})
-    num_regions: int = field(default=19, metadata={"help": "regions per image besides the whole image (paper: 19)"})
+    num_regions: int = field(default=19, metadata={"help": "regions per image besides the whole image (paper: 19)", "range": "[1, inf)"})
     backbone: str = field(default="efficientnet-lite0", metadata={"help": "efficientnet-lite0 (default), -lite1 or -lite2 (the backbones extra), torchvision:NAME or timm:NAME"})
     weights: str = field(default="", metadata={"help": "local weight file (needed for torchvision:/timm: backbones)"})
     splits: list[str] = field(default_factory=list, metadata={"help": "splits to extract; empty = all in the manifest"})
     device: str = field(default="auto", metadata={"help": "auto (GPU when the cluster has one), cpu or cuda"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware runs it natively: GPU, or CPU with AMX/AVX512-BF16), fp32 or bf16"})
-    actors: int = field(default=0, metadata={"help": "CNN actors; 0 = one per GPU, or one per `threads` CPUs"})
-    threads: int = field(default=1, metadata={"help": "torch threads per actor; on a CPU, one actor per this many CPUs (1 was fastest on 2 cores: benchmarks/extract.py)"})
-    batch_size: int = field(default=32, metadata={"help": "images per Ray Data batch handed to an actor"})
-    cnn_batch: int = field(default=0, metadata={"help": "images per CNN call; 0 = 4 on CPU, 64 on GPU"})
-    nms_iou: float = field(default=0.5, metadata={"help": "IoU above which a lower-scored candidate is suppressed"})
-    roi_size: int = field(default=2, metadata={"help": "RoIAlign output grid (averaged) in roi mode"})
-    max_proposals: int = field(default=200, metadata={"help": "selective-search candidates kept per image"})
+    actors: int = field(default=0, metadata={"help": "CNN actors; 0 = one per GPU, or one per `threads` CPUs", "range": "[0, inf)"})
+    threads: int = field(default=1, metadata={"help": "torch threads per actor; on a CPU, one actor per this many CPUs (1 was fastest on 2 cores: benchmarks/extract.py)", "range": "[1, inf)"})
+    batch_size: int = field(default=32, metadata={"help": "images per Ray Data batch handed to an actor", "range": "[1, inf)"})
+    cnn_batch: int = field(default=0, metadata={"help": "images per CNN call; 0 = 4 on CPU, 64 on GPU", "range": "[0, inf)"})
+    nms_iou: float = field(default=0.5, metadata={"help": "IoU above which a lower-scored candidate is suppressed", "range": "(0, 1]"})
+    roi_size: int = field(default=2, metadata={"help": "RoIAlign output grid (averaged) in roi mode", "range": "[1, inf)"})
+    max_proposals: int = field(default=200, metadata={"help": "selective-search candidates kept per image", "range": "[1, inf)"})
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "refuse images above this many pixels, from their header (decompression bombs)", "range": "[1, inf)"})
     progress: bool = field(default=True, metadata={"help": "Ray Data progress bars"})
 
     def validate(self) -> None:
@@ -101,7 +104,7 @@ def _settings(cfg: FeaturesConfig, cluster: dict[str, float]) -> tuple[Extractor
         backbone=cfg.backbone, weights=cfg.weights, region_mode=cfg.regions, proposals=cfg.proposals,
         num_regions=cfg.num_regions, nms_iou=cfg.nms_iou, roi_size=cfg.roi_size, max_proposals=cfg.max_proposals,
         cnn_batch=cfg.cnn_batch or (64 if device == "cuda" else 4), threads=threads, device=device,
-        precision=precision)
+        precision=precision, max_pixels=cfg.max_pixels)
     check_placeable({"CPU": remote["num_cpus"], "GPU": remote.get("num_gpus", 0)}, actors,
                     f"features ({actors} CNN actor(s) on {device})")
     return settings, {"compute": ActorPoolStrategy(size=actors), **remote}
@@ -118,6 +121,15 @@ def _stream(cfg: FeaturesConfig, settings: ExtractorSettings, remote: dict[str, 
                           **remote)
 
 
+def _file_name(meta: bytes, key: str) -> str:
+    """The file a rejected sample came from, as its JSON names it (its key when the JSON is missing or broken)."""
+    try:
+        name = json.loads(meta).get("file_name") if meta else None
+    except (ValueError, AttributeError):
+        name = None
+    return name if isinstance(name, str) else key
+
+
 def _write(ds, assembler: ShardAssembler) -> tuple[float, int]:
     """Write every row; return when the first batch arrived and its size (start-up vs steady state)."""
     first: tuple[float, int] | None = None
@@ -126,16 +138,15 @@ def _write(ds, assembler: ShardAssembler) -> tuple[float, int]:
         for i in range(len(batch["__key__"])):
             source, key, error = batch["__url__"][i], batch["__key__"][i], batch["error"][i]
             if error:
-                meta = json.loads(batch["json"][i]) if batch["json"][i] else {}
                 assembler.add(source, None, {"kind": "image", "reason": "feature-error", "detail": error,
-                                             "source": source, "key": key, "image": meta.get("file_name", key)})
+                                             "source": source, "key": key, "image": _file_name(batch["json"][i], key)})
             else:
                 assembler.add(source, {"__key__": key, **{c: batch[c][i] for c in OUTPUT_COLUMNS[2:6]}})
     return first or (time.time(), 0)
 
 
 def run(cfg: FeaturesConfig) -> dict[str, Any]:
-    with storage.output_folder(cfg.out) as out_dir:
+    with storage.output_folder(cfg.out, "features") as out_dir:
         return _run(cfg, cfg.shards, out_dir)
 
 
@@ -151,6 +162,7 @@ def _run(cfg: FeaturesConfig, shards_dir: str, out_dir: Path) -> dict[str, Any]:
 
     plans = plan_shards(shards_dir, shard_manifest, splits, described)
     state_dir, records, pending = resume(out_dir, plans)
+    check_sources(pending, f"vsa shards build --out {shards_dir}")
     print(f"features: {len(plans)} shards planned, {len(records)} already complete, {len(pending)} to extract "
           f"({settings.region_mode} regions, {settings.proposals} proposals, {settings.precision}, {placement})",
           flush=True)
@@ -189,4 +201,5 @@ def _run(cfg: FeaturesConfig, shards_dir: str, out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(FeaturesConfig, run, argv, prog="vsa features", preset="features")
+    return cfglib.run_stage(FeaturesConfig, run, argv, prog="vsa features", preset="features",
+                            input_errors=(DamagedInput,))

@@ -29,11 +29,11 @@ class PipelineConfig:
     regions: str = field(default="roi", metadata={"help": "region features: roi or crop (see vsa features)"})
     run_dir: str = field(default="", metadata={"help": "where every stage writes; default runs/mini"})
     align_preset: str = field(default="train_align_modern", metadata={"help": "alignment preset (train_align = the paper)"})
-    align_epochs: int = field(default=8, metadata={"help": "alignment epochs"})
-    align_batch_size: int = field(default=20, metadata={"help": "alignment pairs per step (the mini set has 100 train images)"})
+    align_epochs: int = field(default=8, metadata={"help": "alignment epochs", "range": "[1, inf)"})
+    align_batch_size: int = field(default=20, metadata={"help": "alignment pairs per step (the mini set has 100 train images)", "range": "[1, inf)"})
     mrnn_preset: str = field(default="train_mrnn_modern", metadata={"help": "generator preset (train_mrnn = the paper)"})
-    mrnn_epochs: int = field(default=6, metadata={"help": "generator epochs"})
-    mrnn_batch_size: int = field(default=50, metadata={"help": "generator pairs per step"})
+    mrnn_epochs: int = field(default=6, metadata={"help": "generator epochs", "range": "[1, inf)"})
+    mrnn_batch_size: int = field(default=50, metadata={"help": "generator pairs per step", "range": "[1, inf)"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
     def validate(self) -> None:
@@ -49,6 +49,9 @@ class PipelineConfig:
 
 
 def run(cfg: PipelineConfig) -> dict:
+    from vsa_dist.tracking import check_tracking_store
+
+    check_tracking_store()  # before minutes of shards and features, not after them
     shards, features = storage.join(cfg.run_dir, "shards"), storage.join(cfg.run_dir, "features")
     results: dict = {}
     start = time.time()

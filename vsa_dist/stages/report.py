@@ -48,9 +48,9 @@ class ReportConfig:
     captioner: str = field(default="", metadata={"help": "generator checkpoint; default RUN/mrnn/best.pt"})
     region_captioner: str = field(default="", metadata={"help": "generator for region captions (trained with --snippets); default the captioner"})
     split: str = field(default="test", metadata={"help": "split the examples come from"})
-    images: int = field(default=8, metadata={"help": "example images on the page"})
-    beta: float = field(default=0.1, metadata={"help": "snippet MRF beta (vsa align-snippets)"})
-    regions: int = field(default=3, metadata={"help": "region captions per image"})
+    images: int = field(default=8, metadata={"help": "example images on the page", "range": "[1, inf)"})
+    beta: float = field(default=0.1, metadata={"help": "snippet MRF beta (vsa align-snippets)", "range": "[0, inf)"})
+    regions: int = field(default=3, metadata={"help": "region captions per image", "range": "[0, inf)"})
     out: str = field(default="", metadata={"help": "the HTML file; default RUN/report.html"})
     log_to_mlflow: bool = field(default=True, metadata={"help": "log the page to the generator's MLflow run"})
 
@@ -89,9 +89,10 @@ def image_jpegs(features_manifest: dict[str, Any], features_dir: str, split: str
 
 
 def thumbnail(jpeg: bytes, size: int) -> str:
-    from PIL import Image
+    """The image as shown (EXIF orientation applied, as its boxes are), within the pixel limit, as a data URI."""
+    from vsa_dist.data.images import open_rgb
 
-    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    image = open_rgb(jpeg)
     image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
@@ -247,10 +248,10 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     for i in chosen:
         wanted |= {image_ids[j] for j in matrix["scores"][:, query_of[i]].topk(5).indices.tolist()}
     jpegs = image_jpegs(manifest, cfg.features, cfg.split, wanted)
-    from PIL import Image
+    from vsa_dist.data.images import check_image
 
-    # row 0 is the whole image, in the JPEG's own pixels; rows 1..R the regions, as the feature rows are
-    boxes = {image_ids[i]: [[0.0, 0.0, *map(float, Image.open(io.BytesIO(jpegs[image_ids[i]])).size)]]
+    # row 0 is the whole image as shown (EXIF orientation applied); rows 1..R the regions, as the feature rows are
+    boxes = {image_ids[i]: [[0.0, 0.0, *map(float, check_image(jpegs[image_ids[i]]))]]
              + split["boxes"][i].tolist() for i in chosen}
 
     max_words = align_state["config"]["max_words"]

@@ -29,9 +29,9 @@ class ShardsConfig:
     images_dir: str = field(default="", metadata={"help": "image folder; default ROOT/images if it exists, else ROOT"})
     split_files: str = field(default="", metadata={"help": "split lists as a pattern with {split}, e.g. 'Flickr_8k.{split}Images.txt'"})
     split_from: str = field(default="", metadata={"help": "coco: take train/val/test from this Karpathy-split JSON"})
-    samples_per_shard: int = field(default=500, metadata={"help": "images per tar shard"})
-    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "reject images above this many pixels (decompression bombs)"})
-    vocab_min_count: int = field(default=VOCAB_MIN_COUNT, metadata={"help": "vocabulary keeps words seen this often in train"})
+    samples_per_shard: int = field(default=500, metadata={"help": "images per tar shard", "range": "[1, inf)"})
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "reject images above this many pixels (decompression bombs)", "range": "[1, inf)"})
+    vocab_min_count: int = field(default=VOCAB_MIN_COUNT, metadata={"help": "vocabulary keeps words seen this often in train", "range": "[1, inf)"})
     vocab_splits: list[str] = field(default_factory=lambda: ["train"], metadata={"help": "splits the vocabulary is counted on"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
@@ -50,10 +50,11 @@ def run(cfg: ShardsConfig) -> dict:
     start = time.time()
     root = storage.mirror(cfg.root)  # a remote dataset is read from a local copy
     catalog = read_source(cfg.format, root, cfg.captions, cfg.split_files, cfg.split_from, cfg.images_dir)
-    with storage.output_folder(cfg.out) as out:
+    with storage.output_folder(cfg.out, "shards") as out:
         manifest = write_shards(catalog, out, cfg.samples_per_shard, cfg.max_pixels, cfg.vocab_min_count,
                                 tuple(cfg.vocab_splits), config=cfglib.to_dict(cfg), progress=cfg.progress)
     counts = manifest["counts"]
+    _check_trainable(cfg, manifest)
     per_split = ", ".join(f"{s} {v['images']}" for s, v in sorted(manifest["splits"].items()))
     print(f"shards: {counts['images']['written']} images ({per_split}), {counts['sentences']['written']} sentences "
           f"written to {cfg.out}; rejected {counts['images']['rejected']} images, {counts['sentences']['rejected']} "
@@ -61,6 +62,28 @@ def run(cfg: ShardsConfig) -> dict:
           f"{manifest['build']['shards_built']} shards built, {manifest['build']['shards_reused']} reused; "
           f"{time.time() - start:.1f}s")
     return manifest
+
+
+def _check_trainable(cfg: ShardsConfig, manifest: dict) -> None:
+    """A build that wrote nothing usable fails (after writing its manifest and rejects, to look at): no image at all
+    (a wrong images folder), or none in train/dev/test (no split list found). A missing split is only warned of."""
+    from collections import Counter
+
+    images = manifest["counts"]["images"]
+    rejects = storage.join(cfg.out, "rejects.jsonl")
+    if images["written"] == 0:
+        reasons = Counter({k.split(":", 1)[1]: v for k, v in manifest["rejects"]["by_reason"].items()
+                           if k.startswith("image:")}).most_common(3)
+        raise InputFormatError(cfg.root, f"no image was written: {images['rejected']} of {images['input']} rejected "
+                                         f"({', '.join(f'{k} {v}' for k, v in reasons)}; see {rejects}); is the "
+                                         "images folder right (--images-dir)?")
+    present = {split for split, info in manifest["splits"].items() if info["images"]}
+    if not present & {"train", "dev", "test"}:
+        raise InputFormatError(cfg.root, f"no image is in train, dev or test (only {sorted(present)}): no split list "
+                                         "was found; name them with --split-files or --split-from")
+    if missing := [split for split in ("train", "dev", "test") if split not in present]:
+        print(f"shards: warning: no {'/'.join(missing)} images; training needs train and dev, and tests on test",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,6 +22,7 @@ import torch
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage, training
+from vsa_dist.checkpoints import read_checkpoint
 from vsa_dist.data.pairs import load_split, word_index
 from vsa_dist.eval.retrieval import evaluate_alignment
 from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
@@ -30,13 +31,13 @@ from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
 class AlignConfig(training.TrainConfig):
     """Train the alignment model (BRNN + region embeddings) on feature shards."""
 
-    epochs: int = field(default=20, metadata={"help": "passes over the train images (one sentence per image per pass)"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "L2 weight decay (chosen on dev)"})
+    epochs: int = field(default=20, metadata={"help": "passes over the train images (one sentence per image per pass)", "range": "[1, inf)"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "L2 weight decay (chosen on dev)", "range": "[0, inf)"})
     experiment: str = field(default="vsa-align", metadata={"help": "MLflow experiment"})
     register_as: str = field(default="vsa-align", metadata={"help": "registered model name; empty: do not register"})
     alias: str = field(default="champion", metadata={"help": "alias moved to the new version when it beats the holder on dev (R@1+5+10 sum)"})
-    embed_dim: int = field(default=1000, metadata={"help": "multimodal space h"})
-    word_dim: int = field(default=300, metadata={"help": "word vector size"})
+    embed_dim: int = field(default=1000, metadata={"help": "multimodal space h", "range": "[1, inf)"})
+    word_dim: int = field(default=300, metadata={"help": "word vector size", "range": "[1, inf)"})
     score_norm: str = field(default="sum", metadata={"help": "sum over words (paper) or mean"})
     hardest_negative: bool = field(default=False, metadata={"help": "hinge on the hardest negative only (VSE++)"})
     gather_negatives: bool = field(default=True, metadata={"help": "with N workers, rank against the whole batch's pairs (the paper's batch), not each worker's share"})
@@ -162,7 +163,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
 def load_model(path: Path | str) -> tuple[AlignmentModel, dict[str, Any]]:
     """The best-on-dev model of a checkpoint (``torch.load(weights_only=True)``) and its metadata."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     cfg = AlignConfig(**{k: v for k, v in state["config"].items() if k in AlignConfig.__dataclass_fields__})
     model = AlignmentModel(model_args(cfg, len(state["vocab"]) + 2, state["feature_dim"]))
     state["best"].setdefault("score", state["best"].pop("rsum", None))  # checkpoints before 2026-11-25

@@ -26,6 +26,7 @@ import torch
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage, training
+from vsa_dist.checkpoints import read_checkpoint
 from vsa_dist.data.pairs import load_split, split_sentence_ids, word_index
 from vsa_dist.eval.captions import caption_metrics, require_java
 from vsa_dist.eval.cider import CiderD
@@ -36,30 +37,30 @@ from vsa_dist.models.mrnn import MRNN, PAD, MRNNArgs, caption_ids, ids_to_words,
 class MRNNConfig(training.TrainConfig):
     """Train the MRNN caption generator on feature shards (whole-image features, or all rows with attention, + sentences)."""
 
-    epochs: int = field(default=20, metadata={"help": "passes over the train images, all their sentences each time"})
-    batch_size: int = field(default=100, metadata={"help": "image-sentence pairs per step over all workers (5 per image)"})
+    epochs: int = field(default=20, metadata={"help": "passes over the train images, all their sentences each time", "range": "[1, inf)"})
+    batch_size: int = field(default=100, metadata={"help": "image-sentence pairs per step over all workers (5 per image)", "range": "[1, inf)"})
     optimizer: str = field(default="rmsprop", metadata={"help": "rmsprop (the paper's choice for the generator), adam or sgd"})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate (chosen on dev)"})
-    max_words: int = field(default=20, metadata={"help": "longer training sentences are cut"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "xe: share of each target spread over the vocabulary (0: the paper's plain cross-entropy)"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (chosen on dev)", "range": "(0, inf)"})
+    max_words: int = field(default=20, metadata={"help": "longer training sentences are cut", "range": "[1, inf)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "xe: share of each target spread over the vocabulary (0: the paper's plain cross-entropy)", "range": "[0, 1)"})
     experiment: str = field(default="vsa-mrnn", metadata={"help": "MLflow experiment"})
     register_as: str = field(default="vsa-captioner", metadata={"help": "registered model name; empty: do not register"})
     test: bool = field(default=True, metadata={"help": "caption test once at the end and score it"})
     cell: str = field(default="rnn", metadata={"help": "rnn (the paper's ReLU RNN) or lstm"})
-    hidden: int = field(default=512, metadata={"help": "hidden units"})
-    word_dim: int = field(default=512, metadata={"help": "word vector size"})
+    hidden: int = field(default=512, metadata={"help": "hidden units", "range": "[1, inf)"})
+    word_dim: int = field(default=512, metadata={"help": "word vector size", "range": "[1, inf)"})
     feature_norm: str = field(default="rms", metadata={"help": "image features at unit length (unit) or unit RMS per component (rms)"})
     attention: bool = field(default=False, metadata={"help": "lstm: attend over the whole image and its regions at every word (beyond the paper)"})
-    max_len: int = field(default=20, metadata={"help": "longest generated caption, in words"})
-    beam: int = field(default=0, metadata={"help": "beam size at test time; 0: choose from beam_choices on dev"})
+    max_len: int = field(default=20, metadata={"help": "longest generated caption, in words", "range": "[1, inf)"})
+    beam: int = field(default=0, metadata={"help": "beam size at test time; 0: choose from beam_choices on dev", "range": "[0, inf)"})
     beam_choices: list[int] = field(default_factory=lambda: [1, 2, 3, 5], metadata={"help": "beam sizes tried on dev"})
-    length_penalty: float = field(default=0.0, metadata={"help": "beam ranking by log P / length**this (0: the paper)"})
+    length_penalty: float = field(default=0.0, metadata={"help": "beam ranking by log P / length**this (0: the paper)", "range": "[0, inf)"})
     alias: str = field(default="champion", metadata={"help": "alias moved to the new version when it beats the holder on dev"})
-    examples: int = field(default=10, metadata={"help": "test images captioned into the example artifacts"})
+    examples: int = field(default=10, metadata={"help": "test images captioned into the example artifacts", "range": "[0, inf)"})
     snippets: str = field(default="", metadata={"help": "snippet folder (vsa align-snippets over train): train on full images and on regions with their snippets, the paper's region generator"})
     objective: str = field(default="xe", metadata={"help": "xe (cross-entropy, teacher forcing: the paper) or scst (self-critical: the CIDEr-D of sampled captions, from --init)"})
     init: str = field(default="", metadata={"help": "a generator checkpoint (best.pt) to start from; scst needs one"})
-    samples: int = field(default=5, metadata={"help": "scst: captions sampled per image; each one's baseline is the mean reward of the others"})
+    samples: int = field(default=5, metadata={"help": "scst: captions sampled per image; each one's baseline is the mean reward of the others", "range": "[1, inf)"})
 
     def validate(self) -> None:
         self.validate_training(default_out="mrnn", min_batch=5)
@@ -101,9 +102,9 @@ class MRNNConfig(training.TrainConfig):
         if not storage.exists(self.init):
             raise cfglib.ConfigError(f"init {self.init}: no such checkpoint")
         try:
-            saved = torch.load(storage.fetch(self.init), map_location="cpu", weights_only=True)
-        except Exception as err:  # a folder, a truncated file, not a torch checkpoint: say which and why
-            raise cfglib.ConfigError(f"init {self.init}: not a generator checkpoint ({err})") from err
+            saved = read_checkpoint(storage.fetch(self.init))
+        except cfglib.ConfigError as err:  # a folder, a truncated file, not a torch checkpoint: say which and why
+            raise cfglib.ConfigError(f"init: {err}") from err
         config = {"feature_norm": "unit", "attention": False, **saved.get("config", {})}
         differ = [k for k in ("cell", "hidden", "word_dim", "feature_norm", "attention") if config.get(k) != getattr(self, k)]
         if differ:
@@ -274,7 +275,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
 def load_model(path: Path | str) -> tuple[MRNN, dict[str, Any]]:
     """The best-on-dev generator of a checkpoint (``torch.load(weights_only=True)``) and its metadata."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     saved = {"feature_norm": "unit", **state["config"]}  # checkpoints from before feature_norm used unit length
     cfg = MRNNConfig(**{k: v for k, v in saved.items() if k in MRNNConfig.__dataclass_fields__})
     model = MRNN(model_args(cfg, len(state["vocab"]), state["feature_dim"]))

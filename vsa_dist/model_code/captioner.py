@@ -1,0 +1,7 @@
+"""The served captioner (MLflow models-from-code): ``mlflow models serve`` runs this file from the model folder."""
+
+from mlflow.models import set_model
+
+from vsa_dist.serving import Captioner
+
+set_model(Captioner())
