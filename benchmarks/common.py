@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -46,16 +47,23 @@ class TreeMemory:
         return {"peak_tree_pss_mib": round(self.peak_pss / 2**20), "peak_driver_rss_mib": round(self.peak_driver_rss / 2**20)}
 
 
-def run_stage(args: list[str], log: Path) -> dict:
-    """One CLI run in a fresh process with its own local Ray; its memory is sampled from outside."""
+def run_stage(args: list[str], log: Path, kill_when=None) -> dict:
+    """One CLI run in a fresh process with its own local Ray; its memory is sampled from outside. With
+    ``kill_when`` (a function polled every second), the run is SIGKILLed once it returns true, as a crash
+    would stop it; the result then says ``killed`` and the exit code is not checked."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+    killed = False
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "vsa_dist.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
                                 env=env, cwd=REPO)
         memory = TreeMemory(proc.pid)
-        code = proc.wait()
+        while (code := proc.poll()) is None:
+            if kill_when is not None and not killed and kill_when():
+                proc.kill()
+                killed = True
+            time.sleep(1)
     result = memory.stop()
-    if code != 0:
+    if code != 0 and not killed:
         raise SystemExit(f"{' '.join(args)} failed with {code}; see {log}")
-    return result
+    return {**result, "killed": killed}

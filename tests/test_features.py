@@ -120,11 +120,11 @@ def test_crop_mode_and_resume_after_a_kill(tmp_path, mini_dir, ray_cluster, mini
     proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "extract_features.py"), *args], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not list((out / "_state").glob("*.json")) and time.time() < deadline and proc.poll() is None:
+    while not list((out / "_state").glob("*.tar.json")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = {p.name for p in (out / "_state").glob("*.json")}
+    done_before = {p.name for p in (out / "_state").glob("*.tar.json")}
     assert 1 <= len(done_before) < 5, f"the kill should land mid-run, found {sorted(done_before)} recorded"
     assert not (out / "manifest.json").exists()
 
@@ -189,7 +189,7 @@ def test_an_image_that_fails_is_a_reject_not_a_loss(tmp_path, mini_shards, ray_c
     assert result["counts"]["images"] == {"input": 40, "written": 39, "rejected": 1}
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert len(rejects) == 1 and rejects[0]["key"] == broken and rejects[0]["reason"] == "feature-error"
-    assert rejects[0]["image"].endswith(".jpg") and "decode" in rejects[0]["detail"]
+    assert rejects[0]["image"].endswith(".jpg") and "cannot identify image" in rejects[0]["detail"]
     assert broken not in read_features(out)
 
 

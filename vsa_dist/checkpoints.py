@@ -21,8 +21,10 @@ def read_checkpoint(path: Path | str, keys: tuple[str, ...] = ("model", "config"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: refused: it holds Python objects, not only weights and plain data "
-                              f"(vsa never unpickles code; {str(err).splitlines()[0][:120]})") from err
+        if "Unsupported global" in str(err):  # torch met a Python object it will not import (a class, a function)
+            raise CheckpointError(f"{path}: refused: it holds Python objects, not only weights and plain data "
+                                  "(vsa never unpickles code)") from err
+        raise CheckpointError(f"{path}: not a torch checkpoint ({(str(err).splitlines() or [''])[0][:160]})") from err
     except (OSError, RuntimeError, EOFError, ValueError) as err:
         raise CheckpointError(f"{path}: not a torch checkpoint ({type(err).__name__}: "
                               f"{(str(err).splitlines() or [''])[0][:160]})") from err

@@ -68,10 +68,8 @@ class TrainConfig:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("read_ahead", self.read_ahead, ("auto", "true", "false"))
-        if self.workers < 1 or self.batch_size < min_batch * self.workers:
-            raise cfglib.ConfigError(f"need workers >= 1 and at least {min_batch} pairs per worker in a batch")
-        if self.epochs < 1:
-            raise cfglib.ConfigError("epochs must be at least 1")
+        if self.batch_size < min_batch * self.workers:
+            raise cfglib.ConfigError(f"need at least {min_batch} pairs per worker in a batch")
 
 
 def make_optimizer(kind: str, model: torch.nn.Module, lr: float, momentum: float, weight_decay: float):

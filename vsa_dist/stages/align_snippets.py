@@ -59,8 +59,6 @@ class SnippetsConfig:
             raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
         if not self.out:
             raise cfglib.ConfigError("out: an output folder is required")
-        if self.beta < 0:
-            raise cfglib.ConfigError("beta must be >= 0")
         known = set(load_features_manifest(self.features)["splits"])
         if unknown := sorted(set(self.splits) - known):
             raise cfglib.ConfigError(f"splits {unknown} are not in {self.features} (it has {sorted(known)})")

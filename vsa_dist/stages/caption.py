@@ -34,8 +34,6 @@ class CaptionConfig:
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "refuse images above this many pixels, from their header (decompression bombs); may be raised", "range": "[1, inf)"})
 
     def validate(self) -> None:
-        if self.regions < 0 or self.beam < 0 or self.batch_size < 1 or self.max_pixels < 1:
-            raise cfglib.ConfigError("regions and beam must be >= 0, batch_size and max_pixels >= 1")
         if not self.images:
             raise cfglib.ConfigError("name at least one image file or folder")
         for item in self.images:

@@ -74,9 +74,6 @@ class FeaturesConfig:
                                     ("precision", self.precision, ("auto", "fp32", "bf16"))):
             if value not in allowed:
                 raise cfglib.ConfigError(f"{key} {value!r} is not one of {allowed}")
-        for key in ("num_regions", "batch_size", "threads"):
-            if getattr(self, key) < 1:
-                raise cfglib.ConfigError(f"{key} must be at least 1")
         known = set(load_manifest(self.shards)["splits"])
         if unknown := sorted(set(self.splits) - known):
             raise cfglib.ConfigError(f"splits {unknown} are not in {self.shards} (it has {sorted(known)})")

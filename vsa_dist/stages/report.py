@@ -68,8 +68,6 @@ class ReportConfig:
                 raise cfglib.ConfigError(f"{key} {getattr(self, key)!r}: no such checkpoint")
         if not storage.exists(storage.join(self.features, "manifest.json")):
             raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
-        if self.images < 1 or self.regions < 0:
-            raise cfglib.ConfigError("images must be >= 1 and regions >= 0")
 
 
 # ----------------------------------------------------------------------------------- what goes on the page

@@ -42,8 +42,6 @@ class ShardsConfig:
             raise cfglib.ConfigError(f"root {self.root!r}: no such dataset folder")
         if not self.out:
             raise cfglib.ConfigError("out: an output folder is required")
-        if self.samples_per_shard < 1 or self.max_pixels < 1:
-            raise cfglib.ConfigError("samples_per_shard and max_pixels must be positive")
 
 
 def run(cfg: ShardsConfig) -> dict:

@@ -76,12 +76,8 @@ class MRNNConfig(training.TrainConfig):
         if self.objective == "scst" and (self.snippets or self.samples < 2):
             raise cfglib.ConfigError("objective scst needs samples >= 2 and no snippets (a region's snippets are "
                                      "not references for a whole caption)")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise cfglib.ConfigError("label_smoothing must be in [0, 1)")
-        if self.max_len < 1:
-            raise cfglib.ConfigError("max_len must be at least 1")
-        if self.beam < 0 or not self.beam_choices or min(self.beam_choices) < 1:
-            raise cfglib.ConfigError("beam must be >= 0 and beam_choices a list of sizes >= 1")
+        if not self.beam_choices or min(self.beam_choices) < 1:
+            raise cfglib.ConfigError("beam_choices must be a list of sizes >= 1")
         if self.snippets:
             from vsa_dist.data.shards import load_manifest
 

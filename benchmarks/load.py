@@ -1,0 +1,172 @@
+"""COCO-scale rehearsal: `vsa shards build` and `vsa features` on a synthetic set of 100k images, each stage killed
+once mid-way and resumed, against the same commands on full Flickr8k.
+
+    python benchmarks/load.py                      # 100,000 images (about an hour on 2 cores, ~12 GB of disk)
+    python benchmarks/load.py --images 600 --baseline flickr8k-mini --samples-per-shard 50 --work /tmp/lb
+                                                   # a quick rehearsal of the rehearsal (a few minutes)
+
+The synthetic set is Flickr8k in its own format: every image re-encoded (JPEG quality 85-95, every other cycle
+mirrored) under a new name, five captions each drawn from the token file, split train/dev/test 90/5/5 %.
+Memory is the peak PSS of each command's whole process tree (driver, Ray and its workers) and the driver's
+peak RSS, sampled every 0.5 s; "flat" means the 100k run's peak over the 8k run's. Time is wall time of the
+whole command, start-up included, the killed try and the resumed one added up. Writes WORK/load.json
+(default runs/bench/) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import run_stage  # noqa: E402
+from vsa_dist.paths import data_root, runs_root  # noqa: E402
+
+SPLIT_SHARES = (("train", 0.90), ("dev", 0.05), ("test", 0.05))
+
+
+def _encode(job: tuple[str, str, int, bool]) -> None:
+    source, target, quality, mirror = job
+    image = Image.open(source).convert("RGB")
+    if mirror:
+        image = ImageOps.mirror(image)
+    image.save(target, "JPEG", quality=quality)
+
+
+def make_synthetic(flickr: Path, out: Path, count: int, seed: int = 0) -> dict:
+    """A Flickr8k-format folder of ``count`` re-encoded images with drawn captions (kept if already complete)."""
+    done = out / "complete.json"
+    if done.is_file() and json.loads(done.read_text())["images"] == count:
+        return json.loads(done.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "images").mkdir(parents=True)
+    sources = sorted((flickr / "images").glob("*.jpg"))
+    sentences = [line.split("\t", 1)[1] for line in (flickr / "Flickr8k.token.txt").read_text().splitlines()
+                 if "\t" in line]
+    rng = random.Random(seed)
+    names = [f"syn{i:06d}.jpg" for i in range(count)]
+    jobs = [(str(sources[i % len(sources)]), str(out / "images" / names[i]), 85 + (i // len(sources)) % 11,
+             (i // len(sources)) % 2 == 1) for i in range(count)]
+    start = time.time()
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(_encode, jobs, chunksize=256))
+    lines = [f"{name}#{k}\t{rng.choice(sentences)}" for name in names for k in range(5)]
+    (out / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    order = names[:]
+    rng.shuffle(order)
+    begin = 0
+    for split, share in SPLIT_SHARES:
+        end = count if split == SPLIT_SHARES[-1][0] else begin + round(share * count)
+        (out / f"Flickr_8k.{split}Images.txt").write_text("\n".join(sorted(order[begin:end])) + "\n")
+        begin = end
+    info = {"images": count, "sentences": len(lines), "seconds": round(time.time() - start, 1)}
+    done.write_text(json.dumps(info))
+    return info
+
+
+def records_done(folder: Path) -> int:
+    return len(list((folder / "_state").glob("*.tar.json"))) if (folder / "_state").is_dir() else 0
+
+
+def disk_mib(folder: Path) -> int:
+    out = subprocess.run(["du", "-sm", str(folder)], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def stage(name: str, args: list[str], out: Path, logs: Path, kill_after_records: int = 0) -> dict:
+    """Run one stage, optionally SIGKILLed once ``kill_after_records`` of its shards are complete, then resumed."""
+    tries = []
+    if kill_after_records:
+        start = time.time()
+        memory = run_stage(args, logs / f"{name}-killed.log",
+                           kill_when=lambda: records_done(out) >= kill_after_records)
+        tries.append({"seconds": round(time.time() - start, 1), "records_at_kill": records_done(out), **memory})
+    start = time.time()
+    memory = run_stage(args, logs / f"{name}.log")
+    tries.append({"seconds": round(time.time() - start, 1), **memory})
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts = manifest["counts"]["images"]
+    rejects = (out / "rejects.jsonl").read_text().splitlines()
+    return {"tries": tries, "seconds": round(sum(t["seconds"] for t in tries), 1),
+            "peak_tree_pss_mib": max(t["peak_tree_pss_mib"] for t in tries),
+            "peak_driver_rss_mib": max(t["peak_driver_rss_mib"] for t in tries),
+            "images": counts, "rejects_listed": len([r for r in rejects if json.loads(r)["kind"] == "image"]),
+            "accounted": counts["written"] + counts["rejected"] == counts["input"],
+            "build": manifest["build"], "disk_mib": disk_mib(out)}
+
+
+def run_set(name: str, root: Path, work: Path, kill: bool, samples_per_shard: int) -> dict:
+    shards, features, logs = work / name / "shards", work / name / "features", work / name / "logs"
+    for folder in (shards, features):
+        shutil.rmtree(folder, ignore_errors=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    # each image's first caption ends its name with '#0': enough to plan when to kill
+    planned = max(1, (root / "Flickr8k.token.txt").read_text().count("#0\t") // samples_per_shard)
+    result = {}
+    result["shards"] = stage("shards", ["shards", "build", "--root", str(root), "--out", str(shards),
+                                        "--samples-per-shard", str(samples_per_shard), "--progress", "false"],
+                             shards, logs, kill_after_records=planned // 3 if kill else 0)
+    result["features"] = stage("features", ["features", "--shards", str(shards), "--out", str(features),
+                                            "--progress", "false"],
+                               features, logs, kill_after_records=planned // 3 if kill else 0)
+    result["input_images"] = result["shards"]["images"]["input"]
+    for key in ("shards", "features"):
+        result[key]["images_per_s"] = round(result[key]["images"]["input"] / result[key]["seconds"], 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=100_000, help="synthetic images (COCO has 123k)")
+    parser.add_argument("--work", default=str(runs_root() / "bench"), help="where the data, shards, features go")
+    parser.add_argument("--samples-per-shard", type=int, default=500)
+    parser.add_argument("--baseline", default="flickr8k", help="the data set the large run is compared with "
+                        "(flickr8k-mini for a quick rehearsal)")
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    flickr = data_root() / "flickr8k"
+    synthetic = work / f"synthetic-{args.images}"
+    made = make_synthetic(flickr, synthetic / "data", args.images)
+    print(f"synthetic set: {made}", flush=True)
+    baseline = run_set(args.baseline, data_root() / args.baseline, work, kill=False,
+                       samples_per_shard=args.samples_per_shard)
+    print(f"{args.baseline}: {json.dumps(baseline)}", flush=True)
+    large = run_set(f"synthetic-{args.images}", synthetic / "data", work, kill=True,
+                    samples_per_shard=args.samples_per_shard)
+    result = {"synthetic": made, "flickr8k": baseline, "large": large,
+              "ratios": {stage: {"images": round(large["input_images"] / baseline["input_images"], 2),
+                                 "seconds": round(large[stage]["seconds"] / baseline[stage]["seconds"], 2),
+                                 "peak_tree_pss": round(large[stage]["peak_tree_pss_mib"] / baseline[stage]["peak_tree_pss_mib"], 2),
+                                 "peak_driver_rss": round(large[stage]["peak_driver_rss_mib"] / baseline[stage]["peak_driver_rss_mib"], 2)}
+                         for stage in ("shards", "features")},
+              "data_disk_mib": disk_mib(synthetic / "data")}
+    (work / "load.json").write_text(json.dumps(result, indent=1))
+    print("| stage | set | images | wall s (tries) | img/s | peak tree PSS MiB | peak driver RSS MiB | disk MiB | "
+          "written + rejected = input |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, run in ((args.baseline, baseline), (f"synthetic {args.images}", large)):
+        for stage in ("shards", "features"):
+            r = run[stage]
+            tries = " + ".join(f"{t['seconds']}" + (" (killed)" if t.get("killed") else "") for t in r["tries"])
+            c = r["images"]
+            print(f"| {stage} | {label} | {run['input_images']} | {r['seconds']} ({tries}) | {r['images_per_s']} | "
+                  f"{r['peak_tree_pss_mib']} | {r['peak_driver_rss_mib']} | {r['disk_mib']} | "
+                  f"{c['written']} + {c['rejected']} = {c['input']} ({'ok' if r['accounted'] else 'BROKEN'}) |")
+    print(f"ratios 100k/8k: {json.dumps(result['ratios'])}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
