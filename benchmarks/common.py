@@ -44,7 +44,10 @@ class TreeMemory:
     def stop(self) -> dict:
         self._stop.set()
         self._thread.join()
-        return {"peak_tree_pss_mib": round(self.peak_pss / 2**20), "peak_driver_rss_mib": round(self.peak_driver_rss / 2**20)}
+        return {
+            "peak_tree_pss_mib": round(self.peak_pss / 2**20),
+            "peak_driver_rss_mib": round(self.peak_driver_rss / 2**20),
+        }
 
 
 def run_stage(args: list[str], log: Path, kill_when=None) -> dict:

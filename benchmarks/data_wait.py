@@ -12,14 +12,15 @@ step, and between epochs rank 0 works ``--pause`` seconds on every core, standin
 (``--work-kind sleep``: both only sleep, which hides what the read costs the CPU). The work is a fixed number
 of matrix products calibrated once at start, so both settings do the same work. ``early``: the next epoch's
 stream is started before the pause, as the training stages do with ``--read-ahead true`` (their default since
-2026-11-29); ``late``: after it, as with ``--read-ahead false``. Per setting it prints each epoch's wait for its first batch,
-its steps' time and its whole cycle (steps + pause + waits): on a machine whose cores the read competes for,
-only a shorter cycle is a gain. ``--reads``: ``decoder`` makes the rows inside the read (``train_dataset``, the
+2026-11-29); ``late``: after it, as with ``--read-ahead false``. Per setting it prints each epoch's wait for its
+first batch, its steps' time and its whole cycle (steps + pause + waits): on a machine whose cores the read competes
+for, only a shorter cycle is a gain. ``--reads``: ``decoder`` makes the rows inside the read (``train_dataset``, the
 stages' way since 2026-11-29); ``map`` makes the same rows in a ``map_batches`` after the read, the stages' way
 before. ``--read-cost``: no Ray Train and no stand-in work; this process reads the stream ``--epochs`` times per
 setting, ``--pause`` seconds apart (long enough for Ray to end its idle workers, as during a dev evaluation), and
-prints each pass's wait for its first batch, its wall time and the CPU time the whole machine spent on it. One run, one machine: compare the settings with each other, not with other
-runs. Writes WORK/data_wait.json (default runs/bench/).
+prints each pass's wait for its first batch, its wall time and the CPU time the whole machine spent on it. One run,
+one machine: compare the settings with each other, not with other runs. Writes WORK/data_wait.json (default
+runs/bench/).
 """
 
 from __future__ import annotations
@@ -185,7 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work-kind", default="cpu", choices=("cpu", "sleep"), help="what the steps and the pause do")
     parser.add_argument("--step-s", type=float, default=0.4, help="seconds of one-thread work per batch (cpu)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=50, help="rows per worker batch (train-align: 100 pairs / 2 workers)")
+    parser.add_argument(
+        "--batch", type=int, default=50, help="rows per worker batch (train-align: 100 pairs / 2 workers)"
+    )
     parser.add_argument("--work", default=str(runs_root() / "bench" / "data_wait"))
     args = parser.parse_args(argv)
     import ray
@@ -195,8 +198,9 @@ def main(argv: list[str] | None = None) -> dict:
     ray.init()
     ray.data.DataContext.get_current().enable_progress_bars = False
     if args.read_cost:
-        result = read_cost(args.features, args.reads.split(","), args.epochs, args.pause, int(args.buffers.split(",")[0]),
-                           args.batch)
+        result = read_cost(
+            args.features, args.reads.split(","), args.epochs, args.pause, int(args.buffers.split(",")[0]), args.batch
+        )
         (work / "read_cost.json").write_text(json.dumps(result, indent=1))
         return result
     rate = units_per_second()

@@ -38,7 +38,9 @@ from vsa_dist.models.regions import select_top  # noqa: E402
 from vsa_dist.paths import data_root, runs_root  # noqa: E402
 
 
-def model_only(trunk, normalize, threads: int, batch: int, channels_last: bool, precision: str, seconds: float) -> float:
+def model_only(
+    trunk, normalize, threads: int, batch: int, channels_last: bool, precision: str, seconds: float
+) -> float:
     """Images/s of the CNN trunk alone on random images, in this process."""
     torch.set_num_threads(threads)
     x = normalize(torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8))
@@ -170,8 +172,11 @@ def proposal_cost(jpegs: list[bytes]) -> dict:
     for image in images:
         grid_boxes(image.shape[1], image.shape[0])
     grid = (time.perf_counter() - start) / len(images)
-    return {"selective_search_s_per_image": round(ss, 4), "selective_search_boxes_mean": round(statistics.mean(counts), 1),
-            "grid_s_per_image": round(grid, 6)}
+    return {
+        "selective_search_s_per_image": round(ss, 4),
+        "selective_search_boxes_mean": round(statistics.mean(counts), 1),
+        "grid_s_per_image": round(grid, 6),
+    }
 
 
 def extract(label: str, shards: Path, out: Path, work: Path, *extra: str) -> dict:
@@ -226,10 +231,19 @@ def main(argv: list[str] | None = None) -> dict:
     for old in work.glob("*/e2e-*"):  # every e2e run extracts from scratch
         shutil.rmtree(old)
     batch_flag = ("--cnn-batch", str(cnn_batch))
-    e2e = [extract("roi, grid, mini", mini, work / "flickr8k-mini" / "e2e-roi", work, *batch_flag),
-           extract("roi, selective-search, mini", mini, work / "flickr8k-mini" / "e2e-roi-ss", work,
-                   "--proposals", "selective-search", *batch_flag),
-           extract("crop, grid, mini", mini, work / "flickr8k-mini" / "e2e-crop", work, "--regions", "crop", *batch_flag)]
+    e2e = [
+        extract("roi, grid, mini", mini, work / "flickr8k-mini" / "e2e-roi", work, *batch_flag),
+        extract(
+            "roi, selective-search, mini",
+            mini,
+            work / "flickr8k-mini" / "e2e-roi-ss",
+            work,
+            "--proposals",
+            "selective-search",
+            *batch_flag,
+        ),
+        extract("crop, grid, mini", mini, work / "flickr8k-mini" / "e2e-crop", work, "--regions", "crop", *batch_flag),
+    ]
     # The bound for the ratio is the best setting measured again right before and right after the roi run
     # it is compared with: the machine's speed drifts by tens of percent over minutes, and the sweep's
     # maximum over dozens of short samples is biased upward by that noise (both are reported).
@@ -271,16 +285,21 @@ def main(argv: list[str] | None = None) -> dict:
             e2e[-1]["peak_driver_rss_mib"] / e2e[0]["peak_driver_rss_mib"], 2)
     (work / "extract.json").write_text(json.dumps(result, indent=1))
 
-    print("\n| run | images | img/s overall | img/s steady | start-up s | peak PSS MiB (all processes) | driver RSS MiB |")
+    print(
+        "\n| run | images | img/s overall | img/s steady | start-up s | peak PSS MiB (all processes) | driver RSS MiB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for row in e2e:
         print(f"| {row['label']} | {row['images_extracted']} | {row['images_per_s']} | {row['steady_images_per_s']} | "
               f"{row['startup_seconds']} | {row['peak_tree_pss_mib']} | {row['peak_driver_rss_mib']} |")
     b, a = result["bound"]["before"], result["bound"]["after"]
-    print(f"\nbound ({precision}): {bound} img/s, median of {adjacent} around the roi run (sweep: before {b['images_per_s']} "
-          f"at threads={b['threads']} batch={b['batch']} channels_last={b['channels_last']}; after {a['images_per_s']}); "
-          f"one process per core {per_core}; actors' work without Ray, one process per core {work_rate}; fp32 best "
-          f"{result['bound']['fp32_best']['images_per_s']}; naive loop {result['naive_images_per_s']} img/s")
+    print(
+        f"\nbound ({precision}): {bound} img/s, median of {adjacent} around the roi run "
+        f"(sweep: before {b['images_per_s']} "
+        f"at threads={b['threads']} batch={b['batch']} channels_last={b['channels_last']}; after {a['images_per_s']}); "
+        f"one process per core {per_core}; actors' work without Ray, one process per core {work_rate}; fp32 best "
+        f"{result['bound']['fp32_best']['images_per_s']}; naive loop {result['naive_images_per_s']} img/s"
+    )
     print(f"proposals: {proposals}")
     print(f"ratios: {result['ratios']}")
     print(f"written: {work / 'extract.json'}")

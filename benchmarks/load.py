@@ -1,7 +1,8 @@
 """COCO-scale rehearsal: `vsa shards build` and `vsa features` on a synthetic set of 100k images, each stage killed
 once mid-way and resumed, against the same commands on full Flickr8k.
 
-    python benchmarks/load.py                      # 100,000 images (about an hour on 2 cores, ~12 GB of disk)
+    python benchmarks/load.py                      # 100,000 images (about 35 minutes on 2 cores, ~8 GB of disk)
+    python benchmarks/load.py --stages shards      # rerun one stage (its shards folder stays for features)
     python benchmarks/load.py --images 600 --baseline flickr8k-mini --samples-per-shard 50 --work /tmp/lb
                                                    # a quick rehearsal of the rehearsal (a few minutes)
 
@@ -16,7 +17,6 @@ whole command, start-up included, the killed try and the resumed one added up. W
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import shutil
@@ -107,22 +107,22 @@ def stage(name: str, args: list[str], out: Path, logs: Path, kill_after_records:
             "build": manifest["build"], "disk_mib": disk_mib(out)}
 
 
-def run_set(name: str, root: Path, work: Path, kill: bool, samples_per_shard: int) -> dict:
-    shards, features, logs = work / name / "shards", work / name / "features", work / name / "logs"
-    for folder in (shards, features):
-        shutil.rmtree(folder, ignore_errors=True)
+def run_set(name: str, root: Path, work: Path, kill: bool, samples_per_shard: int, stages: list[str]) -> dict:
+    """The stages on one data set (features read the shards folder an earlier run of this set left)."""
+    folders = {"shards": work / name / "shards", "features": work / name / "features"}
+    logs = work / name / "logs"
+    for key in stages:
+        shutil.rmtree(folders[key], ignore_errors=True)
     logs.mkdir(parents=True, exist_ok=True)
     # each image's first caption ends its name with '#0': enough to plan when to kill
     planned = max(1, (root / "Flickr8k.token.txt").read_text().count("#0\t") // samples_per_shard)
+    argv = {"shards": ["shards", "build", "--root", str(root), "--out", str(folders["shards"]),
+                       "--samples-per-shard", str(samples_per_shard), "--progress", "false"],
+            "features": ["features", "--shards", str(folders["shards"]), "--out", str(folders["features"]),
+                         "--progress", "false"]}
     result = {}
-    result["shards"] = stage("shards", ["shards", "build", "--root", str(root), "--out", str(shards),
-                                        "--samples-per-shard", str(samples_per_shard), "--progress", "false"],
-                             shards, logs, kill_after_records=planned // 3 if kill else 0)
-    result["features"] = stage("features", ["features", "--shards", str(shards), "--out", str(features),
-                                            "--progress", "false"],
-                               features, logs, kill_after_records=planned // 3 if kill else 0)
-    result["input_images"] = result["shards"]["images"]["input"]
-    for key in ("shards", "features"):
+    for key in stages:
+        result[key] = stage(key, argv[key], folders[key], logs, kill_after_records=planned // 3 if kill else 0)
         result[key]["images_per_s"] = round(result[key]["images"]["input"] / result[key]["seconds"], 1)
     return result
 
@@ -134,37 +134,47 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples-per-shard", type=int, default=500)
     parser.add_argument("--baseline", default="flickr8k", help="the data set the large run is compared with "
                         "(flickr8k-mini for a quick rehearsal)")
+    parser.add_argument("--stages", default="shards,features", help="rerun only these (the others' last results "
+                        "in WORK/load.json stay)")
+    parser.add_argument("--sets", default="baseline,large", help="rerun only these sets: baseline, large")
     args = parser.parse_args(argv)
-    work = Path(args.work)
+    work, stages, sets = Path(args.work), args.stages.split(","), args.sets.split(",")
     flickr = data_root() / "flickr8k"
     synthetic = work / f"synthetic-{args.images}"
     made = make_synthetic(flickr, synthetic / "data", args.images)
     print(f"synthetic set: {made}", flush=True)
-    baseline = run_set(args.baseline, data_root() / args.baseline, work, kill=False,
-                       samples_per_shard=args.samples_per_shard)
-    print(f"{args.baseline}: {json.dumps(baseline)}", flush=True)
-    large = run_set(f"synthetic-{args.images}", synthetic / "data", work, kill=True,
-                    samples_per_shard=args.samples_per_shard)
-    result = {"synthetic": made, "flickr8k": baseline, "large": large,
-              "ratios": {stage: {"images": round(large["input_images"] / baseline["input_images"], 2),
-                                 "seconds": round(large[stage]["seconds"] / baseline[stage]["seconds"], 2),
-                                 "peak_tree_pss": round(large[stage]["peak_tree_pss_mib"] / baseline[stage]["peak_tree_pss_mib"], 2),
-                                 "peak_driver_rss": round(large[stage]["peak_driver_rss_mib"] / baseline[stage]["peak_driver_rss_mib"], 2)}
-                         for stage in ("shards", "features")},
-              "data_disk_mib": disk_mib(synthetic / "data")}
-    (work / "load.json").write_text(json.dumps(result, indent=1))
+    saved = work / "load.json"
+    result = json.loads(saved.read_text()) if saved.is_file() else {}
+    result["synthetic"] = made
+    for key, name, root, kill in (("baseline", args.baseline, data_root() / args.baseline, False),
+                                  ("large", f"synthetic-{args.images}", synthetic / "data", True)):
+        if key in sets:
+            measured = run_set(name, root, work, kill, args.samples_per_shard, stages)
+            result[key] = {**result.get(key, {}), **measured, "name": name}
+            print(f"{name}: {json.dumps(measured)}", flush=True)
+    baseline, large = result["baseline"], result["large"]
+    result["ratios"] = {
+        stage: {
+            "images": round(large[stage]["images"]["input"] / baseline[stage]["images"]["input"], 2),
+            "seconds": round(large[stage]["seconds"] / baseline[stage]["seconds"], 2),
+            "peak_tree_pss": round(large[stage]["peak_tree_pss_mib"] / baseline[stage]["peak_tree_pss_mib"], 2),
+            "peak_driver_rss": round(large[stage]["peak_driver_rss_mib"] / baseline[stage]["peak_driver_rss_mib"], 2),
+        }
+        for stage in ("shards", "features")
+    }
+    result["data_disk_mib"] = disk_mib(synthetic / "data")
+    saved.write_text(json.dumps(result, indent=1))
     print("| stage | set | images | wall s (tries) | img/s | peak tree PSS MiB | peak driver RSS MiB | disk MiB | "
           "written + rejected = input |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for label, run in ((args.baseline, baseline), (f"synthetic {args.images}", large)):
+    for run in (baseline, large):
         for stage in ("shards", "features"):
-            r = run[stage]
+            r, c = run[stage], run[stage]["images"]
             tries = " + ".join(f"{t['seconds']}" + (" (killed)" if t.get("killed") else "") for t in r["tries"])
-            c = r["images"]
-            print(f"| {stage} | {label} | {run['input_images']} | {r['seconds']} ({tries}) | {r['images_per_s']} | "
+            print(f"| {stage} | {run['name']} | {c['input']} | {r['seconds']} ({tries}) | {r['images_per_s']} | "
                   f"{r['peak_tree_pss_mib']} | {r['peak_driver_rss_mib']} | {r['disk_mib']} | "
                   f"{c['written']} + {c['rejected']} = {c['input']} ({'ok' if r['accounted'] else 'BROKEN'}) |")
-    print(f"ratios 100k/8k: {json.dumps(result['ratios'])}")
+    print(f"ratios large/baseline: {json.dumps(result['ratios'])}")
     return result
 
 

@@ -30,9 +30,28 @@ from vsa_dist.paths import runs_root  # noqa: E402
 
 
 def one_epoch(features: Path, out: Path, workers: int) -> dict:
-    memory = run_stage(["train-align", "--features", str(features), "--out", str(out), "--epochs", "1",
-                        "--workers", str(workers), "--test", "false", "--register-as", "", "--experiment", "bench-train",
-                        "--progress", "false"], out.parent / f"{out.name}.log")
+    memory = run_stage(
+        [
+            "train-align",
+            "--features",
+            str(features),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--workers",
+            str(workers),
+            "--test",
+            "false",
+            "--register-as",
+            "",
+            "--experiment",
+            "bench-train",
+            "--progress",
+            "false",
+        ],
+        out.parent / f"{out.name}.log",
+    )
     last = json.loads((out / "summary.json").read_text())["last_epoch"]
     row = {"workers": workers, "features": str(features), "pairs_per_s": round(last["pairs_per_s"], 1),
            "data_wait_share": round(last["data_wait_share"], 3), **memory}
@@ -103,7 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--full", default=str(runs_root() / "flickr8k" / "features"))
     parser.add_argument("--mini", default=str(runs_root() / "mini" / "features"))
     parser.add_argument("--work", default=str(runs_root() / "bench" / "train"))
-    parser.add_argument("--eval-only", action="store_true", help="only the retrieval evaluation's cost (a minute or two)")
+    parser.add_argument(
+        "--eval-only", action="store_true", help="only the retrieval evaluation's cost (a minute or two)"
+    )
     parser.add_argument("--read-ahead-epochs", type=int, default=0,
                         help="only the data wait: this many epochs (at least 2) per --read-ahead setting")
     parser.add_argument("--read-ahead-settings", default="false,true", help="the --read-ahead settings, in turn")
@@ -118,12 +139,18 @@ def main(argv: list[str] | None = None) -> dict:
         return {"eval": evaluation}
     if args.read_ahead_epochs:
         if args.read_ahead_epochs < 2:
-            raise SystemExit("--read-ahead-epochs: at least 2 (the first epoch's cold start is not what read-ahead hides)")
+            raise SystemExit(
+                "--read-ahead-epochs: at least 2 (the first epoch's cold start is not what read-ahead hides)"
+            )
         waits = read_ahead_epochs(full, work, args.read_ahead_epochs, args.read_ahead_settings.split(","))
         (work / "read_ahead.json").write_text(json.dumps(waits, indent=1))
         return {"read_ahead": waits}
     print("one epoch each:", flush=True)
-    rows = [one_epoch(full, work / "full-w1", 1), one_epoch(full, work / "full-w2", 2), one_epoch(mini, work / "mini-w2", 2)]
+    rows = [
+        one_epoch(full, work / "full-w1", 1),
+        one_epoch(full, work / "full-w2", 2),
+        one_epoch(mini, work / "mini-w2", 2),
+    ]
     print("retrieval evaluation, full Flickr8k test, untrained model:", flush=True)
     evaluation = eval_cost(full)
     print(f"  {evaluation}", flush=True)

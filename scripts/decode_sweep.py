@@ -13,8 +13,10 @@ import json
 
 import torch
 
+from vsa_dist.checkpoints import load_generator
 from vsa_dist.data.pairs import load_split, word_index
-from vsa_dist.stages.train_mrnn import generate, load_model, score_captions, whole_image_only
+from vsa_dist.eval.captions import score_captions
+from vsa_dist.models.mrnn import generate
 
 
 def main() -> None:
@@ -24,10 +26,10 @@ def main() -> None:
     parser.add_argument("--split", default="dev")
     parser.add_argument("--settings", default="3:0,5:0,7:0,3:0.5,5:0.5", help="beam:length_penalty, comma-separated")
     args = parser.parse_args()
-    model, state = load_model(args.checkpoint)
+    model, state = load_generator(args.checkpoint)
     vocab = state["vocab"]
     split = load_split(args.features, args.split, word_index(vocab), state["config"]["max_words"],
-                       whole_image_only(state["config"]))
+                       not model.args.attention)
     features = torch.from_numpy(split["features"]).float()
     for setting in args.settings.split(","):
         beam, penalty = setting.split(":")

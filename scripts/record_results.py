@@ -3,8 +3,10 @@
     python scripts/record_results.py retrieval.paper runs/flickr8k/align-paper/summary.json \
         "vsa train-align --features runs/flickr8k/features --out runs/flickr8k/align-paper --epochs 12"
     python scripts/record_results.py captions.paper runs/flickr8k/mrnn-paper/summary.json "vsa train-mrnn …"
-    python scripts/record_results.py captions.ensemble runs/flickr8k/ensemble-test.json "vsa eval captions …" RUN_A,RUN_B
-    python scripts/record_results.py retrieval.modern_ensemble runs/flickr8k/ensemble-align-test.json "vsa eval retrieval …" RUN_A,RUN_B
+    python scripts/record_results.py captions.ensemble runs/flickr8k/ensemble-test.json \
+        "vsa eval captions …" RUN_A,RUN_B
+    python scripts/record_results.py retrieval.modern_ensemble runs/flickr8k/ensemble-align-test.json \
+        "vsa eval retrieval …" RUN_A,RUN_B
 
 Retrieval runs (train-align) record annotation/search R@K and median rank; generator runs (train-mrnn)
 record BLEU-1..4, METEOR, ROUGE-L, CIDEr, with the beam chosen on dev. An existing entry's other keys

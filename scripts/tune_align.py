@@ -3,9 +3,10 @@
     python scripts/tune_align.py --optimizer sgd --lr 1e-4 --epochs 1
     python scripts/tune_align.py --optimizer adam --lr 2e-4 --score-norm mean --dropout 0.1 --epochs 2
     python scripts/tune_align.py --optimizer sgd --lr 1e-5 --raw-features --epochs 3     # the collapse
-    python scripts/tune_align.py --optimizer adam --lr 2e-4 --score-norm mean --dropout 0.1 --hardest-negative --warmup-epochs 1 --epochs 4
+    python scripts/tune_align.py --optimizer adam --lr 2e-4 --score-norm mean --dropout 0.1 --hardest-negative \
+        --warmup-epochs 1 --epochs 4
     python scripts/tune_align.py --optimizer adam --lr 2e-4 --weight-decay 0 --score-norm mean --dropout 0.1 \
-        --batch 100 --epochs 2 --gru --cosine --margin 0.2       # variants outside the model: --gru, --cosine, --global-only
+        --batch 100 --epochs 2 --gru --cosine --margin 0.2  # variants outside the model: --gru, --cosine, --global-only
     python scripts/tune_align.py --features runs/flickr8k/features-lite2 --optimizer adam --lr 6e-4 --weight-decay 0 \
         --score-norm mean --dropout 0.1 --batch 100 --epochs 3 --global-only   # compare backbones' feature folders
 
@@ -23,9 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from vsa_dist.data.pairs import load_split, word_index
-from vsa_dist.eval.retrieval import evaluate_alignment
-from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
-from vsa_dist.stages.train_align import one_sentence_each, rsum
+from vsa_dist.eval.retrieval import evaluate_alignment, rsum
+from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel, one_sentence_each
 from vsa_dist.training import epoch_lr, set_lr
 
 
@@ -67,7 +67,12 @@ def main() -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--score-norm", choices=("sum", "mean"), default="sum")
     p.add_argument("--hardest-negative", action="store_true")
-    p.add_argument("--warmup-epochs", type=int, default=0, help="with --hardest-negative: all negatives for this many epochs first (VSE++)")
+    p.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=0,
+        help="with --hardest-negative: all negatives for this many epochs first (VSE++)",
+    )
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--raw-features", action="store_true", help="do not L2-normalise the CNN features")
     p.add_argument("--margin", type=float, default=1.0)
@@ -76,7 +81,9 @@ def main() -> None:
     p.add_argument("--global-only", action="store_true", help="the whole-image row alone, no regions")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--embed-dim", type=int, default=1000, help="multimodal space h")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant", help="cosine: decay to 0 over --epochs")
+    p.add_argument(
+        "--lr-schedule", choices=("constant", "cosine"), default="constant", help="cosine: decay to 0 over --epochs"
+    )
     p.add_argument("--clip-norm", type=float, default=0.0, help="also clip the gradient's global norm (0: off)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -86,10 +93,27 @@ def main() -> None:
     train, dev = (load_split(args.features, s, index, 32) for s in ("train", "dev"))
     features, tokens = torch.from_numpy(train["features"]), torch.from_numpy(train["tokens"]).long()
     torch.manual_seed(0)
-    model = Variant(AlignmentArgs(len(vocab) + 2, features.shape[-1], args.embed_dim, 300, args.dropout, args.score_norm, False,
-                                  args.margin, l2_features=not args.raw_features), args.gru, args.cosine, args.global_only)
-    opt = (torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-           if args.optimizer == "sgd" else torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay))
+    model = Variant(
+        AlignmentArgs(
+            len(vocab) + 2,
+            features.shape[-1],
+            args.embed_dim,
+            300,
+            args.dropout,
+            args.score_norm,
+            False,
+            args.margin,
+            l2_features=not args.raw_features,
+        ),
+        args.gru,
+        args.cosine,
+        args.global_only,
+    )
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+        if args.optimizer == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    )
     for epoch in range(1, args.epochs + 1):
         model.args.hardest_negative = args.hardest_negative and epoch > args.warmup_epochs
         model.train()

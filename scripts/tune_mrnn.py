@@ -18,8 +18,8 @@ import time
 import torch
 
 from vsa_dist.data.pairs import load_split, word_index
-from vsa_dist.models.mrnn import MRNN, MRNNArgs, teacher_forcing, token_nll
-from vsa_dist.stages.train_mrnn import perplexity, sentence_rows
+from vsa_dist.eval.captions import perplexity
+from vsa_dist.models.mrnn import MRNN, MRNNArgs, sentence_rows, teacher_forcing, token_nll
 
 
 def main() -> None:
@@ -38,7 +38,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     vocab = json.load(open(f"{args.features}/manifest.json"))["vocab"]["words"]
     index = word_index(vocab)
-    train, dev = (load_split(args.features, s, index, 20, whole_image_only=not args.attention) for s in ("train", "dev"))
+    train, dev = (
+        load_split(args.features, s, index, 20, whole_image_only=not args.attention) for s in ("train", "dev")
+    )
     features = torch.from_numpy(train["features"]).float()[:args.images]
     tokens = torch.from_numpy(train["tokens"]).long()[:args.images]
     dev_features = torch.from_numpy(dev["features"]).float()[:args.dev_images]
@@ -60,8 +62,12 @@ def main() -> None:
             (nll / count).backward()
             torch.nn.utils.clip_grad_value_(model.parameters(), 5)
             optimizer.step()
-        print(f"{args.cell}{' attention' if args.attention else ''} {args.feature_norm} dropout {args.dropout} epoch {epoch}: dev perplexity "
-              f"{perplexity(model, dev_features, dev_tokens):.2f}, {time.time() - start:.0f} s", flush=True)
+        print(
+            f"{args.cell}{' attention' if args.attention else ''} {args.feature_norm} dropout {args.dropout} "
+            f"epoch {epoch}: dev perplexity "
+            f"{perplexity(model, dev_features, dev_tokens):.2f}, {time.time() - start:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

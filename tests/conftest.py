@@ -1,4 +1,5 @@
-"""Shared fixtures: the real mini data set, a real local Ray cluster, and makers of broken inputs."""
+"""Shared fixtures: the real mini data set, a real local Ray cluster, a real MLflow server, and makers of broken
+inputs. tests/unit uses none of the data, Ray or MLflow ones; tests/integration does."""
 
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ MINI = DATA_ROOT / "flickr8k-mini"
 
 
 def pytest_configure(config):
-    if not (MINI / "Flickr8k.token.txt").is_file():
-        raise pytest.UsageError(f"{MINI}: the flickr8k-mini data set is missing (set VSA_DATA_ROOT)")
     # Ray's own progress output drowns pytest's; tests that care read results, not bars.
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -28,6 +27,9 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def mini_dir() -> Path:
+    """The flickr8k-mini data set (tests/integration only: tests/unit needs no data)."""
+    if not (MINI / "Flickr8k.token.txt").is_file():
+        pytest.fail(f"{MINI}: the flickr8k-mini data set is missing (set VSA_DATA_ROOT)", pytrace=False)
     return MINI
 
 
@@ -77,19 +79,15 @@ def untrained_alignment_checkpoint(features_dir, path):
 
     import torch
 
-    from vsa_dist.config import to_dict
-    from vsa_dist.stages.train_align import AlignConfig, AlignmentModel, model_args
-    from vsa_dist.training import write_best
+    from vsa_dist.models.alignment import AlignmentModel
+    from vsa_dist.stages.train_align import AlignConfig, model_args
 
     manifest = jsonlib.loads((features_dir / "manifest.json").read_text())
     vocab = manifest["vocab"]["words"]
     cfg = dataclasses.replace(AlignConfig(), embed_dim=32, word_dim=16)
     torch.manual_seed(0)
     model = AlignmentModel(model_args(cfg, len(vocab) + 2, manifest["settings"]["feature_dim"]))
-    write_best(path, model, {"config": to_dict(cfg), "vocab": vocab, "feature_dim": manifest["settings"]["feature_dim"],
-                             "feature_settings": manifest["settings"], "epoch": 1,
-                             "best": {"score": 0.0, "epoch": 1, "state": None}})
-    return path
+    return write_untrained(path, model, cfg, manifest)
 
 
 def untrained_generator_checkpoint(features_dir, path, cell="rnn"):
@@ -99,19 +97,43 @@ def untrained_generator_checkpoint(features_dir, path, cell="rnn"):
 
     import torch
 
-    from vsa_dist.config import to_dict
-    from vsa_dist.stages.train_mrnn import MRNN, MRNNConfig, model_args
-    from vsa_dist.training import write_best
+    from vsa_dist.models.mrnn import MRNN
+    from vsa_dist.stages.train_mrnn import MRNNConfig, model_args
 
     manifest = jsonlib.loads((features_dir / "manifest.json").read_text())
     vocab = manifest["vocab"]["words"]
     cfg = dataclasses.replace(MRNNConfig(), hidden=32, word_dim=16, cell=cell)
     torch.manual_seed(0)
     model = MRNN(model_args(cfg, len(vocab), manifest["settings"]["feature_dim"]))
-    write_best(path, model, {"config": to_dict(cfg), "vocab": vocab, "feature_dim": manifest["settings"]["feature_dim"],
+    return write_untrained(path, model, cfg, manifest, beam=2)
+
+
+def write_untrained(path, model, cfg, manifest, **extra):
+    """``model`` as the best.pt its training stage would write (untrained weights), in that stage's format."""
+    import dataclasses
+
+    from vsa_dist.config import to_dict
+    from vsa_dist.training import write_best
+
+    write_best(path, model, {"config": to_dict(cfg), "model_args": dataclasses.asdict(model.args),
+                             "vocab": manifest["vocab"]["words"], "feature_dim": manifest["settings"]["feature_dim"],
                              "feature_settings": manifest["settings"], "epoch": 1,
-                             "best": {"score": 0.0, "epoch": 1, "state": None}}, beam=2)
+                             "best": {"score": 0.0, "epoch": 1, "state": None}}, **extra)
     return path
+
+
+def fails(capsys, *argv: str) -> str:
+    """Run ``vsa ARGV``; it must exit 2 with one line on stderr, no traceback. Returns that line."""
+    from vsa_dist.cli import main as vsa
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        vsa(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2, err
+    line = err.splitlines()[-1]  # progress bars may stand before it
+    assert "Traceback" not in err and line.startswith("vsa ") and ": error: " in line, err
+    return line
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,18 @@
-"""Reading a checkpoint of ours: tensors and plain data only, never pickled code (``torch.load(weights_only=True)``)."""
+"""Reading a checkpoint of ours: tensors and plain data only, never pickled code (``torch.load(weights_only=True)``),
+and the models in it. Stages, evaluation, the report and serving all load models here."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vsa_dist.config import ConfigError
+from vsa_dist.errors import ConfigError
+from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel
+from vsa_dist.models.mrnn import MRNN, MRNNArgs
 
 
 class CheckpointError(ConfigError):
@@ -31,3 +35,31 @@ def read_checkpoint(path: Path | str, keys: tuple[str, ...] = ("model", "config"
     if not isinstance(state, dict) or (missing := [k for k in keys if k not in state]):
         raise CheckpointError(f"{path}: not a vsa checkpoint (it lacks {missing if isinstance(state, dict) else keys})")
     return state
+
+
+def _args(cls, state: dict[str, Any], vocab_size: int, old_defaults: dict[str, Any] | None = None):
+    """A model's args: as the checkpoint stores them (``asdict(model.args)``), or for checkpoints written before it
+    did, the same fields read from the saved stage config (every key the stage had; later ones at their defaults)."""
+    if "model_args" in state:
+        return cls(**state["model_args"])
+    fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size", "feature_dim"}
+    saved = {**(old_defaults or {}), **state["config"]}
+    return cls(vocab_size=vocab_size, feature_dim=state["feature_dim"], **{k: saved[k] for k in fields if k in saved})
+
+
+def load_alignment(path: Path | str) -> tuple[AlignmentModel, dict[str, Any]]:
+    """The best-on-dev alignment model of a checkpoint (weights only) and its metadata."""
+    state = read_checkpoint(path)
+    model = AlignmentModel(_args(AlignmentArgs, state, len(state["vocab"]) + 2))  # + PAD, UNK
+    state["best"].setdefault("score", state["best"].pop("rsum", None))  # checkpoints before 2026-11-25
+    model.load_state_dict(state["best"]["state"] or state["model"])
+    return model.eval(), state
+
+
+def load_generator(path: Path | str) -> tuple[MRNN, dict[str, Any]]:
+    """The best-on-dev generator of a checkpoint (weights only) and its metadata."""
+    state = read_checkpoint(path)
+    # + PAD, UNK, END; checkpoints from before feature_norm used unit length
+    model = MRNN(_args(MRNNArgs, state, len(state["vocab"]) + 3, old_defaults={"feature_norm": "unit"}))
+    model.load_state_dict(state["best"]["state"] or state["model"])
+    return model.eval(), state

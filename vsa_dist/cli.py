@@ -12,8 +12,11 @@ COMMANDS: dict[str, object] = {
     "train-align": "vsa_dist.stages.train_align:main",
     "train-mrnn": "vsa_dist.stages.train_mrnn:main",
     "align-snippets": "vsa_dist.stages.align_snippets:main",
-    "eval": {"retrieval": "vsa_dist.stages.evaluate:retrieval_main", "captions": "vsa_dist.stages.evaluate:captions_main",
-             "snippets": "vsa_dist.stages.evaluate:snippets_main"},
+    "eval": {
+        "retrieval": "vsa_dist.stages.evaluate:retrieval_main",
+        "captions": "vsa_dist.stages.evaluate:captions_main",
+        "snippets": "vsa_dist.stages.evaluate:snippets_main",
+    },
     "caption": "vsa_dist.stages.caption:main",
     "report": "vsa_dist.stages.report:main",
     "pipeline": "vsa_dist.stages.pipeline:main",

@@ -17,11 +17,24 @@ from typing import Any, TypeVar
 
 import yaml
 
+from vsa_dist.errors import ConfigError  # noqa: F401  (raised here, caught by run_stage; stages import it from here)
+
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
-    """A config that cannot run: unknown key, bad value, missing input."""
+def option(default: Any, help: str = "", *, range: str | None = None, positional: bool = False) -> Any:
+    """A config field: its default, its ``--help`` text, and optionally its ``range`` in interval notation ('[1, inf)',
+    '(0, 1]': checked before any work) or that it is the command's positional argument. A list default is copied for
+    each config, as dataclasses need."""
+    metadata: dict[str, Any] = {"help": help}
+    if range is not None:
+        _interval(range)  # a malformed range fails at import, not at a user's run
+        metadata["range"] = range
+    if positional:
+        metadata["positional"] = True
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _preset_text(name: str) -> str | None:
@@ -87,7 +100,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
                 raise ValueError("not an integer")
             return tp(value)
     except (ValueError, TypeError, argparse.ArgumentTypeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"config key {name!r}: cannot read {value!r} as {getattr(tp, '__name__', tp)}: {err}")
+        kind = getattr(tp, "__name__", tp)
+        raise ConfigError(f"config key {name!r}: cannot read {value!r} as {kind}: {err}") from err
     return value
 
 
@@ -111,16 +125,28 @@ def check_ranges(cfg: Any) -> None:
             raise ConfigError(f"{f.name} {value!r} is outside its range {f.metadata['range']}")
 
 
-def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return f.default if f.default is not dataclasses.MISSING else None
+
+
+def build_parser(cls: type, prog: str, shown: dict[str, Any] | None = None,
+                 description: str | None = None) -> argparse.ArgumentParser:
+    """One ``--field-name`` flag per field; ``(default: …)`` shows ``shown`` (the preset and --config applied) where
+    given, so that ``--preset X --help`` tells what a run with that preset would use."""
+    shown = shown or {}
     parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip())
     parser.add_argument("--config", help="YAML file of config keys, applied over the preset")
-    parser.add_argument("--preset", help="a preset under vsa_dist/presets/ other than the job's own (e.g. train_align_modern)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--preset", help=f"a preset of vsa_dist/presets/ applied over the defaults ({', '.join(presets())})"
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit (inputs are not checked)"
+    )
     for f in dataclasses.fields(cls):
         help_text = f.metadata.get("help", "") + (f"; range {f.metadata['range']}" if "range" in f.metadata else "")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
+        default = shown.get(f.name, _field_default(f))
         if f.metadata.get("positional"):  # e.g. vsa caption IMAGE...
             parser.add_argument(f.name, nargs="*", default=argparse.SUPPRESS, metavar=f.name.upper().rstrip("S"),
                                 help=f"{help_text} (default: {default})")
@@ -135,12 +161,21 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
     return parser
 
 
-def resolve(cls: type[C], preset: str | None, values: dict[str, Any], source: str = "config") -> C:
-    """Build ``cls`` from the preset, then ``values``; unknown keys are an error."""
+def presets() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("vsa_dist.presets").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def layered(cls: type, preset: str | None, values: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """The dataclass defaults, then the preset's YAML, then ``values``, each key read as its field's type. A preset
+    that does not exist and an unknown key are errors (a typo must not silently fall back to a default)."""
     hints = typing.get_type_hints(cls)
-    merged: dict[str, Any] = {}
+    merged = {f.name: _field_default(f) for f in dataclasses.fields(cls)}
     layers: list[tuple[str, dict[str, Any]]] = []
-    if preset is not None and (text := _preset_text(preset)) is not None:
+    if preset is not None:
+        text = _preset_text(preset)
+        if text is None:
+            raise ConfigError(f"preset {preset!r}: no such preset in vsa_dist/presets/ (there are {presets()})")
         layers.append((f"preset {preset}.yaml", _read_yaml(text, f"preset {preset}.yaml")))
     layers.append((source, values))
     for where, layer in layers:
@@ -149,41 +184,58 @@ def resolve(cls: type[C], preset: str | None, values: dict[str, Any], source: st
             raise ConfigError(f"{where}: unknown config key(s) {unknown}; known keys: {sorted(hints)}")
         for key, value in layer.items():
             merged[key] = _coerce(key, hints[key], value)
+    return merged
+
+
+def resolve(cls: type[C], preset: str | None, values: dict[str, Any], source: str = "config",
+            validate: bool = True) -> C:
+    """Build ``cls`` from its defaults, the preset, then ``values``; ranges checked, then (with ``validate``) the
+    stage's own ``validate()``."""
+    merged = layered(cls, preset, values, source)
     try:
         cfg = cls(**merged)
     except TypeError as err:
         raise ConfigError(f"{source}: {err}") from err
     check_ranges(cfg)
-    validate = getattr(cfg, "validate", None)
-    if validate is not None:
-        validate()
+    if validate and hasattr(cfg, "validate"):
+        cfg.validate()
     return cfg
 
 
-def parse_args(cls: type[C], argv: list[str] | None, prog: str, preset: str | None = None) -> C:
-    """CLI entry: preset → ``--config`` YAML → ``--flags``. Exits with a clear message on a bad config."""
-    parser = build_parser(cls, prog)
-    args = vars(parser.parse_args(argv))
-    config_file = args.pop("config", None)
-    print_config = args.pop("print_config", False)
-    chosen = args.pop("preset", None)
-    if chosen is not None:
-        if _preset_text(chosen) is None:
-            parser.error(f"--preset {chosen}: no such preset in vsa_dist/presets/")
-        preset = chosen
-    values: dict[str, Any] = {}
+def _read_config_file(config_file: str) -> dict[str, Any]:
+    path = Path(config_file)
+    if not path.is_file():
+        raise ConfigError(f"--config {config_file}: no such file")
     try:
-        if config_file:
-            path = Path(config_file)
-            if not path.is_file():
-                raise ConfigError(f"--config {config_file}: no such file")
-            try:
-                text = path.read_bytes().decode("utf-8-sig")
-            except UnicodeDecodeError as err:
-                raise ConfigError(f"{path}: not UTF-8 (byte offset {err.start})") from err
-            values.update(_read_yaml(text, str(path)))
-        values.update(args)
-        cfg = resolve(cls, preset, values, source=config_file or "command line")
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 (byte offset {err.start})") from err
+    return _read_yaml(text, str(path))
+
+
+def parse_args(cls: type[C], argv: list[str] | None, prog: str, preset: str | None = None) -> C:
+    """CLI entry: defaults → preset → ``--config`` YAML → ``--flags``. Exits 2 with one line on a bad config."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --preset and --config first: --help shows the values they set
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--preset")
+    early.add_argument("--config")
+    known, _ = early.parse_known_args(argv)
+    try:
+        preset = known.preset or preset
+        from_file = _read_config_file(known.config) if known.config else {}
+        shown = layered(cls, preset, from_file, known.config or "command line")
+    except ConfigError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    parser = build_parser(cls, prog, shown)
+    args = vars(parser.parse_args(argv))
+    for key in ("config", "preset"):
+        args.pop(key, None)
+    print_config = args.pop("print_config", False)
+    try:
+        cfg = resolve(cls, preset, {**from_file, **args}, source=known.config or "command line",
+                      validate=not print_config)
     except ConfigError as err:
         parser.exit(2, f"{prog}: error: {err}\n")
     if print_config:
@@ -200,7 +252,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def run_stage(cls: type[C], run, argv: list[str] | None, prog: str, preset: str,
+def run_stage(cls: type[C], run, argv: list[str] | None, prog: str, preset: str | None,
               input_errors: tuple[type[Exception], ...] = ()):
     """A stage's ``main``: parse and validate its config, run it; a bad config or input exits 2 with one line."""
     from vsa_dist.tracking import end_interrupted_run

@@ -81,7 +81,9 @@ def log_examples(features_manifest: dict[str, Any], split: dict[str, Any], capti
                 meta = json.loads(sample["json"])
                 if meta["image_id"] in wanted:
                     jpegs[meta["image_id"]] = sample["jpg"]
-            tiles = [(jpegs[e["image_id"]], e["caption"], e["references"][0]) for e in examples if e["image_id"] in jpegs]
+            tiles = [
+                (jpegs[e["image_id"]], e["caption"], e["references"][0]) for e in examples if e["image_id"] in jpegs
+            ]
             if tiles:
                 (Path(scratch) / "examples.jpg").write_bytes(render_grid(tiles))
         else:

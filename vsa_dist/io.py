@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vsa_dist.config import ConfigError
+from vsa_dist.errors import ConfigError
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vsa_dist.config import ConfigError
+from vsa_dist.errors import ConfigError
 
 # Where the Ray cluster launcher (`ray up`) leaves the autoscaler's config on the head node; elsewhere
 # (KubeRay, a hand-started autoscaler) point VSA_AUTOSCALER_CONFIG at the config that lists the node types.

@@ -21,7 +21,8 @@ GRACE_S = 3.0
 
 
 def is_rays(process: psutil.Process) -> bool:
-    """A process of Ray's own (workers ``ray::…``, raylet, GCS, Ray's Python services), not anything else a driver ran."""
+    """A process of Ray's own (workers ``ray::…``, raylet, GCS, Ray's Python services), not anything else a
+    driver ran."""
     try:
         name, cmdline = process.name(), " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):

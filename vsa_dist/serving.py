@@ -12,7 +12,6 @@ import torch
 
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
 
-
 # What a served model runs: these files (models-from-code), copied into the model folder when it is logged. MLflow
 # executes them when it serves the model; nothing is unpickled. `vsa caption` runs neither (load_captioner).
 MODEL_CODE = Path(__file__).parent / "model_code"
@@ -26,22 +25,24 @@ class AlignmentScorer(mlflow.pyfunc.PythonModel):
         self.load(context.artifacts)
 
     def load(self, artifacts: dict[str, str]) -> AlignmentScorer:
+        from vsa_dist.checkpoints import load_alignment
         from vsa_dist.data.pairs import word_index
-        from vsa_dist.stages.train_align import load_model
 
-        self.model, state = load_model(artifacts["checkpoint"])
+        self.model, state = load_alignment(artifacts["checkpoint"])
         self.index, self.max_words = word_index(state["vocab"]), state["config"]["max_words"]
         return self
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         from vsa_dist.data.pairs import encode_tokens
         from vsa_dist.data.text import tokenize
-        from vsa_dist.models.alignment import UNK
+        from vsa_dist.models.tokens import UNK
 
         scores = []
         with torch.no_grad():
             for sentence, features in zip(model_input["sentence"], model_input["features"]):
-                ids = encode_tokens(tokenize(sentence), self.index, self.max_words) or [UNK]  # no word at all: score it as one unknown word
+                ids = encode_tokens(tokenize(sentence), self.index, self.max_words) or [
+                    UNK
+                ]  # no word at all: score it as one unknown word
                 regions = self.model.embed_regions(torch.as_tensor(np.asarray(features, dtype=np.float32))[None])
                 words, mask = self.model.embed_words(torch.tensor([ids]))
                 scores.append(float(self.model.score(regions, words, mask)[0, 0]))
@@ -58,7 +59,7 @@ def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str,
     return tag_and_promote(name, str(info.registered_model_version), "dev_rsum", dev_rsum, dev_data, alias)
 
 
-def extractor_settings(feature_settings: dict[str, Any], weights: str = "", max_pixels: int = DEFAULT_MAX_PIXELS):
+def extractor_settings(feature_settings: dict[str, Any], weights: str = ""):
     """What re-extracts a new image's features the way a model's training features were made.
 
     The whole-image row is the feature map's global average in every region mode, so captions use
@@ -66,9 +67,16 @@ def extractor_settings(feature_settings: dict[str, Any], weights: str = "", max_
     """
     from vsa_dist.features.extract import ExtractorSettings
 
-    return ExtractorSettings(backbone=feature_settings["backbone"], weights=weights, region_mode="roi", proposals="grid",
-                             num_regions=feature_settings["num_regions"], roi_size=feature_settings["roi_size"],
-                             precision=feature_settings["precision"], threads=0, max_pixels=max_pixels)
+    return ExtractorSettings(
+        backbone=feature_settings["backbone"],
+        weights=weights,
+        region_mode="roi",
+        proposals="grid",
+        num_regions=feature_settings["num_regions"],
+        roi_size=feature_settings["roi_size"],
+        precision=feature_settings["precision"],
+        threads=0,
+    )
 
 
 @dataclass
@@ -105,26 +113,28 @@ class Captioner(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.load(context.artifacts)
 
-    def load(self, artifacts: dict[str, str], max_pixels: int = DEFAULT_MAX_PIXELS) -> Captioner:
+    def load(self, artifacts: dict[str, str]) -> Captioner:
         """Build from the model's artifacts: the checkpoint (weights only), captioner.json and an optional local
         backbone weight file. The served model and ``vsa caption`` share it."""
         import json
 
+        from vsa_dist.checkpoints import load_generator
         from vsa_dist.features.extract import RegionExtractor
         from vsa_dist.io import sha256_file
-        from vsa_dist.stages.train_mrnn import load_model
 
-        self.model, state = load_model(artifacts["checkpoint"])
+        self.model, state = load_generator(artifacts["checkpoint"])
         self.vocab = state["vocab"]
         info = json.loads(Path(artifacts["captioner"]).read_text())
         self.beam, self.max_len, self.length_penalty = info["beam"], info["max_len"], info["length_penalty"]
         self.feature_settings = info["feature_settings"]
         weights = artifacts.get("backbone_weights", "")
-        self.extractor = RegionExtractor(extractor_settings(self.feature_settings, weights, max_pixels))
+        self.extractor = RegionExtractor(extractor_settings(self.feature_settings, weights))
         used = sha256_file(Path(self.extractor.model.backbone.spec.weights))
         if used != self.feature_settings["weights_sha256"]:
-            raise ValueError(f"backbone weights {self.extractor.model.backbone.spec.weights} are not the ones the "
-                             f"model was trained on (sha256 {used[:12]} vs {self.feature_settings['weights_sha256'][:12]})")
+            raise ValueError(
+                f"backbone weights {self.extractor.model.backbone.spec.weights} are not the ones the "
+                f"model was trained on (sha256 {used[:12]} vs {self.feature_settings['weights_sha256'][:12]})"
+            )
         return self
 
     def set_max_pixels(self, max_pixels: int) -> None:
@@ -138,7 +148,7 @@ class Captioner(mlflow.pyfunc.PythonModel):
         """Per image, its caption and its ``regions`` top regions (best first) with their captions, from one
         feature extraction; an image that does not decode gets its error instead. A model trained with
         ``--snippets`` describes regions; one trained on whole images only says what it would of a crop."""
-        from vsa_dist.stages.train_mrnn import generate
+        from vsa_dist.models.mrnn import generate
 
         names = names or [f"image {i}" for i in range(len(jpegs))]
         features, boxes, errors = image_features(self.extractor, jpegs, names)
@@ -169,15 +179,16 @@ class Captioner(mlflow.pyfunc.PythonModel):
 
         params = params or {}
         self.set_max_pixels(int(params.get("max_pixels") or DEFAULT_MAX_PIXELS))
-        jpegs, bad = [], []
+        jpegs, not_base64 = [], set()
         for row, value in enumerate(model_input["image"]):
             try:
                 jpegs.append(base64.b64decode(value, validate=True))
             except (binascii.Error, TypeError, ValueError):
                 jpegs.append(b"")
-                bad.append(f"image {row}: not base64")
+                not_base64.add(row)
         described = self.describe(jpegs, [f"image {row}" for row in range(len(jpegs))], beam=int(params.get("beam", 0)))
-        bad += [f"{d.name}: {d.error}" for d in described if d.error and f"{d.name}: not base64" not in bad]
+        bad = [f"{d.name}: {'not base64' if row in not_base64 else d.error}" for row, d in enumerate(described)
+               if d.error]
         if bad:  # a 400 that names each image and why; MLflow's server adds no stack trace to it
             raise mlflow.exceptions.MlflowException.invalid_parameter_value("cannot caption " + "; ".join(bad))
         return {"caption": [d.caption for d in described]}
@@ -218,7 +229,9 @@ def load_captioner(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Captioner:
     """A registered captioner, built from its own artifacts: the checkpoint with ``torch.load(weights_only=True)``
     and its JSON settings. Never through ``mlflow.pyfunc.load_model``, which would run the model folder's code
     (or unpickle ``python_model.pkl`` for a model logged that way): a model folder is data to us, not a program."""
-    return Captioner().load(model_artifacts(model_folder(uri), ("checkpoint", "captioner")), max_pixels)
+    captioner = Captioner().load(model_artifacts(model_folder(uri), ("checkpoint", "captioner")))
+    captioner.set_max_pixels(max_pixels)
+    return captioner
 
 
 def dev_data_id(dev: dict[str, Any]) -> str:
@@ -254,7 +267,9 @@ def move_alias_if_better(client, name: str, alias: str, version: str, dev_score:
     return moved
 
 
-def tag_and_promote(name: str, version: str, metric: str, dev_score: float, dev_data: str, alias: str) -> dict[str, Any]:
+def tag_and_promote(
+    name: str, version: str, metric: str, dev_score: float, dev_data: str, alias: str
+) -> dict[str, Any]:
     """Tag a new model version with its dev score and dev data, and move ``alias`` to it if it is better."""
     from mlflow import MlflowClient
 
@@ -288,7 +303,12 @@ def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any]
         signature = mlflow.models.infer_signature(pd.DataFrame({"image": ["<base64 JPEG>"]}),
                                                   pd.DataFrame({"caption": ["a caption"]}),
                                                   params={"beam": 0, "max_pixels": DEFAULT_MAX_PIXELS})
-        logged = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE / "captioner.py"), artifacts=artifacts,
-                                         registered_model_name=name, signature=signature,
-                                         metadata={"feature_settings": settings, "beam": beam})
+        logged = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE / "captioner.py"),
+            artifacts=artifacts,
+            registered_model_name=name,
+            signature=signature,
+            metadata={"feature_settings": settings, "beam": beam},
+        )
     return tag_and_promote(name, str(logged.registered_model_version), "dev_cider", dev_cider, dev_data, alias)

@@ -23,7 +23,7 @@ def check_tracking_store(timeout: float = PROBE_TIMEOUT_S) -> str:
     import urllib.error
     import urllib.request
 
-    from vsa_dist.config import ConfigError
+    from vsa_dist.errors import ConfigError
 
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):

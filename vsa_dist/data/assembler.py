@@ -19,8 +19,16 @@ import webdataset as wds
 
 from vsa_dist import storage
 from vsa_dist.data.shards import REJECTS
-from vsa_dist.io import (atomic_write_bytes, atomic_write_json, completed_record, remove_leftovers, remove_stale_shards,
-                         sha256_file, sha256_json, temp_path)
+from vsa_dist.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    completed_record,
+    remove_leftovers,
+    remove_stale_shards,
+    sha256_file,
+    sha256_json,
+    temp_path,
+)
 
 
 @dataclass
@@ -110,7 +118,9 @@ class ShardAssembler:
         return self.records
 
 
-def plan_shards(source_dir: str, manifest: dict[str, Any], splits: list[str], settings: dict[str, Any]) -> list[ShardPlan]:
+def plan_shards(
+    source_dir: str, manifest: dict[str, Any], splits: list[str], settings: dict[str, Any]
+) -> list[ShardPlan]:
     """One output shard per input shard of ``splits``; its plan digest changes with the input or the settings."""
     plans = []
     for split in splits:
@@ -146,7 +156,9 @@ def resume(out_dir: Path, plans: list[ShardPlan]) -> tuple[Path, dict[str, dict[
     state_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out_dir, state_dir)
     remove_stale_shards(out_dir, state_dir, {p.name for p in plans})
-    records = {p.name: r for p in plans if (r := completed_record(state_dir / f"{p.name}.json", out_dir / p.name, p.plan))}
+    records = {
+        p.name: r for p in plans if (r := completed_record(state_dir / f"{p.name}.json", out_dir / p.name, p.plan))
+    }
     return state_dir, records, [p for p in plans if p.name not in records]
 
 

@@ -64,7 +64,9 @@ def feature_sample_to_row(sample: dict[str, Any], index: dict[str, int], max_wor
             "tokens": encode_sentences(json.loads(sample["json"])["sentences"], index, max_words)}
 
 
-def snippet_rows_to_arrays(batch: dict[str, np.ndarray], index: dict[str, int], max_words: int) -> dict[str, np.ndarray]:
+def snippet_rows_to_arrays(
+    batch: dict[str, np.ndarray], index: dict[str, int], max_words: int
+) -> dict[str, np.ndarray]:
     """``map_batches`` over snippet shards (``vsa align-snippets``): the generator's rows for the paper's second
     model, trained on full images *and* regions: per image, one row of its whole-image feature with its
     sentences, and per region that snippets were aligned to, rows of that region's feature with up to 5 of

@@ -31,8 +31,15 @@ from vsa_dist import storage
 from vsa_dist.data.images import ImageRejected, check_jpeg
 from vsa_dist.data.sources import Catalog, ImageEntry
 from vsa_dist.data.text import VOCAB_MIN_COUNT, build_vocab
-from vsa_dist.io import (atomic_write_bytes, atomic_write_json, completed_record, remove_leftovers, remove_stale_shards,
-                         sha256_file, temp_path)
+from vsa_dist.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    completed_record,
+    remove_leftovers,
+    remove_stale_shards,
+    sha256_file,
+    temp_path,
+)
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
@@ -163,7 +170,10 @@ def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, 
     written_sentences = sum(s["sentences"] for s in splits.values())
     rejected_images = sum(r["kind"] == "image" for r in rejects)
     rejected_sentences = sum(r["kind"] == "sentence" for r in rejects)
-    if written_images + rejected_images != catalog.input_images or written_sentences + rejected_sentences != catalog.input_sentences:
+    if (
+        written_images + rejected_images != catalog.input_images
+        or written_sentences + rejected_sentences != catalog.input_sentences
+    ):
         raise AssertionError(  # a bug in this module, never an input problem: fail loudly
             f"accounting broken: images {written_images}+{rejected_images}!={catalog.input_images}, "
             f"sentences {written_sentences}+{rejected_sentences}!={catalog.input_sentences}")
@@ -175,18 +185,26 @@ def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, 
          for s in e.sentences), vocab_min_count)
     manifest = {
         "format_version": SHARD_FORMAT_VERSION,
-        "source": {"format": catalog.format,
-                   "files": {str(p): sha256_file(p) for p in catalog.source_files}},
+        "source": {"format": catalog.format, "files": {str(p): sha256_file(p) for p in catalog.source_files}},
         "config": config or {},
         "splits": splits,
         "counts": {
             "images": {"input": catalog.input_images, "written": written_images, "rejected": rejected_images},
-            "sentences": {"input": catalog.input_sentences, "written": written_sentences, "rejected": rejected_sentences},
+            "sentences": {
+                "input": catalog.input_sentences,
+                "written": written_sentences,
+                "rejected": rejected_sentences,
+            },
         },
         "rejects": {"file": REJECTS, "by_reason": dict(Counter(f"{r['kind']}:{r['reason']}" for r in rejects))},
         "repairs": catalog.repairs,
-        "vocab": {"min_count": vocab_min_count, "splits": list(vocab_splits), "size": len(vocab_words),
-                  "words": vocab_words, "counts": vocab_counts},
+        "vocab": {
+            "min_count": vocab_min_count,
+            "splits": list(vocab_splits),
+            "size": len(vocab_words),
+            "words": vocab_words,
+            "counts": vocab_counts,
+        },
         "build": {"shards_built": built, "shards_reused": skipped, "seconds": round(time.time() - start, 2)},
     }
     atomic_write_json(out_dir / MANIFEST, manifest)

@@ -7,7 +7,13 @@ Stanford CoreNLP download, which fails offline).
 
 from __future__ import annotations
 
+import math
 import shutil
+from typing import Any
+
+import torch
+
+from vsa_dist.models.mrnn import MRNN, sentence_rows, teacher_forcing, token_nll
 
 ALL_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 
@@ -77,3 +83,26 @@ def leave_one_out_human(references: dict[str, list[str]], metrics: tuple[str, ..
     held_out = {key: refs[0] for key, refs in references.items() if len(refs) > 1}
     rest = {key: refs[1:] for key, refs in references.items() if len(refs) > 1}
     return caption_metrics(rest, held_out, metrics)
+
+
+@torch.no_grad()
+def perplexity(model: MRNN, features: torch.Tensor, tokens: torch.Tensor, chunk: int = 500) -> float:
+    """exp(mean NLL per word, END included) over every sentence of the split."""
+    model.eval()
+    image_of, sentences = sentence_rows(tokens)  # features indexed per chunk: a split's rows x regions is large
+    total, count = 0.0, 0
+    for start in range(0, len(sentences), chunk):
+        inputs, targets = teacher_forcing(sentences[start:start + chunk], model.args.end)
+        images = image_of[start:start + chunk]
+        first = int(images[0])  # the chunk's sentences are of consecutive images: pass only those
+        nll, n = token_nll(model(features[first:int(images[-1]) + 1], inputs, image_of=images - first), targets)
+        total, count = total + float(nll), count + int(n)
+    return math.exp(total / max(count, 1))
+
+
+def score_captions(
+    split: dict[str, Any], captions: list[str], metrics: tuple[str, ...] | None = None
+) -> dict[str, float]:
+    references = {key: refs for key, refs in zip(split["image_ids"], split["references"])}
+    candidates = dict(zip(split["image_ids"], captions))
+    return caption_metrics(references, candidates, *(() if metrics is None else (metrics,)))

@@ -90,7 +90,9 @@ def encode_split(model, features: torch.Tensor, tokens: torch.Tensor, sentence_c
     image_of, slot = image_of[order], slot[order]
     sentence_tokens = tokens[image_of, slot]                              # [M, T], shortest first
     sentence_lengths = lengths[image_of, slot]
-    regions = torch.cat([model.embed_regions(features[i:i + encode_chunk]) for i in range(0, len(features), encode_chunk)])
+    regions = torch.cat(
+        [model.embed_regions(features[i : i + encode_chunk]) for i in range(0, len(features), encode_chunk)]
+    )
     words, masks = [], []
     for s0 in range(0, len(sentence_tokens), sentence_chunk):
         width = int(sentence_lengths[s0:s0 + sentence_chunk].max())
@@ -158,3 +160,12 @@ def score_matrix(model, features: torch.Tensor, tokens: torch.Tensor, image_chun
         columns.append(torch.cat([model.score(encoded["regions"][i:i + image_chunk], words, masks)
                                   for i in range(0, len(features), image_chunk)]))
     return {"scores": torch.cat(columns, dim=1), "image_of": encoded["image_of"], "slot": encoded["slot"]}
+
+
+def rsum(metrics: dict[str, dict[str, float]]) -> float:
+    """Model selection score: R@1 + R@5 + R@10 of both directions."""
+    return sum(metrics[d][k] for d in ("annotation", "search") for k in ("r1", "r5", "r10"))
+
+
+def flat_metrics(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{prefix}_{d}_{k}": v for d, values in metrics.items() for k, v in values.items()}

@@ -1,4 +1,5 @@
-"""The served alignment scorer (MLflow models-from-code): ``mlflow models serve`` runs this file from the model folder."""
+"""The served alignment scorer (MLflow models-from-code): ``mlflow models serve`` runs this file from the model
+folder."""
 
 from mlflow.models import set_model
 

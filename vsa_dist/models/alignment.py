@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vsa_dist.models.tokens import PAD, UNK
+from vsa_dist.models.tokens import PAD
 
 
 @dataclass
@@ -38,6 +38,13 @@ class AlignmentArgs:
     margin: float = 1.0
     l2_features: bool = True  # unit-length CNN features in: initial scores start near the margin, not in the
     #                           hundreds, so the hinge does not drive every ReLU dead before anything is learned
+
+
+def one_sentence_each(tokens: torch.Tensor) -> torch.Tensor:
+    """[B, S, T] → [B, T]: one of each image's non-empty sentences, drawn uniformly."""
+    present = (tokens != PAD).any(dim=-1).float()                         # [B, S]
+    choice = torch.multinomial(present, 1).squeeze(1)
+    return tokens[torch.arange(len(tokens)), choice]
 
 
 def longest(mask: torch.Tensor) -> int:

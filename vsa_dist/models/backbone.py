@@ -203,5 +203,7 @@ def load_backbone(name: str = "efficientnet-lite0", weights: str = "") -> Backbo
     elif name.startswith("timm:"):
         backbone = _timm(name.split(":", 1)[1], weights)
     else:
-        raise ValueError(f"unknown backbone {name!r}: use {', '.join(_EFFICIENTNET_LITE)}, torchvision:NAME or timm:NAME")
+        raise ValueError(
+            f"unknown backbone {name!r}: use {', '.join(_EFFICIENTNET_LITE)}, torchvision:NAME or timm:NAME"
+        )
     return backbone.eval()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vsa_dist.models.tokens import PAD, UNK
+
 NEVER_GENERATED = (PAD, UNK)
 
 
@@ -58,7 +59,9 @@ def teacher_forcing(tokens: torch.Tensor, end: int) -> tuple[torch.Tensor, torch
     return inputs, targets
 
 
-def token_nll(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def token_nll(
+    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over the non-PAD targets, and their count (mean = / count; perplexity = exp).
 
     ``label_smoothing`` ε: the target is 1 − ε on the reference word plus ε spread over the vocabulary
@@ -304,3 +307,43 @@ def caption_ids(ids: torch.Tensor, end: int) -> list[tuple[int, ...]]:
 def ids_to_words(ids: torch.Tensor, vocab: list[str], end: int) -> list[list[str]]:
     """Decoded ids [N, L] → words, up to END (word id w is vocab[w - 2])."""
     return [[vocab[w - 2] if w > UNK else "<unk>" for w in caption] for caption in caption_ids(ids, end)]
+
+
+def sentence_rows(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sentences [B, S, T] → (the image of each present sentence [N], the sentences [N, T']), cut to the
+    longest sentence present (the recurrence costs per time step; short snippets would pay for T)."""
+    present = (tokens != PAD).any(dim=-1)                               # [B, S]
+    image_of = torch.arange(len(tokens), device=tokens.device)[:, None].expand_as(present)[present]
+    rows = tokens[present]
+    width = int((rows != PAD).sum(dim=1).max()) if len(rows) else 0
+    return image_of, rows[:, :max(width, 1)]
+
+
+@torch.no_grad()
+def generate(model: MRNN, features: torch.Tensor, vocab: list[str], beam: int, max_len: int,
+             length_penalty: float = 0.0, chunk: int = 250) -> list[str]:
+    """Captions for images [N, D] or [N, M, D] (whole image, regions); beam 1 is greedy."""
+    model.eval()
+    captions = []
+    for start in range(0, len(features), chunk):
+        part = features[start:start + chunk]
+        ids = (model.greedy(part, max_len) if beam == 1
+               else model.beam_search(part, beam, max_len, length_penalty))
+        captions += [" ".join(words) for words in ids_to_words(ids, vocab, model.args.end)]
+    return captions
+
+
+def self_critical_loss(model: torch.nn.Module, features: torch.Tensor, tokens: torch.Tensor, reward,
+                       samples: int, end: int, max_len: int) -> tuple[torch.Tensor, float]:
+    """Self-critical sequence training (Rennie et al. 2017) with the mean-of-the-others baseline (Luo 2020):
+    ``samples`` captions drawn per image, each rewarded by its CIDEr-D against the image's references, and
+    pushed up or down by how much it beats the image's other samples; no greedy decode is needed.
+    Images [B, D], their sentences [B, S, T] → (loss, mean reward of the samples). ``reward`` scores a caption
+    against references (``vsa_dist.eval.cider.CiderD``)."""
+    ids, log_probs = model(features.repeat_interleave(samples, dim=0), sample_len=max_len)
+    references = [reward.references([r for r in caption_ids(image, end) if r]) for image in tokens]
+    scores = torch.tensor([reward.score(caption, references[i // samples])
+                           for i, caption in enumerate(caption_ids(ids, end))], device=log_probs.device)
+    scores = scores.view(-1, samples)
+    advantage = scores - (scores.sum(dim=1, keepdim=True) - scores) / (samples - 1)
+    return -(advantage.view(-1) * log_probs.sum(dim=1)).mean(), scores.mean().item()

@@ -112,7 +112,9 @@ class RegionFeatureExtractor(torch.nn.Module):
         fmap = self._embed(batch)
         num_images, dim, height, width = fmap.shape
         whole = fmap.mean(dim=(2, 3))
-        image_index = torch.cat([torch.full((len(c),), b, dtype=torch.long) for b, c in enumerate(candidates)]).to(device)
+        image_index = torch.cat([torch.full((len(c),), b, dtype=torch.long) for b, c in enumerate(candidates)]).to(
+            device
+        )
         boxes_orig = torch.cat([c.float() for c in candidates]).to(device)
         boxes_in = boxes_orig * scale[image_index]
         rois = torch.cat([image_index[:, None].float(), boxes_in], dim=1)

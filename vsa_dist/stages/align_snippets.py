@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from ray.data import ActorPoolStrategy
 from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.checkpoints import read_checkpoint
+from vsa_dist.config import option
 from vsa_dist.data.assembler import REJECTS, ShardAssembler, account, check_sources, plan_shards, resume
 from vsa_dist.data.pairs import encode_sentences, word_index
 from vsa_dist.data.shards import MANIFEST, read_samples
@@ -43,18 +44,21 @@ PASS_THROUGH = ("feat.npy", "boxes.npy")
 class SnippetsConfig:
     """Align sentence snippets to image regions with a trained alignment model."""
 
-    checkpoint: str = field(default="", metadata={"help": "alignment model (vsa train-align: OUT/best.pt)"})
-    features: str = field(default="", metadata={"help": "feature folder the model was trained on"})
-    out: str = field(default="", metadata={"help": "output folder: snippet shards + manifest.json"})
-    beta: float = field(default=0.1, metadata={"help": "cost of a region change between neighbouring words: 0 = each word its own best region; larger = longer snippets", "range": "[0, inf)"})
-    splits: list[str] = field(default_factory=lambda: ["train"], metadata={"help": "splits to align"})
-    actors: int = field(default=0, metadata={"help": "aligner actors; 0 = one per CPU of the cluster", "range": "[0, inf)"})
-    batch_size: int = field(default=32, metadata={"help": "images per actor call", "range": "[1, inf)"})
-    progress: bool = field(default=True, metadata={"help": "Ray Data progress bars"})
+    checkpoint: str = option("", "alignment model (vsa train-align: OUT/best.pt)")
+    features: str = option("", "feature folder the model was trained on")
+    out: str = option("", "output folder: snippet shards + manifest.json")
+    beta: float = option(0.1, "cost of a region change between neighbouring words: 0 = each word its own best region; "
+                              "larger = longer snippets", range="[0, inf)")
+    splits: list[str] = option(["train"], "splits to align")
+    actors: int = option(0, "aligner actors; 0 = one per CPU of the cluster", range="[0, inf)")
+    batch_size: int = option(32, "images per actor call", range="[1, inf)")
+    progress: bool = option(True, "Ray Data progress bars")
 
     def validate(self) -> None:
         if not self.checkpoint or not storage.exists(self.checkpoint):
-            raise cfglib.ConfigError(f"checkpoint {self.checkpoint!r}: no such file (vsa train-align writes OUT/best.pt)")
+            raise cfglib.ConfigError(
+                f"checkpoint {self.checkpoint!r}: no such file (vsa train-align writes OUT/best.pt)"
+            )
         if not self.features or not storage.exists(storage.join(self.features, MANIFEST)):
             raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
         if not self.out:
@@ -68,10 +72,10 @@ class SnippetAligner:
     """Ray Data actor: a batch of feature samples → the same samples with their snippets in the JSON."""
 
     def __init__(self, checkpoint: str, beta: float):
-        from vsa_dist.stages.train_align import load_model
+        from vsa_dist.checkpoints import load_alignment
 
         torch.set_num_threads(1)
-        self.model, state = load_model(storage.fetch(checkpoint))
+        self.model, state = load_alignment(storage.fetch(checkpoint))
         self.index, self.max_words, self.beta = word_index(state["vocab"]), state["config"]["max_words"], beta
 
     @torch.no_grad()
@@ -171,5 +175,5 @@ def _run(cfg: SnippetsConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(SnippetsConfig, run, argv, prog="vsa align-snippets", preset="align_snippets",
+    return cfglib.run_stage(SnippetsConfig, run, argv, prog="vsa align-snippets", preset=None,
                             input_errors=(ValueError,))

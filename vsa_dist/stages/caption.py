@@ -13,10 +13,11 @@ for the image's top regions. A folder stands for the images in it.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from vsa_dist import config as cfglib
+from vsa_dist.config import option
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -26,12 +27,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 class CaptionConfig:
     """Caption images (files or folders) with a model from the MLflow registry."""
 
-    images: list[str] = field(default_factory=list, metadata={"help": "image files or folders", "positional": True})
-    model: str = field(default="models:/vsa-captioner@champion", metadata={"help": "MLflow model URI or model folder"})
-    beam: int = field(default=0, metadata={"help": "beam size; 0: the one chosen on dev when the model was trained", "range": "[0, inf)"})
-    batch_size: int = field(default=32, metadata={"help": "images per feature/caption batch", "range": "[1, inf)"})
-    regions: int = field(default=0, metadata={"help": "also describe this many top regions of each image, with their boxes (a model trained with --snippets)", "range": "[0, inf)"})
-    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "refuse images above this many pixels, from their header (decompression bombs); may be raised", "range": "[1, inf)"})
+    images: list[str] = option([], "image files or folders", positional=True)
+    model: str = option("models:/vsa-captioner@champion", "MLflow model URI or model folder")
+    beam: int = option(0, "beam size; 0: the one chosen on dev when the model was trained", range="[0, inf)")
+    batch_size: int = option(32, "images per feature/caption batch", range="[1, inf)")
+    regions: int = option(0, "also describe this many top regions of each image, with their boxes (a model trained "
+                             "with --snippets)", range="[0, inf)")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images above this many pixels, from their header "
+                                                 "(decompression bombs); may be raised", range="[1, inf)")
 
     def validate(self) -> None:
         if not self.images:
@@ -109,4 +112,4 @@ def run(cfg: CaptionConfig) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
-    return cfglib.run_stage(CaptionConfig, run, argv, prog="vsa caption", preset="caption", input_errors=(ValueError,))
+    return cfglib.run_stage(CaptionConfig, run, argv, prog="vsa caption", preset=None, input_errors=(ValueError,))

@@ -1,7 +1,7 @@
 """``vsa eval``: score a trained model's checkpoint on a split of a feature folder.
 
     vsa eval retrieval --checkpoint runs/flickr8k/align/best.pt --features runs/flickr8k/features
-    vsa eval retrieval --checkpoint A/best.pt --ensemble B/best.pt --features F     # scores summed, each at its own scale
+    vsa eval retrieval --checkpoint A/best.pt --ensemble B/best.pt --features F   # summed, each at its own scale
     vsa eval captions --checkpoint runs/flickr8k/mrnn/best.pt --features runs/flickr8k/features --beam 3
     vsa eval captions --checkpoint A/best.pt --ensemble B/best.pt,C/best.pt --features F --beam 3   # decoded as one
     vsa eval snippets --checkpoint runs/flickr8k/align/best.pt --features runs/flickr8k/features --beta 1
@@ -15,13 +15,15 @@ reference sentence of each image. Snippets: region–snippet retrieval R@K and w
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
+from vsa_dist.checkpoints import load_alignment, load_generator
+from vsa_dist.config import option
 from vsa_dist.data.pairs import load_split, word_index
 from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest
 
@@ -30,13 +32,15 @@ from vsa_dist.features.format import check_model_matches, check_same_settings, l
 class EvalConfig:
     """Evaluate a checkpoint (best.pt of a training run) on a split of a feature folder."""
 
-    checkpoint: str = field(default="", metadata={"help": "best.pt (or an epoch checkpoint) of a training run"})
-    features: str = field(default="", metadata={"help": "feature folder made with the settings the model was trained on"})
-    split: str = field(default="test", metadata={"help": "split to score (model selection happens on dev, never test)"})
-    beam: int = field(default=0, metadata={"help": "captions: beam size; 0: the size chosen on dev in training (or 1)", "range": "[0, inf)"})
-    beta: float = field(default=0.1, metadata={"help": "snippets: the MRF's beta (vsa align-snippets)", "range": "[0, inf)"})
-    ensemble: list[str] = field(default_factory=list, metadata={"help": "captions, retrieval: more checkpoints of the same kind (same vocabulary, same feature settings) scored together with --checkpoint as one model"})
-    out: str = field(default="", metadata={"help": "also write the metrics to this JSON file"})
+    checkpoint: str = option("", "best.pt (or an epoch checkpoint) of a training run")
+    features: str = option("", "feature folder made with the settings the model was trained on")
+    split: str = option("test", "split to score (model selection happens on dev, never test)")
+    beam: int = option(0, "captions: beam size; 0: the size chosen on dev in training (or 1)", range="[0, inf)")
+    beta: float = option(0.1, "snippets: the MRF's beta (vsa align-snippets)", range="[0, inf)")
+    ensemble: list[str] = option([], "captions, retrieval: more checkpoints of the same kind (same "
+                                               "vocabulary, same feature settings) scored together with --checkpoint "
+                                               "as one model")
+    out: str = option("", "also write the metrics to this JSON file")
 
     def validate(self) -> None:
         if not self.checkpoint or not storage.exists(self.checkpoint):
@@ -70,11 +74,10 @@ def _finish(cfg: EvalConfig, metrics: dict[str, Any]) -> dict[str, Any]:
 
 def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
     from vsa_dist.eval.retrieval import evaluate_alignment
-    from vsa_dist.stages.train_align import load_model
 
-    model, state = load_model(storage.fetch(cfg.checkpoint))
+    model, state = load_alignment(storage.fetch(cfg.checkpoint))
     split = _split(cfg, state, whole_image_only=False)
-    members = [model, *(member for member, _ in _ensemble_members(cfg, state, load_model))]
+    members = [model, *(member for member, _ in _ensemble_members(cfg, state, load_alignment))]
     metrics = evaluate_alignment(members, torch.from_numpy(split["features"]), torch.from_numpy(split["tokens"]).long())
     return _finish(cfg, {"split": cfg.split, "images": len(split["image_ids"]), **_ensemble_record(cfg), **metrics})
 
@@ -94,12 +97,13 @@ def _ensemble_record(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def run_captions(cfg: EvalConfig) -> dict[str, Any]:
-    from vsa_dist.stages.train_mrnn import generate, load_model, score_captions, whole_image_only
+    from vsa_dist.eval.captions import score_captions
+    from vsa_dist.models.mrnn import generate
 
-    model, state = load_model(storage.fetch(cfg.checkpoint))
-    members = _ensemble_members(cfg, state, load_model)
+    model, state = load_generator(storage.fetch(cfg.checkpoint))
+    members = _ensemble_members(cfg, state, load_generator)
     # the regions too when any member attends over them; the others read row 0 of them
-    split = _split(cfg, state, all(whole_image_only(s["config"]) for s in [state, *(s for _, s in members)]))
+    split = _split(cfg, state, not any(m.args.attention for m in [model, *(member for member, _ in members)]))
     beam = cfg.beam or state.get("beam") or 1
     if cfg.ensemble:
         from vsa_dist.models.mrnn import MRNNEnsemble
@@ -113,11 +117,12 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
 
 def run_snippets(cfg: EvalConfig) -> dict[str, Any]:
     from vsa_dist.eval.snippets import evaluate_snippets
-    from vsa_dist.stages.train_align import load_model
 
     if cfg.ensemble:
-        raise cfglib.ConfigError("vsa eval snippets: --ensemble is for retrieval and captions (snippets come from one model's alignment)")
-    model, state = load_model(storage.fetch(cfg.checkpoint))
+        raise cfglib.ConfigError(
+            "vsa eval snippets: --ensemble is for retrieval and captions (snippets come from one model's alignment)"
+        )
+    model, state = load_alignment(storage.fetch(cfg.checkpoint))
     split = _split(cfg, state, whole_image_only=False)
     metrics = evaluate_snippets(model, torch.from_numpy(split["features"]).float(),
                                 torch.from_numpy(split["tokens"]).long(), cfg.beta)
@@ -125,15 +130,15 @@ def run_snippets(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def snippets_main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(EvalConfig, run_snippets, argv, prog="vsa eval snippets", preset="eval",
+    return cfglib.run_stage(EvalConfig, run_snippets, argv, prog="vsa eval snippets", preset=None,
                             input_errors=(ValueError,))
 
 
 def retrieval_main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(EvalConfig, run_retrieval, argv, prog="vsa eval retrieval", preset="eval",
+    return cfglib.run_stage(EvalConfig, run_retrieval, argv, prog="vsa eval retrieval", preset=None,
                             input_errors=(ValueError,))
 
 
 def captions_main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(EvalConfig, run_captions, argv, prog="vsa eval captions", preset="eval",
+    return cfglib.run_stage(EvalConfig, run_captions, argv, prog="vsa eval captions", preset=None,
                             input_errors=(ValueError, RuntimeError))

@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ from ray.data import ActorPoolStrategy
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
-from vsa_dist.data.assembler import (REJECTS, DamagedInput, ShardAssembler, account, check_sources, plan_shards,
-                                     resume)
+from vsa_dist.config import option
+from vsa_dist.data.assembler import REJECTS, DamagedInput, ShardAssembler, account, check_sources, plan_shards, resume
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
 from vsa_dist.data.shards import MANIFEST, load_manifest
 from vsa_dist.features.extract import OUTPUT_COLUMNS, ExtractorSettings, RegionExtractor, add_proposals, describe
@@ -42,25 +42,29 @@ from vsa_dist.ray_env import check_placeable, ensure_ray
 class FeaturesConfig:
     """Extract whole-image + region CNN features from image shards."""
 
-    shards: str = field(default="", metadata={"help": "image-shard folder (vsa shards build --out)"})
-    out: str = field(default="", metadata={"help": "output folder for feature shards + manifest.json"})
-    regions: str = field(default="roi", metadata={"help": f"region features: one of {REGION_MODES}"})
-    proposals: str = field(default="grid", metadata={"help": f"candidate boxes: one of {PROPOSAL_METHODS}"})
-    num_regions: int = field(default=19, metadata={"help": "regions per image besides the whole image (paper: 19)", "range": "[1, inf)"})
-    backbone: str = field(default="efficientnet-lite0", metadata={"help": "efficientnet-lite0 (default), -lite1 or -lite2 (the backbones extra), torchvision:NAME or timm:NAME"})
-    weights: str = field(default="", metadata={"help": "local weight file (needed for torchvision:/timm: backbones)"})
-    splits: list[str] = field(default_factory=list, metadata={"help": "splits to extract; empty = all in the manifest"})
-    device: str = field(default="auto", metadata={"help": "auto (GPU when the cluster has one), cpu or cuda"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 where the hardware runs it natively: GPU, or CPU with AMX/AVX512-BF16), fp32 or bf16"})
-    actors: int = field(default=0, metadata={"help": "CNN actors; 0 = one per GPU, or one per `threads` CPUs", "range": "[0, inf)"})
-    threads: int = field(default=1, metadata={"help": "torch threads per actor; on a CPU, one actor per this many CPUs (1 was fastest on 2 cores: benchmarks/extract.py)", "range": "[1, inf)"})
-    batch_size: int = field(default=32, metadata={"help": "images per Ray Data batch handed to an actor", "range": "[1, inf)"})
-    cnn_batch: int = field(default=0, metadata={"help": "images per CNN call; 0 = 4 on CPU, 64 on GPU", "range": "[0, inf)"})
-    nms_iou: float = field(default=0.5, metadata={"help": "IoU above which a lower-scored candidate is suppressed", "range": "(0, 1]"})
-    roi_size: int = field(default=2, metadata={"help": "RoIAlign output grid (averaged) in roi mode", "range": "[1, inf)"})
-    max_proposals: int = field(default=200, metadata={"help": "selective-search candidates kept per image", "range": "[1, inf)"})
-    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "refuse images above this many pixels, from their header (decompression bombs)", "range": "[1, inf)"})
-    progress: bool = field(default=True, metadata={"help": "Ray Data progress bars"})
+    shards: str = option("", "image-shard folder (vsa shards build --out)")
+    out: str = option("", "output folder for feature shards + manifest.json")
+    regions: str = option("roi", f"region features: one of {REGION_MODES}")
+    proposals: str = option("grid", f"candidate boxes: one of {PROPOSAL_METHODS}")
+    num_regions: int = option(19, "regions per image besides the whole image (paper: 19)", range="[1, inf)")
+    backbone: str = option("efficientnet-lite0", "efficientnet-lite0 (default), -lite1 or -lite2 (the backbones "
+                                                 "extra), torchvision:NAME or timm:NAME")
+    weights: str = option("", "local weight file (needed for torchvision:/timm: backbones)")
+    splits: list[str] = option([], "splits to extract; empty = all in the manifest")
+    device: str = option("auto", "auto (GPU when the cluster has one), cpu or cuda")
+    precision: str = option("auto", "auto (bf16 where the hardware runs it natively: GPU, or CPU with "
+                                    "AMX/AVX512-BF16), fp32 or bf16")
+    actors: int = option(0, "CNN actors; 0 = one per GPU, or one per `threads` CPUs", range="[0, inf)")
+    threads: int = option(1, "torch threads per actor; on a CPU, one actor per this many CPUs (1 was fastest on 2 "
+                             "cores: benchmarks/extract.py)", range="[1, inf)")
+    batch_size: int = option(32, "images per Ray Data batch handed to an actor", range="[1, inf)")
+    cnn_batch: int = option(0, "images per CNN call; 0 = 4 on CPU, 64 on GPU", range="[0, inf)")
+    nms_iou: float = option(0.5, "IoU above which a lower-scored candidate is suppressed", range="(0, 1]")
+    roi_size: int = option(2, "RoIAlign output grid (averaged) in roi mode", range="[1, inf)")
+    max_proposals: int = option(200, "selective-search candidates kept per image", range="[1, inf)")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images above this many pixels, from their header "
+                                                 "(decompression bombs)", range="[1, inf)")
+    progress: bool = option(True, "Ray Data progress bars")
 
     def validate(self) -> None:
         if not self.shards or not storage.exists(storage.join(self.shards, MANIFEST)):
@@ -69,9 +73,12 @@ class FeaturesConfig:
             raise cfglib.ConfigError("out: an output folder is required")
         if storage.same_place(self.out, self.shards):
             raise cfglib.ConfigError("out must differ from shards: both folders hold a manifest.json")
-        for key, value, allowed in (("regions", self.regions, REGION_MODES), ("proposals", self.proposals, PROPOSAL_METHODS),
-                                    ("device", self.device, ("auto", "cpu", "cuda")),
-                                    ("precision", self.precision, ("auto", "fp32", "bf16"))):
+        for key, value, allowed in (
+            ("regions", self.regions, REGION_MODES),
+            ("proposals", self.proposals, PROPOSAL_METHODS),
+            ("device", self.device, ("auto", "cpu", "cuda")),
+            ("precision", self.precision, ("auto", "fp32", "bf16")),
+        ):
             if value not in allowed:
                 raise cfglib.ConfigError(f"{key} {value!r} is not one of {allowed}")
         known = set(load_manifest(self.shards)["splits"])
@@ -174,21 +181,32 @@ def _run(cfg: FeaturesConfig, shards_dir: str, out_dir: Path) -> dict[str, Any]:
     split_info, rejects, counts = account(out_dir, plans, records, splits)
     extracted = sum(p.expected for p in pending)
     manifest = {
-        "kind": "features", "format_version": FEATURES_FORMAT_VERSION, "settings": described,
-        "source": {"shards": shards_dir,
-                   "manifest_sha256": hashlib.sha256(storage.read_bytes(storage.join(shards_dir, MANIFEST))).hexdigest()},
-        "config": cfglib.to_dict(cfg), "splits": split_info,
+        "kind": "features",
+        "format_version": FEATURES_FORMAT_VERSION,
+        "settings": described,
+        "source": {
+            "shards": shards_dir,
+            "manifest_sha256": hashlib.sha256(storage.read_bytes(storage.join(shards_dir, MANIFEST))).hexdigest(),
+        },
+        "config": cfglib.to_dict(cfg),
+        "splits": split_info,
         "counts": {"images": counts},
         "rejects": {"file": REJECTS, "by_reason": dict(Counter(r["reason"] for r in rejects))},
         "vocab": shard_manifest["vocab"],
-        "build": {"shards_built": len(pending), "shards_reused": len(plans) - len(pending),
-                  "images_extracted": extracted, "extract_seconds": round(extract_seconds, 2),
-                  "images_per_s": round(extracted / extract_seconds, 2) if extracted else None,
-                  # after the first batch is back: actors started, model loaded, pipeline full
-                  "startup_seconds": round(extract_seconds - steady_seconds, 2),
-                  "steady_images_per_s": round((extracted - first_rows) / steady_seconds, 2)
-                  if extracted > first_rows and steady_seconds > 0 else None,
-                  "seconds": round(time.time() - start, 2), **placement},
+        "build": {
+            "shards_built": len(pending),
+            "shards_reused": len(plans) - len(pending),
+            "images_extracted": extracted,
+            "extract_seconds": round(extract_seconds, 2),
+            "images_per_s": round(extracted / extract_seconds, 2) if extracted else None,
+            # after the first batch is back: actors started, model loaded, pipeline full
+            "startup_seconds": round(extract_seconds - steady_seconds, 2),
+            "steady_images_per_s": round((extracted - first_rows) / steady_seconds, 2)
+            if extracted > first_rows and steady_seconds > 0
+            else None,
+            "seconds": round(time.time() - start, 2),
+            **placement,
+        },
     }
     atomic_write_json(out_dir / MANIFEST, manifest)
     rate = f" ({manifest['build']['images_per_s']} img/s)" if extracted else ""
@@ -198,5 +216,5 @@ def _run(cfg: FeaturesConfig, shards_dir: str, out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(FeaturesConfig, run, argv, prog="vsa features", preset="features",
+    return cfglib.run_stage(FeaturesConfig, run, argv, prog="vsa features", preset=None,
                             input_errors=(DamagedInput,))

@@ -8,10 +8,11 @@ trained, tested once and registered in MLflow, then a report page (``vsa report`
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
+from vsa_dist.config import option
 from vsa_dist.paths import data_root, runs_root
 from vsa_dist.stages import features as features_stage
 from vsa_dist.stages import report as report_stage
@@ -24,17 +25,17 @@ from vsa_dist.stages import train_mrnn as mrnn_stage
 class PipelineConfig:
     """Run the whole pipeline locally on one machine."""
 
-    data: str = field(default="", metadata={"help": "dataset folder; default $VSA_DATA_ROOT/flickr8k-mini (../shared/data)"})
-    format: str = field(default="flickr8k", metadata={"help": "dataset format (see vsa shards build)"})
-    regions: str = field(default="roi", metadata={"help": "region features: roi or crop (see vsa features)"})
-    run_dir: str = field(default="", metadata={"help": "where every stage writes; default runs/mini"})
-    align_preset: str = field(default="train_align_modern", metadata={"help": "alignment preset (train_align = the paper)"})
-    align_epochs: int = field(default=8, metadata={"help": "alignment epochs", "range": "[1, inf)"})
-    align_batch_size: int = field(default=20, metadata={"help": "alignment pairs per step (the mini set has 100 train images)", "range": "[1, inf)"})
-    mrnn_preset: str = field(default="train_mrnn_modern", metadata={"help": "generator preset (train_mrnn = the paper)"})
-    mrnn_epochs: int = field(default=6, metadata={"help": "generator epochs", "range": "[1, inf)"})
-    mrnn_batch_size: int = field(default=50, metadata={"help": "generator pairs per step", "range": "[1, inf)"})
-    progress: bool = field(default=True, metadata={"help": "progress bars"})
+    data: str = option("", "dataset folder; default $VSA_DATA_ROOT/flickr8k-mini (../shared/data)")
+    format: str = option("flickr8k", "dataset format (see vsa shards build)")
+    regions: str = option("roi", "region features: roi or crop (see vsa features)")
+    run_dir: str = option("", "where every stage writes; default runs/mini")
+    align_preset: str = option("train_align_modern", "alignment preset (train_align = the paper)")
+    align_epochs: int = option(8, "alignment epochs", range="[1, inf)")
+    align_batch_size: int = option(20, "alignment pairs per step (the mini set has 100 train images)", range="[1, inf)")
+    mrnn_preset: str = option("train_mrnn_modern", "generator preset (train_mrnn = the paper)")
+    mrnn_epochs: int = option(6, "generator epochs", range="[1, inf)")
+    mrnn_batch_size: int = option(50, "generator pairs per step", range="[1, inf)")
+    progress: bool = option(True, "progress bars")
 
     def validate(self) -> None:
         if not self.data:
@@ -55,9 +56,9 @@ def run(cfg: PipelineConfig) -> dict:
     shards, features = storage.join(cfg.run_dir, "shards"), storage.join(cfg.run_dir, "features")
     results: dict = {}
     start = time.time()
-    results["shards"] = shards_stage.run(cfglib.resolve(shards_stage.ShardsConfig, "shards", {
+    results["shards"] = shards_stage.run(cfglib.resolve(shards_stage.ShardsConfig, None, {
         "format": cfg.format, "root": cfg.data, "out": shards, "progress": cfg.progress}))
-    results["features"] = features_stage.run(cfglib.resolve(features_stage.FeaturesConfig, "features", {
+    results["features"] = features_stage.run(cfglib.resolve(features_stage.FeaturesConfig, None, {
         "shards": shards, "out": features, "regions": cfg.regions,
         "progress": cfg.progress}))
     results["align"] = align_stage.run(cfglib.resolve(align_stage.AlignConfig, cfg.align_preset, {
@@ -66,18 +67,21 @@ def run(cfg: PipelineConfig) -> dict:
     results["mrnn"] = mrnn_stage.run(cfglib.resolve(mrnn_stage.MRNNConfig, cfg.mrnn_preset, {
         "features": features, "out": storage.join(cfg.run_dir, "mrnn"), "epochs": cfg.mrnn_epochs,
         "batch_size": cfg.mrnn_batch_size, "progress": cfg.progress}))
-    results["report"] = report_stage.run(cfglib.resolve(report_stage.ReportConfig, "report", {
+    results["report"] = report_stage.run(cfglib.resolve(report_stage.ReportConfig, None, {
         "run": [cfg.run_dir], "features": features}))
     retrieval, captions = results["align"].get("test", {}), results["mrnn"].get("test", {})
-    print(f"pipeline: done in {time.time() - start:.1f}s; outputs under {cfg.run_dir}\n"
-          f"  test retrieval R@5 annotation {retrieval.get('annotation', {}).get('r5', float('nan')):.1f}, "
-          f"search {retrieval.get('search', {}).get('r5', float('nan')):.1f}; "
-          f"test captions BLEU-4 {captions.get('bleu4', float('nan')):.3f}, CIDEr {captions.get('cider', float('nan')):.3f}\n"
-          f"  registered: {results['mrnn'].get('registered')}\n"
-          f"  look at it: {results['report']['out']}\n"
-          f"  caption your own images: vsa caption IMAGE_OR_FOLDER --model models:/vsa-captioner@champion")
+    print(
+        f"pipeline: done in {time.time() - start:.1f}s; outputs under {cfg.run_dir}\n"
+        f"  test retrieval R@5 annotation {retrieval.get('annotation', {}).get('r5', float('nan')):.1f}, "
+        f"search {retrieval.get('search', {}).get('r5', float('nan')):.1f}; "
+        f"test captions BLEU-4 {captions.get('bleu4', float('nan')):.3f}, "
+        f"CIDEr {captions.get('cider', float('nan')):.3f}\n"
+        f"  registered: {results['mrnn'].get('registered')}\n"
+        f"  look at it: {results['report']['out']}\n"
+        f"  caption your own images: vsa caption IMAGE_OR_FOLDER --model models:/vsa-captioner@champion"
+    )
     return results
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cfglib.run_stage(PipelineConfig, run, argv, prog="vsa pipeline", preset="pipeline")
+    return cfglib.run_stage(PipelineConfig, run, argv, prog="vsa pipeline", preset=None)

@@ -17,7 +17,7 @@ import base64
 import html
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
+from vsa_dist.config import option
 from vsa_dist.io import atomic_write_bytes
 
 WHOLE_IMAGE_COLOUR = "#9e9e9e"
@@ -42,17 +43,17 @@ def colour(region: int) -> str:
 class ReportConfig:
     """Render a run's alignments, snippets, captions, retrieval examples and curves as one HTML page."""
 
-    run: list[str] = field(default_factory=list, metadata={"help": "run folder (vsa pipeline --run-dir)", "positional": True})
-    features: str = field(default="", metadata={"help": "feature folder; default RUN/features"})
-    align: str = field(default="", metadata={"help": "alignment checkpoint; default RUN/align/best.pt"})
-    captioner: str = field(default="", metadata={"help": "generator checkpoint; default RUN/mrnn/best.pt"})
-    region_captioner: str = field(default="", metadata={"help": "generator for region captions (trained with --snippets); default the captioner"})
-    split: str = field(default="test", metadata={"help": "split the examples come from"})
-    images: int = field(default=8, metadata={"help": "example images on the page", "range": "[1, inf)"})
-    beta: float = field(default=0.1, metadata={"help": "snippet MRF beta (vsa align-snippets)", "range": "[0, inf)"})
-    regions: int = field(default=3, metadata={"help": "region captions per image", "range": "[0, inf)"})
-    out: str = field(default="", metadata={"help": "the HTML file; default RUN/report.html"})
-    log_to_mlflow: bool = field(default=True, metadata={"help": "log the page to the generator's MLflow run"})
+    run: list[str] = option([], "run folder (vsa pipeline --run-dir)", positional=True)
+    features: str = option("", "feature folder; default RUN/features")
+    align: str = option("", "alignment checkpoint; default RUN/align/best.pt")
+    captioner: str = option("", "generator checkpoint; default RUN/mrnn/best.pt")
+    region_captioner: str = option("", "generator for region captions (trained with --snippets); default the captioner")
+    split: str = option("test", "split the examples come from")
+    images: int = option(8, "example images on the page", range="[1, inf)")
+    beta: float = option(0.1, "snippet MRF beta (vsa align-snippets)", range="[0, inf)")
+    regions: int = option(3, "region captions per image", range="[0, inf)")
+    out: str = option("", "the HTML file; default RUN/report.html")
+    log_to_mlflow: bool = option(True, "log the page to the generator's MLflow run")
 
     def validate(self) -> None:
         if len(self.run) != 1:
@@ -77,7 +78,9 @@ def image_jpegs(features_manifest: dict[str, Any], features_dir: str, split: str
 
     shards = source_shards(features_manifest, features_dir)
     if shards is None:
-        raise FileNotFoundError(f"{features_dir}: the image shards it was made from are not found; the page needs the images")
+        raise FileNotFoundError(
+            f"{features_dir}: the image shards it was made from are not found; the page needs the images"
+        )
     found = {}
     for sample in read_samples(shard_paths(shards, [split])):
         image_id = json.loads(sample["json"])["image_id"]
@@ -130,7 +133,9 @@ def metric_histories(summary_paths: dict[str, str], keys: dict[str, tuple[str, .
         if not storage.exists(path):
             continue
         run_id = json.loads(storage.read_bytes(path))["run_id"]
-        histories[name] = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys[name]}
+        histories[name] = {
+            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys[name]
+        }
     return histories
 
 
@@ -180,10 +185,18 @@ window.addEventListener("load", () => {{
 """
 
 
-def render_example(image_id: str, jpeg: bytes, boxes: list[list[float]], caption: str,
-                   region_captions: list[tuple[int, str]], sentences: list[tuple[list[str], list[tuple[int, int, int]]]],
-                   annotation: list[tuple[str, bool]], search_query: str, search: list[tuple[str, bool]],
-                   size: int) -> str:
+def render_example(
+    image_id: str,
+    jpeg: bytes,
+    boxes: list[list[float]],
+    caption: str,
+    region_captions: list[tuple[int, str]],
+    sentences: list[tuple[list[str], list[tuple[int, int, int]]]],
+    annotation: list[tuple[str, bool]],
+    search_query: str,
+    search: list[tuple[str, bool]],
+    size: int,
+) -> str:
     width, height = boxes[0][2], boxes[0][3]
     used = sorted({r for _, pieces in sentences for r, _, _ in pieces} | {r for r, _ in region_captions})
     rects = "".join(
@@ -194,7 +207,9 @@ def render_example(image_id: str, jpeg: bytes, boxes: list[list[float]], caption
                            f'region {r}: {html.escape(text)}</li>' for r, text in region_captions)
     references = "".join(f"<li>{sentence_html(words, pieces)}</li>" for words, pieces in sentences)
     retrieved = "".join(f'<li class="{"hit" if hit else "miss"}">{html.escape(text)}</li>' for text, hit in annotation)
-    images = "".join(f'<img class="{"hit" if hit else "miss"}" alt="retrieved image" src="{src}">' for src, hit in search)
+    images = "".join(
+        f'<img class="{"hit" if hit else "miss"}" alt="retrieved image" src="{src}">' for src, hit in search
+    )
     return f"""<section class="example" id="{html.escape(image_id)}">
 <div class="figure"><img alt="{html.escape(image_id)}" src="{thumbnail(jpeg, size)}">
 <svg viewBox="0 0 {width:.0f} {height:.0f}" preserveAspectRatio="none">{rects}</svg></div>
@@ -203,23 +218,25 @@ def render_example(image_id: str, jpeg: bytes, boxes: list[list[float]], caption
 <h4>Regions, described</h4><ul>{regions_html}</ul>
 <h4>References, snippets underlined in their region's colour (grey: the whole image)</h4><ul>{references}</ul>
 <h4>Top-5 sentences for this image (green: one of its own)</h4><ol>{retrieved}</ol>
-<h4>Top-5 images for its sentence “{html.escape(search_query)}” (green: this image)</h4><div class="search">{images}</div>
+<h4>Top-5 images for its sentence “{html.escape(search_query)}” (green: this image)</h4>
+<div class="search">{images}</div>
 </div></section>"""
 
 
 def run(cfg: ReportConfig) -> dict[str, Any]:
+    from vsa_dist.checkpoints import load_alignment, load_generator
     from vsa_dist.data.pairs import load_split, word_index
     from vsa_dist.eval.retrieval import score_matrix
     from vsa_dist.examples import pick
     from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest
+    from vsa_dist.models.mrnn import generate
     from vsa_dist.models.snippets import align_words, snippets
-    from vsa_dist.stages import train_align, train_mrnn
 
     manifest = load_features_manifest(cfg.features)
     settings = check_same_settings({cfg.features: manifest})
-    aligner, align_state = train_align.load_model(storage.fetch(cfg.align))
-    captioner, caption_state = train_mrnn.load_model(storage.fetch(cfg.captioner))
-    region_captioner, region_state = train_mrnn.load_model(storage.fetch(cfg.region_captioner))
+    aligner, align_state = load_alignment(storage.fetch(cfg.align))
+    captioner, caption_state = load_generator(storage.fetch(cfg.captioner))
+    region_captioner, region_state = load_generator(storage.fetch(cfg.region_captioner))
     for state in (align_state, caption_state, region_state):
         check_model_matches(cfg.features, settings, state)
 
@@ -228,10 +245,10 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     chosen = pick(cfg.images, split["image_ids"])
     with torch.no_grad():
         matrix = score_matrix(aligner, features, tokens)
-        captions = train_mrnn.generate(captioner, features[chosen], caption_state["vocab"],
+        captions = generate(captioner, features[chosen], caption_state["vocab"],
                                        caption_state.get("beam") or 1, caption_state["config"]["max_len"])
         top_regions = min(cfg.regions, features.shape[1] - 1)
-        region_text = train_mrnn.generate(region_captioner, features[chosen, 1:1 + top_regions].reshape(-1, features.shape[-1]),
+        region_text = generate(region_captioner, features[chosen, 1:1 + top_regions].reshape(-1, features.shape[-1]),
                                           region_state["vocab"], region_state.get("beam") or 1,
                                           region_state["config"]["max_len"]) if top_regions else []
         scores, lengths = aligner.word_region_scores(features[chosen].repeat_interleave(tokens.shape[1], dim=0),
@@ -264,7 +281,9 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
             sentences.append((words, snippets(assignment[row].tolist())))
         annotation = [(sentence_text[j], sentence_image[j] == i) for j in matrix["scores"][i].topk(5).indices.tolist()]
         query = query_of[i]
-        search = [(thumbnail(jpegs[image_ids[j]], 72), j == i) for j in matrix["scores"][:, query].topk(5).indices.tolist()]
+        search = [
+            (thumbnail(jpegs[image_ids[j]], 72), j == i) for j in matrix["scores"][:, query].topk(5).indices.tolist()
+        ]
         described = [(r + 1, region_text[n * top_regions + r]) for r in range(top_regions)]
         sections.append(render_example(image_ids[i], jpegs[image_ids[i]], boxes[image_ids[i]], captions[n], described,
                                        sentences, annotation, sentence_text[query], search, size=320))
@@ -274,16 +293,25 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         {"alignment": storage.join(storage.parent(cfg.align), "summary.json"),
          "generator": storage.join(storage.parent(cfg.captioner), "summary.json")},
         {"alignment": ("dev_rsum", "train_loss"), "generator": ("dev_perplexity", "dev_cider")})
-    page = PAGE.format(title=f"vsa-dist report: {html.escape(root)}",
-                       subtitle=html.escape(f"{len(chosen)} {cfg.split} images of {cfg.features}; snippets with "
-                                            f"beta {cfg.beta}; {settings['backbone']} {settings['region_mode']} features"),
-                       curves=curves_png(histories), examples="\n".join(sections), size=320)
+    page = PAGE.format(
+        title=f"vsa-dist report: {html.escape(root)}",
+        subtitle=html.escape(
+            f"{len(chosen)} {cfg.split} images of {cfg.features}; snippets with "
+            f"beta {cfg.beta}; {settings['backbone']} {settings['region_mode']} features"
+        ),
+        curves=curves_png(histories),
+        examples="\n".join(sections),
+        size=320,
+    )
     storage.write_bytes(cfg.out, page.encode("utf-8"))
     logged = None
     if cfg.log_to_mlflow:
         logged = log_report(page, storage.join(storage.parent(cfg.captioner), "summary.json"))
-    print(f"report: {len(chosen)} images -> {cfg.out}" + (f" (MLflow run {logged}, report/report.html)" if logged else ""),
-          flush=True)
+    print(
+        f"report: {len(chosen)} images -> {cfg.out}"
+        + (f" (MLflow run {logged}, report/report.html)" if logged else ""),
+        flush=True,
+    )
     return {"out": cfg.out, "images": len(chosen), "mlflow_run_id": logged}
 
 
@@ -306,4 +334,4 @@ def log_report(page: str, summary_path: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(ReportConfig, run, argv, prog="vsa report", preset="report", input_errors=(ValueError,))
+    return cfglib.run_stage(ReportConfig, run, argv, prog="vsa report", preset=None, input_errors=(ValueError,))

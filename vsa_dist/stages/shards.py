@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
+from vsa_dist.config import option
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
 from vsa_dist.data.shards import write_shards
 from vsa_dist.data.sources import InputFormatError, read_source
@@ -22,18 +23,19 @@ FORMATS = ("flickr8k", "flickr30k", "karpathy", "coco")
 class ShardsConfig:
     """Build WebDataset shards from a caption dataset."""
 
-    format: str = field(default="flickr8k", metadata={"help": f"input format: one of {FORMATS}"})
-    root: str = field(default="", metadata={"help": "dataset folder (captions, split lists, images/)"})
-    out: str = field(default="", metadata={"help": "output folder for shards, manifest.json, rejects.jsonl"})
-    captions: str = field(default="", metadata={"help": "caption file(s), comma-separated; default: the format's usual name in ROOT"})
-    images_dir: str = field(default="", metadata={"help": "image folder; default ROOT/images if it exists, else ROOT"})
-    split_files: str = field(default="", metadata={"help": "split lists as a pattern with {split}, e.g. 'Flickr_8k.{split}Images.txt'"})
-    split_from: str = field(default="", metadata={"help": "coco: take train/val/test from this Karpathy-split JSON"})
-    samples_per_shard: int = field(default=500, metadata={"help": "images per tar shard", "range": "[1, inf)"})
-    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "reject images above this many pixels (decompression bombs)", "range": "[1, inf)"})
-    vocab_min_count: int = field(default=VOCAB_MIN_COUNT, metadata={"help": "vocabulary keeps words seen this often in train", "range": "[1, inf)"})
-    vocab_splits: list[str] = field(default_factory=lambda: ["train"], metadata={"help": "splits the vocabulary is counted on"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    format: str = option("flickr8k", f"input format: one of {FORMATS}")
+    root: str = option("", "dataset folder (captions, split lists, images/)")
+    out: str = option("", "output folder for shards, manifest.json, rejects.jsonl")
+    captions: str = option("", "caption file(s), comma-separated; default: the format's usual name in ROOT")
+    images_dir: str = option("", "image folder; default ROOT/images if it exists, else ROOT")
+    split_files: str = option("", "split lists as a pattern with {split}, e.g. 'Flickr_8k.{split}Images.txt'")
+    split_from: str = option("", "coco: take train/val/test from this Karpathy-split JSON")
+    samples_per_shard: int = option(500, "images per tar shard", range="[1, inf)")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "reject images above this many pixels (decompression bombs)",
+                                                 range="[1, inf)")
+    vocab_min_count: int = option(VOCAB_MIN_COUNT, "vocabulary keeps words seen this often in train", range="[1, inf)")
+    vocab_splits: list[str] = option(["train"], "splits the vocabulary is counted on")
+    progress: bool = option(True, "show a progress bar")
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -85,4 +87,6 @@ def _check_trainable(cfg: ShardsConfig, manifest: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cfglib.run_stage(ShardsConfig, run, argv, prog="vsa shards build", preset="shards", input_errors=(InputFormatError,))
+    return cfglib.run_stage(
+        ShardsConfig, run, argv, prog="vsa shards build", preset=None, input_errors=(InputFormatError,)
+    )

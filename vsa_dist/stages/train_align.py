@@ -14,33 +14,41 @@ After training, the best-on-dev model is evaluated on test once and registered a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage, training
-from vsa_dist.checkpoints import read_checkpoint
+from vsa_dist.checkpoints import load_alignment
+from vsa_dist.config import option
 from vsa_dist.data.pairs import load_split, word_index
-from vsa_dist.eval.retrieval import evaluate_alignment
-from vsa_dist.models.alignment import PAD, AlignmentArgs, AlignmentModel
+from vsa_dist.distributed import gather_across_workers
+from vsa_dist.eval.retrieval import evaluate_alignment, flat_metrics, rsum
+from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel, one_sentence_each
+
 
 @dataclass
 class AlignConfig(training.TrainConfig):
     """Train the alignment model (BRNN + region embeddings) on feature shards."""
 
-    epochs: int = field(default=20, metadata={"help": "passes over the train images (one sentence per image per pass)", "range": "[1, inf)"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "L2 weight decay (chosen on dev)", "range": "[0, inf)"})
-    experiment: str = field(default="vsa-align", metadata={"help": "MLflow experiment"})
-    register_as: str = field(default="vsa-align", metadata={"help": "registered model name; empty: do not register"})
-    alias: str = field(default="champion", metadata={"help": "alias moved to the new version when it beats the holder on dev (R@1+5+10 sum)"})
-    embed_dim: int = field(default=1000, metadata={"help": "multimodal space h", "range": "[1, inf)"})
-    word_dim: int = field(default=300, metadata={"help": "word vector size", "range": "[1, inf)"})
-    score_norm: str = field(default="sum", metadata={"help": "sum over words (paper) or mean"})
-    hardest_negative: bool = field(default=False, metadata={"help": "hinge on the hardest negative only (VSE++)"})
-    gather_negatives: bool = field(default=True, metadata={"help": "with N workers, rank against the whole batch's pairs (the paper's batch), not each worker's share"})
+    epochs: int = option(20, "passes over the train images (one sentence per image per pass)", range="[1, inf)")
+    weight_decay: float = option(1e-4, "L2 weight decay (chosen on dev)", range="[0, inf)")
+    dropout: float = option(0.1, "dropout on the non-recurrent layers; the paper gives no rate: 0.1 chosen on dev "
+                                 "over 0.5 (docs/alignment.md)", range="[0, 1)")
+    lr_schedule: str = option("cosine", "constant, or cosine: decay to 0 over the planned epochs; the paper gives "
+                                        "none, and at a constant 1e-4 dev stalled from the second epoch "
+                                        "(docs/alignment.md)")
+    experiment: str = option("vsa-align", "MLflow experiment")
+    register_as: str = option("vsa-align", "registered model name; empty: do not register")
+    alias: str = option("champion", "alias moved to the new version when it beats the holder on dev (R@1+5+10 sum)")
+    embed_dim: int = option(1000, "multimodal space h", range="[1, inf)")
+    word_dim: int = option(300, "word vector size", range="[1, inf)")
+    score_norm: str = option("sum", "sum over words (paper) or mean")
+    hardest_negative: bool = option(False, "hinge on the hardest negative only (VSE++)")
+    gather_negatives: bool = option(True, "with N workers, rank against the whole batch's pairs (the paper's batch), "
+                                          "not each worker's share")
 
     def validate(self) -> None:
         self.validate_training(default_out="align", min_batch=2)
@@ -52,129 +60,57 @@ def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> Alignment
                          dropout=cfg.dropout, score_norm=cfg.score_norm, hardest_negative=cfg.hardest_negative)
 
 
-class _GatherRows(torch.autograd.Function):
-    """Every worker's rows, concatenated in rank order. Backward: each worker's loss reached every worker's rows,
-    so a row's gradient is the sum over workers (all_reduce) of which its owner keeps its own slice — a
-    reduce-scatter made of calls every backend has (gloo has no reduce_scatter). torch's own
-    ``torch.distributed.nn.functional.all_gather`` does the same but is deprecated for a private successor."""
+class AlignTask:
+    """The alignment model's part of the shared epoch loop (``training.run_epochs``)."""
 
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        import torch.distributed as dist
+    def __init__(self, loop_config: dict[str, Any]):
+        self.cfg = AlignConfig(**loop_config["cfg"])
+        self.vocab, self.feature_dim = loop_config["vocab"], loop_config["feature_dim"]
 
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        ctx.rows, ctx.rank = len(tensor), dist.get_rank()
-        return torch.cat(parts)
+    def build_model(self) -> AlignmentModel:
+        return AlignmentModel(model_args(self.cfg, len(self.vocab) + 2, self.feature_dim))
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        import torch.distributed as dist
+    def rows_per_worker(self, world: int) -> int:
+        self.rows = self.cfg.batch_size // world
+        return self.rows
 
-        grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
-        dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+    def initialise(self, model: AlignmentModel) -> None:
+        pass
 
+    def prepare(self, rank: int, world: int) -> None:
+        cfg = self.cfg
+        # with N workers, each ranks its pairs against the whole batch's (the paper's batch), not its share's
+        self.gather = gather_across_workers if cfg.gather_negatives and world > 1 else None
+        if rank == 0:
+            dev = load_split(cfg.features, "dev", word_index(self.vocab), cfg.max_words)
+            self.dev_features = torch.from_numpy(dev["features"])
+            self.dev_tokens = torch.from_numpy(dev["tokens"]).long()
 
-def gather_across_workers(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], int]:
-    """All workers' tensors concatenated (gradients flow back to each owner), and this worker's row offset.
-    Every worker has the same batch size: the train split is divided equally and batches drop the remainder."""
-    import torch.distributed as dist
+    def step(self, model, plain, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        tokens = one_sentence_each(batch["tokens"].long())
+        loss = model(batch["features"], tokens, gather=self.gather)
+        return loss, {"loss": loss.item()}
 
-    return [_GatherRows.apply(t) for t in tensors], dist.get_rank() * len(tensors[0])
+    def train_metrics(self, sums, steps: int, seconds: float, world: int) -> tuple[dict[str, float], str]:
+        metrics = {"train_loss": sums["loss"] / max(steps, 1), "pairs_per_s": steps * self.rows * world / seconds}
+        return metrics, f"loss {metrics['train_loss']:.2f}, {metrics['pairs_per_s']:.0f} pairs/s"
 
-
-def one_sentence_each(tokens: torch.Tensor) -> torch.Tensor:
-    """[B, S, T] → [B, T]: one of each image's non-empty sentences, drawn uniformly."""
-    present = (tokens != PAD).any(dim=-1).float()                         # [B, S]
-    choice = torch.multinomial(present, 1).squeeze(1)
-    return tokens[torch.arange(len(tokens)), choice]
-
-
-def rsum(metrics: dict[str, dict[str, float]]) -> float:
-    """Model selection score: R@1 + R@5 + R@10 of both directions."""
-    return sum(metrics[d][k] for d in ("annotation", "search") for k in ("r1", "r5", "r10"))
-
-
-def flat_metrics(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
-    return {f"{prefix}_{d}_{k}": v for d, values in metrics.items() for k, v in values.items()}
+    def evaluate(self, plain: AlignmentModel) -> tuple[float, dict[str, float], str]:
+        dev = evaluate_alignment(plain, self.dev_features, self.dev_tokens)
+        metrics = {**flat_metrics("dev", dev), "dev_rsum": rsum(dev)}
+        return metrics["dev_rsum"], metrics, (f"dev rsum {metrics['dev_rsum']:.1f} "
+                                              f"(R@1 {dev['annotation']['r1']:.1f}/{dev['search']['r1']:.1f})")
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: load checkpoint → epochs of steps → report (rank 0: eval, log)."""
-    import ray.train
-    import ray.train.torch
-
-    cfg = AlignConfig(**loop_config["cfg"])
-    vocab, feature_dim = loop_config["vocab"], loop_config["feature_dim"]
-    rank, world, device = training.worker_setup(cfg)
-
-    model = AlignmentModel(model_args(cfg, len(vocab) + 2, feature_dim))
-    optimizer = training.make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)
-    start_epoch, best = training.restore(model, optimizer)
-    model = ray.train.torch.prepare_model(model)
-    plain = model.module if hasattr(model, "module") else model
-    train_shard = ray.train.get_dataset_shard("train")
-    per_worker = cfg.batch_size // world
-    streams = training.epoch_streams(train_shard, cfg, per_worker, device, start=start_epoch <= cfg.epochs)
-
-    logger = None
-    if rank == 0:  # the one rank that evaluates, logs and writes checkpoints
-        from mlflow.tracking import MlflowClient
-
-        logger = MlflowClient(loop_config["tracking_uri"])
-        dev = load_split(cfg.features, "dev", word_index(vocab), cfg.max_words)
-        dev_features, dev_tokens = torch.from_numpy(dev["features"]), torch.from_numpy(dev["tokens"]).long()
-
-    gather = gather_across_workers if cfg.gather_negatives and world > 1 else None
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
-        lr = training.epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
-        training.set_lr(optimizer, lr)
-        losses, steps = 0.0, 0
-        clock = training.DataClock(streams.take())
-        for batch in clock:
-            tokens = one_sentence_each(batch["tokens"].long())
-            loss = model(batch["features"], tokens, gather=gather)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip)
-            optimizer.step()
-            losses += loss.item()
-            steps += 1
-        timing = clock.metrics()
-        if epoch < cfg.epochs:
-            streams.start_next()  # with read-ahead, its first shards are read while rank 0 scores dev
-        seconds = timing.pop("seconds")
-        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": losses / max(steps, 1), "steps": steps,
-                                   "pairs_per_s": steps * per_worker * world / seconds, **timing}
-        state = None
-        if rank == 0:
-            with training.all_cores(cfg.threads):
-                dev_metrics = evaluate_alignment(plain, dev_features, dev_tokens)
-            metrics.update(flat_metrics("dev", dev_metrics), dev_rsum=rsum(dev_metrics))
-            best, state = training.end_epoch(loop_config, logger, metrics, metrics["dev_rsum"], best, plain, optimizer)
-            training.say(f"epoch {epoch}: loss {metrics['train_loss']:.2f}, dev rsum {metrics['dev_rsum']:.1f} "
-                         f"(R@1 {dev_metrics['annotation']['r1']:.1f}/{dev_metrics['search']['r1']:.1f}), "
-                         f"{metrics['pairs_per_s']:.0f} pairs/s, data wait {100 * metrics['data_wait_share']:.1f}% "
-                         f"({metrics['first_batch_wait_s']:.1f} s of it for the first batch)")
-        training.report(metrics, state)
-
-
-def load_model(path: Path | str) -> tuple[AlignmentModel, dict[str, Any]]:
-    """The best-on-dev model of a checkpoint (``torch.load(weights_only=True)``) and its metadata."""
-    state = read_checkpoint(path)
-    cfg = AlignConfig(**{k: v for k, v in state["config"].items() if k in AlignConfig.__dataclass_fields__})
-    model = AlignmentModel(model_args(cfg, len(state["vocab"]) + 2, state["feature_dim"]))
-    state["best"].setdefault("score", state["best"].pop("rsum", None))  # checkpoints before 2026-11-25
-    model.load_state_dict(state["best"]["state"] or state["model"])
-    return model.eval(), state
+    """Runs on every Ray Train worker."""
+    training.run_epochs(loop_config, AlignTask(loop_config))
 
 
 def run(cfg: AlignConfig) -> dict[str, Any]:
     import mlflow
 
-    trained = training.train(cfg, "train-align", train_loop, load_model)
+    trained = training.train(cfg, "train-align", train_loop, load_alignment)
     model, state, final, run_id = trained.model, trained.state, trained.checkpoint, trained.run_id
     settings, vocab = trained.manifest["settings"], trained.manifest["vocab"]["words"]
 
@@ -183,7 +119,9 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
                                "last_epoch": trained.last_metrics}
     if cfg.test:
         test = load_split(cfg.features, "test", word_index(vocab), cfg.max_words)
-        test_metrics = evaluate_alignment(model, torch.from_numpy(test["features"]), torch.from_numpy(test["tokens"]).long())
+        test_metrics = evaluate_alignment(
+            model, torch.from_numpy(test["features"]), torch.from_numpy(test["tokens"]).long()
+        )
         mlflow.log_metrics(flat_metrics("test", test_metrics))
         summary["test"] = test_metrics
         print(f"train-align: test (best dev epoch {state['best']['epoch']}): {json.dumps(test_metrics)}", flush=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
-
 from conftest import copy_images, jpeg_claiming_size, truncated_jpeg
+
 from vsa_dist.cli import main as vsa
 from vsa_dist.data.shards import load_manifest, shard_paths
 from vsa_dist.io import sha256_file
@@ -105,7 +105,9 @@ def test_flickr_format_bad_inputs_are_rejected_not_lost(tmp_path, mini_dir, mini
     body = ("\n".join(lines) + "\n").encode() + f"{good[2].name}#7\t".encode() + b"caf\xe9 latin-1\n"
     (root / "Flickr8k.token.txt").write_bytes(body)
     names = [p.name for p in good]
-    (root / "Flickr_8k.trainImages.txt").write_text("\n".join(names[:4] + ["truncated.jpg", "notimage.jpg", "bomb.jpg", "missing.jpg", mini_images[8].name]) + "\n")
+    (root / "Flickr_8k.trainImages.txt").write_text(
+        "\n".join(names[:4] + ["truncated.jpg", "notimage.jpg", "bomb.jpg", "missing.jpg", mini_images[8].name]) + "\n"
+    )
     (root / "Flickr_8k.devImages.txt").write_text(names[4] + "\n")
     (root / "Flickr_8k.testImages.txt").write_text(names[5] + "\n" + names[0] + "\n")  # names[0] also in train
 
@@ -132,15 +134,32 @@ def _karpathy_fixture(root: Path, mini_images: list[Path]) -> dict:
     splits = ["train", "train", "restval", "val", "val", "test", "test", "train"]
     items = []
     for i, (p, split) in enumerate(zip(mini_images[:8], splits)):
-        items.append({"filepath": "Flicker8k_Dataset", "filename": p.name, "imgid": i, "split": split,
-                      "sentences": [{"raw": f"A person number {k} stands .", "tokens": ["a", "person", "number", str(k), "stands"]}
-                                    for k in range(5)]})
+        items.append(
+            {
+                "filepath": "Flicker8k_Dataset",
+                "filename": p.name,
+                "imgid": i,
+                "split": split,
+                "sentences": [
+                    {"raw": f"A person number {k} stands .", "tokens": ["a", "person", "number", str(k), "stands"]}
+                    for k in range(5)
+                ],
+            }
+        )
     items[7]["split"] = "holdout"  # unknown split
     items[1]["sentences"].append({"raw": "", "tokens": []})  # empty
     items.append(dict(items[0]))  # duplicate image
     items.append({"filepath": "Flicker8k_Dataset", "filename": "broken.jpg", "imgid": 99, "split": "train",
                   "sentences": [{"raw": "Broken .", "tokens": ["broken"]}]})
-    items.append({"filepath": "Flicker8k_Dataset", "filename": mini_images[9].name, "imgid": 100, "split": "train", "sentences": []})
+    items.append(
+        {
+            "filepath": "Flicker8k_Dataset",
+            "filename": mini_images[9].name,
+            "imgid": 100,
+            "split": "train",
+            "sentences": [],
+        }
+    )
     data = {"dataset": "flickr8k", "images": items}
     (root / "dataset_flickr8k.json").write_text(json.dumps(data))
     return data
@@ -156,18 +175,26 @@ def test_karpathy_json(tmp_path, mini_images):
     assert manifest["counts"]["images"]["input"] == len(data["images"])
     assert manifest["counts"]["sentences"]["input"] == sum(len(i["sentences"]) for i in data["images"])
     reasons = Counter((r["kind"], r["reason"]) for r in rejects)
-    assert reasons == {("image", "unknown-split"): 1, ("image", "duplicate-id"): 1, ("image", "corrupt-image"): 1,
-                       ("image", "no-captions"): 1, ("sentence", "empty-caption"): 1, ("sentence", "image-rejected"): 5 + 5 + 1}
+    assert reasons == {
+        ("image", "unknown-split"): 1,
+        ("image", "duplicate-id"): 1,
+        ("image", "corrupt-image"): 1,
+        ("image", "no-captions"): 1,
+        ("sentence", "empty-caption"): 1,
+        ("sentence", "image-rejected"): 5 + 5 + 1,
+    }
     samples = read_back_wds(out)
     assert len(samples) == 7
-    assert all(s["meta"]["sentences"][0]["tokens"] == ["a", "person", "number", "0", "stands"] for s in samples.values())
+    assert all(
+        s["meta"]["sentences"][0]["tokens"] == ["a", "person", "number", "0", "stands"] for s in samples.values()
+    )
 
 
 def test_coco_captions_with_karpathy_split(tmp_path, mini_images):
     root = tmp_path / "coco"
     files = {}
     for subdir, imgs in (("train2014", mini_images[:4]), ("val2014", mini_images[4:8])):
-        for n, p in enumerate(imgs):
+        for p in imgs:
             name = f"COCO_{subdir}_{len(files):012d}.jpg"
             (root / subdir).mkdir(parents=True, exist_ok=True)
             (root / subdir / name).write_bytes(p.read_bytes())

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from conftest import REPO
 from torchvision.ops import roi_align
 
-from conftest import REPO
 from vsa_dist.cli import main as vsa
 from vsa_dist.data.shards import load_manifest, shard_paths
 from vsa_dist.features.extract import decode_rgb
@@ -48,7 +48,11 @@ def test_roi_features_of_the_mini_set(mini_features, mini_shards):
     assert manifest["counts"]["images"] == {"input": 200, "written": 200, "rejected": 0}
     assert {s: v["images"] for s, v in manifest["splits"].items()} == {"train": 100, "dev": 50, "test": 50}
     settings = manifest["settings"]
-    assert (settings["backbone"], settings["region_mode"], settings["proposals"]) == ("efficientnet-lite0", "roi", "grid")
+    assert (settings["backbone"], settings["region_mode"], settings["proposals"]) == (
+        "efficientnet-lite0",
+        "roi",
+        "grid",
+    )
     assert (settings["input_size"], settings["mean"], settings["std"]) == (224, [127.0] * 3, [128.0] * 3)
     assert settings["num_regions"] == 19 and settings["feature_dim"] == 1280
     assert manifest["vocab"] == load_manifest(mini_shards)["vocab"]
@@ -101,7 +105,9 @@ def test_uint8_channels_last_batches_give_the_same_features(mini_images):
     _, _, want = general(images, boxes)
     torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
     # a larger image is resized on the general path, also in a channels_last extractor
-    larger = torch.nn.functional.interpolate(images[0][None].float(), size=(300, 260), mode="bilinear")[0].round().byte()
+    larger = (
+        torch.nn.functional.interpolate(images[0][None].float(), size=(300, 260), mode="bilinear")[0].round().byte()
+    )
     _, _, mixed = fast([larger, images[1]], [torch.from_numpy(grid_boxes(260, 300)), boxes[1]])
     assert mixed.shape == (2, 20, 1280) and torch.isfinite(mixed.float()).all()
     torch.testing.assert_close(mixed[1].float(), got[1].float(), rtol=1e-2, atol=1e-2)
@@ -109,7 +115,20 @@ def test_uint8_channels_last_batches_give_the_same_features(mini_images):
 
 def test_crop_mode_and_resume_after_a_kill(tmp_path, mini_dir, ray_cluster, mini_features):
     shards = tmp_path / "shards"
-    vsa(["shards", "build", "--root", str(mini_dir), "--out", str(shards), "--samples-per-shard", "10", "--progress", "false"])
+    vsa(
+        [
+            "shards",
+            "build",
+            "--root",
+            str(mini_dir),
+            "--out",
+            str(shards),
+            "--samples-per-shard",
+            "10",
+            "--progress",
+            "false",
+        ]
+    )
     out = tmp_path / "crop"
     # Batches of one shard's size, so that shards complete one by one and the kill can land between them.
     args = ["--shards", str(shards), "--out", str(out), "--regions", "crop", "--splits", "dev", "--batch-size", "10",
@@ -217,9 +236,13 @@ def test_larger_efficientnet_lite_weights_load_from_their_packages(mini_images, 
     agree = 0
     for path in mini_images[:12]:
         image = torch.from_numpy(decode_rgb(path.read_bytes())).permute(2, 0, 1)
-        resized = torch.nn.functional.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True)
+        resized = torch.nn.functional.interpolate(
+            image[None].float(), size=(size, size), mode="bilinear", antialias=True
+        )
         with torch.inference_mode():
-            small_top5 = small.classify(small.feature_map(small.normalize(image[None].float())).mean((2, 3))).topk(5).indices
+            small_top5 = (
+                small.classify(small.feature_map(small.normalize(image[None].float())).mean((2, 3))).topk(5).indices
+            )
             large_top1 = large.classify(large.feature_map(large.normalize(resized)).mean((2, 3))).argmax()
         agree += int(large_top1 in small_top5[0])
     assert agree >= 8, f"{name}'s top class is in lite0's top five for only {agree} of 12 images"
@@ -238,7 +261,9 @@ def test_torchvision_backbone_from_a_local_weight_file(tmp_path, name, dim):
     backbone = load_backbone(f"torchvision:{name}", str(weights))
     assert backbone.spec.feature_dim == dim and backbone.spec.weights == str(weights)
     image = torch.randint(0, 256, (3, 200, 300), dtype=torch.uint8)
-    boxes, scores, feats = RegionFeatureExtractor(backbone, num_regions=19)([image], [torch.from_numpy(grid_boxes(300, 200))])
+    boxes, scores, feats = RegionFeatureExtractor(backbone, num_regions=19)(
+        [image], [torch.from_numpy(grid_boxes(300, 200))]
+    )
     assert feats.shape == (1, 20, dim) and boxes.shape == (1, 19, 4) and torch.isfinite(feats.float()).all()
     with pytest.raises(ValueError, match="needs --weights"):
         load_backbone(f"torchvision:{name}")

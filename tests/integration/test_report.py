@@ -10,8 +10,7 @@ import subprocess
 
 import mlflow
 import pytest
-
-from tests.conftest import untrained_alignment_checkpoint, untrained_generator_checkpoint
+from conftest import untrained_alignment_checkpoint, untrained_generator_checkpoint
 
 
 def chromium() -> str:

@@ -16,7 +16,6 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
-
 from conftest import REPO, free_port
 
 RAY = str(Path(sys.executable).parent / "ray")

@@ -1,0 +1,289 @@
+"""Generator training on the mini set through Ray Train, the registry, vsa caption, serving and the champion rule."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from vsa_dist.eval.captions import caption_metrics
+
+
+def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, mini_snippets, mini_images, ray_cluster,
+                                                    mlflow_server, monkeypatch, capsys):
+    """Trained on full images and on regions with their snippets (the paper's region generator), resumed,
+    tested, registered; captions from the registry for whole images and regions, and over HTTP."""
+    from conftest import free_port
+    from mlflow.tracking import MlflowClient
+
+    from vsa_dist.cli import main as vsa
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    out = tmp_path / "mrnn"
+    args = ["train-mrnn", "--features", str(mini_features), "--out", str(out), "--batch-size", "50",
+            "--hidden", "128", "--word-dim", "128", "--beam-choices", "1,2", "--experiment", "test-mrnn",
+            "--examples", "4", "--snippets", str(mini_snippets), "--progress", "false",
+            "--register-as", "test-region-captioner"]  # its own name: other tests register vsa-captioner on this server
+    first = vsa([*args, "--epochs", "2", "--test", "false"])
+    second = vsa([*args, "--epochs", "3", "--resume", "true"])
+    run_id = second["run_id"]
+    assert first["run_id"] == run_id
+
+    client = MlflowClient(mlflow_server)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "dev_cider")) == [1, 2, 3]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "dev_perplexity")) == [1, 2, 3]
+    metrics = client.get_run(run_id).data.metrics
+    assert {"test_bleu1", "test_bleu4", "test_meteor", "test_rouge_l", "test_cider"} <= set(metrics)
+    assert all(0 <= metrics[f"test_{k}"] <= 1 for k in ("bleu1", "bleu4", "meteor", "rouge_l")), metrics
+    perplexity = sorted(client.get_metric_history(run_id, "dev_perplexity"), key=lambda m: m.step)
+    assert perplexity[-1].value < perplexity[0].value  # it learns (exact recall is the overfitting test's job)
+    artifacts = {a.path for a in client.list_artifacts(run_id, "examples")}
+    assert artifacts == {"examples/examples.json", "examples/examples.jpg"}
+    # `vsa eval captions` on the saved best model, with the beam chosen on dev, gives the logged test numbers.
+    evaluated = vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--features", str(mini_features)])
+    assert evaluated["beam"] == second["beam"] and evaluated["images"] == 50
+    assert {k: evaluated[k] for k in second["test"]} == pytest.approx(second["test"], abs=1e-9)
+    # An ensemble of the model with itself is the model: the same distributions, the same captions.
+    doubled = vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--ensemble", str(out / "best.pt"),
+                   "--features", str(mini_features)])
+    assert doubled["ensemble"] == [str(out / "best.pt")] * 2
+    assert {k: doubled[k] for k in second["test"]} == pytest.approx(second["test"], abs=1e-9)
+    champion = client.get_model_version_by_alias("test-region-captioner", "champion")
+    assert champion.run_id == run_id and float(champion.tags["dev_cider"]) >= 0
+
+    # Self-critical fine-tuning from that model (whole images only), through the same Ray Train loop.
+    tuned = vsa(["train-mrnn", "--features", str(mini_features), "--out", str(tmp_path / "scst"), "--objective", "scst",
+                 "--init", str(out / "best.pt"), "--hidden", "128", "--word-dim", "128", "--batch-size", "50",
+                 "--epochs", "1", "--lr", "1e-4", "--beam-choices", "1", "--test", "false", "--register-as", "",
+                 "--experiment", "test-mrnn", "--progress", "false"])
+    history = client.get_metric_history(tuned["run_id"], "train_sample_cider")
+    assert [m.step for m in history] == [1] and history[0].value > 0
+    # it started from the trained model: its first dev CIDEr is near that model's, not an untrained one's (0)
+    assert client.get_metric_history(tuned["run_id"], "dev_cider")[0].value > 0.5 * second["best_dev_cider_greedy"]
+
+    # An LSTM attending over each image's whole frame and regions: trained by the same loop on every feature
+    # row; `vsa eval captions` reads the rows back for it, alone and beside the whole-image model above.
+    attending = vsa(
+        [
+            "train-mrnn",
+            "--features",
+            str(mini_features),
+            "--out",
+            str(tmp_path / "attention"),
+            "--cell",
+            "lstm",
+            "--attention",
+            "true",
+            "--hidden",
+            "64",
+            "--word-dim",
+            "64",
+            "--batch-size",
+            "50",
+            "--epochs",
+            "1",
+            "--beam-choices",
+            "1",
+            "--register-as",
+            "",
+            "--experiment",
+            "test-mrnn",
+            "--progress",
+            "false",
+        ]
+    )
+    evaluated = vsa(["eval", "captions", "--checkpoint", str(tmp_path / "attention" / "best.pt"),
+                     "--features", str(mini_features)])
+    assert {k: evaluated[k] for k in attending["test"]} == pytest.approx(attending["test"], abs=1e-9)
+    mixed = vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--ensemble",
+                 str(tmp_path / "attention" / "best.pt"), "--features", str(mini_features)])
+    assert mixed["images"] == 50 and 0 <= mixed["cider"]
+
+    # vsa caption: a folder of images, through the registry on the server.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in mini_images[:3]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    capsys.readouterr()
+    printed = vsa(["caption", str(folder), "--model", "models:/test-region-captioner@champion"])
+    assert [p for p, _ in printed] == [str(folder / i.name) for i in mini_images[:3]]
+    assert all(caption.split() for _, caption in printed)
+    assert capsys.readouterr().out.count("\t") == 3
+    # --regions: the two best regions of each image too, each with its box inside the image
+    described = vsa(["caption", str(folder), "--model", "models:/test-region-captioner@champion", "--regions", "2"])
+    lines = capsys.readouterr().out.strip().split("\n")
+    assert len(described) == len(lines) == 9 and [p for p, _ in described[::3]] == [p for p, _ in printed]
+    for line in lines[1:3] + lines[4:6]:
+        _, box, region_caption = line.split("\t")
+        x1, y1, x2, y2 = map(float, box.split(","))
+        assert 0 <= x1 < x2 <= 224 and 0 <= y1 < y2 <= 224 and region_caption.split()
+
+    # mlflow models serve: a base64 JPEG posted over HTTP gets the same caption back.
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/test-region-captioner@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": mlflow_server,  # it execs uvicorn by name
+            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        body = json.dumps({"dataframe_split": {"columns": ["image"],
+                                               "data": [[base64.b64encode(mini_images[0].read_bytes()).decode()]]}})
+        deadline, answer = time.time() + 180, None
+        while time.time() < deadline and answer is None:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+                                                 headers={"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+            except urllib.error.HTTPError as err:
+                raise AssertionError(f"the server answered {err.code}: {err.read()[:2000]!r}") from err
+            except OSError:  # not listening yet
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(1)
+        assert answer is not None, (tmp_path / "serve.log").read_text()[-3000:]
+        predictions = answer["predictions"]
+        caption = predictions["caption"][0] if isinstance(predictions, dict) else predictions[0]["caption"]
+        assert caption == printed[0][1]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_champion_moves_only_to_a_better_model_on_the_same_dev_data(mlflow_server, capsys):
+    from mlflow import MlflowClient
+
+    from vsa_dist.serving import dev_data_id, move_alias_if_better
+
+    client, name = MlflowClient(mlflow_server), "test-alias-rules"
+    client.create_registered_model(name)
+    dev = {"image_ids": ["a", "b"], "references": [["a dog runs"], ["a cat sits", "a cat"]]}
+    same, other = dev_data_id(dev), dev_data_id({**dev, "references": [["a dog runs"], ["a cat sits"]]})
+    assert same == dev_data_id({"image_ids": ("a", "b"), "references": [("a dog runs",), ("a cat sits", "a cat")]})
+    assert same == dev_data_id({"image_ids": ["b", "a"], "references": [["a cat sits", "a cat"], ["a dog runs"]]})
+    assert same != other
+    run = client.create_run(client.create_experiment("test-alias-rules"))
+    moves = []
+    for cider, data in ((0.30, same), (0.20, same), (0.40, same), (0.90, other)):
+        version = client.create_model_version(
+            name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+        ).version
+        client.set_model_version_tag(name, version, "dev_cider", str(cider))
+        client.set_model_version_tag(name, version, "dev_data", data)
+        moves.append(move_alias_if_better(client, name, "champion", version, cider, data))
+    assert moves == [True, False, True, False]
+    assert client.get_model_version_by_alias(name, "champion").version == "3"
+    assert "was chosen on other dev data" in capsys.readouterr().out
+
+
+def test_bad_generator_configs_stop_before_any_work(tmp_path, mini_features, capsys):
+    from vsa_dist.cli import main as vsa
+
+    cases = [
+        (["train-mrnn", "--features", str(mini_features), "--cell", "gru"], "cell 'gru' is not one of"),
+        (["train-mrnn", "--features", str(tmp_path / "nowhere")], "no manifest.json there"),
+        (["train-mrnn", "--features", str(mini_features), "--beam-choices", "0,3"], "beam_choices"),
+        (
+            ["train-mrnn", "--features", str(mini_features), "--label-smoothing", "1"],
+            "label_smoothing 1.0 is outside its range [0, 1)",
+        ),
+        (["train-mrnn", "--features", str(mini_features), "--objective", "scst"], "objective scst needs --init"),
+        (["train-mrnn", "--features", str(mini_features), "--attention", "true"], "attention needs cell lstm"),
+        (
+            ["train-mrnn", "--features", str(mini_features), "--objective", "scst", "--init", str(tmp_path / "x.pt")],
+            "x.pt: no such checkpoint",
+        ),
+        (
+            [
+                "train-mrnn",
+                "--features",
+                str(mini_features),
+                "--objective",
+                "scst",
+                "--init",
+                str(mini_features / "manifest.json"),
+            ],
+            "manifest.json: not a torch checkpoint",
+        ),
+        (["caption", str(tmp_path / "missing.jpg")], "missing.jpg: no such file or folder"),
+        (["caption", str(tmp_path)], "no .jpg/.jpeg/.png images in this folder"),
+        (
+            ["eval", "captions", "--checkpoint", str(tmp_path / "best.pt"), "--features", str(mini_features)],
+            "no such file",
+        ),
+        (
+            [
+                "eval",
+                "captions",
+                "--checkpoint",
+                str(mini_features / "manifest.json"),
+                "--ensemble",
+                str(tmp_path / "other.pt"),
+                "--features",
+                str(mini_features),
+            ],
+            "ensemble checkpoint",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as stopped:
+            vsa(argv)
+        assert stopped.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+# pycocoevalcap runs Java (PTB tokenizer, METEOR): slow for the unit tier
+def test_caption_metrics_match_hand_computation_and_pycocoevalcap():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    references = {"1": ["The dog barks.", "A dog is barking loudly"], "2": ["two men play football on grass"]}
+    candidates = {"1": "the the the dog", "2": "two men play football on grass"}
+    ours = caption_metrics(references, candidates)
+    # BLEU-1 by hand, pooled over the corpus: clipped matches (the 1 + dog 1) + 6 = 8 of 4 + 6 = 10 words;
+    # candidate length 10 against the closest reference lengths 3 + 6 = 9: no brevity penalty.
+    assert ours["bleu1"] == pytest.approx(0.8, abs=1e-6)
+    assert ours["bleu_length_ratio"] == pytest.approx(10 / 9)
+    assert caption_metrics(references, {"1": "dog", "2": "two men"})["bleu_length_ratio"] == pytest.approx(3 / 9)
+    # ROUGE-L of a candidate equal to its reference is 1; the other is LCS 2 ("the dog") of 4 and 3 words.
+    precision, recall, beta = 2 / 4, 2 / 3, 1.2
+    f_hand = (1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision)
+    assert ours["rouge_l"] == pytest.approx((1 + f_hand) / 2, abs=1e-6)
+
+    # The rest exactly as pycocoevalcap's own COCOEvalCap computes them.
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
+    res = tokenizer.tokenize({k: [{"caption": v}] for k, v in candidates.items()})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    assert [ours[f"bleu{n}"] for n in range(1, 5)] == pytest.approx(bleu, abs=1e-9)
+    assert ours["meteor"] == pytest.approx(Meteor().compute_score(gts, res)[0], abs=1e-9)
+    assert ours["rouge_l"] == pytest.approx(Rouge().compute_score(gts, res)[0], abs=1e-9)
+    assert ours["cider"] == pytest.approx(Cider().compute_score(gts, res)[0], abs=1e-9)

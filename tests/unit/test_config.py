@@ -1,0 +1,103 @@
+"""Configs: ranges, presets, --help and --print-config, checked in the parser before any work."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import fails
+
+from vsa_dist.cli import main as vsa
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--lr", "-1"], "lr -1.0 is outside its range (0, inf)"),
+    (["--threads", "0"], "threads 0 is outside its range [1, inf)"),
+    (["--dropout", "2"], "dropout 2.0 is outside its range [0, 1)"),
+    (["--max-failures", "-1"], "max_failures -1 is outside its range [0, 100]"),
+])
+def test_training_numbers_outside_their_range_stop_before_any_work(flags, expected, capsys, tmp_path):
+    # no features needed: the range check comes first, so these fail in the parser, not inside Ray
+    assert expected in fails(capsys, "train-align", "--features", str(tmp_path / "none"), *flags)
+
+
+def test_help_shows_the_chosen_presets_values(capsys):
+    with pytest.raises(SystemExit) as exc:
+        vsa(["train-align", "--preset", "train_align_modern", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]  # argparse wraps help lines
+    for flag, value in (("--optimizer", "adam"), ("--lr", "0.0002"), ("--score-norm", "mean"), ("--epochs", "60"),
+                        ("--weight-decay", "0.0"), ("--dropout", "0.1"), ("--lr-schedule", "cosine")):
+        section = text.split(f"{flag} {flag.lstrip('-').replace('-', '_').upper()}", 1)[1].split(" --", 1)[0]
+        assert f"(default: {value})" in section, (flag, section)
+    with pytest.raises(SystemExit):
+        vsa(["train-mrnn", "--preset", "train_mrnn_modern", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]
+    assert "(default: lstm)" in text.split("--cell CELL", 1)[1].split(" --", 1)[0]
+    assert "(default: adam)" in text.split("--optimizer OPTIMIZER", 1)[1].split(" --", 1)[0]
+
+
+def test_print_config_needs_no_inputs(capsys):
+    import yaml
+
+    with pytest.raises(SystemExit) as exc:
+        vsa(["train-align", "--preset", "train_align_modern", "--print-config"])
+    assert exc.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optimizer"] == "adam" and printed["features"] == "" and printed["batch_size"] == 100
+    with pytest.raises(SystemExit) as exc:  # the paper's settings are the dataclass itself
+        vsa(["train-align", "--print-config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["optimizer"], printed["dropout"], printed["lr_schedule"]) == ("sgd", 0.1, "cosine")
+
+
+@pytest.mark.parametrize("argv", [["caption", "x.jpg"], ["eval", "retrieval"], ["report", "run"], ["features"]])
+def test_a_preset_that_does_not_exist_is_an_error(argv, capsys):
+    line = fails(capsys, *argv, "--preset", "nope")
+    assert "preset 'nope': no such preset in vsa_dist/presets/" in line
+
+
+def test_every_preset_only_names_keys_of_its_stage_and_resolves():
+    from vsa_dist import config
+    from vsa_dist.stages.train_align import AlignConfig
+    from vsa_dist.stages.train_mrnn import MRNNConfig
+
+    for name in config.presets():
+        cls = AlignConfig if name.startswith("train_align") else MRNNConfig
+        config.resolve(cls, name, {}, validate=False)  # unknown keys or bad values raise
+
+
+def test_one_orientation_everywhere(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from vsa_dist.data.images import check_jpeg, open_rgb
+    from vsa_dist.features.extract import decode_rgb
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned by 90 degrees
+    pixels = np.random.default_rng(0).integers(0, 255, (120, 224, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", exif=exif)
+    data = buffer.getvalue()
+    assert Image.open(io.BytesIO(data)).size == (224, 120)      # as stored
+    assert check_jpeg(data) == (120, 224)                         # the shard's width and height: as shown
+    assert decode_rgb(data).shape[:2] == (224, 120)               # what the CNN sees and boxes refer to
+    assert open_rgb(data).size == (120, 224)                      # what the report and the grids draw on
+
+
+def test_the_pixel_limit_is_read_from_the_header_and_can_be_raised_above_pils():
+    import io
+
+    from PIL import Image
+
+    from vsa_dist.data.images import DEFAULT_MAX_PIXELS, ImageRejected, check_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")  # start of frame: claim 20000 x 20000 (4.5x PIL's own limit)
+    data[sof + 5:sof + 9] = (20000).to_bytes(2, "big") * 2
+    with pytest.raises(ImageRejected, match="400000000 pixels > limit"):
+        check_image(bytes(data))
+    assert check_image(bytes(data), max_pixels=10 * DEFAULT_MAX_PIXELS) == (20000, 20000)

@@ -1,0 +1,255 @@
+"""The generator against the paper's recurrence, exhaustive search and pycocoevalcap: no data set, no Ray."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from vsa_dist.eval.captions import caption_metrics
+from vsa_dist.models.mrnn import MRNN, NEVER_GENERATED, PAD, MRNNArgs, MRNNEnsemble, teacher_forcing, token_nll
+
+VOCAB = 9  # PAD, UNK, 6 words, END
+
+
+def tiny(cell: str = "rnn", seed: int = 0, vocab: int = VOCAB) -> MRNN:
+    """``cell`` rnn, lstm, or lstm-att (an LSTM attending over the image's rows)."""
+    torch.manual_seed(seed)
+    model = MRNN(MRNNArgs(vocab_size=vocab, feature_dim=6, hidden=16, word_dim=8, cell=cell.removesuffix("-att"),
+                          dropout=0.0, attention=cell.endswith("-att"))).eval()
+    for p in model.parameters():  # spread the weights: distinct, confident choices make the search tests bite
+        torch.nn.init.normal_(p, std=0.8)
+    return model
+
+
+def step_log_probs(model: MRNN, feature: torch.Tensor, words: list[int]) -> torch.Tensor:
+    """[T, V] next-word log-probabilities along ``words`` given that PAD and UNK are never generated,
+    written out independently of the decoders (teacher forcing, then renormalised)."""
+    inputs = torch.tensor([[model.args.end] + words[:-1]])
+    with torch.no_grad():
+        probs = torch.softmax(model(feature[None], inputs)[0].double(), dim=-1)
+    probs[:, list(NEVER_GENERATED)] = 0.0
+    return torch.log(probs / probs.sum(dim=-1, keepdim=True))
+
+
+def sequence_log_prob(model: MRNN | MRNNEnsemble, feature: torch.Tensor, words: list[int]) -> float:
+    """log P(words | image); for an ensemble, each step's distribution is the renormalised geometric mean
+    of its members'."""
+    if isinstance(model, MRNNEnsemble):
+        mean = torch.stack([step_log_probs(m, feature, words) for m in model.members]).mean(dim=0)
+        log_probs = mean - torch.logsumexp(mean, dim=-1, keepdim=True)
+    else:
+        log_probs = step_log_probs(model, feature, words)
+    return float(sum(log_probs[t, w] for t, w in enumerate(words)))
+
+
+def test_mrnn_is_the_papers_recurrence():
+    model = tiny()
+    feature, words = torch.randn(1, 6), [4, 2, 7]
+    inputs = torch.tensor([[model.args.end, *words]])
+    logits = model(feature, inputs)[0]
+    b_v = model.image(torch.nn.functional.normalize(feature, dim=-1) * 6 ** 0.5)[0]  # unit RMS per component
+    h = torch.zeros(16)
+    for t, w in enumerate([model.args.end, *words]):
+        x = model.embed.weight[w]
+        h = torch.relu(model.input(x) + model.recurrent.weight @ h + (b_v if t == 0 else 0))
+        assert torch.allclose(logits[t], model.output(h), atol=1e-5)
+
+
+def test_teacher_forcing_starts_and_ends_with_end():
+    inputs, targets = teacher_forcing(torch.tensor([[3, 4, 0], [5, 0, 0]]), end=8)
+    assert inputs.tolist() == [[8, 3, 4, 0], [8, 5, 0, 0]]
+    assert targets.tolist() == [[3, 4, 8, 0], [5, 8, 0, 0]]
+
+
+def test_attention_is_soft_attention_over_the_images_rows():
+    """Step by step: the previous hidden state weighs the rows (whole image first), their weighted values join
+    the word vector as the LSTM's input, and the whole image's vector is added to x_1 as without attention."""
+    model = tiny("lstm-att")
+    rows, words = torch.randn(1, 4, 6), [4, 2, 7]
+    logits = model(rows, torch.tensor([[model.args.end, *words]]))[0]
+    unit = torch.nn.functional.normalize(rows[0], dim=-1) * 6 ** 0.5
+    keys, values, b_v = model.keys(unit), model.values(unit), model.image(unit[0])
+    h, c = torch.zeros(1, 16), torch.zeros(1, 16)
+    for t, w in enumerate([model.args.end, *words]):
+        weights = torch.softmax(
+            torch.stack([model.attend(torch.tanh(k + model.query(h[0]))) for k in keys]).squeeze(-1), 0
+        )
+        x = model.embed.weight[w] + (b_v if t == 0 else 0)
+        h, c = model.lstm(torch.cat([x, weights @ values])[None], (h, c))
+        assert torch.allclose(logits[t], model.output(h[0]), atol=1e-5)
+    # One vector per image is one row to attend to; without attention a model reads row 0 of the rows.
+    assert torch.allclose(
+        model(rows[:, 0], torch.tensor([[model.args.end]])), model(rows[:, :1], torch.tensor([[model.args.end]]))
+    )
+    plain = tiny("lstm")
+    assert torch.equal(plain(rows, torch.tensor([[8, 3]])), plain(rows[:, 0], torch.tensor([[8, 3]])))
+    with pytest.raises(ValueError, match="lstm"):
+        MRNN(MRNNArgs(vocab_size=VOCAB, cell="rnn", attention=True))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm-att"])
+def test_sentences_share_their_images_rows_without_copies(cell):
+    """``image_of`` (the image layers once per image, training's path) gives what one copy per sentence gives."""
+    model, features = tiny(cell, vocab=40), torch.randn(3, 4, 6)
+    image_of, inputs = torch.tensor([0, 0, 1, 2, 2, 2]), torch.randint(2, 40, (6, 5))
+    assert torch.allclose(
+        model(features, inputs, image_of=image_of), model(features[image_of], inputs), rtol=1e-5, atol=1e-4
+    )
+
+
+def image_features(cell: str, n: int) -> torch.Tensor:
+    """Test images: one vector each, or for an attending model its whole image and three regions."""
+    return torch.randn(n, 4, 6) if cell.endswith("-att") else torch.randn(n, 6)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "lstm-att"])
+def test_beam_one_is_greedy(cell):
+    model = tiny(cell, vocab=40)
+    features = image_features(cell, 16)
+    assert torch.equal(model.beam_search(features, beam=1, max_len=12), model.greedy(features, max_len=12))
+
+
+def ensemble_of(cells: str) -> MRNNEnsemble:
+    return MRNNEnsemble([tiny(cell, seed=3 + i) for i, cell in enumerate(cells.split("+"))])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "rnn+lstm", "lstm-att", "lstm-att+rnn"])
+def test_wide_beam_is_exhaustive_search(cell):
+    """With a beam wider than every prefix, beam search must return the most likely sentence of all
+    (for an ensemble of an RNN and an LSTM: most likely under the mean of their log-probabilities)."""
+    model, max_len = (tiny(cell, seed=3) if "+" not in cell else ensemble_of(cell)), 3
+    words = [w for w in range(VOCAB) if w not in NEVER_GENERATED]
+    features = image_features(cell.split("+")[0], 6)
+    found = model.beam_search(features, beam=len(words) ** (max_len - 1), max_len=max_len)
+    for image, row in zip(features, found):
+        candidates = [list(seq) for n in range(1, max_len + 1) for seq in itertools.product(words, repeat=n)
+                      if (seq[-1] == model.args.end or n == max_len) and model.args.end not in seq[:-1]]
+        best = max(candidates, key=lambda seq: sequence_log_prob(model, image, seq))
+        got = [w for w in row.tolist() if w != PAD]
+        assert sequence_log_prob(model, image, got) == pytest.approx(sequence_log_prob(model, image, best), abs=1e-5)
+        greedy = [w for w in model.greedy(image[None], max_len)[0].tolist() if w != PAD]
+        assert sequence_log_prob(model, image, got) >= sequence_log_prob(model, image, greedy) - 1e-6
+
+
+def test_ensemble_of_one_is_the_model_and_members_must_share_a_vocabulary():
+    model, features = tiny("lstm", vocab=40), torch.randn(16, 6)
+    alone = MRNNEnsemble([model])
+    assert torch.equal(alone.greedy(features, 12), model.greedy(features, 12))
+    assert torch.equal(alone.beam_search(features, 3, 12), model.beam_search(features, 3, 12))
+    pair = ensemble_of("rnn+lstm")
+    assert not torch.equal(pair.greedy(features, 12), pair.members[0].greedy(features, 12))
+    assert torch.equal(pair.beam_search(features, 1, 12), pair.greedy(features, 12))
+    with pytest.raises(ValueError, match="vocabulary"):
+        MRNNEnsemble([tiny("rnn"), tiny("rnn", vocab=40)])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "lstm-att"])
+def test_tiny_mrnn_overfits_a_handful_of_captions(cell):
+    torch.manual_seed(0)
+    model = MRNN(MRNNArgs(vocab_size=14, feature_dim=8, hidden=48, word_dim=16, cell=cell.removesuffix("-att"),
+                          dropout=0.0, attention=cell.endswith("-att")))
+    features = torch.randn(5, 8)
+    if model.args.attention:  # one whole-image vector for all five: only the regions tell the images apart
+        features = torch.cat([torch.randn(1, 1, 8).expand(5, 1, 8), torch.randn(5, 2, 8)], dim=1)
+    captions = torch.tensor([[2, 3, 4, 0, 0], [5, 6, 0, 0, 0], [7, 8, 9, 10, 11], [3, 3, 12, 0, 0], [12, 2, 5, 6, 0]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        inputs, targets = teacher_forcing(captions, model.args.end)
+        nll, count = token_nll(model(features, inputs), targets)
+        optimizer.zero_grad()
+        (nll / count).backward()
+        optimizer.step()
+    model.eval()
+    for decoded in (model.greedy(features, 8), model.beam_search(features, beam=3, max_len=8)):
+        recalled = [[w for w in row if w not in (PAD, model.args.end)] for row in decoded.tolist()]
+        assert recalled == [[w for w in row if w != PAD] for row in captions.tolist()]
+
+
+def test_label_smoothing_mixes_the_reference_word_with_the_whole_vocabulary():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, VOCAB)
+    targets = torch.tensor([[3, 4, PAD], [5, VOCAB - 1, 2]])
+    log_probs = logits.log_softmax(dim=-1)[targets != PAD]        # [5 words, V]
+    words = targets[targets != PAD]
+    plain = -log_probs[torch.arange(len(words)), words].sum()
+    uniform = -log_probs.mean(dim=-1).sum()                          # ε spread evenly over all V classes
+    smoothed, count = token_nll(logits, targets, label_smoothing=0.1)
+    assert int(count) == 5
+    torch.testing.assert_close(token_nll(logits, targets)[0], plain)
+    torch.testing.assert_close(smoothed, 0.9 * plain + 0.1 * uniform)
+
+
+def test_sampled_log_probs_are_the_models_and_carry_gradients():
+    model, features = tiny("lstm", vocab=40), torch.randn(6, 6)
+    torch.manual_seed(1)
+    ids, log_probs = model(features, sample_len=10)  # through forward, as DDP sees it
+    assert log_probs.requires_grad
+    for i in range(len(features)):
+        words = [w for w in ids[i].tolist() if w != PAD]
+        assert words.count(model.args.end) <= 1 and not set(words) & set(NEVER_GENERATED)
+        assert log_probs[i].sum().item() == pytest.approx(sequence_log_prob(model, features[i], words), abs=1e-4)
+        assert torch.all(log_probs[i, len(words):] == 0)
+    log_probs.sum().backward()
+    assert model.output.weight.grad.abs().sum() > 0
+
+
+def test_self_critical_training_raises_the_cider_of_samples():
+    """A tiny model sampling captions for four images learns, from CIDEr-D rewards alone (no teacher
+    forcing), to say what each image's references say."""
+    from vsa_dist.eval.cider import CiderD
+    from vsa_dist.models.mrnn import caption_ids, self_critical_loss
+
+    torch.manual_seed(0)
+    model = MRNN(MRNNArgs(vocab_size=14, feature_dim=8, hidden=48, word_dim=16, cell="lstm", dropout=0.0))
+    features = torch.randn(4, 8)
+    tokens = torch.tensor([[[2, 3, 4, 0], [2, 3, 4, 5]], [[6, 7, 0, 0], [6, 7, 8, 0]],
+                           [[9, 10, 11, 0], [9, 10, 11, 0]], [[12, 2, 0, 0], [12, 2, 3, 0]]])
+    reward = CiderD([[r for r in caption_ids(image, 13) if r] for image in tokens] + [[(5, 6)], [(8, 9, 10)]])
+    references = [reward.references([r for r in caption_ids(image, 13) if r]) for image in tokens]
+
+    def greedy_cider() -> list[float]:
+        return [reward.score(c, refs) for c, refs in zip(caption_ids(model.greedy(features, 6), 13), references)]
+
+    before = greedy_cider()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    rewards = []
+    for _ in range(300):
+        loss, mean_reward = self_critical_loss(model, features, tokens, reward, samples=5, end=13, max_len=6)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        rewards.append(mean_reward)
+    after = greedy_cider()
+    assert sum(rewards[:10]) / 10 < 1.0 and sum(rewards[-10:]) / 10 > 3 * sum(rewards[:10]) / 10, rewards[::10]
+    assert max(before) < 1.0 and min(after) > 2.0, (before, after)
+
+
+def test_cider_reward_is_pycocoevalcaps_cider_given_the_same_corpus():
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+    from vsa_dist.eval.cider import CiderD
+
+    references = [["a dog runs on the grass", "the dog is running", "a brown dog runs"],
+                  ["two men play football", "men playing football on a field"],
+                  ["a child in a red shirt", "a little girl smiles", "a girl in red"],
+                  ["a dog", "dog"]]
+    candidates = ["a dog runs", "two men play a game of football on grass", "a girl a girl a girl in red", "dog"]
+    scorer = CiderScorer(n=4, sigma=6.0)
+    for candidate, refs in zip(candidates, references):
+        scorer += (candidate, refs)
+    _, expected = scorer.compute_score()
+    ours = CiderD([[r.split() for r in refs] for refs in references])
+    got = [ours.score(c.split(), ours.references([r.split() for r in refs])) for c, refs in zip(candidates, references)]
+    assert got == pytest.approx(list(expected), abs=1e-9)
+    assert got[1] > 0 and got[3] > got[0] > 0  # not all zero: the comparison bites
+    # a larger corpus makes the shared n-grams rarer: every score changes
+    wider = CiderD([[r.split() for r in refs] for refs in references] + [[["a", "cat"]]] * 5)
+    assert wider.score(candidates[0].split(), wider.references([r.split() for r in references[0]])) != got[0]
+
+
+def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="need Java"):
+        caption_metrics({"1": ["a dog"]}, {"1": "a dog"})

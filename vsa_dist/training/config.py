@@ -1,0 +1,75 @@
+"""What every training stage's config has, and the checks they share; a stage's own dataclass adds its model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vsa_dist import config as cfglib
+from vsa_dist import storage
+from vsa_dist.config import option
+
+
+@dataclass
+class TrainConfig:
+    """What every Ray Train stage's config has; a stage's own dataclass adds its model and may change defaults."""
+
+    features: str = option("", "feature folder (vsa features --out)")
+    out: str = option("", "run folder: checkpoints, run.json, best.pt; default beside FEATURES")
+    epochs: int = option(20, "passes over the train images", range="[1, inf)")
+    batch_size: int = option(100, "image-sentence pairs per step, over all workers (paper: 100)", range="[1, inf)")
+    optimizer: str = option("sgd", "sgd (with momentum), adam or rmsprop")
+    lr: float = option(1e-4, "learning rate (chosen on dev)", range="(0, inf)")
+    lr_schedule: str = option("constant", "constant, or cosine: decay to 0 over the planned epochs")
+    momentum: float = option(0.9, "SGD momentum", range="[0, 1)")
+    weight_decay: float = option(0.0, "L2 weight decay (chosen on dev)", range="[0, inf)")
+    clip: float = option(5.0, "element-wise gradient clipping (paper: 5)", range="(0, inf)")
+    dropout: float = option(0.5, "dropout on the non-recurrent layers", range="[0, 1)")
+    max_words: int = option(32, "longer sentences are cut", range="[1, inf)")
+    workers: int = option(2, "Ray Train workers (DDP)", range="[1, inf)")
+    use_gpu: bool = option(False, "one GPU per worker")
+    threads: int = option(1, "torch threads per CPU worker", range="[1, inf)")
+    shuffle_buffer: int = option(1000, "images in each worker's local shuffle buffer", range="[0, inf)")
+    prefetch_batches: int = option(4, "batches each worker prepares ahead (hides data wait)", range="[1, inf)")
+    read_ahead: str = option("true", "start each epoch's stream while rank 0 scores dev: true, false, or auto (with "
+                                     "GPUs only); docs/alignment.md measures it")
+    seed: int = option(0, "random seed")
+    resume: bool = option(False, "continue the run recorded in OUT/run.json from its last checkpoint")
+    max_failures: int = option(2, "worker-group restarts from the last checkpoint after a failure", range="[0, 100]")
+    experiment: str = option("", "MLflow experiment")
+    register_as: str = option("", "registered model name; empty: do not register")
+    test: bool = option(True, "evaluate the best-on-dev model on test once at the end")
+    progress: bool = option(True, "progress output")
+
+    def validate_training(self, default_out: str, min_batch: int) -> None:
+        check_features(self.features, need_test=self.test)
+        if not self.out:
+            self.out = str(Path(self.features).parent / default_out)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("read_ahead", self.read_ahead, ("auto", "true", "false"))
+        if self.batch_size < min_batch * self.workers:
+            raise cfglib.ConfigError(f"need at least {min_batch} pairs per worker in a batch")
+
+
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise cfglib.ConfigError(f"{key} {value!r} is not one of {allowed}")
+
+
+def check_features(features: str, need_test: bool) -> None:
+    """Config validation shared by the training stages: a feature folder with train, dev (and test) images."""
+    from vsa_dist.features.format import load_features_manifest
+
+    if not features or not storage.exists(storage.join(features, "manifest.json")):
+        raise cfglib.ConfigError(f"features {features!r}: no manifest.json there (run vsa features first)")
+    splits = load_features_manifest(features)["splits"]
+    for split in ("train", "dev") + (("test",) if need_test else ()):
+        if not splits.get(split, {}).get("images"):
+            raise cfglib.ConfigError(f"features {features}: no {split!r} images")
