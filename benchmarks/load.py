@@ -3,6 +3,7 @@ once mid-way and resumed, against the same commands on full Flickr8k.
 
     python benchmarks/load.py                      # 100,000 images (about 35 minutes on 2 cores, ~8 GB of disk)
     python benchmarks/load.py --stages shards      # rerun one stage (its shards folder stays for features)
+    python benchmarks/load.py --catalog            # the shard builder's in-memory catalog, both sets
     python benchmarks/load.py --images 600 --baseline flickr8k-mini --samples-per-shard 50 --work /tmp/lb
                                                    # a quick rehearsal of the rehearsal (a few minutes)
 
@@ -76,6 +77,16 @@ def make_synthetic(flickr: Path, out: Path, count: int, seed: int = 0) -> dict:
     return info
 
 
+def catalog_memory(root: Path) -> dict:
+    """What the shard builder's in-memory catalog of a Flickr-format set costs, in a fresh process (RSS growth)."""
+    code = ("import json, sys, psutil; from pathlib import Path; from vsa_dist.data.sources import read_source; "
+            "before = psutil.Process().memory_info().rss; c = read_source('flickr8k', Path(sys.argv[1])); "
+            "print(json.dumps({'images': len(c.entries), 'sentences': c.input_sentences, "
+            "'catalog_mib': round((psutil.Process().memory_info().rss - before) / 2**20)}))")
+    out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
 def records_done(folder: Path) -> int:
     return len(list((folder / "_state").glob("*.tar.json"))) if (folder / "_state").is_dir() else 0
 
@@ -137,7 +148,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stages", default="shards,features", help="rerun only these (the others' last results "
                         "in WORK/load.json stay)")
     parser.add_argument("--sets", default="baseline,large", help="rerun only these sets: baseline, large")
+    parser.add_argument("--catalog", action="store_true", help="only measure the shard builder's catalog memory")
     args = parser.parse_args(argv)
+    if args.catalog:
+        for root in (data_root() / args.baseline, Path(args.work) / f"synthetic-{args.images}" / "data"):
+            print(f"{root}: {json.dumps(catalog_memory(root))}", flush=True)
+        return {}
     work, stages, sets = Path(args.work), args.stages.split(","), args.sets.split(",")
     flickr = data_root() / "flickr8k"
     synthetic = work / f"synthetic-{args.images}"

@@ -204,48 +204,50 @@ def read_flickr(root: Path, captions: str = "", split_files: str = "", images_di
             info["split"] = split
 
     seen: dict[tuple[str, str], str] = {}
-    raw_lines = token_path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a BOM is not an image name
-    for lineno, raw_line in enumerate(raw_lines, 1):
-        raw_line = raw_line.rstrip(b"\r")
-        if not raw_line.strip():
-            continue
-        if b"\t" not in raw_line:
-            raise InputFormatError(token_path, "expected '<image>#<n><TAB><caption>', found no tab", lineno)
-        head, _, body = raw_line.partition(b"\t")
-        try:
-            ident = head.decode("utf-8").strip()
-        except UnicodeDecodeError as err:
-            raise InputFormatError(token_path, "image name is not UTF-8", lineno) from err
-        name, hash_, number = ident.rpartition("#")
-        if not hash_ or not name or not number.isdigit():
-            raise InputFormatError(token_path, f"expected '<image>#<n>' before the tab, found {ident!r}", lineno)
-        ref = f"{token_path.name}:{lineno}"
-        catalog.input_sentences += 1
-        if (m := _FLICKR_REPEAT.match(name)) and m.group(1) not in split_of and name not in split_of:
-            # Flickr8k's token file names one caption '2258277193_586949ec62.jpg.1#0': it belongs to
-            # '…jpg', which has the other four. Folded in and recorded, so the caption is kept.
-            catalog.repairs.append(
-                {"source": ref, "from": name, "to": m.group(1), "why": "image name with a repeat suffix"}
-            )
-            name = m.group(1)
-        info = image(name, ref)
-        info["had_captions"] = True
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            catalog.reject_sentence(
-                "not-utf8", "caption is not valid UTF-8", ref, name, body.decode("utf-8", "replace")
-            )
-            continue
-        if (name, number) in seen:
-            catalog.reject_sentence(
-                "duplicate-id", f"caption {name}#{number} already given at {seen[name, number]}", ref, name, text
-            )
-            continue
-        seen[name, number] = ref
-        sent = _sentence(catalog, text, None, ref, name)
-        if sent is not None:
-            info["sentences"].append(sent)
+    with open(token_path, "rb") as token_file:  # line by line: a COCO-sized file is not held beside its catalog
+        for lineno, raw_line in enumerate(token_file, 1):
+            raw_line = raw_line.rstrip(b"\r\n")
+            if lineno == 1:
+                raw_line = raw_line.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is not an image name
+            if not raw_line.strip():
+                continue
+            if b"\t" not in raw_line:
+                raise InputFormatError(token_path, "expected '<image>#<n><TAB><caption>', found no tab", lineno)
+            head, _, body = raw_line.partition(b"\t")
+            try:
+                ident = head.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                raise InputFormatError(token_path, "image name is not UTF-8", lineno) from err
+            name, hash_, number = ident.rpartition("#")
+            if not hash_ or not name or not number.isdigit():
+                raise InputFormatError(token_path, f"expected '<image>#<n>' before the tab, found {ident!r}", lineno)
+            ref = f"{token_path.name}:{lineno}"
+            catalog.input_sentences += 1
+            if (m := _FLICKR_REPEAT.match(name)) and m.group(1) not in split_of and name not in split_of:
+                # Flickr8k's token file names one caption '2258277193_586949ec62.jpg.1#0': it belongs to
+                # '…jpg', which has the other four. Folded in and recorded, so the caption is kept.
+                catalog.repairs.append(
+                    {"source": ref, "from": name, "to": m.group(1), "why": "image name with a repeat suffix"}
+                )
+                name = m.group(1)
+            info = image(name, ref)
+            info["had_captions"] = True
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                catalog.reject_sentence(
+                    "not-utf8", "caption is not valid UTF-8", ref, name, body.decode("utf-8", "replace")
+                )
+                continue
+            if (name, number) in seen:
+                catalog.reject_sentence(
+                    "duplicate-id", f"caption {name}#{number} already given at {seen[name, number]}", ref, name, text
+                )
+                continue
+            seen[name, number] = ref
+            sent = _sentence(catalog, text, None, ref, name)
+            if sent is not None:
+                info["sentences"].append(sent)
     return _finish(catalog, images, _images_dir(root, images_dir))
 
 
