@@ -50,7 +50,9 @@ def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, 
     page = run / "report.html"
     assert result["images"] == 3 and page.is_file()
     text = page.read_text()
-    assert text.count('<section class="example"') == 3 and "snippet" in text and "Top-5 sentences" in text
+    assert text.count('<section class="example"') == 3 and "Top-5 sentences" in text
+    # every reference sentence (5 per image) is drawn as snippets, each underlined in its region's colour
+    assert text.count('<span class="snippet"') >= 15
     assert "http" not in re.sub(r'data:[^"]+', "", text).replace("http-equiv", ""), "the page must be self-contained"
     logged = mlflow.MlflowClient().list_artifacts(result["mlflow_run_id"], "report")
     assert [a.path for a in logged] == ["report/report.html"]
