@@ -62,20 +62,24 @@ def _check_pixels(img: Image.Image, max_pixels: int) -> None:
                                                "(raise it with --max-pixels)")
 
 
-def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_only: bool = False) -> tuple[int, int]:
-    """(width, height) as shown (EXIF orientation applied) of an image within the pixel limit, from its header
-    alone; ImageRejected says why not. Cheap: nothing is decoded."""
+def _checked(data: bytes, max_pixels: int, jpeg_only: bool) -> Image.Image:
     img = _open(data)
     if jpeg_only and img.format != "JPEG":
         raise ImageRejected("not-jpeg", f"image is {img.format}, shards hold JPEG bytes unchanged")
     _check_pixels(img, max_pixels)
-    return _shown_size(img)
+    return img
+
+
+def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_only: bool = False) -> tuple[int, int]:
+    """(width, height) as shown (EXIF orientation applied) of an image within the pixel limit, from its header
+    alone; ImageRejected says why not. Cheap: nothing is decoded."""
+    return _shown_size(_checked(data, max_pixels, jpeg_only))
 
 
 def check_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) as shown of a fully decodable JPEG within the pixel limit, or ImageRejected saying why not."""
-    size = check_image(data, max_pixels, jpeg_only=True)
-    img = _open(data)
+    img = _checked(data, max_pixels, jpeg_only=True)
+    size = _shown_size(img)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -87,8 +91,7 @@ def check_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, 
 
 def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """A decoded RGB image as shown (EXIF orientation applied), for pages and grids; ImageRejected if it cannot be."""
-    img = _open(data)
-    _check_pixels(img, max_pixels)
+    img = _checked(data, max_pixels, jpeg_only=False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
