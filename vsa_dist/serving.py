@@ -245,6 +245,11 @@ def dev_data_id(dev: dict[str, Any]) -> str:
     return sha256_json({"images": [image for image, _ in pairs], "sentences": [references for _, references in pairs]})
 
 
+def score_tag(score: float) -> str:
+    """A dev score as a model version's tag holds it."""
+    return f"{score:.6f}"
+
+
 def move_alias_if_better(client, name: str, alias: str, version: str, dev_score: float, dev_data: str,
                          metric: str = "dev_cider") -> bool:
     """Point ``alias`` at ``version`` when nobody holds it or the holder scored lower on ``metric`` (a version
@@ -259,7 +264,9 @@ def move_alias_if_better(client, name: str, alias: str, version: str, dev_score:
               f"leaving it (set it by hand: MlflowClient().set_registered_model_alias)", flush=True)
         moved = False
     else:
-        moved = holder is None or float(holder.tags.get(metric, "-inf")) < dev_score
+        # compared as the tags store them (6 decimals): a holder re-registered with its own score is a tie, not
+        # beaten by the digits its tag rounded away
+        moved = holder is None or float(holder.tags.get(metric, "-inf")) < float(score_tag(dev_score))
         if moved:
             client.set_registered_model_alias(name, alias, version)
     print(f"registry: {name} version {version} ({metric} {dev_score:.3f})"
@@ -274,7 +281,7 @@ def tag_and_promote(
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    client.set_model_version_tag(name, version, metric, f"{dev_score:.6f}")
+    client.set_model_version_tag(name, version, metric, score_tag(dev_score))
     client.set_model_version_tag(name, version, "dev_data", dev_data)
     done = {"name": name, "version": version, metric: dev_score, "alias": None}
     if alias and move_alias_if_better(client, name, alias, version, dev_score, dev_data, metric):

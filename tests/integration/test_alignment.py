@@ -52,13 +52,17 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
     run_id = first["run_id"]
     assert first["registered"]["name"] == "vsa-align"
 
-    # Learned: on the images it trained on, retrieval is far above chance (R@5 of 100 images by chance: 5 %).
+    # Learned: on the images it trained on, the best-on-dev model retrieves far above chance (R@5 of 100 images by
+    # chance: 5 %), and the loss fell. Its level moves with Ray Data's stream order, which no seed fixes (search R@5
+    # of 22 to 40 % seen here), so the bar is three times chance, not a level one run happened to reach.
     model, state = load_model(out / "best.pt")
     train = load_split(mini_features, "train", word_index(state["vocab"]), 32)
     metrics = evaluate_alignment(model, torch.from_numpy(train["features"]), torch.from_numpy(train["tokens"]).long())
-    assert metrics["search"]["r5"] > 25 and metrics["annotation"]["r5"] > 25, metrics
+    assert metrics["search"]["r5"] > 15 and metrics["annotation"]["r5"] > 15, metrics
 
     client = MlflowClient(mlflow_server)
+    losses = [m.value for m in sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)]
+    assert losses[-1] < 0.8 * losses[0], losses
     history = [m.step for m in client.get_metric_history(run_id, "train_loss")]
     assert sorted(history) == [1, 2, 3, 4, 5, 6]
     assert len(client.get_metric_history(run_id, "dev_search_r5")) == 6

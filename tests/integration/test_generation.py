@@ -193,14 +193,16 @@ def test_champion_moves_only_to_a_better_model_on_the_same_dev_data(mlflow_serve
     assert same != other
     run = client.create_run(client.create_experiment("test-alias-rules"))
     moves = []
-    for cider, data in ((0.30, same), (0.20, same), (0.40, same), (0.90, other)):
+    # 0.4000000000000001: the holder's own score come back with float noise (a resumed run whose best epoch did
+    # not change) is a tie at the tags' 6 decimals, not a better model
+    for cider, data in ((0.30, same), (0.20, same), (0.40, same), (0.4000000000000001, same), (0.90, other)):
         version = client.create_model_version(
             name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
         ).version
         client.set_model_version_tag(name, version, "dev_cider", str(cider))
         client.set_model_version_tag(name, version, "dev_data", data)
         moves.append(move_alias_if_better(client, name, "champion", version, cider, data))
-    assert moves == [True, False, True, False]
+    assert moves == [True, False, True, False, False]
     assert client.get_model_version_by_alias(name, "champion").version == "3"
     assert "was chosen on other dev data" in capsys.readouterr().out
 
