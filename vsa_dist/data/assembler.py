@@ -20,6 +20,7 @@ import webdataset as wds
 from vsa_dist import storage
 from vsa_dist.data.shards import REJECTS
 from vsa_dist.io import (
+    STATE_DIR,
     atomic_write_bytes,
     atomic_write_json,
     completed_record,
@@ -152,7 +153,7 @@ def check_sources(plans: list[ShardPlan], remake: str) -> None:
 
 def resume(out_dir: Path, plans: list[ShardPlan]) -> tuple[Path, dict[str, dict[str, Any]], list[ShardPlan]]:
     """A rerun's starting point: (state folder, records of shards already complete, plans still to do)."""
-    state_dir = out_dir / "_state"
+    state_dir = out_dir / STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out_dir, state_dir)
     remove_stale_shards(out_dir, state_dir, {p.name for p in plans})

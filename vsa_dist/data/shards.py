@@ -32,6 +32,7 @@ from vsa_dist.data.images import ImageRejected, check_jpeg
 from vsa_dist.data.sources import Catalog, ImageEntry
 from vsa_dist.data.text import VOCAB_MIN_COUNT, build_vocab
 from vsa_dist.io import (
+    STATE_DIR,
     atomic_write_bytes,
     atomic_write_json,
     completed_record,
@@ -123,7 +124,7 @@ def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, 
     """Write (or resume writing) all shards and the manifest; return the manifest."""
     start = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
-    state_dir = out_dir / "_state"
+    state_dir = out_dir / STATE_DIR
     state_dir.mkdir(exist_ok=True)
     remove_leftovers(out_dir, state_dir)
 
