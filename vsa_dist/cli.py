@@ -19,6 +19,7 @@ COMMANDS: dict[str, object] = {
     },
     "caption": "vsa_dist.stages.caption:main",
     "report": "vsa_dist.stages.report:main",
+    "tune": "vsa_dist.stages.tune:main",
     "pipeline": "vsa_dist.stages.pipeline:main",
 }
 

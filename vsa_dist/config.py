@@ -1,7 +1,9 @@
 """One typed config dataclass per job: defaults from a YAML preset, then a user YAML, then CLI flags.
 
 Every field of the dataclass becomes a ``--field-name`` flag. Unknown keys in a YAML file are an error
-(a typo must not silently fall back to a default), and ``validate()`` runs before any work starts.
+(a typo must not silently fall back to a default). ``validate()`` checks the values alone (no I/O: a tuner checks
+each point of its search space with it) and may fill derived defaults; then the config is frozen, and
+``check_inputs()`` looks at the files it names before any work starts.
 """
 
 from __future__ import annotations
@@ -22,6 +24,31 @@ from vsa_dist.errors import ConfigError  # noqa: F401  (raised here, caught by r
 C = TypeVar("C")
 
 
+class Config:
+    """Base of every job's config dataclass: frozen once resolved (what a run logs is what it ran with; a change is a
+    new config, ``dataclasses.replace``). ``validate`` (values alone, no I/O) and ``check_inputs`` (the files it
+    names) are the stage's own."""
+
+    _frozen = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._frozen:
+            raise dataclasses.FrozenInstanceError(f"{type(self).__name__}.{name}: the config is frozen once "
+                                                  "resolved; use dataclasses.replace")
+        super().__setattr__(name, value)
+
+    def validate(self) -> None:
+        """Checks of the values alone (no I/O); may fill defaults derived from other fields."""
+
+    def check_inputs(self) -> None:
+        """Checks of the files and services the config names, before any work starts."""
+
+
+def freeze(cfg: C) -> C:
+    object.__setattr__(cfg, "_frozen", True)
+    return cfg
+
+
 def option(default: Any, help: str = "", *, range: str | None = None, positional: bool = False) -> Any:
     """A config field: its default, its ``--help`` text, and optionally its ``range`` in interval notation ('[1, inf)',
     '(0, 1]': checked before any work) or that it is the command's positional argument. A list default is copied for
@@ -38,6 +65,10 @@ def option(default: Any, help: str = "", *, range: str | None = None, positional
 
 
 def _preset_text(name: str) -> str | None:
+    """A preset by name (vsa_dist/presets/NAME.yaml), or a preset file by path (what ``vsa tune`` writes)."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        return path.read_text(encoding="utf-8-sig") if path.is_file() else None
     preset = resources.files("vsa_dist.presets").joinpath(f"{name}.yaml")
     return preset.read_text() if preset.is_file() else None
 
@@ -46,7 +77,7 @@ def preset_exists(name: str) -> bool:
     return _preset_text(name) is not None
 
 
-def _read_yaml(text: str, where: str) -> dict[str, Any]:
+def read_yaml(text: str, where: str) -> dict[str, Any]:
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
@@ -114,10 +145,13 @@ def _interval(text: str) -> tuple[float, float, bool, bool]:
 def check_ranges(cfg: Any) -> None:
     """Every numeric field whose metadata gives a ``range`` (interval notation, e.g. '(0, inf)' or '[0, 1)') holds a
     value inside it: a negative learning rate must stop the stage in a second, not inside Ray a minute later."""
+    hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         if "range" not in f.metadata:
             continue
         value = getattr(cfg, f.name)
+        if value is None and _scalar_type(hints[f.name]) is not hints[f.name]:
+            continue  # an optional field (``float | None``) left unset
         low, high, low_closed, high_closed = _interval(f.metadata["range"])
         inside = isinstance(value, (int, float)) and not isinstance(value, bool) and (
             (value >= low if low_closed else value > low) and (value <= high if high_closed else value < high))
@@ -139,7 +173,8 @@ def build_parser(cls: type, prog: str, shown: dict[str, Any] | None = None,
     parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip())
     parser.add_argument("--config", help="YAML file of config keys, applied over the preset")
     parser.add_argument(
-        "--preset", help=f"a preset of vsa_dist/presets/ applied over the defaults ({', '.join(presets())})"
+        "--preset", help=f"a preset of vsa_dist/presets/ ({', '.join(presets())}) or a preset .yaml file (vsa tune "
+                         "writes one), applied over the defaults"
     )
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit (inputs are not checked)"
@@ -175,8 +210,9 @@ def layered(cls: type, preset: str | None, values: dict[str, Any], source: str =
     if preset is not None:
         text = _preset_text(preset)
         if text is None:
-            raise ConfigError(f"preset {preset!r}: no such preset in vsa_dist/presets/ (there are {presets()})")
-        layers.append((f"preset {preset}.yaml", _read_yaml(text, f"preset {preset}.yaml")))
+            raise ConfigError(f"preset {preset!r}: no such preset in vsa_dist/presets/ (there are {presets()}) and no "
+                              "such .yaml file")
+        layers.append((f"preset {preset}.yaml", read_yaml(text, f"preset {preset}.yaml")))
     layers.append((source, values))
     for where, layer in layers:
         unknown = sorted(set(layer) - set(hints))
@@ -190,7 +226,7 @@ def layered(cls: type, preset: str | None, values: dict[str, Any], source: str =
 def resolve(cls: type[C], preset: str | None, values: dict[str, Any], source: str = "config",
             validate: bool = True) -> C:
     """Build ``cls`` from its defaults, the preset, then ``values``; ranges checked, then (with ``validate``) the
-    stage's own ``validate()``."""
+    stage's own ``validate()`` (no I/O); frozen."""
     merged = layered(cls, preset, values, source)
     try:
         cfg = cls(**merged)
@@ -199,6 +235,13 @@ def resolve(cls: type[C], preset: str | None, values: dict[str, Any], source: st
     check_ranges(cfg)
     if validate and hasattr(cfg, "validate"):
         cfg.validate()
+    return freeze(cfg)
+
+
+def ready(cls: type[C], preset: str | None, values: dict[str, Any]) -> C:
+    """``resolve`` then ``check_inputs``: a config built in code (the pipeline's stages) checked as ``main`` does."""
+    cfg = resolve(cls, preset, values)
+    cfg.check_inputs()
     return cfg
 
 
@@ -210,7 +253,7 @@ def _read_config_file(config_file: str) -> dict[str, Any]:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 (byte offset {err.start})") from err
-    return _read_yaml(text, str(path))
+    return read_yaml(text, str(path))
 
 
 def parse_args(cls: type[C], argv: list[str] | None, prog: str, preset: str | None = None) -> C:
@@ -259,6 +302,8 @@ def run_stage(cls: type[C], run, argv: list[str] | None, prog: str, preset: str 
 
     cfg = parse_args(cls, argv, prog=prog, preset=preset)
     try:
+        if hasattr(cfg, "check_inputs"):
+            cfg.check_inputs()
         return run(cfg)
     except (ConfigError, *input_errors) as err:
         end_interrupted_run(err)

@@ -50,6 +50,10 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     evaluated = vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--features", str(mini_features)])
     assert evaluated["beam"] == second["beam"] and evaluated["images"] == 50
     assert {k: evaluated[k] for k in second["test"]} == pytest.approx(second["test"], abs=1e-9)
+    # --length-penalty ranks the finished beams by log P / length**p: a larger p never picks shorter captions
+    ranked = [vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--features", str(mini_features),
+                   "--split", "dev", "--beam", "2", "--length-penalty", p]) for p in ("0", "3")]
+    assert [r["length_penalty"] for r in ranked] == [0.0, 3.0] and ranked[1]["mean_words"] >= ranked[0]["mean_words"]
     # An ensemble of the model with itself is the model: the same distributions, the same captions.
     doubled = vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--ensemble", str(out / "best.pt"),
                    "--features", str(mini_features)])

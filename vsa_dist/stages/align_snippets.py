@@ -41,7 +41,7 @@ PASS_THROUGH = ("feat.npy", "boxes.npy")
 
 
 @dataclass
-class SnippetsConfig:
+class SnippetsConfig(cfglib.Config):
     """Align sentence snippets to image regions with a trained alignment model."""
 
     checkpoint: str = option("", "alignment model (vsa train-align: OUT/best.pt)")
@@ -55,14 +55,16 @@ class SnippetsConfig:
     progress: bool = option(True, "Ray Data progress bars")
 
     def validate(self) -> None:
+        if not self.out:
+            raise cfglib.ConfigError("out: an output folder is required")
+
+    def check_inputs(self) -> None:
         if not self.checkpoint or not storage.exists(self.checkpoint):
             raise cfglib.ConfigError(
                 f"checkpoint {self.checkpoint!r}: no such file (vsa train-align writes OUT/best.pt)"
             )
         if not self.features or not storage.exists(storage.join(self.features, MANIFEST)):
             raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
-        if not self.out:
-            raise cfglib.ConfigError("out: an output folder is required")
         known = set(load_features_manifest(self.features)["splits"])
         if unknown := sorted(set(self.splits) - known):
             raise cfglib.ConfigError(f"splits {unknown} are not in {self.features} (it has {sorted(known)})")

@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass
-class CaptionConfig:
+class CaptionConfig(cfglib.Config):
     """Caption images (files or folders) with a model from the MLflow registry."""
 
     images: list[str] = option([], "image files or folders", positional=True)
@@ -39,6 +39,8 @@ class CaptionConfig:
     def validate(self) -> None:
         if not self.images:
             raise cfglib.ConfigError("name at least one image file or folder")
+
+    def check_inputs(self) -> None:
         for item in self.images:
             if not Path(item).exists():
                 raise cfglib.ConfigError(f"{item}: no such file or folder")

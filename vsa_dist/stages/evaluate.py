@@ -3,6 +3,7 @@
     vsa eval retrieval --checkpoint runs/flickr8k/align/best.pt --features runs/flickr8k/features
     vsa eval retrieval --checkpoint A/best.pt --ensemble B/best.pt --features F   # summed, each at its own scale
     vsa eval captions --checkpoint runs/flickr8k/mrnn/best.pt --features runs/flickr8k/features --beam 3
+    vsa eval captions --checkpoint C --features F --split dev --beam 5 --length-penalty 0.5   # a decoding, on dev
     vsa eval captions --checkpoint A/best.pt --ensemble B/best.pt,C/best.pt --features F --beam 3   # decoded as one
     vsa eval snippets --checkpoint runs/flickr8k/align/best.pt --features runs/flickr8k/features --beta 1
 
@@ -29,20 +30,22 @@ from vsa_dist.features.format import check_model_matches, check_same_settings, l
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(cfglib.Config):
     """Evaluate a checkpoint (best.pt of a training run) on a split of a feature folder."""
 
     checkpoint: str = option("", "best.pt (or an epoch checkpoint) of a training run")
     features: str = option("", "feature folder made with the settings the model was trained on")
     split: str = option("test", "split to score (model selection happens on dev, never test)")
     beam: int = option(0, "captions: beam size; 0: the size chosen on dev in training (or 1)", range="[0, inf)")
+    length_penalty: float | None = option(None, "captions: beam ranking by log P / length**this; unset: the model's "
+                                                "training setting (choose on dev, never on test)", range="[0, inf)")
     beta: float = option(0.1, "snippets: the MRF's beta (vsa align-snippets)", range="[0, inf)")
     ensemble: list[str] = option([], "captions, retrieval: more checkpoints of the same kind (same "
                                                "vocabulary, same feature settings) scored together with --checkpoint "
                                                "as one model")
     out: str = option("", "also write the metrics to this JSON file")
 
-    def validate(self) -> None:
+    def check_inputs(self) -> None:
         if not self.checkpoint or not storage.exists(self.checkpoint):
             raise cfglib.ConfigError(f"checkpoint {self.checkpoint!r}: no such file")
         for path in self.ensemble:
@@ -109,10 +112,13 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
         from vsa_dist.models.mrnn import MRNNEnsemble
 
         model = MRNNEnsemble([model, *(member for member, _ in members)])
+    penalty = cfg.length_penalty if cfg.length_penalty is not None else state["config"].get("length_penalty", 0.0)
     captions = generate(model, torch.from_numpy(split["features"]).float(), state["vocab"], beam,
-                        state["config"]["max_len"], state["config"].get("length_penalty", 0.0))
+                        state["config"]["max_len"], penalty)
     metrics = score_captions(split, captions)
-    return _finish(cfg, {"split": cfg.split, "images": len(captions), "beam": beam, **_ensemble_record(cfg), **metrics})
+    return _finish(cfg, {"split": cfg.split, "images": len(captions), "beam": beam, "length_penalty": penalty,
+                         "mean_words": sum(len(c.split()) for c in captions) / len(captions),
+                         "distinct_captions": len(set(captions)), **_ensemble_record(cfg), **metrics})
 
 
 def run_snippets(cfg: EvalConfig) -> dict[str, Any]:

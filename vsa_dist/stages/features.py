@@ -39,7 +39,7 @@ from vsa_dist.ray_env import check_placeable, ensure_ray
 
 
 @dataclass
-class FeaturesConfig:
+class FeaturesConfig(cfglib.Config):
     """Extract whole-image + region CNN features from image shards."""
 
     shards: str = option("", "image-shard folder (vsa shards build --out)")
@@ -67,8 +67,6 @@ class FeaturesConfig:
     progress: bool = option(True, "Ray Data progress bars")
 
     def validate(self) -> None:
-        if not self.shards or not storage.exists(storage.join(self.shards, MANIFEST)):
-            raise cfglib.ConfigError(f"shards {self.shards!r}: no {MANIFEST} there (build it with vsa shards build)")
         if not self.out:
             raise cfglib.ConfigError("out: an output folder is required")
         if storage.same_place(self.out, self.shards):
@@ -81,6 +79,10 @@ class FeaturesConfig:
         ):
             if value not in allowed:
                 raise cfglib.ConfigError(f"{key} {value!r} is not one of {allowed}")
+
+    def check_inputs(self) -> None:
+        if not self.shards or not storage.exists(storage.join(self.shards, MANIFEST)):
+            raise cfglib.ConfigError(f"shards {self.shards!r}: no {MANIFEST} there (build it with vsa shards build)")
         known = set(load_manifest(self.shards)["splits"])
         if unknown := sorted(set(self.splits) - known):
             raise cfglib.ConfigError(f"splits {unknown} are not in {self.shards} (it has {sorted(known)})")

@@ -22,7 +22,7 @@ from vsa_dist.stages import train_mrnn as mrnn_stage
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(cfglib.Config):
     """Run the whole pipeline locally on one machine."""
 
     data: str = option("", "dataset folder; default $VSA_DATA_ROOT/flickr8k-mini (../shared/data)")
@@ -45,6 +45,8 @@ class PipelineConfig:
         for key, preset in (("align_preset", self.align_preset), ("mrnn_preset", self.mrnn_preset)):
             if not cfglib.preset_exists(preset):
                 raise cfglib.ConfigError(f"{key} {preset!r}: no such preset in vsa_dist/presets/")
+
+    def check_inputs(self) -> None:
         if not storage.exists(self.data):
             raise cfglib.ConfigError(f"data {self.data!r}: no such dataset folder (set --data or VSA_DATA_ROOT)")
 
@@ -56,18 +58,18 @@ def run(cfg: PipelineConfig) -> dict:
     shards, features = storage.join(cfg.run_dir, "shards"), storage.join(cfg.run_dir, "features")
     results: dict = {}
     start = time.time()
-    results["shards"] = shards_stage.run(cfglib.resolve(shards_stage.ShardsConfig, None, {
+    results["shards"] = shards_stage.run(cfglib.ready(shards_stage.ShardsConfig, None, {
         "format": cfg.format, "root": cfg.data, "out": shards, "progress": cfg.progress}))
-    results["features"] = features_stage.run(cfglib.resolve(features_stage.FeaturesConfig, None, {
+    results["features"] = features_stage.run(cfglib.ready(features_stage.FeaturesConfig, None, {
         "shards": shards, "out": features, "regions": cfg.regions,
         "progress": cfg.progress}))
-    results["align"] = align_stage.run(cfglib.resolve(align_stage.AlignConfig, cfg.align_preset, {
+    results["align"] = align_stage.run(cfglib.ready(align_stage.AlignConfig, cfg.align_preset, {
         "features": features, "out": storage.join(cfg.run_dir, "align"), "epochs": cfg.align_epochs,
         "batch_size": cfg.align_batch_size, "progress": cfg.progress}))
-    results["mrnn"] = mrnn_stage.run(cfglib.resolve(mrnn_stage.MRNNConfig, cfg.mrnn_preset, {
+    results["mrnn"] = mrnn_stage.run(cfglib.ready(mrnn_stage.MRNNConfig, cfg.mrnn_preset, {
         "features": features, "out": storage.join(cfg.run_dir, "mrnn"), "epochs": cfg.mrnn_epochs,
         "batch_size": cfg.mrnn_batch_size, "progress": cfg.progress}))
-    results["report"] = report_stage.run(cfglib.resolve(report_stage.ReportConfig, None, {
+    results["report"] = report_stage.run(cfglib.ready(report_stage.ReportConfig, None, {
         "run": [cfg.run_dir], "features": features}))
     retrieval, captions = results["align"].get("test", {}), results["mrnn"].get("test", {})
     print(

@@ -40,7 +40,7 @@ def colour(region: int) -> str:
 
 
 @dataclass
-class ReportConfig:
+class ReportConfig(cfglib.Config):
     """Render a run's alignments, snippets, captions, retrieval examples and curves as one HTML page."""
 
     run: list[str] = option([], "run folder (vsa pipeline --run-dir)", positional=True)
@@ -64,6 +64,8 @@ class ReportConfig:
         self.captioner = self.captioner or storage.join(root, "mrnn", "best.pt")
         self.region_captioner = self.region_captioner or self.captioner
         self.out = self.out or storage.join(root, "report.html")
+
+    def check_inputs(self) -> None:
         for key in ("align", "captioner", "region_captioner"):
             if not storage.exists(getattr(self, key)):
                 raise cfglib.ConfigError(f"{key} {getattr(self, key)!r}: no such checkpoint")

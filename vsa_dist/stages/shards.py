@@ -20,7 +20,7 @@ FORMATS = ("flickr8k", "flickr30k", "karpathy", "coco")
 
 
 @dataclass
-class ShardsConfig:
+class ShardsConfig(cfglib.Config):
     """Build WebDataset shards from a caption dataset."""
 
     format: str = option("flickr8k", f"input format: one of {FORMATS}")
@@ -40,10 +40,12 @@ class ShardsConfig:
     def validate(self) -> None:
         if self.format not in FORMATS:
             raise cfglib.ConfigError(f"format {self.format!r} is not one of {FORMATS}")
-        if not self.root or not storage.exists(self.root):
-            raise cfglib.ConfigError(f"root {self.root!r}: no such dataset folder")
         if not self.out:
             raise cfglib.ConfigError("out: an output folder is required")
+
+    def check_inputs(self) -> None:
+        if not self.root or not storage.exists(self.root):
+            raise cfglib.ConfigError(f"root {self.root!r}: no such dataset folder")
 
 
 def run(cfg: ShardsConfig) -> dict:

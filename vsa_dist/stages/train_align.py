@@ -63,9 +63,9 @@ def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> Alignment
 class AlignTask:
     """The alignment model's part of the shared epoch loop (``training.run_epochs``)."""
 
-    def __init__(self, loop_config: dict[str, Any]):
-        self.cfg = AlignConfig(**loop_config["cfg"])
-        self.vocab, self.feature_dim = loop_config["vocab"], loop_config["feature_dim"]
+    def __init__(self, spec: training.RunSpec):
+        self.spec, self.cfg = spec, spec.cfg
+        self.vocab, self.feature_dim = spec.vocab, spec.feature_dim
 
     def build_model(self) -> AlignmentModel:
         return AlignmentModel(model_args(self.cfg, len(self.vocab) + 2, self.feature_dim))
@@ -102,9 +102,12 @@ class AlignTask:
                                               f"(R@1 {dev['annotation']['r1']:.1f}/{dev['search']['r1']:.1f})")
 
 
+CONFIG, TASK = AlignConfig, AlignTask  # what vsa tune drives
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    training.run_epochs(loop_config, AlignTask(loop_config))
+    training.run_epochs(AlignTask(loop_config["spec"]))
 
 
 def run(cfg: AlignConfig) -> dict[str, Any]:

@@ -84,6 +84,9 @@ class MRNNConfig(training.TrainConfig):
                                      "not references for a whole caption)")
         if not self.beam_choices or min(self.beam_choices) < 1:
             raise cfglib.ConfigError("beam_choices must be a list of sizes >= 1")
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
         if self.snippets:
             from vsa_dist.data.shards import load_manifest
 
@@ -129,9 +132,9 @@ class MRNNTask:
     """The generator's part of the shared epoch loop (``training.run_epochs``): teacher forcing (xe) or
     self-critical sampling (scst)."""
 
-    def __init__(self, loop_config: dict[str, Any]):
-        self.cfg = MRNNConfig(**loop_config["cfg"])
-        self.vocab, self.feature_dim = loop_config["vocab"], loop_config["feature_dim"]
+    def __init__(self, spec: training.RunSpec):
+        self.spec, self.cfg = spec, spec.cfg
+        self.vocab, self.feature_dim = spec.vocab, spec.feature_dim
 
     def build_model(self) -> MRNN:
         return MRNN(model_args(self.cfg, len(self.vocab), self.feature_dim))
@@ -187,9 +190,12 @@ class MRNNTask:
                                                f"{metrics['dev_cider']:.3f} (greedy), e.g. {greedy[0]!r}")
 
 
+CONFIG, TASK = MRNNConfig, MRNNTask  # what vsa tune drives
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    training.run_epochs(loop_config, MRNNTask(loop_config))
+    training.run_epochs(MRNNTask(loop_config["spec"]))
 
 
 def choose_beam(cfg: MRNNConfig, model: MRNN, dev: dict[str, Any], vocab: list[str]) -> tuple[int, dict[int, float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from vsa_dist.config import option
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(cfglib.Config):
     """What every Ray Train stage's config has; a stage's own dataclass adds its model and may change defaults."""
 
     features: str = option("", "feature folder (vsa features --out)")
@@ -42,14 +43,20 @@ class TrainConfig:
     progress: bool = option(True, "progress output")
 
     def validate_training(self, default_out: str, min_batch: int) -> None:
-        check_features(self.features, need_test=self.test)
+        """The shared value checks (no I/O); ``out`` defaults beside the features, and a local features path is
+        made absolute (the workers of a cluster do not share the driver's working folder)."""
+        if self.features and not storage.is_remote(self.features):
+            self.features = os.path.abspath(self.features)
         if not self.out:
-            self.out = str(Path(self.features).parent / default_out)
+            self.out = str(Path(self.features).parent / default_out) if self.features else ""
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("read_ahead", self.read_ahead, ("auto", "true", "false"))
         if self.batch_size < min_batch * self.workers:
             raise cfglib.ConfigError(f"need at least {min_batch} pairs per worker in a batch")
+
+    def check_inputs(self) -> None:
+        check_features(self.features, need_test=self.test)
 
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")

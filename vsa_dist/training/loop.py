@@ -1,28 +1,31 @@
-"""The one epoch loop both training stages run on every Ray Train worker, read top to bottom.
+"""The one epoch loop both training stages run, on every Ray Train worker or alone in a tuning trial, read top to
+bottom.
 
 A stage gives it a ``Task``: its model, its dev split, its step and its evaluation. The loop does the rest the same
-way for both: resume from Ray Train's last checkpoint, wrap the model for DDP, stream each epoch's batches (with
+way for both: resume from the session's last checkpoint, wrap the model for DDP, stream each epoch's batches (with
 read-ahead), clip and step, time the data wait, and on rank 0 (the one rank that evaluates, logs and writes
-checkpoints) score dev, keep the best model, log to MLflow and report the checkpoint.
+checkpoints) score dev, keep the best model, log to MLflow and report the epoch.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any, Protocol
 
 import torch
 
 from vsa_dist.training.optim import epoch_lr, make_optimizer, set_lr
-from vsa_dist.training.run import all_cores, say, worker_setup
-from vsa_dist.training.state import end_epoch, report, restore
+from vsa_dist.training.run import all_cores, say
+from vsa_dist.training.session import InProcessSession, RayTrainSession, RunSpec
+from vsa_dist.training.state import end_epoch, restore
 from vsa_dist.training.streams import DataClock, epoch_streams
 
 
 class Task(Protocol):
     """What a training stage gives the epoch loop."""
 
-    cfg: Any  # the stage's config (a TrainConfig)
+    spec: RunSpec  # spec.cfg: the stage's config (a TrainConfig)
 
     def build_model(self) -> torch.nn.Module:
         """The untrained model."""
@@ -48,26 +51,30 @@ class Task(Protocol):
         """Rank 0 after the epoch: (the score the best model is chosen by, the dev metrics, how they read)."""
 
 
-def run_epochs(loop_config: dict[str, Any], task: Task) -> None:
-    """Runs on every Ray Train worker: restore → epochs of steps → report (rank 0: evaluate, log, checkpoint)."""
-    import ray.train
-    import ray.train.torch
+def run_epochs(task: Task, session: RayTrainSession | InProcessSession | None = None) -> None:
+    """Runs on every Ray Train worker (or in one process: ``InProcessSession``): restore → epochs of steps →
+    report (rank 0: evaluate, log, checkpoint)."""
     from mlflow.tracking import MlflowClient
 
-    cfg = task.cfg
-    rank, world, device = worker_setup(cfg)
+    spec, cfg = task.spec, task.spec.cfg
+    session = session or RayTrainSession()
+    rank, world, device = session.rank, session.world, session.device
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed * 1000 + rank)
     model = task.build_model()
     optimizer = make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)
-    start_epoch, best = restore(model, optimizer)
+    with session.last_checkpoint() as checkpoint:
+        start_epoch, best, minutes_before = restore(checkpoint, model, optimizer)
     if start_epoch == 1:
         task.initialise(model)
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     plain = model.module if hasattr(model, "module") else model
     rows = task.rows_per_worker(world)
     # with read-ahead, the first epoch's shards are read while the task prepares (rank 0 loads dev)
-    streams = epoch_streams(ray.train.get_dataset_shard("train"), cfg, rows, device, start=start_epoch <= cfg.epochs)
+    streams = epoch_streams(session.train_shard(), cfg, rows, device, start=start_epoch <= cfg.epochs)
     task.prepare(rank, world)
-    logger = MlflowClient(loop_config["tracking_uri"]) if rank == 0 else None
+    logger = MlflowClient(spec.tracking_uri) if rank == 0 else None
+    started = time.time()  # learning efficiency: dev scores against the wall-clock minutes of training and scoring
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
@@ -88,13 +95,15 @@ def run_epochs(loop_config: dict[str, Any], task: Task) -> None:
             streams.start_next()  # with read-ahead, its first shards are read while rank 0 scores dev
         seconds = timing.pop("seconds")
         train_metrics, train_line = task.train_metrics(sums, steps, seconds, world)
-        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps, **train_metrics, **timing}
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps, "epoch_seconds": seconds,
+                                   **train_metrics, **timing}
         state = None
         if rank == 0:
-            with all_cores(cfg.threads):
+            with all_cores(cfg.threads, alone=session.evaluates_alone):
                 score, dev_metrics, dev_line = task.evaluate(plain)
-            metrics.update(dev_metrics)
-            best, state = end_epoch(loop_config, logger, metrics, score, best, plain, optimizer)
+            # dev_score: what the best epoch (and a tuner) goes by; minutes: since the run began, resumes included
+            metrics.update(dev_metrics, dev_score=score, minutes=minutes_before + (time.time() - started) / 60)
+            best, state = end_epoch(spec, logger, metrics, score, best, plain, optimizer)
             say(f"epoch {epoch}: {train_line}, {dev_line}, data wait {100 * metrics['data_wait_share']:.1f}% "
                 f"({metrics['first_batch_wait_s']:.1f} s of it for the first batch)")
-        report(metrics, state)
+        session.report(metrics, state)

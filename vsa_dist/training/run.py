@@ -18,30 +18,20 @@ import torch
 from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.io import atomic_write_json
+from vsa_dist.training.session import RunSpec
 from vsa_dist.training.state import save_best
 from vsa_dist.training.streams import train_dataset
 
 
 @contextmanager
-def all_cores(threads: int) -> Iterator[None]:
-    """Rank 0 evaluates while the other ranks wait at the report barrier: it may use every core meanwhile."""
-    torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))
+def all_cores(threads: int, alone: bool = False) -> Iterator[None]:
+    """Rank 0 evaluates while the other ranks wait at the report barrier: it may use every core meanwhile (not
+    ``alone``: a process that may share the machine with other trials keeps to its ``threads``)."""
+    torch.set_num_threads(threads if alone else max(threads, len(os.sched_getaffinity(0))))
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def worker_setup(cfg: Any) -> tuple[int, int, torch.device]:
-    """Inside a train loop: this worker's rank, the number of workers and its device; threads and seed set."""
-    import ray.train
-    import ray.train.torch
-
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed * 1000 + rank)
-    return rank, world, ray.train.torch.get_device()
 
 
 def say(message: str) -> None:
@@ -78,32 +68,31 @@ def start_run(cfg: Any, out: Path, settings: dict[str, Any], prefix: str) -> dic
     return record
 
 
-def fit(train_loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], cfg: Any, record: dict[str, Any],
-        datasets: dict[str, Any]):
+def fit(train_loop: Callable[[dict[str, Any]], None], spec: RunSpec, name: str, datasets: dict[str, Any],
+        callbacks: tuple[Any, ...] = ()):
     """Ray Train DDP over ``cfg.workers`` workers; the same run name and storage resume a stopped run.
 
     Ray Train keeps its checkpoints under OUT/ray itself, a URI included (every worker node writes there)."""
-    import mlflow
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from vsa_dist.ray_env import worker_request
 
+    cfg = spec.cfg
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={**loop_config, "cfg": cfglib.to_dict(cfg), "mlflow_run_id": record["mlflow_run_id"],
-                           "tracking_uri": mlflow.get_tracking_uri()},
+        train_loop_config={"spec": spec},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker=worker_request(cfg.use_gpu, cfg.threads)),
         run_config=ray.train.RunConfig(
-            name=record["name"], storage_path=ray_storage(cfg.out),
+            name=name, storage_path=ray_storage(cfg.out),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures), callbacks=list(callbacks)),
         datasets=datasets,
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"run {record['name']} reported no checkpoint")
+        raise RuntimeError(f"run {name} reported no checkpoint")
     return result
 
 
@@ -142,8 +131,6 @@ def train(
     # Ray Train writes OUT/ray itself; run.json and best.pt are written here, then published to OUT.
     out = storage.mirror(cfg.out, skip=("ray",)).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if not storage.is_remote(cfg.features):
-        cfg.features = str(Path(cfg.features).resolve())
     manifest = load_features_manifest(cfg.features)
     snippets = getattr(cfg, "snippets", "")
     settings = check_same_settings(
@@ -156,9 +143,9 @@ def train(
     record = start_run(cfg, out, settings, prefix=stage.removeprefix("train-"))
     print(f"{stage}: MLflow run {record['mlflow_run_id']} ({mlflow.get_tracking_uri()}), Ray Train run "
           f"{record['name']} in {cfg.out}", flush=True)
-    loop_config = {"vocab": vocab, "feature_dim": settings["feature_dim"], "feature_settings": settings}
+    spec = RunSpec(cfg, vocab, settings["feature_dim"], settings, record["mlflow_run_id"], mlflow.get_tracking_uri())
     dataset = train_dataset(cfg.features, vocab, cfg.max_words, whole_image_only, snippets, cfg.seed)
-    result = fit(train_loop, loop_config, cfg, record, {"train": dataset})
+    result = fit(train_loop, spec, record["name"], {"train": dataset})
     model, state, final = save_best(result, out, load_model)
     return Trained(model, state, final, manifest, record["mlflow_run_id"], dict(getattr(result, "metrics", None) or {}))
 
