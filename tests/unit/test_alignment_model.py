@@ -74,6 +74,69 @@ def test_score_is_the_papers_sum_of_best_region_dots(score_norm, l2_features):
         torch.testing.assert_close(model.paired_score(regions, words, mask), scores.diagonal(), rtol=1e-6, atol=1e-6)
 
 
+def gru_words(model: AlignmentModel, ids: list[int]) -> torch.Tensor:
+    """s_t for one unpadded sentence through the bidirectional GRU, each direction step by step."""
+    gru, x = model.gru, model.word_vectors.weight[ids]
+
+    def run(suffix: str, order: list[int]) -> dict[int, torch.Tensor]:
+        cell = torch.nn.GRUCell(x.shape[1], gru.hidden_size)
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).data = getattr(gru, f"{name}_l0{suffix}").data
+        state, states = torch.zeros(1, gru.hidden_size), {}
+        for t in order:
+            state = cell(x[t][None], state)
+            states[t] = state[0]
+        return states
+
+    forward, backward = run("", list(range(len(ids)))), run("_reverse", list(reversed(range(len(ids)))))
+    return torch.stack([model.word_out.weight @ (forward[t] + backward[t]) + model.word_out.bias
+                        for t in range(len(ids))])
+
+
+@pytest.mark.parametrize("word_rnn,cosine,global_weight", [("gru", False, 0.0), ("relu", True, 0.0),
+                                                           ("gru", True, 0.5), ("relu", False, 2.0)])
+def test_the_modern_scores_are_their_equations(word_rnn, cosine, global_weight):
+    """GRU words (each sentence read over its own words only), unit-length vectors, and the global term
+    cos(v_0, mean_t s_t) beside the region–word one, against brute force."""
+    model = tiny_model(word_rnn=word_rnn, cosine=cosine, global_weight=global_weight, local_weight=0.7,
+                       score_norm="mean")
+    features, tokens, lengths = batch()
+    with torch.no_grad():
+        regions = model.embed_regions(features)
+        words, mask = model.embed_words(tokens)
+        scores = model.score(regions, words, mask)
+        for l, n in enumerate(lengths):
+            s = (gru_words if word_rnn == "gru" else paper_words)(model, tokens[l, :n].tolist())
+            s = s / s.norm(dim=-1, keepdim=True) if cosine else s
+            torch.testing.assert_close(words[l, :n], s, rtol=1e-4, atol=1e-5)
+            assert (words[l, n:] == 0).all()
+            for k in range(len(features)):
+                f = features[k] / features[k].norm(dim=-1, keepdim=True)
+                v = f @ model.region_proj.weight.T + model.region_proj.bias
+                v = v / v.norm(dim=-1, keepdim=True) if cosine else v
+                local = sum(max(float(v[i] @ s[t]) for i in range(len(v))) for t in range(n)) / n
+                whole = float(torch.nn.functional.cosine_similarity(v[0], s.mean(dim=0), dim=0))
+                expected = 0.7 * local + global_weight * whole if global_weight else local
+                assert scores[k, l].item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
+        torch.testing.assert_close(model.paired_score(regions, words, mask), scores.diagonal(), rtol=1e-5, atol=1e-6)
+
+
+def test_hardest_negatives_start_after_their_warm_up():
+    from vsa_dist.stages.train_align import AlignConfig, AlignTask
+    from vsa_dist.training import RunSpec
+
+    cfg = AlignConfig(features="f", hardest_negative=True, hardest_warmup_epochs=2)
+    task, model = AlignTask(RunSpec(cfg, ["a"], 8, {}, "", "")), tiny_model(hardest_negative=True)
+    scores = torch.randn(5, 5, generator=torch.Generator().manual_seed(3)) * 2
+    by_epoch = []
+    for epoch in (1, 2, 3):
+        task.begin_epoch(model, epoch)
+        by_epoch.append(model.loss(scores).item())
+    assert by_epoch[0] == by_epoch[1] == pytest.approx(tiny_model().loss(scores).item())  # all negatives
+    assert by_epoch[2] == pytest.approx(tiny_model(hardest_negative=True).loss(scores).item())
+    assert by_epoch[2] < by_epoch[0]
+
+
 @pytest.mark.parametrize("hardest", [False, True])
 def test_loss_is_the_papers_bidirectional_hinge(hardest):
     model = tiny_model(hardest_negative=hardest)

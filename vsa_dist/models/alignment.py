@@ -12,7 +12,15 @@ Loss:      sum_k [ sum_l max(0, S_kl - S_kk + 1) + sum_l max(0, S_lk - S_kk + 1)
 Beyond the paper: ``score_norm="mean"`` averages over words instead of summing (long sentences no
 longer win by length; the ``train_align_modern`` preset), ``hardest_negative=True`` keeps only the
 hardest negative per row and column (VSE++, Faghri et al. 2018), and ``l2_features`` feeds the CNN
-features at unit length (on by default: docs/alignment.md says why).
+features at unit length (on by default: docs/alignment.md says why). For a model that learns fast
+(docs/alignment.md measures each): ``word_rnn="gru"`` reads the words with a bidirectional GRU
+(directions summed, as h^f + h^b, then W_d without the ReLU); ``cosine=True`` puts v_i and s_t at unit
+length (scores are cosines; use a margin near 0.2); ``global_weight`` adds a global term beside the
+region–word one,
+
+    S_kl = local_weight · (sum or mean)_t max_i v_iᵀ s_t  +  global_weight · cos(v_0, mean_t s_t),
+
+v_0 being the whole image's vector: the word–region affinities the snippet MRF reads stay v_iᵀ s_t.
 """
 
 from __future__ import annotations
@@ -38,6 +46,10 @@ class AlignmentArgs:
     margin: float = 1.0
     l2_features: bool = True  # unit-length CNN features in: initial scores start near the margin, not in the
     #                           hundreds, so the hinge does not drive every ReLU dead before anything is learned
+    word_rnn: str = "relu"     # "relu": the paper's BRNN; "gru": a bidirectional GRU
+    cosine: bool = False       # v_i and s_t at unit length
+    local_weight: float = 1.0  # the paper's region–word term
+    global_weight: float = 0.0  # the whole image against the sentence's mean word vector (cosine)
 
 
 def one_sentence_each(tokens: torch.Tensor) -> torch.Tensor:
@@ -64,6 +76,9 @@ class AlignmentModel(nn.Module):
         self.backward_rec = nn.Linear(h, h)                                     # W_b, b_b
         self.word_out = nn.Linear(h, h)                                         # W_d, b_d
         self.dropout = nn.Dropout(args.dropout)
+        # the loss's negatives: hardest only (VSE++) once a warm-up on all of them is over (set per epoch)
+        self.use_hardest = args.hardest_negative
+        self.gru = nn.GRU(args.word_dim, h, batch_first=True, bidirectional=True) if args.word_rnn == "gru" else None
         for rec in (self.forward_rec, self.backward_rec):
             # Near-identity recurrences: a ReLU RNN starts out neither exploding nor forgetting (Le et al. 2015).
             nn.init.eye_(rec.weight)
@@ -75,7 +90,8 @@ class AlignmentModel(nn.Module):
         features = features.float()
         if self.args.l2_features:
             features = F.normalize(features, dim=-1)
-        return self.region_proj(self.dropout(features))
+        regions = self.region_proj(self.dropout(features))
+        return F.normalize(regions, dim=-1) if self.args.cosine else regions
 
     def embed_words(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, T] token ids (PAD-padded on the right) → ([N, T, h] word vectors s_t, [N, T] mask)."""
@@ -85,7 +101,18 @@ class AlignmentModel(nn.Module):
         steps = longest(mask)
         if steps == 0:
             return mask.new_zeros(*tokens.shape, self.word_out.out_features), mask
-        e = F.relu(self.word_in(self.dropout(self.word_vectors(tokens[:, :steps]))))  # [N, steps, h]
+        if self.gru is not None:
+            s = self.gru_words(tokens[:, :steps], mask[:, :steps])
+        else:
+            s = self.brnn_words(tokens[:, :steps], mask[:, :steps])
+        if self.args.cosine:
+            s = F.normalize(s, dim=-1) * mask[:, :steps, None]
+        return F.pad(s, (0, 0, 0, tokens.shape[1] - steps)), mask
+
+    def brnn_words(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The paper's BRNN over [N, steps] tokens → [N, steps, h] s_t (zero past each sentence's end)."""
+        steps = tokens.shape[1]
+        e = F.relu(self.word_in(self.dropout(self.word_vectors(tokens))))  # [N, steps, h]
         h_f, h_b = [], [None] * steps
         state = e.new_zeros(e.shape[0], e.shape[2])
         for t in range(steps):
@@ -97,21 +124,46 @@ class AlignmentModel(nn.Module):
             state = F.relu(e[:, t] + self.backward_rec(state)) * mask[:, t, None]
             h_b[t] = state
         hidden = torch.stack(h_f, dim=1) + torch.stack(h_b, dim=1)
-        s = F.relu(self.word_out(self.dropout(hidden))) * mask[:, :steps, None]
-        return F.pad(s, (0, 0, 0, tokens.shape[1] - steps)), mask
+        return F.relu(self.word_out(self.dropout(hidden))) * mask[:, :, None]
+
+    def gru_words(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A bidirectional GRU over [N, steps] tokens → [N, steps, h]: W_d (h^f_t + h^b_t) + b_d, each direction
+        run over the sentence's own words only (packed), zero past its end."""
+        lengths = mask.sum(dim=1).clamp(min=1).long().cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.word_vectors(tokens)), lengths, batch_first=True,
+                                                   enforce_sorted=False)
+        out, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=tokens.shape[1])
+        forward, backward = out.chunk(2, dim=-1)
+        return self.word_out(self.dropout(forward + backward)) * mask[:, :, None]
 
     def score(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """S [K images, L sentences] = sum (or mean) over words of the best region's dot product."""
         steps = longest(mask)                                                   # padding columns score 0
         words, mask = words[:, :steps], mask[:, :steps]
         dots = torch.einsum("krh,lth->kltr", regions, words)                    # [K, L, T, 1+R]
-        return self.over_words(dots.amax(dim=-1), mask[None])
+        local = self.over_words(dots.amax(dim=-1), mask[None])
+        if not self.args.global_weight:
+            return local
+        image, sentence = self.global_vectors(regions, words, mask)
+        return self.args.local_weight * local + self.args.global_weight * image @ sentence.T
 
     def paired_score(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """S [B]: image b with sentence b only, the diagonal of ``score`` without the rest of its matrix."""
         steps = longest(mask)
         dots = torch.einsum("brh,bth->btr", regions, words[:, :steps])         # [B, T, 1+R]
-        return self.over_words(dots.amax(dim=-1), mask[:, :steps])
+        local = self.over_words(dots.amax(dim=-1), mask[:, :steps])
+        if not self.args.global_weight:
+            return local
+        image, sentence = self.global_vectors(regions, words[:, :steps], mask)
+        return self.args.local_weight * local + self.args.global_weight * (image * sentence).sum(dim=-1)
+
+    @staticmethod
+    def global_vectors(regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global term's unit vectors: the whole image's v_0 [K, h] and each sentence's mean s_t [L, h]."""
+        steps = words.shape[1]
+        sentence = (words * mask[:, :steps, None]).sum(dim=1) / mask[:, :steps].sum(dim=1, keepdim=True).clamp(min=1)
+        return F.normalize(regions[:, 0], dim=-1), F.normalize(sentence, dim=-1)
 
     def over_words(self, best: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Each word's best-region score [..., T] summed (or averaged) over the sentence's words."""
@@ -134,7 +186,7 @@ class AlignmentModel(nn.Module):
         off = ~torch.eye(len(scores), dtype=torch.bool, device=scores.device)
         by_sentence = (scores - diagonal[:, None] + margin).clamp(min=0) * off  # rank sentences for image k
         by_image = (scores - diagonal[None, :] + margin).clamp(min=0) * off     # rank images for sentence l
-        if self.args.hardest_negative:
+        if self.use_hardest:
             return by_sentence.amax(dim=1).sum() + by_image.amax(dim=0).sum()
         return by_sentence.sum() + by_image.sum()
 
@@ -154,7 +206,7 @@ class AlignmentModel(nn.Module):
         off_col[own + offset, own] = False
         by_sentence = (by_row - by_row[own, own + offset][:, None] + margin).clamp(min=0) * off_row
         by_image = (by_col - by_col[own + offset, own][None, :] + margin).clamp(min=0) * off_col
-        if self.args.hardest_negative:
+        if self.use_hardest:
             return by_sentence.amax(dim=1).sum() + by_image.amax(dim=0).sum()
         return by_sentence.sum() + by_image.sum()
 

@@ -47,17 +47,30 @@ class AlignConfig(training.TrainConfig):
     word_dim: int = option(300, "word vector size", range="[1, inf)")
     score_norm: str = option("sum", "sum over words (paper) or mean")
     hardest_negative: bool = option(False, "hinge on the hardest negative only (VSE++)")
+    hardest_warmup_epochs: int = option(0, "with hardest_negative: all negatives for this many epochs first (VSE++'s "
+                                           "warm-up; from scratch the hardest alone collapsed here)", range="[0, inf)")
+    margin: float = option(1.0, "the hinge's margin (paper: 1; about 0.2 with cosine scores)", range="(0, inf)")
+    word_rnn: str = option("relu", "relu (the paper's BRNN) or gru (a bidirectional GRU)")
+    cosine: bool = option(False, "region and word vectors at unit length: scores are cosines")
+    local_weight: float = option(1.0, "weight of the paper's region-word term in the score", range="[0, inf)")
+    global_weight: float = option(0.0, "weight of a global term, cos(whole image's v_0, mean word vector), beside it",
+                                  range="[0, inf)")
     gather_negatives: bool = option(True, "with N workers, rank against the whole batch's pairs (the paper's batch), "
                                           "not each worker's share")
 
     def validate(self) -> None:
         self.validate_training(default_out="align", min_batch=2)
         training.check_choice("score_norm", self.score_norm, ("sum", "mean"))
+        training.check_choice("word_rnn", self.word_rnn, ("relu", "gru"))
+        if not self.local_weight and not self.global_weight:
+            raise cfglib.ConfigError("local_weight and global_weight are both 0: nothing would score")
 
 
 def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> AlignmentArgs:
     return AlignmentArgs(vocab_size=vocab_size, feature_dim=feature_dim, embed_dim=cfg.embed_dim, word_dim=cfg.word_dim,
-                         dropout=cfg.dropout, score_norm=cfg.score_norm, hardest_negative=cfg.hardest_negative)
+                         dropout=cfg.dropout, score_norm=cfg.score_norm, hardest_negative=cfg.hardest_negative,
+                         margin=cfg.margin, word_rnn=cfg.word_rnn, cosine=cfg.cosine, local_weight=cfg.local_weight,
+                         global_weight=cfg.global_weight)
 
 
 class AlignTask:
@@ -85,6 +98,9 @@ class AlignTask:
             dev = load_split(cfg.features, "dev", word_index(self.vocab), cfg.max_words)
             self.dev_features = torch.from_numpy(dev["features"])
             self.dev_tokens = torch.from_numpy(dev["tokens"]).long()
+
+    def begin_epoch(self, plain: AlignmentModel, epoch: int) -> None:
+        plain.use_hardest = self.cfg.hardest_negative and epoch > self.cfg.hardest_warmup_epochs
 
     def step(self, model, plain, batch) -> tuple[torch.Tensor, dict[str, float]]:
         tokens = one_sentence_each(batch["tokens"].long())

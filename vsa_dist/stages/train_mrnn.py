@@ -157,6 +157,9 @@ class MRNNTask:
             self.dev_features = torch.from_numpy(self.dev["features"]).float()
             self.dev_tokens = torch.from_numpy(self.dev["tokens"]).long()
 
+    def begin_epoch(self, plain: MRNN, epoch: int) -> None:
+        pass
+
     def step(self, model, plain: MRNN, batch) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         if self.reward is not None:

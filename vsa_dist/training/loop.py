@@ -40,6 +40,9 @@ class Task(Protocol):
         """Before the first epoch, on every worker, while the first shards are read: per-worker state, and on rank 0
         the dev split."""
 
+    def begin_epoch(self, plain: torch.nn.Module, epoch: int) -> None:
+        """Settings that change by epoch (a warm-up), on every worker."""
+
     def step(self, model: torch.nn.Module, plain: torch.nn.Module, batch: dict[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """One batch: the loss to backpropagate and the step's sums to add up over the epoch."""
@@ -78,6 +81,7 @@ def run_epochs(task: Task, session: RayTrainSession | InProcessSession | None = 
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
+        task.begin_epoch(plain, epoch)
         lr = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
         set_lr(optimizer, lr)
         sums, steps = Counter(), 0
