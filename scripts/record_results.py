@@ -9,8 +9,9 @@
         "vsa eval retrieval …" RUN_A,RUN_B
 
 Retrieval runs (train-align) record annotation/search R@K and median rank; generator runs (train-mrnn)
-record BLEU-1..4, METEOR, ROUGE-L, CIDEr, with the beam chosen on dev. An existing entry's other keys
-(e.g. ``captions.modern`` under ``captions``) are kept. The output of ``vsa eval captions --out FILE`` or
+record BLEU-1..4, METEOR, ROUGE-L, CIDEr, with the beam chosen on dev; a run that logged its minutes also
+records ``train_minutes`` and ``dev_curve`` (dev score against minutes; MLFLOW_TRACKING_URI names the store).
+An existing entry's other keys (e.g. ``captions.modern`` under ``captions``) are kept. The output of ``vsa eval captions --out FILE`` or
 ``vsa eval retrieval --out FILE`` (an ensemble of trained models) is recorded with the MLflow run ids of its
 members, given as a fourth argument.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from vsa_dist.training.run import dev_curve  # the run's dev score by minute, from its MLflow run (set the URI)
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "flickr8k.json"
 CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
@@ -43,6 +46,10 @@ def main(argv: list[str]) -> None:
     else:
         numbers = {d: {k: round(v, 2) for k, v in summary["test"][d].items()} for d in ("annotation", "search")}
     entry = node.setdefault(key.split(".")[-1], {})
+    # learning efficiency: minutes of training (and dev scoring) on the machine that ran it, and the dev curve
+    curve = summary.get("dev_curve") or (dev_curve(summary["run_id"]) if isinstance(summary["run_id"], str) else [])
+    if curve:
+        entry.update(train_minutes=curve[-1]["minutes"], dev_curve=curve)
     entry.update({
         **numbers, **({"best_dev_epoch": summary["best_dev_epoch"]} if summary["best_dev_epoch"] else {}),
         "command": command, "mlflow_run_id": summary["run_id"],

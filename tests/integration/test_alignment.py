@@ -67,6 +67,11 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
     assert sorted(history) == [1, 2, 3, 4, 5, 6]
     assert len(client.get_metric_history(run_id, "dev_search_r5")) == 6
     assert len(client.get_metric_history(run_id, "first_batch_wait_s")) == 6
+    # learning efficiency: the dev score against the minutes since the run began, one point an epoch
+    curve = first["dev_curve"]
+    assert [p["epoch"] for p in curve] == [1, 2, 3, 4, 5, 6] and first["train_minutes"] == curve[-1]["minutes"]
+    assert all(a["minutes"] < b["minutes"] for a, b in zip(curve, curve[1:]))
+    assert max(p["dev_score"] for p in curve) == pytest.approx(first["best_dev_rsum"], abs=1e-4)
     # Every epoch is the whole train split: 100 images / 2 workers / 10 a step.
     assert [m.value for m in client.get_metric_history(run_id, "steps")] == [5.0] * 6
     run = client.get_run(run_id)

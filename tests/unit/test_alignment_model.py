@@ -93,12 +93,13 @@ def gru_words(model: AlignmentModel, ids: list[int]) -> torch.Tensor:
                         for t in range(len(ids))])
 
 
-@pytest.mark.parametrize("word_rnn,cosine,global_weight", [("gru", False, 0.0), ("relu", True, 0.0),
-                                                           ("gru", True, 0.5), ("relu", False, 2.0)])
-def test_the_modern_scores_are_their_equations(word_rnn, cosine, global_weight):
+@pytest.mark.parametrize("word_rnn,cosine,global_weight,local_weight", [
+    ("gru", False, 0.0, 0.7), ("relu", True, 0.0, 0.7), ("gru", True, 0.5, 0.7), ("relu", False, 2.0, 0.7),
+    ("gru", True, 1.0, 0.0)])
+def test_the_modern_scores_are_their_equations(word_rnn, cosine, global_weight, local_weight):
     """GRU words (each sentence read over its own words only), unit-length vectors, and the global term
-    cos(v_0, mean_t s_t) beside the region–word one, against brute force."""
-    model = tiny_model(word_rnn=word_rnn, cosine=cosine, global_weight=global_weight, local_weight=0.7,
+    cos(v_0, mean_t s_t) beside the region–word one (or alone), against brute force."""
+    model = tiny_model(word_rnn=word_rnn, cosine=cosine, global_weight=global_weight, local_weight=local_weight,
                        score_norm="mean")
     features, tokens, lengths = batch()
     with torch.no_grad():
@@ -116,7 +117,7 @@ def test_the_modern_scores_are_their_equations(word_rnn, cosine, global_weight):
                 v = v / v.norm(dim=-1, keepdim=True) if cosine else v
                 local = sum(max(float(v[i] @ s[t]) for i in range(len(v))) for t in range(n)) / n
                 whole = float(torch.nn.functional.cosine_similarity(v[0], s.mean(dim=0), dim=0))
-                expected = 0.7 * local + global_weight * whole if global_weight else local
+                expected = local_weight * local + global_weight * whole if global_weight else local
                 assert scores[k, l].item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
         torch.testing.assert_close(model.paired_score(regions, words, mask), scores.diagonal(), rtol=1e-5, atol=1e-6)
 

@@ -140,12 +140,18 @@ class AlignmentModel(nn.Module):
         """S [K images, L sentences] = sum (or mean) over words of the best region's dot product."""
         steps = longest(mask)                                                   # padding columns score 0
         words, mask = words[:, :steps], mask[:, :steps]
-        dots = torch.einsum("krh,lth->kltr", regions, words)                    # [K, L, T, 1+R]
-        local = self.over_words(dots.amax(dim=-1), mask[None])
         if not self.args.global_weight:
-            return local
+            return self.local_score(regions, words, mask)
         image, sentence = self.global_vectors(regions, words, mask)
-        return self.args.local_weight * local + self.args.global_weight * image @ sentence.T
+        total = self.args.global_weight * image @ sentence.T
+        # the region–word term is the costly one ([K, L, T, 1+R] dot products): skipped when it weighs nothing
+        return total + self.args.local_weight * self.local_score(regions, words, mask) if self.args.local_weight \
+            else total
+
+    def local_score(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The paper's S [K, L]: sum (or mean) over words of the best region's dot product."""
+        dots = torch.einsum("krh,lth->kltr", regions, words)                    # [K, L, T, 1+R]
+        return self.over_words(dots.amax(dim=-1), mask[None])
 
     def paired_score(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """S [B]: image b with sentence b only, the diagonal of ``score`` without the rest of its matrix."""

@@ -150,11 +150,26 @@ def train(
     return Trained(model, state, final, manifest, record["mlflow_run_id"], dict(getattr(result, "metrics", None) or {}))
 
 
+def dev_curve(run_id: str) -> list[dict[str, float]]:
+    """Learning efficiency: the run's dev score (what its best epoch is chosen by) against the wall-clock minutes of
+    training and scoring since it began, one point per epoch, as its MLflow run logged them."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    minutes = {m.step: m.value for m in client.get_metric_history(run_id, "minutes")}
+    scores = {m.step: m.value for m in client.get_metric_history(run_id, "dev_score")}
+    return [{"epoch": step, "minutes": round(minutes[step], 2), "dev_score": round(scores[step], 4)}
+            for step in sorted(set(minutes) & set(scores))]
+
+
 def finish(cfg: Any, stage: str, trained: Trained, summary: dict[str, Any]) -> dict[str, Any]:
     """End a training stage: the summary to MLflow and beside ``best.pt``, the MLflow run closed, and the run
     folder published when OUT is a storage URI."""
     import mlflow
 
+    summary["dev_curve"] = dev_curve(trained.run_id)
+    if summary["dev_curve"]:
+        summary["train_minutes"] = summary["dev_curve"][-1]["minutes"]
     mlflow.log_dict(summary, "summary.json")
     mlflow.end_run()
     atomic_write_json(trained.checkpoint.parent / "summary.json", summary)
