@@ -8,12 +8,12 @@
     python scripts/record_results.py retrieval.modern_ensemble runs/flickr8k/ensemble-align-test.json \
         "vsa eval retrieval …" RUN_A,RUN_B
 
-Retrieval runs (train-align) record annotation/search R@K and median rank; generator runs (train-mrnn)
-record BLEU-1..4, METEOR, ROUGE-L, CIDEr, with the beam chosen on dev; a run that logged its minutes also
-records ``train_minutes`` and ``dev_curve`` (dev score against minutes; MLFLOW_TRACKING_URI names the store).
-An existing entry's other keys (e.g. ``captions.modern`` under ``captions``) are kept. The output of ``vsa eval captions --out FILE`` or
-``vsa eval retrieval --out FILE`` (an ensemble of trained models) is recorded with the MLflow run ids of its
-members, given as a fourth argument.
+Retrieval runs (train-align) record annotation/search R@K and median rank; generator runs (train-mrnn) record
+BLEU-1..4, METEOR, ROUGE-L, CIDEr, with the beam chosen on dev; a run that logged its minutes also records
+``train_minutes`` and ``dev_curve`` (dev score against minutes; MLFLOW_TRACKING_URI names the store). An existing
+entry's other keys (e.g. ``captions.modern`` under ``captions``) are kept. The output of ``vsa eval captions --out
+FILE`` or ``vsa eval retrieval --out FILE`` (an ensemble of trained models) is recorded with the MLflow run ids of
+its members, given as a fourth argument.
 """
 
 from __future__ import annotations

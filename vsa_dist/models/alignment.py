@@ -71,14 +71,18 @@ class AlignmentModel(nn.Module):
         h = args.embed_dim
         self.region_proj = nn.Linear(args.feature_dim, h)                       # W_m, b_m
         self.word_vectors = nn.Embedding(args.vocab_size, args.word_dim, padding_idx=PAD)  # W_w
-        self.word_in = nn.Linear(args.word_dim, h)                              # W_e, b_e
-        self.forward_rec = nn.Linear(h, h)                                      # W_f, b_f
-        self.backward_rec = nn.Linear(h, h)                                     # W_b, b_b
         self.word_out = nn.Linear(h, h)                                         # W_d, b_d
         self.dropout = nn.Dropout(args.dropout)
         # the loss's negatives: hardest only (VSE++) once a warm-up on all of them is over (set per epoch)
         self.use_hardest = args.hardest_negative
+        # the words' recurrence: a GRU, or the paper's BRNN (only the one in use exists: DDP wants every parameter
+        # to get a gradient)
         self.gru = nn.GRU(args.word_dim, h, batch_first=True, bidirectional=True) if args.word_rnn == "gru" else None
+        if self.gru is not None:
+            return
+        self.word_in = nn.Linear(args.word_dim, h)                              # W_e, b_e
+        self.forward_rec = nn.Linear(h, h)                                      # W_f, b_f
+        self.backward_rec = nn.Linear(h, h)                                     # W_b, b_b
         for rec in (self.forward_rec, self.backward_rec):
             # Near-identity recurrences: a ReLU RNN starts out neither exploding nor forgetting (Le et al. 2015).
             nn.init.eye_(rec.weight)
