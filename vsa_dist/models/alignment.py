@@ -25,6 +25,7 @@ v_0 being the whole image's vector: the word–region affinities the snippet MRF
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -144,28 +145,34 @@ class AlignmentModel(nn.Module):
         """S [K images, L sentences] = sum (or mean) over words of the best region's dot product."""
         steps = longest(mask)                                                   # padding columns score 0
         words, mask = words[:, :steps], mask[:, :steps]
-        if not self.args.global_weight:
-            return self.local_score(regions, words, mask)
-        image, sentence = self.global_vectors(regions, words, mask)
-        total = self.args.global_weight * image @ sentence.T
-        # the region–word term is the costly one ([K, L, T, 1+R] dot products): skipped when it weighs nothing
-        return total + self.args.local_weight * self.local_score(regions, words, mask) if self.args.local_weight \
-            else total
 
-    def local_score(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The paper's S [K, L]: sum (or mean) over words of the best region's dot product."""
-        dots = torch.einsum("krh,lth->kltr", regions, words)                    # [K, L, T, 1+R]
-        return self.over_words(dots.amax(dim=-1), mask[None])
+        def local() -> torch.Tensor:
+            dots = torch.einsum("krh,lth->kltr", regions, words)                # [K, L, T, 1+R]
+            return self.over_words(dots.amax(dim=-1), mask[None])
+
+        return self.weighed(local, regions, words, mask, paired=False)
 
     def paired_score(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """S [B]: image b with sentence b only, the diagonal of ``score`` without the rest of its matrix."""
         steps = longest(mask)
-        dots = torch.einsum("brh,bth->btr", regions, words[:, :steps])         # [B, T, 1+R]
-        local = self.over_words(dots.amax(dim=-1), mask[:, :steps])
+        words, mask = words[:, :steps], mask[:, :steps]
+
+        def local() -> torch.Tensor:
+            dots = torch.einsum("brh,bth->btr", regions, words)                 # [B, T, 1+R]
+            return self.over_words(dots.amax(dim=-1), mask)
+
+        return self.weighed(local, regions, words, mask, paired=True)
+
+    def weighed(self, local: Callable[[], torch.Tensor], regions: torch.Tensor, words: torch.Tensor,
+                mask: torch.Tensor, paired: bool) -> torch.Tensor:
+        """local_weight · the region–word term + global_weight · cos(v_0, mean_t s_t): every pair of images and
+        sentences, or (``paired``) image b with sentence b. The region–word term is the costly one: computed only
+        when it weighs something; the paper's model is that term alone."""
         if not self.args.global_weight:
-            return local
-        image, sentence = self.global_vectors(regions, words[:, :steps], mask)
-        return self.args.local_weight * local + self.args.global_weight * (image * sentence).sum(dim=-1)
+            return local()
+        image, sentence = self.global_vectors(regions, words, mask)
+        total = self.args.global_weight * ((image * sentence).sum(dim=-1) if paired else image @ sentence.T)
+        return total + self.args.local_weight * local() if self.args.local_weight else total
 
     @staticmethod
     def global_vectors(regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor

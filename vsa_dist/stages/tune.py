@@ -193,6 +193,11 @@ class EpochRecord:
         atomic_write_json(self.path, self.data)
 
     @staticmethod
+    def mark_finished(path: Path, data: dict[str, Any], error: str = "") -> None:
+        """The trial ended: at its last epoch, stopped by ASHA (a normal end too), or with ``error``."""
+        atomic_write_json(path, {**data, "finished": True, **({"error": error} if error else {})})
+
+    @staticmethod
     def read(path: Path) -> dict[str, Any] | None:
         try:
             return json.loads(path.read_text())
@@ -229,8 +234,7 @@ def run_trial(params: dict[str, Any], *, draws: list[dict[str, Any]], stage: str
     else:
         training.fit(module.train_loop, spec, f"trial-{index:03d}", {"train": dataset},
                      callbacks=(_recording_callback(record),))
-    record.data["finished"] = True
-    atomic_write_json(record.path, record.data)
+    EpochRecord.mark_finished(record.path, record.data)
     client.set_terminated(run_id, "FINISHED")
 
 
@@ -355,8 +359,7 @@ def run(cfg: TuneConfig) -> dict[str, Any]:
             path = out / "trials" / f"{index:03d}.json"
             trial = EpochRecord.read(path)
             if trial is not None:  # ASHA's stop is a trial's normal end; an error is recorded as such
-                trial.update(finished=True, **({"error": str(result.error).splitlines()[0]} if result.error else {}))
-                atomic_write_json(path, trial)
+                EpochRecord.mark_finished(path, trial, str(result.error).splitlines()[0] if result.error else "")
         close_trial_runs(experiment_id, record["mlflow_run_id"])
 
     rows = trial_table(out, len(draws))
