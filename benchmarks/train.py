@@ -71,7 +71,7 @@ def read_ahead_epochs(features: Path, work: Path, epochs: int, settings: list[st
     result = {}
     for index, setting in enumerate(settings):
         out = work / f"read-ahead-{setting}-{index}"
-        run_stage(["train-align", "--features", str(features), "--out", str(out), "--preset", "train_align_modern",
+        run_stage(["train-align", "--features", str(features), "--out", str(out), "--preset", "train_align_brnn_mean",
                    "--epochs", str(epochs), "--read-ahead", setting, "--test", "false", "--register-as", "",
                    "--experiment", "bench-train", "--progress", "false"], out.parent / f"{out.name}.log")
         run_id = json.loads((out / "summary.json").read_text())["run_id"]

@@ -43,7 +43,7 @@ class AlignmentScorer(mlflow.pyfunc.PythonModel):
                 ids = encode_tokens(tokenize(sentence), self.index, self.max_words) or [
                     UNK
                 ]  # no word at all: score it as one unknown word
-                regions = self.model.embed_regions(torch.as_tensor(np.asarray(features, dtype=np.float32))[None])
+                regions = self.model.embed_scored_regions(torch.as_tensor(np.asarray(features, dtype=np.float32))[None])
                 words, mask = self.model.embed_words(torch.tensor([ids]))
                 scores.append(float(self.model.score(regions, words, mask)[0, 0]))
         return {"score": scores}

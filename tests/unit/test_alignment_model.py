@@ -160,6 +160,48 @@ def test_workers_shares_of_the_loss_add_up_to_the_whole_batch(hardest):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def grouped_batch(num: int = 4, slots: int = 3, seed: int = 2):
+    """Each image with all its sentence slots, [num, slots, 7]; image 1 has only two sentences (an empty slot)."""
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(num, 3, 8, generator=g)
+    tokens = torch.full((num, slots, 7), PAD)
+    for i in range(num):
+        for j in range(slots if i != 1 else slots - 1):
+            n = int(torch.randint(1, 6, (1,), generator=g))
+            tokens[i, j, :n] = torch.randint(2, 30, (n,), generator=g)
+    return features, tokens
+
+
+@pytest.mark.parametrize("hardest", [False, True])
+def test_all_sentences_of_an_image_are_positives_not_negatives(hardest):
+    """With each image's sentences all in the step: every sentence is a positive pair with its own image, ranked
+    against every other image and every other image's sentences (its image's other sentences are not negatives;
+    an empty slot is neither); brute force over the score matrix."""
+    model = tiny_model(hardest_negative=hardest, word_rnn="gru", cosine=True, global_weight=1.0, margin=0.2)
+    features, tokens = grouped_batch()
+    num, slots, _ = tokens.shape
+    with torch.no_grad():
+        words, mask = model.embed_words(tokens.flatten(0, 1))
+        scores = model.score(model.embed_regions(features), words, mask)       # [images, images × slots]
+        loss = model(features, tokens).item()
+    present = [(i, j) for i in range(num) for j in range(slots) if (tokens[i, j] != PAD).any()]
+    expected = 0.0
+    for i, j in present:
+        positive = scores[i, i * slots + j].item()
+        by_image = [max(0.0, scores[k, i * slots + j].item() - positive + 0.2) for k in range(num) if k != i]
+        by_sentence = [max(0.0, scores[i, k * slots + q].item() - positive + 0.2) for k, q in present if k != i]
+        expected += max(by_image) + max(by_sentence) if hardest else sum(by_image) + sum(by_sentence)
+    assert len(present) == num * slots - 1 and loss == pytest.approx(expected, rel=1e-5)
+    # workers' shares of the whole batch add up to it, all sentences of their images included
+    shares = []
+    for start in (0, 2):
+        def gather(regions, words, mask, start=start):
+            return (model.embed_scored_regions(features), *model.embed_words(tokens.flatten(0, 1))), start
+        with torch.no_grad():
+            shares.append(model(features[start:start + 2], tokens[start:start + 2], gather=gather).item())
+    assert sum(shares) == pytest.approx(loss, rel=1e-5)
+
+
 def _gathered_worker(rank: int, world: int, port: int, out: str) -> None:
     """One of two real gloo processes: its half of the batch, negatives gathered from the other."""
     import torch.distributed as dist

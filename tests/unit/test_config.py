@@ -24,8 +24,9 @@ def test_help_shows_the_chosen_presets_values(capsys):
         vsa(["train-align", "--preset", "train_align_modern", "--help"])
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]  # argparse wraps help lines
-    for flag, value in (("--optimizer", "adam"), ("--lr", "0.0002"), ("--score-norm", "mean"), ("--epochs", "60"),
-                        ("--weight-decay", "0.0"), ("--dropout", "0.1"), ("--lr-schedule", "cosine")):
+    for flag, value in (("--optimizer", "adam"), ("--lr", "0.0002"), ("--score-norm", "mean"), ("--epochs", "30"),
+                        ("--weight-decay", "0.0"), ("--dropout", "0.1"), ("--lr-schedule", "cosine"),
+                        ("--word-rnn", "gru"), ("--local-weight", "0.0"), ("--hardest-warmup-epochs", "10")):
         section = text.split(f"{flag} {flag.lstrip('-').replace('-', '_').upper()}", 1)[1].split(" --", 1)[0]
         assert f"(default: {value})" in section, (flag, section)
     with pytest.raises(SystemExit):
@@ -42,7 +43,7 @@ def test_print_config_needs_no_inputs(capsys):
         vsa(["train-align", "--preset", "train_align_modern", "--print-config"])
     assert exc.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["optimizer"] == "adam" and printed["features"] == "" and printed["batch_size"] == 100
+    assert printed["optimizer"] == "adam" and printed["features"] == "" and printed["batch_size"] == 128
     with pytest.raises(SystemExit) as exc:  # the paper's settings are the dataclass itself
         vsa(["train-align", "--print-config"])
     printed = yaml.safe_load(capsys.readouterr().out)

@@ -91,7 +91,7 @@ def encode_split(model, features: torch.Tensor, tokens: torch.Tensor, sentence_c
     sentence_tokens = tokens[image_of, slot]                              # [M, T], shortest first
     sentence_lengths = lengths[image_of, slot]
     regions = torch.cat(
-        [model.embed_regions(features[i : i + encode_chunk]) for i in range(0, len(features), encode_chunk)]
+        [model.embed_scored_regions(features[i : i + encode_chunk]) for i in range(0, len(features), encode_chunk)]
     )
     words, masks = [], []
     for s0 in range(0, len(sentence_tokens), sentence_chunk):
@@ -160,6 +160,16 @@ def score_matrix(model, features: torch.Tensor, tokens: torch.Tensor, image_chun
         columns.append(torch.cat([model.score(encoded["regions"][i:i + image_chunk], words, masks)
                                   for i in range(0, len(features), image_chunk)]))
     return {"scores": torch.cat(columns, dim=1), "image_of": encoded["image_of"], "slot": encoded["slot"]}
+
+
+# Karpathy & Fei-Fei (2015), Table 1, BRNN on Flickr8K: the row the suite measures itself against.
+PAPER_ROW = {"annotation": {"r1": 16.5, "r5": 40.6, "r10": 54.2, "medr": 7.6},
+             "search": {"r1": 11.8, "r5": 32.1, "r10": 44.7, "medr": 12.4}}
+
+
+def beats_row(metrics: dict[str, dict[str, float]], row: dict[str, dict[str, float]] = PAPER_ROW) -> bool:
+    """Whether ``metrics`` beat ``row`` in all eight columns: every R@K higher, both median ranks lower."""
+    return all(metrics[d][k] > v if k != "medr" else metrics[d][k] < v for d in row for k, v in row[d].items())
 
 
 def rsum(metrics: dict[str, dict[str, float]]) -> float:

@@ -98,6 +98,12 @@ class AlignmentModel(nn.Module):
         regions = self.region_proj(self.dropout(features))
         return F.normalize(regions, dim=-1) if self.args.cosine else regions
 
+    def embed_scored_regions(self, features: torch.Tensor) -> torch.Tensor:
+        """The region vectors the image–sentence score reads: all 1+R, or only the whole image's v_0 when the
+        region–word term weighs nothing (its projection of the R regions would be a fifth of a step's work, unused).
+        The snippet MRF's affinities (``word_region_scores``) read every region either way."""
+        return self.embed_regions(features if self.args.local_weight else features[:, :1])
+
     def embed_words(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, T] token ids (PAD-padded on the right) → ([N, T, h] word vectors s_t, [N, T] mask)."""
         mask = (tokens != PAD).to(torch.float32)
@@ -198,45 +204,55 @@ class AlignmentModel(nn.Module):
 
     def loss(self, scores: torch.Tensor) -> torch.Tensor:
         """The paper's bidirectional ranking loss over a square batch (image k belongs with sentence k)."""
-        diagonal = scores.diagonal()
-        margin = self.args.margin
-        off = ~torch.eye(len(scores), dtype=torch.bool, device=scores.device)
-        by_sentence = (scores - diagonal[:, None] + margin).clamp(min=0) * off  # rank sentences for image k
-        by_image = (scores - diagonal[None, :] + margin).clamp(min=0) * off     # rank images for sentence l
-        if self.use_hardest:
-            return by_sentence.amax(dim=1).sum() + by_image.amax(dim=0).sum()
-        return by_sentence.sum() + by_image.sum()
+        own = torch.arange(len(scores), device=scores.device)
+        every = torch.ones_like(own, dtype=torch.bool)
+        return self.ranking_loss(scores, scores, own, every, own, every, 0)
 
-    def local_loss(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, all_regions: torch.Tensor,
-                   all_words: torch.Tensor, all_mask: torch.Tensor, offset: int) -> torch.Tensor:
-        """One worker's share of the loss over a batch split across workers: its own images ranked against every
-        sentence of the whole batch, and its own sentences against every image. Its pairs sit at rows
-        ``offset … offset + b - 1`` of the whole batch. Summed over the workers, this is ``loss`` of the whole batch.
-        """
-        b, margin = len(regions), self.args.margin
-        own = torch.arange(b, device=regions.device)
-        by_row = self.score(regions, all_words, all_mask)                       # [b, B]: own images × all sentences
-        by_col = self.score(all_regions, words, mask)                           # [B, b]: all images × own sentences
-        off_row = torch.ones_like(by_row, dtype=torch.bool)
-        off_row[own, own + offset] = False
-        off_col = torch.ones_like(by_col, dtype=torch.bool)
-        off_col[own + offset, own] = False
-        by_sentence = (by_row - by_row[own, own + offset][:, None] + margin).clamp(min=0) * off_row
-        by_image = (by_col - by_col[own + offset, own][None, :] + margin).clamp(min=0) * off_col
+    def ranking_loss(self, own_images: torch.Tensor, own_sentences: torch.Tensor, owner: torch.Tensor,
+                     valid: torch.Tensor, all_owners: torch.Tensor, all_valid: torch.Tensor,
+                     offset: int) -> torch.Tensor:
+        """The bidirectional hinge for this worker's sentences, each against every other image's sentences and
+        every other image of the whole batch.
+
+        ``own_images`` [b, L]: this worker's b images against all L sentences of the batch; ``own_sentences``
+        [K, l]: all K images against this worker's l sentences. This worker's images are rows ``offset …
+        offset + b - 1`` of the batch; its sentence j belongs to its image ``owner[j]``, sentence q of the batch to
+        image ``all_owners[q]``; ``valid`` / ``all_valid`` are False for an empty sentence slot (an image with fewer
+        sentences), which is neither a positive nor a negative. With one sentence per image (``owner`` = 0 … b-1)
+        this is the paper's loss; with all of an image's sentences in the step, its other sentences are not
+        negatives. Summed over the workers, it is the loss of the whole batch on one worker."""
+        margin, sentences = self.args.margin, torch.arange(own_sentences.shape[1], device=owner.device)
+        image = owner + offset                                                  # each own sentence's image, in K
+        positive = own_sentences[image, sentences]                              # [l]
+        # rank images for sentence j: every image but its own
+        by_image = (own_sentences - positive[None, :] + margin).clamp(min=0)
+        by_image = by_image.masked_fill(torch.arange(len(own_sentences), device=owner.device)[:, None] == image, 0)
+        # rank sentences for sentence j's image: every sentence of another image
+        by_sentence = (own_images[owner] - positive[:, None] + margin).clamp(min=0)
+        by_sentence = by_sentence.masked_fill((all_owners[None, :] == image[:, None]) | ~all_valid[None, :], 0)
         if self.use_hardest:
-            return by_sentence.amax(dim=1).sum() + by_image.amax(dim=0).sum()
-        return by_sentence.sum() + by_image.sum()
+            per_sentence = by_image.amax(dim=0) + by_sentence.amax(dim=1)
+        else:
+            per_sentence = by_image.sum(dim=0) + by_sentence.sum(dim=1)
+        return (per_sentence * valid).sum()
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, gather=None) -> torch.Tensor:
-        """Loss of a batch of B images with their B sentences.
+        """Loss of a batch of B images with their sentences: ``tokens`` [B, T], one sentence each (the paper), or
+        [B, S, T], each image's S sentence slots (all PAD: an empty slot), every one a positive pair.
 
         ``gather`` (data parallel): a function taking this worker's (regions, words, mask) and returning the
-        whole batch's, concatenated over workers, and this worker's offset in it; the loss then ranks against
-        every worker's pairs, as one batch of the paper's size would, not only against this worker's share.
+        whole batch's, concatenated over workers, and this worker's offset in it (in images); the loss then ranks
+        against every worker's pairs, as one batch of the paper's size would, not only against this worker's share.
         """
-        regions = self.embed_regions(features)
-        words, mask = self.embed_words(tokens)
+        regions = self.embed_scored_regions(features)
+        per_image = tokens.shape[1] if tokens.dim() == 3 else 1
+        words, mask = self.embed_words(tokens.flatten(0, 1) if tokens.dim() == 3 else tokens)
+        owner = torch.arange(len(features), device=words.device).repeat_interleave(per_image)
+        valid = mask.sum(dim=1) > 0
         if gather is None:
-            return self.loss(self.score(regions, words, mask))
+            scores = self.score(regions, words, mask)
+            return self.ranking_loss(scores, scores, owner, valid, owner, valid, 0)
         (all_regions, all_words, all_mask), offset = gather(regions, words, mask)
-        return self.local_loss(regions, words, mask, all_regions, all_words, all_mask, offset)
+        all_owners = torch.arange(len(all_regions), device=words.device).repeat_interleave(per_image)
+        return self.ranking_loss(self.score(regions, all_words, all_mask), self.score(all_regions, words, mask),
+                                 owner, valid, all_owners, all_mask.sum(dim=1) > 0, offset)

@@ -162,6 +162,17 @@ def dev_curve(run_id: str) -> list[dict[str, float]]:
             for step in sorted(set(minutes) & set(scores))]
 
 
+def first_reached(run_id: str, flag: str) -> dict[str, float] | None:
+    """The first epoch at which the run logged ``flag`` as 1 (e.g. dev beat a published row), with the wall-clock
+    minutes since the run began; None if it never did."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    minutes = {m.step: m.value for m in client.get_metric_history(run_id, "minutes")}
+    reached = sorted(m.step for m in client.get_metric_history(run_id, flag) if m.value >= 1 and m.step in minutes)
+    return {"epoch": reached[0], "minutes": round(minutes[reached[0]], 2)} if reached else None
+
+
 def finish(cfg: Any, stage: str, trained: Trained, summary: dict[str, Any]) -> dict[str, Any]:
     """End a training stage: the summary to MLflow and beside ``best.pt``, the MLflow run closed, and the run
     folder published when OUT is a storage URI."""

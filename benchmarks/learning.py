@@ -1,0 +1,84 @@
+"""Learning efficiency of alignment presets: wall-clock minutes until dev first reaches the paper's numbers.
+
+    python benchmarks/learning.py --features runs/flickr8k/features \
+        --run train_align_modern --run "train_align_brnn_mean --epochs 6 --test false" \
+        --run "train_align --epochs 3 --test false"
+
+Each ``--run`` is a preset and any extra ``vsa train-align`` options; the runs go one after another, each in a
+fresh process with its own local Ray, on the same machine in one invocation, so their minutes compare (the first is
+tested on test once, its best-on-dev model, as ``vsa train-align`` does). From
+each run's dev curve (MLflow): the minutes until dev R@1+5+10 first reached the paper's test rsum (199.9), and
+until dev first beat the paper's test row in all eight columns; the ratio of the first run's minutes to each
+other run's. A run that never got there within its epochs gives a bound: its minutes are at least its whole
+run's ("> N"). Writes WORK/learning.json (default runs/bench/learning/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import run_stage  # noqa: E402
+from vsa_dist.eval.retrieval import PAPER_ROW  # noqa: E402
+from vsa_dist.paths import runs_root  # noqa: E402
+
+PAPER_RSUM = sum(PAPER_ROW[d][k] for d in PAPER_ROW for k in ("r1", "r5", "r10"))
+
+
+def first_minute(curve: list[dict], reached) -> float | None:
+    return next((point["minutes"] for point in curve if reached(point)), None)
+
+
+def one_run(features: Path, work: Path, index: int, spec: str) -> dict:
+    preset, *extra = shlex.split(spec)
+    out = work / f"{index}-{preset}"
+    run_stage(["train-align", "--features", str(features), "--out", str(out), "--preset", preset, "--register-as", "",
+               "--experiment", "bench-learning", "--progress", "false", *extra], work / f"{index}-{preset}.log")
+    summary = json.loads((out / "summary.json").read_text())
+    curve = summary["dev_curve"]
+    row = {"run": spec, "mlflow_run_id": summary["run_id"], "summary": str(out / "summary.json"),
+           "train_minutes": summary["train_minutes"],
+           "epochs": len(curve), "best_dev_rsum": round(summary["best_dev_rsum"], 1),
+           "minutes_to_paper_rsum": first_minute(curve, lambda p: p["dev_score"] >= PAPER_RSUM),
+           "minutes_to_paper_row": summary["minutes_to_paper_row"], "dev_curve": curve}
+    print(f"  {spec}: {json.dumps({k: v for k, v in row.items() if k != 'dev_curve'})}", flush=True)
+    return row
+
+
+def ratio(first: dict, other: dict, key: str) -> str | float | None:
+    """How many times fewer minutes the first run needed than ``other``: a number, a bound, or None."""
+    if first[key] is None:
+        return None
+    if other[key] is None:  # the other never got there: it would have needed more than its whole run
+        return f"> {other['train_minutes'] / first[key]:.1f}"
+    return round(other[key] / first[key], 2)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features", default=str(runs_root() / "flickr8k" / "features"))
+    parser.add_argument("--work", default=str(runs_root() / "bench" / "learning"))
+    parser.add_argument("--run", action="append", default=[],
+                        help="a preset and extra train-align options (repeat; the first is compared to the others)")
+    args = parser.parse_args(argv)
+    runs = args.run or ["train_align_modern", "train_align_brnn_mean --epochs 6 --test false",
+                        "train_align --epochs 3 --test false"]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = [one_run(Path(args.features), work, i, spec) for i, spec in enumerate(runs)]
+    result = {"features": args.features, "paper_rsum": round(PAPER_RSUM, 1), "runs": rows,
+              "speedup_to_paper_rsum": {o["run"]: ratio(rows[0], o, "minutes_to_paper_rsum") for o in rows[1:]},
+              "speedup_to_paper_row": {o["run"]: ratio(rows[0], o, "minutes_to_paper_row") for o in rows[1:]}}
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
+    (work / "learning.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
