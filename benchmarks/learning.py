@@ -10,7 +10,8 @@ tested on test once, its best-on-dev model, as ``vsa train-align`` does). From
 each run's dev curve (MLflow): the minutes until dev R@1+5+10 first reached the paper's test rsum (199.9), and
 until dev first beat the paper's test row in all eight columns; the ratio of the first run's minutes to each
 other run's. A run that never got there within its epochs gives a bound: its minutes are at least its whole
-run's ("> N"). Writes WORK/learning.json (default runs/bench/learning/).
+run's ("> N"). Writes WORK/learning.json and the dev curves against minutes, WORK/learning.png (default
+runs/bench/learning/).
 """
 
 from __future__ import annotations
@@ -60,16 +61,43 @@ def ratio(first: dict, other: dict, key: str) -> str | float | None:
     return round(other[key] / first[key], 2)
 
 
+def plot(result: dict, path: Path) -> None:
+    """Dev rsum against wall-clock minutes, one line a run, and the paper's test rsum for scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for row in result["runs"]:
+        curve = row["dev_curve"]
+        ax.plot([p["minutes"] for p in curve], [p["dev_score"] for p in curve], marker=".", label=row["run"])
+    ax.axhline(result["paper_rsum"], color="grey", linestyle="--", label="the paper's test rsum (199.9)")
+    ax.set_xlabel("wall-clock minutes (training and dev scoring)")
+    ax.set_ylabel("dev R@1+5+10, both directions")
+    ax.set_title(f"Learning efficiency, {Path(result['features']).name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", default=str(runs_root() / "flickr8k" / "features"))
     parser.add_argument("--work", default=str(runs_root() / "bench" / "learning"))
     parser.add_argument("--run", action="append", default=[],
                         help="a preset and extra train-align options (repeat; the first is compared to the others)")
+    parser.add_argument("--plot-only", action="store_true", help="redraw WORK/learning.png from WORK/learning.json")
     args = parser.parse_args(argv)
+    work = Path(args.work)
+    if args.plot_only:
+        result = json.loads((work / "learning.json").read_text())
+        plot(result, work / "learning.png")
+        return result
     runs = args.run or ["train_align_modern", "train_align_brnn_mean --epochs 6 --test false",
                         "train_align --epochs 3 --test false"]
-    work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = [one_run(Path(args.features), work, i, spec) for i, spec in enumerate(runs)]
     result = {"features": args.features, "paper_rsum": round(PAPER_RSUM, 1), "runs": rows,
@@ -77,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
               "speedup_to_paper_row": {o["run"]: ratio(rows[0], o, "minutes_to_paper_row") for o in rows[1:]}}
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
     (work / "learning.json").write_text(json.dumps(result, indent=1))
+    plot(result, work / "learning.png")
     return result
 
 

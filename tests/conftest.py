@@ -72,19 +72,20 @@ def mini_features(mini_shards, ray_cluster) -> Path:
     return out
 
 
-def untrained_alignment_checkpoint(features_dir, path):
-    """A real best.pt in the format train-align writes, with untrained weights (the DP does not care)."""
-    import dataclasses
+def untrained_alignment_checkpoint(features_dir, path, preset=None):
+    """A real best.pt in the format train-align writes, with untrained weights (the DP does not care): the paper's
+    model, or ``preset``'s."""
     import json as jsonlib
 
     import torch
 
+    from vsa_dist import config as cfglib
     from vsa_dist.models.alignment import AlignmentModel
     from vsa_dist.stages.train_align import AlignConfig, model_args
 
     manifest = jsonlib.loads((features_dir / "manifest.json").read_text())
     vocab = manifest["vocab"]["words"]
-    cfg = dataclasses.replace(AlignConfig(), embed_dim=32, word_dim=16)
+    cfg = cfglib.resolve(AlignConfig, preset, {"features": str(features_dir), "embed_dim": 32, "word_dim": 16})
     torch.manual_seed(0)
     model = AlignmentModel(model_args(cfg, len(vocab) + 2, manifest["settings"]["feature_dim"]))
     return write_untrained(path, model, cfg, manifest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import untrained_alignment_checkpoint
 
 
@@ -35,3 +36,37 @@ def test_align_snippets_stage_covers_every_word_and_beta_sets_snippet_length(min
     again = vsa(["align-snippets", "--checkpoint", str(checkpoint), "--features", str(mini_features),
                  "--out", str(tmp_path / "snippets-0"), "--beta", "0", "--splits", "train,dev", "--progress", "false"])
     assert again["build"] == {**again["build"], "shards_built": 0, "shards_reused": 5}
+
+
+def test_snippets_of_the_modern_model_read_every_region(mini_features, tmp_path, ray_cluster):
+    """The modern preset scores an image by its whole-image vector alone, but the snippet MRF reads its word–region
+    affinities v_iᵀ s_t over every region: the snippets tile each sentence and land on regions, not only on the
+    whole image, and each snippet's mean score is its words' affinities with its region."""
+    import json as jsonlib
+
+    import torch
+
+    from vsa_dist.checkpoints import load_alignment
+    from vsa_dist.cli import main as vsa
+    from vsa_dist.data.pairs import encode_sentences, word_index
+    from vsa_dist.data.shards import read_samples, shard_paths
+    from vsa_dist.features.format import npy_load
+
+    checkpoint = untrained_alignment_checkpoint(mini_features, tmp_path / "best.pt", preset="train_align_modern")
+    model, state = load_alignment(checkpoint)
+    assert (model.args.local_weight, model.args.word_rnn, model.args.cosine) == (0.0, "gru", True)
+    out = tmp_path / "snippets"
+    vsa(["align-snippets", "--checkpoint", str(checkpoint), "--features", str(mini_features), "--out", str(out),
+         "--beta", "0.1", "--splits", "dev", "--progress", "false"])
+    regions, index = set(), word_index(state["vocab"])
+    for sample in read_samples(shard_paths(out, ["dev"])):
+        meta = jsonlib.loads(sample["json"])
+        tokens = torch.from_numpy(encode_sentences(meta["sentences"], index, 32)).long()
+        features = torch.from_numpy(npy_load(sample["feat.npy"])).float()
+        with torch.no_grad():
+            affinities, _ = model.word_region_scores(features.expand(len(tokens), -1, -1), tokens)
+        for snippet in meta["snippets"]:
+            words = affinities[snippet["sentence"], snippet["start"]:snippet["end"], snippet["region"]]
+            assert snippet["score"] == pytest.approx(words.mean().item(), abs=2e-4)  # rounded to 4 decimals
+            regions.add(snippet["region"])
+    assert len(regions) > 5, regions

@@ -26,7 +26,8 @@ def test_help_shows_the_chosen_presets_values(capsys):
     text = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]  # argparse wraps help lines
     for flag, value in (("--optimizer", "adam"), ("--lr", "0.0002"), ("--score-norm", "mean"), ("--epochs", "30"),
                         ("--weight-decay", "0.0"), ("--dropout", "0.1"), ("--lr-schedule", "cosine"),
-                        ("--word-rnn", "gru"), ("--local-weight", "0.0"), ("--hardest-warmup-epochs", "10")):
+                        ("--word-rnn", "gru"), ("--local-weight", "0.0"), ("--hardest-warmup-epochs", "10"),
+                        ("--clip-norm", "2.0")):
         section = text.split(f"{flag} {flag.lstrip('-').replace('-', '_').upper()}", 1)[1].split(" --", 1)[0]
         assert f"(default: {value})" in section, (flag, section)
     with pytest.raises(SystemExit):

@@ -25,6 +25,10 @@ class TrainConfig(cfglib.Config):
     momentum: float = option(0.9, "SGD momentum", range="[0, 1)")
     weight_decay: float = option(0.0, "L2 weight decay (chosen on dev)", range="[0, inf)")
     clip: float = option(5.0, "element-wise gradient clipping (paper: 5)", range="(0, inf)")
+    clip_norm: float = option(0.0, "clip the gradients' global norm at this instead of each element at `clip` (0: "
+                                   "element-wise; VSE++: 2). With Adam, element-wise clipping of a large summed loss "
+                                   "leaves second moments that stall a later, smaller one (docs/alignment.md)",
+                              range="[0, inf)")
     dropout: float = option(0.5, "dropout on the non-recurrent layers", range="[0, 1)")
     max_words: int = option(32, "longer sentences are cut", range="[1, inf)")
     workers: int = option(2, "Ray Train workers (DDP)", range="[1, inf)")

@@ -90,7 +90,10 @@ def run_epochs(task: Task, session: RayTrainSession | InProcessSession | None = 
             optimizer.zero_grad(set_to_none=True)
             loss, step_sums = task.step(model, plain, batch)
             loss.backward()
-            torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip)
+            if cfg.clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            else:
+                torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip)
             optimizer.step()
             sums.update(step_sums)
             steps += 1
