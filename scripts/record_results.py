@@ -10,7 +10,8 @@
 
 Retrieval runs (train-align) record annotation/search R@K and median rank; generator runs (train-mrnn) record
 BLEU-1..4, METEOR, ROUGE-L, CIDEr, with the beam chosen on dev; a run that logged its minutes also records
-``train_minutes`` and ``dev_curve`` (dev score against minutes; MLFLOW_TRACKING_URI names the store). An existing
+``train_minutes`` and ``dev_curve`` (dev score against minutes; MLFLOW_TRACKING_URI names the store), and an alignment
+run ``minutes_to_paper_row`` (when dev first beat the paper's row in all eight columns). An existing
 entry's other keys (e.g. ``captions.modern`` under ``captions``) are kept. The output of ``vsa eval captions --out
 FILE`` or ``vsa eval retrieval --out FILE`` (an ensemble of trained models) is recorded with the MLflow run ids of
 its members, given as a fourth argument.
@@ -50,6 +51,9 @@ def main(argv: list[str]) -> None:
     curve = summary.get("dev_curve") or (dev_curve(summary["run_id"]) if isinstance(summary["run_id"], str) else [])
     if curve:
         entry.update(train_minutes=curve[-1]["minutes"], dev_curve=curve)
+    if "minutes_to_paper_row" in summary:  # when dev first beat the paper's row in all eight columns (None: never)
+        entry.update(minutes_to_paper_row=summary["minutes_to_paper_row"],
+                     epoch_to_paper_row=summary["epoch_to_paper_row"])
     entry.update({
         **numbers, **({"best_dev_epoch": summary["best_dev_epoch"]} if summary["best_dev_epoch"] else {}),
         "command": command, "mlflow_run_id": summary["run_id"],
