@@ -10,8 +10,9 @@ tested on test once, its best-on-dev model, as ``vsa train-align`` does). From
 each run's dev curve (MLflow): the minutes until dev R@1+5+10 first reached the paper's test rsum (199.9), and
 until dev first beat the paper's test row in all eight columns; the ratio of the first run's minutes to each
 other run's. A run that never got there within its epochs gives a bound: its minutes are at least its whole
-run's ("> N"). Writes WORK/learning.json and the dev curves against minutes, WORK/learning.png (default
-runs/bench/learning/).
+run's ("> N"); so also the first run's best dev rsum within each other run's minutes (``at_equal_minutes``).
+Writes WORK/learning.json and the dev curves against minutes, WORK/learning.png (default runs/bench/learning/);
+``--from-json`` redoes both from the runs recorded there, without training.
 """
 
 from __future__ import annotations
@@ -83,26 +84,47 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def at_minutes(curve: list[dict], minutes: float) -> float | None:
+    """A run's best dev rsum within its first ``minutes`` (None: no epoch had ended by then)."""
+    scores = [point["dev_score"] for point in curve if point["minutes"] <= minutes]
+    return round(max(scores), 1) if scores else None
+
+
+def compare(features: str, rows: list[dict]) -> dict:
+    """The runs side by side: the first run's speed-up in minutes to the paper's dev rsum and to its row (a bound
+    where the other run never got there), and the first run's best dev rsum within each other run's minutes."""
+    first = rows[0]
+    return {"features": features, "paper_rsum": round(PAPER_RSUM, 1), "runs": rows,
+            "speedup_to_paper_rsum": {o["run"]: ratio(first, o, "minutes_to_paper_rsum") for o in rows[1:]},
+            "speedup_to_paper_row": {o["run"]: ratio(first, o, "minutes_to_paper_row") for o in rows[1:]},
+            "at_equal_minutes": {o["run"]: {"minutes": o["train_minutes"], "its_best_dev_rsum": o["best_dev_rsum"],
+                                            "first_run_best_dev_rsum": at_minutes(first["dev_curve"],
+                                                                                  o["train_minutes"])}
+                                 for o in rows[1:]}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", default=str(runs_root() / "flickr8k" / "features"))
     parser.add_argument("--work", default=str(runs_root() / "bench" / "learning"))
     parser.add_argument("--run", action="append", default=[],
                         help="a preset and extra train-align options (repeat; the first is compared to the others)")
-    parser.add_argument("--plot-only", action="store_true", help="redraw WORK/learning.png from WORK/learning.json")
+    parser.add_argument("--from-json", action="store_true",
+                        help="no training: redo the comparison and the plot from the runs in WORK/learning.json")
     args = parser.parse_args(argv)
     work = Path(args.work)
-    if args.plot_only:
-        result = json.loads((work / "learning.json").read_text())
+    if args.from_json:
+        saved = json.loads((work / "learning.json").read_text())
+        result = compare(saved["features"], saved["runs"])
+        (work / "learning.json").write_text(json.dumps(result, indent=1))
         plot(result, work / "learning.png")
+        print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
         return result
     runs = args.run or ["train_align_modern", "train_align_brnn_mean --epochs 6 --test false",
                         "train_align --epochs 3 --test false"]
     work.mkdir(parents=True, exist_ok=True)
     rows = [one_run(Path(args.features), work, i, spec) for i, spec in enumerate(runs)]
-    result = {"features": args.features, "paper_rsum": round(PAPER_RSUM, 1), "runs": rows,
-              "speedup_to_paper_rsum": {o["run"]: ratio(rows[0], o, "minutes_to_paper_rsum") for o in rows[1:]},
-              "speedup_to_paper_row": {o["run"]: ratio(rows[0], o, "minutes_to_paper_row") for o in rows[1:]}}
+    result = compare(args.features, rows)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
     (work / "learning.json").write_text(json.dumps(result, indent=1))
     plot(result, work / "learning.png")
