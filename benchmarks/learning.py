@@ -42,7 +42,12 @@ def one_run(features: Path, work: Path, index: int, spec: str) -> dict:
     out = work / f"{index}-{preset}"
     run_stage(["train-align", "--features", str(features), "--out", str(out), "--preset", preset, "--register-as", "",
                "--experiment", "bench-learning", "--progress", "false", *extra], work / f"{index}-{preset}.log")
-    summary = json.loads((out / "summary.json").read_text())
+    return summary_row(spec, out / "summary.json")
+
+
+def summary_row(spec: str, path: Path) -> dict:
+    """A run's row from its ``summary.json`` (vsa train-align writes it beside best.pt)."""
+    summary, out = json.loads(path.read_text()), path.parent
     curve = summary["dev_curve"]
     row = {"run": spec, "mlflow_run_id": summary["run_id"], "summary": str(out / "summary.json"),
            "train_minutes": summary["train_minutes"],
@@ -76,7 +81,7 @@ def plot(result: dict, path: Path) -> None:
     ax.axhline(result["paper_rsum"], color="grey", linestyle="--", label="the paper's test rsum (199.9)")
     ax.set_xlabel("wall-clock minutes (training and dev scoring)")
     ax.set_ylabel("dev R@1+5+10, both directions")
-    ax.set_title(f"Learning efficiency, {Path(result['features']).name}")
+    ax.set_title(f"Learning efficiency, {Path(result['features']).parent.name}/{Path(result['features']).name}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -111,11 +116,14 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a preset and extra train-align options (repeat; the first is compared to the others)")
     parser.add_argument("--from-json", action="store_true",
                         help="no training: redo the comparison and the plot from the runs in WORK/learning.json")
+    parser.add_argument("--add", action="append", default=[], metavar="LABEL=SUMMARY_JSON",
+                        help="with --from-json: add a train-align run from elsewhere (same features, same machine)")
     args = parser.parse_args(argv)
     work = Path(args.work)
     if args.from_json:
         saved = json.loads((work / "learning.json").read_text())
-        result = compare(saved["features"], saved["runs"])
+        added = [summary_row(label, Path(path)) for label, path in (item.split("=", 1) for item in args.add)]
+        result = compare(saved["features"], saved["runs"] + added)
         (work / "learning.json").write_text(json.dumps(result, indent=1))
         plot(result, work / "learning.png")
         print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
