@@ -411,3 +411,15 @@ def assert_metrics_match(result: dict, annotation: np.ndarray, search: np.ndarra
     assert result["search"]["r1"] == pytest.approx(100 * np.mean(search <= 1))
     assert result["search"]["medr"] == float(np.median(search))
     assert result["annotation"]["medr"] == float(np.median(annotation))
+
+
+def test_beating_the_papers_row_takes_all_eight_columns():
+    from vsa_dist.eval.retrieval import PAPER_ROW, beats_row
+
+    better = {d: {k: v - 1 if k == "medr" else v + 1 for k, v in PAPER_ROW[d].items()} for d in PAPER_ROW}
+    assert beats_row(better)
+    for d in PAPER_ROW:
+        for k in PAPER_ROW[d]:
+            tied = {e: dict(better[e]) for e in better}
+            tied[d][k] = PAPER_ROW[d][k]  # a tie is not a win, at a recall or at a median rank
+            assert not beats_row(tied), (d, k)
