@@ -72,9 +72,9 @@ def mini_features(mini_shards, ray_cluster) -> Path:
     return out
 
 
-def untrained_alignment_checkpoint(features_dir, path, preset=None):
+def untrained_alignment_checkpoint(features_dir, path, preset=None, **settings):
     """A real best.pt in the format train-align writes, with untrained weights (the DP does not care): the paper's
-    model, or ``preset``'s."""
+    model, or ``preset``'s, with ``settings`` over it."""
     import json as jsonlib
 
     import torch
@@ -85,7 +85,8 @@ def untrained_alignment_checkpoint(features_dir, path, preset=None):
 
     manifest = jsonlib.loads((features_dir / "manifest.json").read_text())
     vocab = manifest["vocab"]["words"]
-    cfg = cfglib.resolve(AlignConfig, preset, {"features": str(features_dir), "embed_dim": 32, "word_dim": 16})
+    cfg = cfglib.resolve(AlignConfig, preset, {"features": str(features_dir), "embed_dim": 32, "word_dim": 16,
+                                               **settings})
     torch.manual_seed(0)
     model = AlignmentModel(model_args(cfg, len(vocab) + 2, manifest["settings"]["feature_dim"]))
     return write_untrained(path, model, cfg, manifest)

@@ -39,9 +39,10 @@ def test_align_snippets_stage_covers_every_word_and_beta_sets_snippet_length(min
 
 
 def test_snippets_of_the_modern_model_read_every_region(mini_features, tmp_path, ray_cluster):
-    """The modern preset scores an image by its whole-image vector alone, but the snippet MRF reads its word–region
-    affinities v_iᵀ s_t over every region: the snippets tile each sentence and land on regions, not only on the
-    whole image, and each snippet's mean score is its words' affinities with its region."""
+    """A modern-preset model that scores an image by its whole-image vector alone (``--local-weight 0``: training and
+    retrieval project only v_0) still gives the snippet MRF its word–region affinities v_iᵀ s_t over every region:
+    the snippets land on regions, not only on the whole image, and each snippet's mean score is its words'
+    affinities with its region."""
     import json as jsonlib
 
     import torch
@@ -52,7 +53,8 @@ def test_snippets_of_the_modern_model_read_every_region(mini_features, tmp_path,
     from vsa_dist.data.shards import read_samples, shard_paths
     from vsa_dist.features.format import npy_load
 
-    checkpoint = untrained_alignment_checkpoint(mini_features, tmp_path / "best.pt", preset="train_align_modern")
+    checkpoint = untrained_alignment_checkpoint(mini_features, tmp_path / "best.pt", preset="train_align_modern",
+                                                local_weight=0.0)
     model, state = load_alignment(checkpoint)
     assert (model.args.local_weight, model.args.word_rnn, model.args.cosine) == (0.0, "gru", True)
     out = tmp_path / "snippets"
