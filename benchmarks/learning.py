@@ -11,8 +11,9 @@ each run's dev curve (MLflow): the minutes until dev R@1+5+10 first reached the 
 until dev first beat the paper's test row in all eight columns; the ratio of the first run's minutes to each
 other run's. A run that never got there within its epochs gives a bound: its minutes are at least its whole
 run's ("> N"); so also the first run's best dev rsum within each other run's minutes (``at_equal_minutes``).
-Writes WORK/learning.json and the dev curves against minutes, WORK/learning.png (default runs/bench/learning/);
-``--from-json`` redoes both from the runs recorded there, without training.
+Writes WORK/learning.json, the dev curves against minutes (WORK/learning.png) and a table of each run's minutes,
+best dev rsum and test row (WORK/learning.md; default runs/bench/learning/);
+``--from-json`` redoes all three from the runs recorded there, without training.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def summary_row(spec: str, path: Path) -> dict:
            "train_minutes": summary["train_minutes"],
            "epochs": len(curve), "best_dev_rsum": round(summary["best_dev_rsum"], 1),
            "minutes_to_paper_rsum": first_minute(curve, lambda p: p["dev_score"] >= PAPER_RSUM),
-           "minutes_to_paper_row": summary["minutes_to_paper_row"], "dev_curve": curve}
+           "minutes_to_paper_row": summary["minutes_to_paper_row"], "best_dev_epoch": summary["best_dev_epoch"],
+           "test": summary.get("test"), "dev_curve": curve}
     print(f"  {spec}: {json.dumps({k: v for k, v in row.items() if k != 'dev_curve'})}", flush=True)
     return row
 
@@ -87,6 +89,25 @@ def plot(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def table(result: dict) -> str:
+    """The runs as a Markdown table: minutes, best dev rsum and epoch, and the best-on-dev model's test row."""
+    lines = ["| run | train minutes | best dev rsum (epoch) | annotation R@1 | R@5 | R@10 | med r | search R@1 | R@5 "
+             "| R@10 | med r |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in result["runs"]:
+        test = row.get("test") or {}
+        cells = [f"{test[d][k]:g}" if d in test else "" for d in ("annotation", "search")
+                 for k in ("r1", "r5", "r10", "medr")]
+        lines.append(f"| `{row['run']}` | {row['train_minutes']:.1f} | {row['best_dev_rsum']:.1f} "
+                     f"({row.get('best_dev_epoch', '')}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, work: Path) -> None:
+    (work / "learning.json").write_text(json.dumps(result, indent=1))
+    (work / "learning.md").write_text(table(result))
+    plot(result, work / "learning.png")
 
 
 def at_minutes(curve: list[dict], minutes: float) -> float | None:
@@ -124,8 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         saved = json.loads((work / "learning.json").read_text())
         added = [summary_row(label, Path(path)) for label, path in (item.split("=", 1) for item in args.add)]
         result = compare(saved["features"], saved["runs"] + added)
-        (work / "learning.json").write_text(json.dumps(result, indent=1))
-        plot(result, work / "learning.png")
+        write(result, work)
         print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
         return result
     runs = args.run or ["train_align_modern", "train_align_brnn_mean --epochs 6 --test false",
@@ -134,8 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [one_run(Path(args.features), work, i, spec) for i, spec in enumerate(runs)]
     result = compare(args.features, rows)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
-    (work / "learning.json").write_text(json.dumps(result, indent=1))
-    plot(result, work / "learning.png")
+    write(result, work)
     return result
 
 

@@ -109,6 +109,22 @@ def test_the_score_is_its_equation(options):
                                    rtol=1e-6 if exact else 1e-5, atol=1e-6)
 
 
+def test_a_whole_image_model_scores_the_whole_image_alone():
+    """``regions=False`` (the ablation's whole-image row): the regions' rows change nothing, and the loss and the
+    retrieval scores are those of the same weights given the whole image's row only."""
+    whole_only, with_regions = tiny_model(regions=False), tiny_model()
+    features, tokens, _ = batch(regions=4)
+    shuffled = features.clone()
+    shuffled[:, 1:] = torch.randn_like(shuffled[:, 1:])
+    with torch.no_grad():
+        loss = whole_only(features, tokens)
+        assert loss.item() == pytest.approx(whole_only(shuffled, tokens).item())
+        assert loss.item() == pytest.approx(with_regions(features[:, :1], tokens).item())
+        assert loss.item() != pytest.approx(with_regions(features, tokens).item())
+        metrics = evaluate_alignment(whole_only, features, tokens[:, None])
+        assert metrics == evaluate_alignment(with_regions, features[:, :1], tokens[:, None])
+
+
 def test_hardest_negatives_start_after_their_warm_up():
     from vsa_dist.stages.train_align import AlignConfig, AlignTask
     from vsa_dist.training import RunSpec

@@ -51,6 +51,7 @@ class AlignmentArgs:
     cosine: bool = False       # v_i and s_t at unit length
     local_weight: float = 1.0  # the paper's region–word term
     global_weight: float = 0.0  # the whole image against the sentence's mean word vector (cosine)
+    regions: bool = True       # score the R regions beside the whole image; False: v_0 alone (an ablation)
 
 
 def one_sentence_each(tokens: torch.Tensor) -> torch.Tensor:
@@ -100,9 +101,11 @@ class AlignmentModel(nn.Module):
 
     def embed_scored_regions(self, features: torch.Tensor) -> torch.Tensor:
         """The region vectors the image–sentence score reads: all 1+R, or only the whole image's v_0 when the
-        region–word term weighs nothing (its projection of the R regions would be a fifth of a step's work, unused).
-        The snippet MRF's affinities (``word_region_scores``) read every region either way."""
-        return self.embed_regions(features if self.args.local_weight else features[:, :1])
+        region–word term weighs nothing (its projection of the R regions would be a fifth of a step's work, unused)
+        or the model was built to score the whole image alone (``regions=False``). The snippet MRF's affinities
+        (``word_region_scores``) read every region either way."""
+        whole_only = not self.args.local_weight or not self.args.regions
+        return self.embed_regions(features[:, :1] if whole_only else features)
 
     def embed_words(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, T] token ids (PAD-padded on the right) → ([N, T, h] word vectors s_t, [N, T] mask)."""
