@@ -97,7 +97,7 @@ def table(result: dict) -> str:
              "| R@10 | med r |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["runs"]:
         test = row.get("test") or {}
-        cells = [f"{test[d][k]:g}" if d in test else "" for d in ("annotation", "search")
+        cells = [f"{test[d][k]:.1f}".removesuffix(".0") if d in test else "" for d in ("annotation", "search")
                  for k in ("r1", "r5", "r10", "medr")]
         lines.append(f"| `{row['run']}` | {row['train_minutes']:.1f} | {row['best_dev_rsum']:.1f} "
                      f"({row.get('best_dev_epoch', '')}) | " + " | ".join(cells) + " |")
@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.from_json:
         saved = json.loads((work / "learning.json").read_text())
         added = [summary_row(label, Path(path)) for label, path in (item.split("=", 1) for item in args.add)]
-        result = compare(saved["features"], saved["runs"] + added)
+        # each run re-read from its summary where it is still there (rows written by older code gain new columns)
+        runs = [summary_row(r["run"], Path(r["summary"])) if Path(r["summary"]).is_file() else r for r in saved["runs"]]
+        result = compare(saved["features"], runs + added)
         write(result, work)
         print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
         return result

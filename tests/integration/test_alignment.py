@@ -127,6 +127,28 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
             assert value == pytest.approx(best.score(regions, words, mask).item(), rel=1e-5)
 
 
+def test_a_whole_image_run_trains_on_the_whole_images_row_alone(tmp_path, mini_features, ray_cluster, mlflow_server,
+                                                                 monkeypatch):
+    """``--regions false`` (the ablation's whole-image row) streams only each image's first row ([B, D] batches)
+    and trains a model whose scores ignore the region rows."""
+    from vsa_dist.checkpoints import load_alignment
+    from vsa_dist.cli import main as vsa
+    from vsa_dist.data.pairs import load_split, word_index
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    out = tmp_path / "align-whole"
+    summary = vsa(["train-align", "--features", str(mini_features), "--out", str(out), "--regions", "false",
+                   "--epochs", "2", "--batch-size", "20", "--embed-dim", "64", "--register-as", "", "--test", "false",
+                   "--experiment", "test-align", "--progress", "false"])
+    assert [p["epoch"] for p in summary["dev_curve"]] == [1, 2]
+    model, state = load_alignment(out / "best.pt")
+    assert model.args.regions is False
+    dev = load_split(mini_features, "dev", word_index(state["vocab"]), 32)
+    features, tokens = torch.from_numpy(dev["features"]), torch.from_numpy(dev["tokens"]).long()
+    noise = features.clone()
+    noise[:, 1:] = torch.randn_like(noise[:, 1:].float()).to(noise.dtype)
+    assert evaluate_alignment(model, noise, tokens) == evaluate_alignment(model, features, tokens)
+
 @pytest.mark.slow
 def test_a_stopped_run_is_killed_in_mlflow_not_finished(tmp_path, mini_features, ray_cluster, mlflow_server):
     from mlflow.tracking import MlflowClient

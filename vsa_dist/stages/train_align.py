@@ -110,7 +110,10 @@ class AlignTask:
 
     def step(self, model, plain, batch) -> tuple[torch.Tensor, dict[str, float]]:
         tokens = batch["tokens"].long() if self.cfg.all_sentences else one_sentence_each(batch["tokens"].long())
-        loss = model(batch["features"], tokens, gather=self.gather)
+        features = batch["features"]
+        if features.dim() == 2:  # the whole image's row alone was streamed ([B, D]; see run): one row per image
+            features = features[:, None]
+        loss = model(features, tokens, gather=self.gather)
         return loss, {"loss": loss.item(), "pairs": int((tokens != PAD).any(dim=-1).sum())}
 
     def train_metrics(self, sums, steps: int, seconds: float, world: int) -> tuple[dict[str, float], str]:

@@ -150,14 +150,17 @@ def train(
     return Trained(model, state, final, manifest, record["mlflow_run_id"], dict(getattr(result, "metrics", None) or {}))
 
 
+def metric_by_epoch(run_id: str, name: str) -> dict[int, float]:
+    """One metric of an MLflow run, as it logged it each epoch (its step)."""
+    from mlflow.tracking import MlflowClient
+
+    return {m.step: m.value for m in MlflowClient().get_metric_history(run_id, name)}
+
+
 def dev_curve(run_id: str) -> list[dict[str, float]]:
     """Learning efficiency: the run's dev score (what its best epoch is chosen by) against the wall-clock minutes of
     training and scoring since it began, one point per epoch, as its MLflow run logged them."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    minutes = {m.step: m.value for m in client.get_metric_history(run_id, "minutes")}
-    scores = {m.step: m.value for m in client.get_metric_history(run_id, "dev_score")}
+    minutes, scores = metric_by_epoch(run_id, "minutes"), metric_by_epoch(run_id, "dev_score")
     return [{"epoch": step, "minutes": round(minutes[step], 2), "dev_score": round(scores[step], 4)}
             for step in sorted(set(minutes) & set(scores))]
 
@@ -165,11 +168,8 @@ def dev_curve(run_id: str) -> list[dict[str, float]]:
 def first_reached(run_id: str, flag: str) -> dict[str, float] | None:
     """The first epoch at which the run logged ``flag`` as 1 (e.g. dev beat a published row), with the wall-clock
     minutes since the run began; None if it never did."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    minutes = {m.step: m.value for m in client.get_metric_history(run_id, "minutes")}
-    reached = sorted(m.step for m in client.get_metric_history(run_id, flag) if m.value >= 1 and m.step in minutes)
+    minutes = metric_by_epoch(run_id, "minutes")
+    reached = sorted(step for step, value in metric_by_epoch(run_id, flag).items() if value >= 1 and step in minutes)
     return {"epoch": reached[0], "minutes": round(minutes[reached[0]], 2)} if reached else None
 
 
