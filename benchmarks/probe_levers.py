@@ -4,6 +4,7 @@ frozen features of a feature folder, dev scored after every pass, the best-on-de
     python benchmarks/probe_levers.py --features runs/flickr8k/features --whole-only --passes 4   # VSE++ reference
     python benchmarks/probe_levers.py --features runs/flickr8k/features-lite2 --whole-only --passes 4
     python benchmarks/probe_levers.py --features runs/flickr8k/features --whole-only --grouped --batch 32 --passes 4
+    python benchmarks/probe_levers.py --features runs/flickr8k/features --pool gpo --passes 4   # GPO over 20 rows
 
 A pass covers every (image, sentence) pair of the train split once, in a random order (``--grouped``: each image
 with all its sentences in one step, ``--batch`` images a step). The model is ``AlignmentModel`` with the
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--grouped", action="store_true", help="each image with all its sentences in one step")
     parser.add_argument("--whole-only", action="store_true", help="the whole-image row only (no regions)")
     parser.add_argument("--local", type=float, default=0.0, help="weight of the region-word term")
+    parser.add_argument("--pool", choices=("mean", "gpo"), default="mean",
+                        help="the global term's vectors: v_0 and the mean s_t, or GPO over all the rows and the words")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--batch", type=int, default=128, help="pairs a step (--grouped: images a step)")
     parser.add_argument("--clip-value", type=float, default=0.0,
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     dev_features, dev_tokens = split_arrays(folders, "dev", index, args.whole_only)
     model = AlignmentModel(AlignmentArgs(
         vocab_size=len(vocab) + 2, feature_dim=train_features.shape[-1], embed_dim=512, dropout=0.1,
-        score_norm="mean", margin=0.2, word_rnn="gru", cosine=True, local_weight=args.local, global_weight=1.0))
+        score_norm="mean", margin=0.2, word_rnn="gru", cosine=True, local_weight=args.local, global_weight=1.0,
+        global_pooling=args.pool))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     pairs = (train_tokens != PAD).any(-1).nonzero()                     # [P, 2]: image, sentence slot
     started, best, curve = time.time(), None, []

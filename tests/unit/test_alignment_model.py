@@ -71,16 +71,34 @@ def gru_words(model: AlignmentModel, ids: list[int]) -> torch.Tensor:
                         for t in range(len(ids))])
 
 
+def gpo_by_hand(pool, vectors: torch.Tensor) -> torch.Tensor:
+    """GPO over one set [n, h], as Chen et al. (2021) write it: each dimension sorted from the largest down,
+    weighed by softmax(w · BiGRU(sine encodings of positions 1 … n) / 0.1)."""
+    n, dim = len(vectors), pool.encoding_dim
+    encoding = torch.zeros(n, dim)
+    for p in range(1, n + 1):
+        for i in range(0, dim, 2):
+            encoding[p - 1, i] = np.sin(p / 10000 ** (i / dim))
+            encoding[p - 1, i + 1] = np.cos(p / 10000 ** (i / dim))
+    out, _ = pool.gru(encoding[None])
+    forward, backward = out[0].chunk(2, dim=-1)
+    weights = torch.softmax(pool.out((forward + backward) / 2)[:, 0] / 0.1, dim=0)
+    return (weights[:, None] * vectors.sort(dim=0, descending=True).values).sum(dim=0)
+
+
 @pytest.mark.parametrize("options", [
     {"score_norm": "sum", "l2_features": False}, {"score_norm": "mean", "l2_features": False}, {"score_norm": "sum"},
     # beyond the paper
     {"word_rnn": "gru"}, {"cosine": True}, {"word_rnn": "gru", "cosine": True, "global_weight": 0.5},
     {"global_weight": 2.0, "l2_features": False}, {"word_rnn": "gru", "cosine": True, "global_weight": 1.0,
-                                                   "local_weight": 0.0}])
+                                                   "local_weight": 0.0},
+    {"word_rnn": "gru", "cosine": True, "global_weight": 1.0, "global_pooling": "gpo"},
+    {"word_rnn": "gru", "cosine": True, "global_weight": 1.0, "local_weight": 0.0, "global_pooling": "gpo"}])
 def test_the_score_is_its_equation(options):
     """S_kl against brute force: the paper's sum (or mean) over words of the best region's dot product, s_t step by
     step through the BRNN or the GRU (each sentence read over its own words only), and beyond the paper unit-length
-    vectors and the global term cos(v_0, mean_t s_t) beside the region–word one (or alone)."""
+    vectors and the global term cos(v_0, mean_t s_t) beside the region–word one (or alone), or its GPO-pooled
+    form over all the region vectors and the words."""
     options = {"score_norm": "mean", "local_weight": 0.7, **options}
     model = tiny_model(**options)
     args = model.args
@@ -101,7 +119,11 @@ def test_the_score_is_its_equation(options):
                 v = v / v.norm(dim=-1, keepdim=True) if args.cosine else v
                 local = sum(max(float(v[i] @ s[t]) for i in range(len(v))) for t in range(n))
                 local = local / n if args.score_norm == "mean" else local
-                whole = float(torch.nn.functional.cosine_similarity(v[0], s.mean(dim=0), dim=0))
+                if args.global_pooling == "gpo":
+                    image, sentence = gpo_by_hand(model.image_pool, v), gpo_by_hand(model.sentence_pool, s)
+                else:
+                    image, sentence = v[0], s.mean(dim=0)
+                whole = float(torch.nn.functional.cosine_similarity(image, sentence, dim=0))
                 expected = args.local_weight * local + args.global_weight * whole if args.global_weight else local
                 assert scores[k, l].item() == pytest.approx(expected, rel=1e-5 if exact else 1e-4, abs=1e-5)
         # Each image with its own sentence alone (retrieval's positives): the diagonal of the matrix.
@@ -258,7 +280,9 @@ def test_gather_across_two_real_processes_gives_the_whole_batch_gradient(tmp_pat
 
 
 @pytest.mark.parametrize("options", [{}, {"word_rnn": "gru", "cosine": True, "global_weight": 1.0},
-                                     {"word_rnn": "gru", "global_weight": 1.0, "local_weight": 0.0}])
+                                     {"word_rnn": "gru", "global_weight": 1.0, "local_weight": 0.0},
+                                     {"word_rnn": "gru", "cosine": True, "global_weight": 1.0, "local_weight": 0.0,
+                                      "global_pooling": "gpo"}])
 def test_gradients_reach_every_parameter(options):
     # DDP stops at the first step when a parameter gets no gradient: a model holds only what its options use
     model = tiny_model(**options).train()

@@ -20,7 +20,11 @@ region–word one,
 
     S_kl = local_weight · (sum or mean)_t max_i v_iᵀ s_t  +  global_weight · cos(v_0, mean_t s_t),
 
-v_0 being the whole image's vector: the word–region affinities the snippet MRF reads stay v_iᵀ s_t.
+v_0 being the whole image's vector: the word–region affinities the snippet MRF reads stay v_iᵀ s_t. With
+``global_pooling="gpo"`` the global term pools instead of taking v_0 and the mean: GPO (Chen et al. 2021, VSE∞)
+over all 1+R region vectors and over the sentence's s_t — each dimension's values sorted from the largest down and
+weighed by weights that a small bidirectional GRU reads off the positions' sine encodings (they depend on the
+set's size only).
 """
 
 from __future__ import annotations
@@ -52,6 +56,57 @@ class AlignmentArgs:
     local_weight: float = 1.0  # the paper's region–word term
     global_weight: float = 0.0  # the whole image against the sentence's mean word vector (cosine)
     regions: bool = True       # score the R regions beside the whole image; False: v_0 alone (an ablation)
+    global_pooling: str = "mean"  # the global term's vectors: "mean" (v_0, mean_t s_t) or "gpo" (learned pooling)
+
+
+def reads_regions(settings) -> bool:
+    """Whether the image–sentence score reads the R region rows, or only the whole image's (``settings``: the
+    model's args or the stage's config, which share these fields)."""
+    return bool(settings.regions and (settings.local_weight or settings.global_pooling == "gpo"))
+
+
+def sine_positions(steps: int, dim: int) -> torch.Tensor:
+    """[steps, dim] sine/cosine encodings of the positions 1 … steps (Vaswani et al. 2017)."""
+    position = torch.arange(1, steps + 1, dtype=torch.float32)[:, None]
+    rate = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-torch.log(torch.tensor(10000.0)) / dim))
+    encoding = torch.zeros(steps, dim)
+    encoding[:, 0::2], encoding[:, 1::2] = torch.sin(position * rate), torch.cos(position * rate)
+    return encoding
+
+
+class GPO(nn.Module):
+    """Generalized pooling operator (Chen et al. 2021): a set of vectors [N, K, h] (``mask`` [N, K]: the valid ones
+    first) → [N, h], each dimension's valid values sorted from the largest down and summed with weights θ_1 … θ_n
+    (n: the set's size) = softmax(w · BiGRU(sine encodings of 1 … n) / 0.1). Max pooling and mean pooling are two of
+    the weightings it can learn."""
+
+    def __init__(self, encoding_dim: int = 32, hidden: int = 32):
+        super().__init__()
+        self.encoding_dim = encoding_dim
+        self.gru = nn.GRU(encoding_dim, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(hidden, 1, bias=False)
+
+    def weights(self, sizes: torch.Tensor, steps: int) -> torch.Tensor:
+        """[N, steps] pooling weights for sets of ``sizes`` (≥ 1) elements, zero past each set's end; computed once
+        per distinct size."""
+        distinct, which = sizes.unique(return_inverse=True)
+        encodings = sine_positions(steps, self.encoding_dim).to(self.out.weight.device)
+        packed = nn.utils.rnn.pack_padded_sequence(encodings.expand(len(distinct), -1, -1), distinct.cpu(),
+                                                   batch_first=True, enforce_sorted=False)
+        out, _ = nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=steps)
+        forward, backward = out.chunk(2, dim=-1)
+        logits = self.out((forward + backward) / 2).squeeze(-1)                # [U, steps]
+        past_end = torch.arange(steps, device=logits.device)[None, :] >= distinct[:, None].to(logits.device)
+        return torch.softmax(logits.masked_fill(past_end, float("-inf")) / 0.1, dim=1)[which]
+
+    def forward(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        steps = values.shape[1]
+        sizes = mask.sum(dim=1).long()
+        valid = mask[..., None] > 0
+        ordered = values.masked_fill(~valid, float("-inf")).sort(dim=1, descending=True).values
+        past_end = torch.arange(steps, device=values.device)[None, :, None] >= sizes[:, None, None]
+        ordered = ordered.masked_fill(past_end, 0.0)                            # an empty set pools to 0
+        return (ordered * self.weights(sizes.clamp(min=1), steps)[..., None]).sum(dim=1)
 
 
 def one_sentence_each(tokens: torch.Tensor) -> torch.Tensor:
@@ -75,6 +130,8 @@ class AlignmentModel(nn.Module):
         self.word_vectors = nn.Embedding(args.vocab_size, args.word_dim, padding_idx=PAD)  # W_w
         self.word_out = nn.Linear(h, h)                                         # W_d, b_d
         self.dropout = nn.Dropout(args.dropout)
+        if args.global_pooling == "gpo":                                         # one pooling per side
+            self.image_pool, self.sentence_pool = GPO(), GPO()
         # the loss's negatives: hardest only (VSE++) once a warm-up on all of them is over (set per epoch)
         self.use_hardest = args.hardest_negative
         # the words' recurrence: a GRU, or the paper's BRNN (only the one in use exists: DDP wants every parameter
@@ -101,11 +158,10 @@ class AlignmentModel(nn.Module):
 
     def embed_scored_regions(self, features: torch.Tensor) -> torch.Tensor:
         """The region vectors the image–sentence score reads: all 1+R, or only the whole image's v_0 when the
-        region–word term weighs nothing (its projection of the R regions would be a fifth of a step's work, unused)
-        or the model was built to score the whole image alone (``regions=False``). The snippet MRF's affinities
-        (``word_region_scores``) read every region either way."""
-        whole_only = not self.args.local_weight or not self.args.regions
-        return self.embed_regions(features[:, :1] if whole_only else features)
+        region–word term weighs nothing and the global term reads v_0 alone (the R regions' projection would be a
+        fifth of a step's work, unused) or the model was built to score the whole image alone (``regions=False``).
+        The snippet MRF's affinities (``word_region_scores``) read every region either way."""
+        return self.embed_regions(features if reads_regions(self.args) else features[:, :1])
 
     def embed_words(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, T] token ids (PAD-padded on the right) → ([N, T, h] word vectors s_t, [N, T] mask)."""
@@ -183,13 +239,19 @@ class AlignmentModel(nn.Module):
         total = self.args.global_weight * ((image * sentence).sum(dim=-1) if paired else image @ sentence.T)
         return total + self.args.local_weight * local() if self.args.local_weight else total
 
-    @staticmethod
-    def global_vectors(regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor
+    def global_vectors(self, regions: torch.Tensor, words: torch.Tensor, mask: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The global term's unit vectors: the whole image's v_0 [K, h] and each sentence's mean s_t [L, h]."""
+        """The global term's unit vectors [K, h] and [L, h]: the whole image's v_0 and each sentence's mean s_t, or
+        (``global_pooling="gpo"``) GPO over all 1+R region vectors and over the sentence's s_t."""
         steps = words.shape[1]
-        sentence = (words * mask[:, :steps, None]).sum(dim=1) / mask[:, :steps].sum(dim=1, keepdim=True).clamp(min=1)
-        return F.normalize(regions[:, 0], dim=-1), F.normalize(sentence, dim=-1)
+        mask = mask[:, :steps]
+        if self.args.global_pooling == "gpo":
+            image = self.image_pool(regions, regions.new_ones(regions.shape[:2]))
+            sentence = self.sentence_pool(words, mask)
+        else:
+            image = regions[:, 0]
+            sentence = (words * mask[:, :, None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1)
+        return F.normalize(image, dim=-1), F.normalize(sentence, dim=-1)
 
     def over_words(self, best: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Each word's best-region score [..., T] summed (or averaged) over the sentence's words."""

@@ -26,7 +26,7 @@ from vsa_dist.config import option
 from vsa_dist.data.pairs import load_split, word_index
 from vsa_dist.distributed import gather_across_workers
 from vsa_dist.eval.retrieval import beats_row, evaluate_alignment, flat_metrics, rsum
-from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel, one_sentence_each
+from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel, one_sentence_each, reads_regions
 from vsa_dist.models.tokens import PAD
 
 
@@ -56,6 +56,8 @@ class AlignConfig(training.TrainConfig):
     local_weight: float = option(1.0, "weight of the paper's region-word term in the score", range="[0, inf)")
     global_weight: float = option(0.0, "weight of a global term, cos(whole image's v_0, mean word vector), beside it",
                                   range="[0, inf)")
+    global_pooling: str = option("mean", "the global term's vectors: mean (v_0 and the mean word vector) or gpo "
+                                         "(learned GPO pooling over all the region vectors and over the words)")
     regions: bool = option(True, "score the regions beside the whole image; false: the whole image alone (the "
                                  "ablation in docs/alignment.md: with the paper's score every word then takes v_0)")
     all_sentences: bool = option(False, "each image brings all its sentences to a step, each a positive pair (a pass "
@@ -68,6 +70,7 @@ class AlignConfig(training.TrainConfig):
         self.validate_training(default_out="align", min_batch=2)
         training.check_choice("score_norm", self.score_norm, ("sum", "mean"))
         training.check_choice("word_rnn", self.word_rnn, ("relu", "gru"))
+        training.check_choice("global_pooling", self.global_pooling, ("mean", "gpo"))
         if not self.local_weight and not self.global_weight:
             raise cfglib.ConfigError("local_weight and global_weight are both 0: nothing would score")
 
@@ -76,7 +79,8 @@ def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> Alignment
     return AlignmentArgs(vocab_size=vocab_size, feature_dim=feature_dim, embed_dim=cfg.embed_dim, word_dim=cfg.word_dim,
                          dropout=cfg.dropout, score_norm=cfg.score_norm, hardest_negative=cfg.hardest_negative,
                          margin=cfg.margin, word_rnn=cfg.word_rnn, cosine=cfg.cosine, local_weight=cfg.local_weight,
-                         global_weight=cfg.global_weight, regions=cfg.regions)
+                         global_weight=cfg.global_weight, regions=cfg.regions,
+                         global_pooling=cfg.global_pooling)
 
 
 class AlignTask:
@@ -142,7 +146,7 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
 
     # a score that reads only the whole image's row needs only that row streamed (a twentieth of the bytes)
     trained = training.train(cfg, "train-align", train_loop, load_alignment,
-                             whole_image_only=not (cfg.regions and cfg.local_weight))
+                             whole_image_only=not reads_regions(cfg))
     model, state, final, run_id = trained.model, trained.state, trained.checkpoint, trained.run_id
     settings, vocab = trained.manifest["settings"], trained.manifest["vocab"]["words"]
 
