@@ -75,8 +75,8 @@ def sine_positions(steps: int, dim: int) -> torch.Tensor:
 
 
 class GPO(nn.Module):
-    """Generalized pooling operator (Chen et al. 2021): a set of vectors [N, K, h] (``mask`` [N, K]: the valid ones
-    first) → [N, h], each dimension's valid values sorted from the largest down and summed with weights θ_1 … θ_n
+    """Generalized pooling operator (Chen et al. 2021): a set of vectors [N, K, h] (``mask`` [N, K]: which are in the
+    set) → [N, h], each dimension's valid values sorted from the largest down and summed with weights θ_1 … θ_n
     (n: the set's size) = softmax(w · BiGRU(sine encodings of 1 … n) / 0.1). Max pooling and mean pooling are two of
     the weightings it can learn."""
 
