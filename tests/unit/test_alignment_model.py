@@ -86,6 +86,19 @@ def gpo_by_hand(pool, vectors: torch.Tensor) -> torch.Tensor:
     return (weights[:, None] * vectors.sort(dim=0, descending=True).values).sum(dim=0)
 
 
+def scan_by_hand(v: torch.Tensor, s: torch.Tensor, t: int) -> float:
+    """Word t's text-to-image score as Lee et al. (2018) write it: cosines clipped by a leaky ReLU, each region's
+    normalised over the sentence's words, a softmax over the regions at λ_1 = 9 weighing the regions into the
+    attended vector a_t, and cos(s_t, a_t)."""
+    cosines = torch.tensor([[float(torch.nn.functional.cosine_similarity(v[i], s[j], dim=0)) for i in range(len(v))]
+                            for j in range(len(s))])                               # [words, regions]
+    clipped = torch.where(cosines > 0, cosines, 0.1 * cosines)
+    normed = clipped / clipped.pow(2).sum(dim=0, keepdim=True).sqrt()
+    weights = torch.exp(9 * normed[t]) / torch.exp(9 * normed[t]).sum()
+    attended = sum(weights[i] * v[i] for i in range(len(v)))
+    return float(torch.nn.functional.cosine_similarity(attended, s[t], dim=0))
+
+
 @pytest.mark.parametrize("options", [
     {"score_norm": "sum", "l2_features": False}, {"score_norm": "mean", "l2_features": False}, {"score_norm": "sum"},
     # beyond the paper
@@ -93,12 +106,14 @@ def gpo_by_hand(pool, vectors: torch.Tensor) -> torch.Tensor:
     {"global_weight": 2.0, "l2_features": False}, {"word_rnn": "gru", "cosine": True, "global_weight": 1.0,
                                                    "local_weight": 0.0},
     {"word_rnn": "gru", "cosine": True, "global_weight": 1.0, "global_pooling": "gpo"},
-    {"word_rnn": "gru", "cosine": True, "global_weight": 1.0, "local_weight": 0.0, "global_pooling": "gpo"}])
+    {"word_rnn": "gru", "cosine": True, "global_weight": 1.0, "local_weight": 0.0, "global_pooling": "gpo"},
+    {"word_rnn": "gru", "cosine": True, "local_pooling": "attention"},
+    {"word_rnn": "gru", "cosine": True, "global_weight": 1.0, "local_pooling": "attention", "score_norm": "sum"}])
 def test_the_score_is_its_equation(options):
     """S_kl against brute force: the paper's sum (or mean) over words of the best region's dot product, s_t step by
     step through the BRNN or the GRU (each sentence read over its own words only), and beyond the paper unit-length
     vectors and the global term cos(v_0, mean_t s_t) beside the region–word one (or alone), or its GPO-pooled
-    form over all the region vectors and the words."""
+    form over all the region vectors and the words, and SCAN's attention over the regions in place of the max."""
     options = {"score_norm": "mean", "local_weight": 0.7, **options}
     model = tiny_model(**options)
     args = model.args
@@ -117,7 +132,10 @@ def test_the_score_is_its_equation(options):
                 f = features[k] / features[k].norm(dim=-1, keepdim=True) if args.l2_features else features[k]
                 v = f @ model.region_proj.weight.T + model.region_proj.bias
                 v = v / v.norm(dim=-1, keepdim=True) if args.cosine else v
-                local = sum(max(float(v[i] @ s[t]) for i in range(len(v))) for t in range(n))
+                if args.local_pooling == "attention":
+                    local = sum(scan_by_hand(v, s, t) for t in range(n))
+                else:
+                    local = sum(max(float(v[i] @ s[t]) for i in range(len(v))) for t in range(n))
                 local = local / n if args.score_norm == "mean" else local
                 if args.global_pooling == "gpo":
                     image, sentence = gpo_by_hand(model.image_pool, v), gpo_by_hand(model.sentence_pool, s)
@@ -282,7 +300,8 @@ def test_gather_across_two_real_processes_gives_the_whole_batch_gradient(tmp_pat
 @pytest.mark.parametrize("options", [{}, {"word_rnn": "gru", "cosine": True, "global_weight": 1.0},
                                      {"word_rnn": "gru", "global_weight": 1.0, "local_weight": 0.0},
                                      {"word_rnn": "gru", "cosine": True, "global_weight": 1.0, "local_weight": 0.0,
-                                      "global_pooling": "gpo"}])
+                                      "global_pooling": "gpo"},
+                                     {"word_rnn": "gru", "cosine": True, "local_pooling": "attention"}])
 def test_gradients_reach_every_parameter(options):
     # DDP stops at the first step when a parameter gets no gradient: a model holds only what its options use
     model = tiny_model(**options).train()

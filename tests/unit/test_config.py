@@ -13,6 +13,7 @@ from vsa_dist.cli import main as vsa
     (["--threads", "0"], "threads 0 is outside its range [1, inf)"),
     (["--dropout", "2"], "dropout 2.0 is outside its range [0, 1)"),
     (["--max-failures", "-1"], "max_failures -1 is outside its range [0, 100]"),
+    (["--local-pooling", "attention"], "local_pooling=attention scores cosines: set cosine=true"),
 ])
 def test_training_numbers_outside_their_range_stop_before_any_work(flags, expected, capsys, tmp_path):
     # no features needed: the range check comes first, so these fail in the parser, not inside Ray

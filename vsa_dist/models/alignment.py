@@ -24,7 +24,14 @@ v_0 being the whole image's vector: the word–region affinities the snippet MRF
 ``global_pooling="gpo"`` the global term pools instead of taking v_0 and the mean: GPO (Chen et al. 2021, VSE∞)
 over all 1+R region vectors and over the sentence's s_t — each dimension's values sorted from the largest down and
 weighed by weights that a small bidirectional GRU reads off the positions' sine encodings (they depend on the
-set's size only).
+set's size only). With ``local_pooling="attention"`` each word attends over the regions instead of taking the best
+one (SCAN's text-to-image attention, Lee et al. 2018): the word's cosines with the regions, clipped (leaky ReLU 0.1)
+and put at unit length over the sentence's words for each region, set a softmax over the regions at temperature
+1/9; the word then scores cos(s_t, a_t) against a_t = sum_i α_ti v_i, the attended image,
+
+    local term = (sum or mean)_t cos(s_t, sum_i α_ti v_i)        instead of (sum or mean)_t max_i v_iᵀ s_t,
+
+the snippet MRF still reading v_iᵀ s_t.
 """
 
 from __future__ import annotations
@@ -57,6 +64,10 @@ class AlignmentArgs:
     global_weight: float = 0.0  # the whole image against the sentence's mean word vector (cosine)
     regions: bool = True       # score the R regions beside the whole image; False: v_0 alone (an ablation)
     global_pooling: str = "mean"  # the global term's vectors: "mean" (v_0, mean_t s_t) or "gpo" (learned pooling)
+    local_pooling: str = "max"  # each word's region: "max" (the paper's best region) or "attention" (SCAN t2i)
+
+
+ATTENTION_SHARPNESS = 9.0  # SCAN's λ_1 for text-to-image attention (their best on Flickr30K and COCO)
 
 
 def reads_regions(settings) -> bool:
@@ -130,6 +141,8 @@ class AlignmentModel(nn.Module):
         self.word_vectors = nn.Embedding(args.vocab_size, args.word_dim, padding_idx=PAD)  # W_w
         self.word_out = nn.Linear(h, h)                                         # W_d, b_d
         self.dropout = nn.Dropout(args.dropout)
+        if args.local_pooling == "attention" and not args.cosine:
+            raise ValueError("local_pooling='attention' scores cosines: it needs cosine=True")
         if args.global_pooling == "gpo":                                         # one pooling per side
             self.image_pool, self.sentence_pool = GPO(), GPO()
         # the loss's negatives: hardest only (VSE++) once a warm-up on all of them is over (set per epoch)
@@ -213,7 +226,7 @@ class AlignmentModel(nn.Module):
 
         def local() -> torch.Tensor:
             dots = torch.einsum("krh,lth->kltr", regions, words)                # [K, L, T, 1+R]
-            return self.over_words(dots.amax(dim=-1), mask[None])
+            return self.over_words(self.per_word(dots, regions[:, None], mask[None]), mask[None])
 
         return self.weighed(local, regions, words, mask, paired=False)
 
@@ -224,7 +237,7 @@ class AlignmentModel(nn.Module):
 
         def local() -> torch.Tensor:
             dots = torch.einsum("brh,bth->btr", regions, words)                 # [B, T, 1+R]
-            return self.over_words(dots.amax(dim=-1), mask)
+            return self.over_words(self.per_word(dots, regions, mask), mask)
 
         return self.weighed(local, regions, words, mask, paired=True)
 
@@ -252,6 +265,23 @@ class AlignmentModel(nn.Module):
             image = regions[:, 0]
             sentence = (words * mask[:, :, None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1)
         return F.normalize(image, dim=-1), F.normalize(sentence, dim=-1)
+
+    def per_word(self, dots: torch.Tensor, regions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each word's region score [..., T] from its dot products with the regions [..., T, 1+R]: the best
+        region's (the paper), or (``local_pooling="attention"``) cos(s_t, a_t) with a_t the regions ``regions``
+        [..., 1+R, h] weighed by the word's attention over them. a_t itself is never built ([K, L, T, h] would be
+        gigabytes): a_tᵀ s_t = sum_i α_ti v_iᵀ s_t, and |a_t|² = α_tᵀ (V Vᵀ) α_t with V Vᵀ one [1+R, 1+R] matrix
+        per image."""
+        if self.args.local_pooling == "max":
+            return dots.amax(dim=-1)
+        clipped = F.leaky_relu(dots, 0.1) * mask[..., None]
+        # each region's column at unit length over the sentence's words: a region that matches every word
+        # (the whole image) does not take every word's attention
+        normed = clipped / (clipped.pow(2).sum(dim=-2, keepdim=True).sqrt() + 1e-8)
+        attention = torch.softmax(ATTENTION_SHARPNESS * normed, dim=-1)         # [..., T, 1+R]
+        gram = regions @ regions.transpose(-1, -2)                              # [..., 1+R, 1+R]
+        attended_norm = ((attention @ gram) * attention).sum(dim=-1).clamp(min=1e-12).sqrt()
+        return (attention * dots).sum(dim=-1) / attended_norm                   # s_t at unit length: a cosine
 
     def over_words(self, best: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Each word's best-region score [..., T] summed (or averaged) over the sentence's words."""

@@ -58,6 +58,8 @@ class AlignConfig(training.TrainConfig):
                                   range="[0, inf)")
     global_pooling: str = option("mean", "the global term's vectors: mean (v_0 and the mean word vector) or gpo "
                                          "(learned GPO pooling over all the region vectors and over the words)")
+    local_pooling: str = option("max", "each word's region in the region-word term: max (the paper's best region) "
+                                       "or attention (SCAN's text-to-image attention; needs cosine)")
     regions: bool = option(True, "score the regions beside the whole image; false: the whole image alone (the "
                                  "ablation in docs/alignment.md: with the paper's score every word then takes v_0)")
     all_sentences: bool = option(False, "each image brings all its sentences to a step, each a positive pair (a pass "
@@ -71,6 +73,9 @@ class AlignConfig(training.TrainConfig):
         training.check_choice("score_norm", self.score_norm, ("sum", "mean"))
         training.check_choice("word_rnn", self.word_rnn, ("relu", "gru"))
         training.check_choice("global_pooling", self.global_pooling, ("mean", "gpo"))
+        training.check_choice("local_pooling", self.local_pooling, ("max", "attention"))
+        if self.local_pooling == "attention" and not self.cosine:
+            raise cfglib.ConfigError("local_pooling=attention scores cosines: set cosine=true")
         if not self.local_weight and not self.global_weight:
             raise cfglib.ConfigError("local_weight and global_weight are both 0: nothing would score")
 
@@ -80,7 +85,7 @@ def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> Alignment
                          dropout=cfg.dropout, score_norm=cfg.score_norm, hardest_negative=cfg.hardest_negative,
                          margin=cfg.margin, word_rnn=cfg.word_rnn, cosine=cfg.cosine, local_weight=cfg.local_weight,
                          global_weight=cfg.global_weight, regions=cfg.regions,
-                         global_pooling=cfg.global_pooling)
+                         global_pooling=cfg.global_pooling, local_pooling=cfg.local_pooling)
 
 
 class AlignTask:
