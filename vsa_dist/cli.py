@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from importlib import metadata
 
 # name → "module:function"; a nested group is a dict. Only stages that work are listed.
 COMMANDS: dict[str, object] = {
@@ -24,15 +25,44 @@ COMMANDS: dict[str, object] = {
 }
 
 
+# What each command does, for ``vsa --help`` (kept here, not read from the stages: importing a stage imports torch
+# and Ray, seconds before a line of help could print).
+DESCRIPTIONS: dict[str, str] = {
+    "shards": "image-caption data to WebDataset shards",
+    "shards build": "Flickr8k/30k token files, Karpathy dataset_*.json or COCO captions_*.json to shards",
+    "features": "the CNN's whole-image and region features of every image in the shards (Ray Data)",
+    "train-align": "train the alignment model (regions and words in one space) on the features (Ray Train)",
+    "train-mrnn": "train the caption generator (MRNN) on the features (Ray Train)",
+    "align-snippets": "each sentence's words assigned to regions (the snippet MRF), the generator's region data",
+    "eval": "score a checkpoint on a split",
+    "eval retrieval": "image-sentence retrieval both ways: R@1/5/10 and median rank",
+    "eval captions": "BLEU-1..4, METEOR, ROUGE-L and CIDEr of a generator's captions",
+    "eval snippets": "how well snippets find their regions back",
+    "caption": "captions for your own images from a registered generator (or a model folder)",
+    "report": "an HTML page of a run's test images, captions and aligned regions",
+    "tune": "choose a stage's settings on dev (Ray Tune, ASHA)",
+    "pipeline": "shards, features, alignment, snippets, generator and report in one command",
+}
+
+
 def _usage(prefix: str, table: dict) -> str:
-    names = "\n".join(f"  {prefix} {name}" for name in table)
-    return f"usage: {prefix} <command> [--help]\n\ncommands:\n{names}\n"
+    group = prefix.removeprefix("vsa").strip()
+    lines = []
+    for name in table:
+        key = f"{group} {name}".strip()
+        lines.append(f"  {name:<16}{DESCRIPTIONS.get(key, '')}".rstrip())
+    top = "  --version       the installed vsa-dist's version\n" if prefix == "vsa" else ""
+    return f"usage: {prefix} <command> [--help]\n\ncommands:\n" + "\n".join(lines) + f"\n\noptions:\n{top}" \
+        "  -h, --help      this list; COMMAND --help: the command's options\n"
 
 
 def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     table, prefix = COMMANDS, "vsa"
     while True:
+        if prefix == "vsa" and argv[:1] == ["--version"]:
+            print(f"vsa-dist {metadata.version('vsa-dist')}")
+            raise SystemExit(0)
         if not argv or argv[0] in ("-h", "--help"):
             print(_usage(prefix, table), end="")
             raise SystemExit(0 if argv else 2)

@@ -104,3 +104,21 @@ def test_the_pixel_limit_is_read_from_the_header_and_can_be_raised_above_pils():
     with pytest.raises(ImageRejected, match="400000000 pixels > limit"):
         check_image(bytes(data))
     assert check_image(bytes(data), max_pixels=10 * DEFAULT_MAX_PIXELS) == (20000, 20000)
+
+
+def test_the_command_list_describes_every_command_and_the_version_is_the_installed_one(capsys):
+    from importlib import metadata
+
+    from vsa_dist.cli import COMMANDS, DESCRIPTIONS
+
+    with pytest.raises(SystemExit) as done:
+        vsa(["--help"])
+    assert done.value.code == 0
+    listing = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f"  {name:<16}{DESCRIPTIONS[name]}" in listing
+    groups = [(f"{name} {sub}", sub) for name, table in COMMANDS.items() if isinstance(table, dict) for sub in table]
+    assert all(key in DESCRIPTIONS for key, _ in groups)           # every subcommand of a group too
+    with pytest.raises(SystemExit):
+        vsa(["--version"])
+    assert capsys.readouterr().out.strip() == f"vsa-dist {metadata.version('vsa-dist')}"
