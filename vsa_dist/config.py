@@ -49,14 +49,17 @@ def freeze(cfg: C) -> C:
     return cfg
 
 
-def option(default: Any, help: str = "", *, range: str | None = None, positional: bool = False) -> Any:
+def option(default: Any, help: str = "", *, range: str | None = None, choices: tuple[str, ...] | None = None,
+           positional: bool = False) -> Any:
     """A config field: its default, its ``--help`` text, and optionally its ``range`` in interval notation ('[1, inf)',
-    '(0, 1]': checked before any work) or that it is the command's positional argument. A list default is copied for
-    each config, as dataclasses need."""
+    '(0, 1]') or its ``choices`` (both checked before any work, and listed by --help) or that it is the command's
+    positional argument. A list default is copied for each config, as dataclasses need."""
     metadata: dict[str, Any] = {"help": help}
     if range is not None:
         _interval(range)  # a malformed range fails at import, not at a user's run
         metadata["range"] = range
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
     if positional:
         metadata["positional"] = True
     if isinstance(default, list):
@@ -144,9 +147,12 @@ def _interval(text: str) -> tuple[float, float, bool, bool]:
 
 def check_ranges(cfg: Any) -> None:
     """Every numeric field whose metadata gives a ``range`` (interval notation, e.g. '(0, inf)' or '[0, 1)') holds a
-    value inside it: a negative learning rate must stop the stage in a second, not inside Ray a minute later."""
+    value inside it, and every field with ``choices`` one of them: a negative learning rate must stop the stage in a
+    second, not inside Ray a minute later."""
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
+        if "choices" in f.metadata and getattr(cfg, f.name) not in f.metadata["choices"]:
+            raise ConfigError(f"{f.name} {getattr(cfg, f.name)!r} is not one of {f.metadata['choices']}")
         if "range" not in f.metadata:
             continue
         value = getattr(cfg, f.name)
@@ -179,9 +185,16 @@ def build_parser(cls: type, prog: str, shown: dict[str, Any] | None = None,
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit (inputs are not checked)"
     )
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         help_text = f.metadata.get("help", "") + (f"; range {f.metadata['range']}" if "range" in f.metadata else "")
         default = shown.get(f.name, _field_default(f))
+        metavar = f.name.upper()
+        if "choices" in f.metadata:
+            metavar = "{" + ",".join(f.metadata["choices"]) + "}"
+        elif hints[f.name] is bool:
+            metavar = "[true|false]"
+            help_text += "; the flag alone means true"
         if f.metadata.get("positional"):  # e.g. vsa caption IMAGE...
             parser.add_argument(f.name, nargs="*", default=argparse.SUPPRESS, metavar=f.name.upper().rstrip("S"),
                                 help=f"{help_text} (default: {default})")
@@ -190,7 +203,7 @@ def build_parser(cls: type, prog: str, shown: dict[str, Any] | None = None,
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=argparse.SUPPRESS,
-            metavar=f.name.upper(),
+            metavar=metavar,
             help=f"{help_text} (default: {default})",
         )
     return parser
@@ -272,7 +285,7 @@ def parse_args(cls: type[C], argv: list[str] | None, prog: str, preset: str | No
         print(f"{prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     parser = build_parser(cls, prog, shown)
-    args = vars(parser.parse_args(argv))
+    args = vars(parser.parse_args(_switches(cls, argv)))
     for key in ("config", "preset"):
         args.pop(key, None)
     print_config = args.pop("print_config", False)
@@ -285,6 +298,23 @@ def parse_args(cls: type[C], argv: list[str] | None, prog: str, preset: str | No
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         raise SystemExit(0)
     return cfg
+
+
+BOOL_WORDS = ("1", "true", "yes", "on", "0", "false", "no", "off")
+
+
+def _switches(cls: type, argv: list[str]) -> list[str]:
+    """A boolean flag given alone (``--cosine``, ``--cosine --epochs 3``, or last) reads as ``--cosine true``; with a
+    value (``--cosine false``) it is left as it is. Done before argparse, which cannot take a flag's value as
+    optional without also taking a positional argument after it (``vsa caption --flag photo.jpg``) as that value."""
+    hints = typing.get_type_hints(cls)
+    flags = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(cls) if hints[f.name] is bool}
+    out = []
+    for i, token in enumerate(argv):
+        out.append(token)
+        if token in flags and (i + 1 == len(argv) or argv[i + 1].strip().lower() not in BOOL_WORDS):
+            out.append("true")
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

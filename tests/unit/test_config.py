@@ -29,13 +29,32 @@ def test_help_shows_the_chosen_presets_values(capsys):
                         ("--weight-decay", "0.0"), ("--dropout", "0.1"), ("--lr-schedule", "cosine"),
                         ("--word-rnn", "gru"), ("--local-weight", "1.0"), ("--hardest-warmup-epochs", "7"),
                         ("--clip-norm", "2.0")):
-        section = text.split(f"{flag} {flag.lstrip('-').replace('-', '_').upper()}", 1)[1].split(" --", 1)[0]
+        section = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
         assert f"(default: {value})" in section, (flag, section)
+    # the choices are listed, and a boolean says that its flag alone is a switch
+    assert " --optimizer {sgd,adam,rmsprop} " in text and " --word-rnn {relu,gru} " in text
+    assert "the flag alone means true" in text.split(" --cosine ", 1)[1].split(" --", 1)[0]
     with pytest.raises(SystemExit):
         vsa(["train-mrnn", "--preset", "train_mrnn_modern", "--help"])
     text = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]
-    assert "(default: lstm)" in text.split("--cell CELL", 1)[1].split(" --", 1)[0]
-    assert "(default: adam)" in text.split("--optimizer OPTIMIZER", 1)[1].split(" --", 1)[0]
+    assert "(default: lstm)" in text.split(" --cell {rnn,lstm}", 1)[1].split(" --", 1)[0]
+    assert "(default: adam)" in text.split(" --optimizer {sgd,adam,rmsprop}", 1)[1].split(" --", 1)[0]
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--cosine"], True), (["--cosine", "--epochs", "3"], True), (["--cosine", "false"], False),
+    (["--cosine", "true"], True), (["--epochs", "3"], False)])
+def test_a_boolean_flag_alone_is_a_switch(flags, expected, capsys):
+    import yaml
+
+    with pytest.raises(SystemExit):
+        vsa(["train-align", "--print-config", *flags])
+    assert yaml.safe_load(capsys.readouterr().out)["cosine"] is expected
+
+
+def test_a_choice_outside_its_list_stops_before_any_work(capsys, tmp_path):
+    assert "optimizer 'adamw' is not one of ('sgd', 'adam', 'rmsprop')" in fails(
+        capsys, "train-align", "--features", str(tmp_path / "none"), "--optimizer", "adamw")
 
 
 def test_print_config_needs_no_inputs(capsys):

@@ -44,16 +44,16 @@ class FeaturesConfig(cfglib.Config):
 
     shards: str = option("", "image-shard folder (vsa shards build --out)")
     out: str = option("", "output folder for feature shards + manifest.json")
-    regions: str = option("roi", f"region features: one of {REGION_MODES}")
-    proposals: str = option("grid", f"candidate boxes: one of {PROPOSAL_METHODS}")
+    regions: str = option("roi", "region features", choices=REGION_MODES)
+    proposals: str = option("grid", "candidate boxes", choices=PROPOSAL_METHODS)
     num_regions: int = option(19, "regions per image besides the whole image (paper: 19)", range="[1, inf)")
     backbone: str = option("efficientnet-lite0", "efficientnet-lite0 (default), -lite1 or -lite2 (the backbones "
                                                  "extra), torchvision:NAME or timm:NAME")
     weights: str = option("", "local weight file (needed for torchvision:/timm: backbones)")
     splits: list[str] = option([], "splits to extract; empty = all in the manifest")
-    device: str = option("auto", "auto (GPU when the cluster has one), cpu or cuda")
+    device: str = option("auto", "auto (GPU when the cluster has one), cpu or cuda", choices=("auto", "cpu", "cuda"))
     precision: str = option("auto", "auto (bf16 where the hardware runs it natively: GPU, or CPU with "
-                                    "AMX/AVX512-BF16), fp32 or bf16")
+                                    "AMX/AVX512-BF16), fp32 or bf16", choices=("auto", "fp32", "bf16"))
     actors: int = option(0, "CNN actors; 0 = one per GPU, or one per `threads` CPUs", range="[0, inf)")
     threads: int = option(1, "torch threads per actor; on a CPU, one actor per this many CPUs (1 was fastest on 2 "
                              "cores: benchmarks/extract.py)", range="[1, inf)")
@@ -71,14 +71,6 @@ class FeaturesConfig(cfglib.Config):
             raise cfglib.ConfigError("out: an output folder is required")
         if storage.same_place(self.out, self.shards):
             raise cfglib.ConfigError("out must differ from shards: both folders hold a manifest.json")
-        for key, value, allowed in (
-            ("regions", self.regions, REGION_MODES),
-            ("proposals", self.proposals, PROPOSAL_METHODS),
-            ("device", self.device, ("auto", "cpu", "cuda")),
-            ("precision", self.precision, ("auto", "fp32", "bf16")),
-        ):
-            if value not in allowed:
-                raise cfglib.ConfigError(f"{key} {value!r} is not one of {allowed}")
 
     def check_inputs(self) -> None:
         if not self.shards or not storage.exists(storage.join(self.shards, MANIFEST)):

@@ -26,8 +26,8 @@ class PipelineConfig(cfglib.Config):
     """Run the whole pipeline locally on one machine."""
 
     data: str = option("", "dataset folder; default $VSA_DATA_ROOT/flickr8k-mini (../shared/data)")
-    format: str = option("flickr8k", "dataset format (see vsa shards build)")
-    regions: str = option("roi", "region features: roi or crop (see vsa features)")
+    format: str = option("flickr8k", "dataset format (see vsa shards build)", choices=shards_stage.FORMATS)
+    regions: str = option("roi", "region features (see vsa features)", choices=features_stage.REGION_MODES)
     run_dir: str = option("", "where every stage writes; default runs/mini")
     align_preset: str = option("train_align_modern", "alignment preset (train_align = the paper)")
     align_epochs: int = option(8, "alignment epochs", range="[1, inf)")

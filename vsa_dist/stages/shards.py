@@ -23,7 +23,7 @@ FORMATS = ("flickr8k", "flickr30k", "karpathy", "coco")
 class ShardsConfig(cfglib.Config):
     """Build WebDataset shards from a caption dataset."""
 
-    format: str = option("flickr8k", f"input format: one of {FORMATS}")
+    format: str = option("flickr8k", "input format", choices=FORMATS)
     root: str = option("", "dataset folder (captions, split lists, images/)")
     out: str = option("", "output folder for shards, manifest.json, rejects.jsonl")
     captions: str = option("", "caption file(s), comma-separated; default: the format's usual name in ROOT")
@@ -38,8 +38,6 @@ class ShardsConfig(cfglib.Config):
     progress: bool = option(True, "show a progress bar")
 
     def validate(self) -> None:
-        if self.format not in FORMATS:
-            raise cfglib.ConfigError(f"format {self.format!r} is not one of {FORMATS}")
         if not self.out:
             raise cfglib.ConfigError("out: an output folder is required")
 

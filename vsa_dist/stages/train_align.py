@@ -40,26 +40,28 @@ class AlignConfig(training.TrainConfig):
                                  "over 0.5 (docs/alignment.md)", range="[0, 1)")
     lr_schedule: str = option("cosine", "constant, or cosine: decay to 0 over the planned epochs; the paper gives "
                                         "none, and at a constant 1e-4 dev stalled from the second epoch "
-                                        "(docs/alignment.md)")
+                                        "(docs/alignment.md)", choices=training.LR_SCHEDULES)
     experiment: str = option("vsa-align", "MLflow experiment")
     register_as: str = option("vsa-align", "registered model name; empty: do not register")
     alias: str = option("champion", "alias moved to the new version when it beats the holder on dev (R@1+5+10 sum)")
     embed_dim: int = option(1000, "multimodal space h", range="[1, inf)")
     word_dim: int = option(300, "word vector size", range="[1, inf)")
-    score_norm: str = option("sum", "sum over words (paper) or mean")
+    score_norm: str = option("sum", "sum over words (paper) or mean", choices=("sum", "mean"))
     hardest_negative: bool = option(False, "hinge on the hardest negative only (VSE++)")
     hardest_warmup_epochs: int = option(0, "with hardest_negative: all negatives for this many epochs first (VSE++'s "
                                            "warm-up; from scratch the hardest alone collapsed here)", range="[0, inf)")
     margin: float = option(1.0, "the hinge's margin (paper: 1; about 0.2 with cosine scores)", range="(0, inf)")
-    word_rnn: str = option("relu", "relu (the paper's BRNN) or gru (a bidirectional GRU)")
+    word_rnn: str = option("relu", "relu (the paper's BRNN) or gru (a bidirectional GRU)", choices=("relu", "gru"))
     cosine: bool = option(False, "region and word vectors at unit length: scores are cosines")
     local_weight: float = option(1.0, "weight of the paper's region-word term in the score", range="[0, inf)")
     global_weight: float = option(0.0, "weight of a global term, cos(whole image's v_0, mean word vector), beside it",
                                   range="[0, inf)")
     global_pooling: str = option("mean", "the global term's vectors: mean (v_0 and the mean word vector) or gpo "
-                                         "(learned GPO pooling over all the region vectors and over the words)")
+                                         "(learned GPO pooling over all the region vectors and over the words)",
+                                  choices=("mean", "gpo"))
     local_pooling: str = option("max", "each word's region in the region-word term: max (the paper's best region) "
-                                       "or attention (SCAN's text-to-image attention; needs cosine)")
+                                       "or attention (SCAN's text-to-image attention; needs cosine)",
+                                 choices=("max", "attention"))
     regions: bool = option(True, "score the regions beside the whole image; false: the whole image alone (the "
                                  "ablation in docs/alignment.md: with the paper's score every word then takes v_0)")
     all_sentences: bool = option(False, "each image brings all its sentences to a step, each a positive pair (a pass "
@@ -70,10 +72,6 @@ class AlignConfig(training.TrainConfig):
 
     def validate(self) -> None:
         self.validate_training(default_out="align", min_batch=2)
-        training.check_choice("score_norm", self.score_norm, ("sum", "mean"))
-        training.check_choice("word_rnn", self.word_rnn, ("relu", "gru"))
-        training.check_choice("global_pooling", self.global_pooling, ("mean", "gpo"))
-        training.check_choice("local_pooling", self.local_pooling, ("max", "attention"))
         if self.local_pooling == "attention" and not self.cosine:
             raise cfglib.ConfigError("local_pooling=attention scores cosines: set cosine=true")
         if not self.local_weight and not self.global_weight:

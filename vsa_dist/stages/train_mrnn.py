@@ -40,7 +40,8 @@ class MRNNConfig(training.TrainConfig):
 
     epochs: int = option(20, "passes over the train images, all their sentences each time", range="[1, inf)")
     batch_size: int = option(100, "image-sentence pairs per step over all workers (5 per image)", range="[1, inf)")
-    optimizer: str = option("rmsprop", "rmsprop (the paper's choice for the generator), adam or sgd")
+    optimizer: str = option("rmsprop", "rmsprop (the paper's choice for the generator), adam or sgd",
+                            choices=training.OPTIMIZERS)
     lr: float = option(1e-3, "learning rate (chosen on dev)", range="(0, inf)")
     max_words: int = option(20, "longer training sentences are cut", range="[1, inf)")
     label_smoothing: float = option(0.0, "xe: share of each target spread over the vocabulary (0: the paper's plain "
@@ -48,10 +49,11 @@ class MRNNConfig(training.TrainConfig):
     experiment: str = option("vsa-mrnn", "MLflow experiment")
     register_as: str = option("vsa-captioner", "registered model name; empty: do not register")
     test: bool = option(True, "caption test once at the end and score it")
-    cell: str = option("rnn", "rnn (the paper's ReLU RNN) or lstm")
+    cell: str = option("rnn", "rnn (the paper's ReLU RNN) or lstm", choices=("rnn", "lstm"))
     hidden: int = option(512, "hidden units", range="[1, inf)")
     word_dim: int = option(512, "word vector size", range="[1, inf)")
-    feature_norm: str = option("rms", "image features at unit length (unit) or unit RMS per component (rms)")
+    feature_norm: str = option("rms", "image features at unit length (unit) or unit RMS per component (rms)",
+                               choices=("unit", "rms"))
     attention: bool = option(False, "lstm: attend over the whole image and its regions at every word (beyond the "
                                     "paper)")
     max_len: int = option(20, "longest generated caption, in words", range="[1, inf)")
@@ -63,16 +65,13 @@ class MRNNConfig(training.TrainConfig):
     snippets: str = option("", "snippet folder (vsa align-snippets over train): train on full images and on regions "
                                "with their snippets, the paper's region generator")
     objective: str = option("xe", "xe (cross-entropy, teacher forcing: the paper) or scst (self-critical: the CIDEr-D "
-                                  "of sampled captions, from --init)")
+                                  "of sampled captions, from --init)", choices=("xe", "scst"))
     init: str = option("", "a generator checkpoint (best.pt) to start from; scst needs one")
     samples: int = option(5, "scst: captions sampled per image; each one's baseline is the mean reward of the others",
                              range="[1, inf)")
 
     def validate(self) -> None:
         self.validate_training(default_out="mrnn", min_batch=5)
-        training.check_choice("cell", self.cell, ("rnn", "lstm"))
-        training.check_choice("feature_norm", self.feature_norm, ("unit", "rms"))
-        training.check_choice("objective", self.objective, ("xe", "scst"))
         if self.attention and (self.cell != "lstm" or self.snippets):
             raise cfglib.ConfigError("attention needs cell lstm and no snippets (a snippet's region is one row, "
                                      "nothing to attend over)")

@@ -53,7 +53,8 @@ METRIC = "dev_score"  # what each stage picks its best epoch by; the loop report
 class TuneConfig(cfglib.Config):
     """Search a training stage's settings on dev with Ray Tune (ASHA early stopping); writes the best as a preset."""
 
-    stage: str = option("align", "the stage to tune: align (vsa train-align) or mrnn (vsa train-mrnn)")
+    stage: str = option("align", "the stage to tune: align (vsa train-align) or mrnn (vsa train-mrnn)",
+                        choices=tuple(STAGES))
     features: str = option("", "feature folder (vsa features --out)")
     base: str = option("", "the stage's preset (a name in vsa_dist/presets/ or a YAML file) every trial starts from; "
                            "empty: the stage's defaults (the paper's settings)")
@@ -76,7 +77,6 @@ class TuneConfig(cfglib.Config):
     progress: bool = option(True, "Ray Tune's status table")
 
     def validate(self) -> None:
-        training.check_choice("stage", self.stage, tuple(STAGES))
         if self.grace_epochs > self.epochs:
             raise cfglib.ConfigError(f"grace_epochs {self.grace_epochs} is more than epochs {self.epochs}")
         if self.features and not storage.is_remote(self.features):

@@ -10,6 +10,9 @@ from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.config import option
 
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+LR_SCHEDULES = ("constant", "cosine")
+
 
 @dataclass
 class TrainConfig(cfglib.Config):
@@ -19,9 +22,10 @@ class TrainConfig(cfglib.Config):
     out: str = option("", "run folder: checkpoints, run.json, best.pt; default beside FEATURES")
     epochs: int = option(20, "passes over the train images", range="[1, inf)")
     batch_size: int = option(100, "image-sentence pairs per step, over all workers (paper: 100)", range="[1, inf)")
-    optimizer: str = option("sgd", "sgd (with momentum), adam or rmsprop")
+    optimizer: str = option("sgd", "sgd (with momentum), adam or rmsprop", choices=OPTIMIZERS)
     lr: float = option(1e-4, "learning rate (chosen on dev)", range="(0, inf)")
-    lr_schedule: str = option("constant", "constant, or cosine: decay to 0 over the planned epochs")
+    lr_schedule: str = option("constant", "constant, or cosine: decay to 0 over the planned epochs",
+                              choices=LR_SCHEDULES)
     momentum: float = option(0.9, "SGD momentum", range="[0, 1)")
     weight_decay: float = option(0.0, "L2 weight decay (chosen on dev)", range="[0, inf)")
     clip: float = option(5.0, "element-wise gradient clipping (paper: 5)", range="(0, inf)")
@@ -37,7 +41,7 @@ class TrainConfig(cfglib.Config):
     shuffle_buffer: int = option(1000, "images in each worker's local shuffle buffer", range="[0, inf)")
     prefetch_batches: int = option(4, "batches each worker prepares ahead (hides data wait)", range="[1, inf)")
     read_ahead: str = option("true", "start each epoch's stream while rank 0 scores dev: true, false, or auto (with "
-                                     "GPUs only); docs/alignment.md measures it")
+                                     "GPUs only); docs/alignment.md measures it", choices=("true", "false", "auto"))
     seed: int = option(0, "random seed")
     resume: bool = option(False, "continue the run recorded in OUT/run.json from its last checkpoint")
     max_failures: int = option(2, "worker-group restarts from the last checkpoint after a failure", range="[0, 100]")
@@ -53,25 +57,11 @@ class TrainConfig(cfglib.Config):
             self.features = os.path.abspath(self.features)
         if not self.out:
             self.out = str(Path(self.features).parent / default_out) if self.features else ""
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        check_choice("read_ahead", self.read_ahead, ("auto", "true", "false"))
         if self.batch_size < min_batch * self.workers:
             raise cfglib.ConfigError(f"need at least {min_batch} pairs per worker in a batch")
 
     def check_inputs(self) -> None:
         check_features(self.features, need_test=self.test)
-
-
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
-
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise cfglib.ConfigError(f"{key} {value!r} is not one of {allowed}")
 
 
 def check_features(features: str, need_test: bool) -> None:
