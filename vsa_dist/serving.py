@@ -59,26 +59,6 @@ def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str,
     return tag_and_promote(name, str(info.registered_model_version), "dev_rsum", dev_rsum, dev_data, alias)
 
 
-def extractor_settings(feature_settings: dict[str, Any], weights: str = ""):
-    """What re-extracts a new image's features the way a model's training features were made.
-
-    The whole-image row is the feature map's global average in every region mode, so captions use
-    ``roi`` with grid boxes: one CNN pass, never selective search.
-    """
-    from vsa_dist.features.extract import ExtractorSettings
-
-    return ExtractorSettings(
-        backbone=feature_settings["backbone"],
-        weights=weights,
-        region_mode="roi",
-        proposals="grid",
-        num_regions=feature_settings["num_regions"],
-        roi_size=feature_settings["roi_size"],
-        precision=feature_settings["precision"],
-        threads=0,
-    )
-
-
 @dataclass
 class Described:
     """One image's result: its caption and top regions as (box x1 y1 x2 y2, caption), or why it has none."""
@@ -87,22 +67,6 @@ class Described:
     caption: str | None
     regions: list[tuple[list[float], str]]
     error: str | None = None
-
-
-def image_features(extractor, jpegs: list[bytes], names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """JPEG bytes → the [G, 1+R, D] float16 features ``vsa features`` would have stored for the G images that
-    decode, their regions' [G, R, 4] boxes (best first), and per image of ``jpegs`` an error ('' where it decoded)."""
-    from vsa_dist.features.extract import jpeg_batch
-    from vsa_dist.features.format import npy_load
-
-    out = extractor(jpeg_batch(jpegs, names))
-    errors = [str(error) for error in out["error"]]
-    good = [i for i, error in enumerate(errors) if not error]
-    if not good:  # nothing decoded: empty arrays of the right rank
-        regions = extractor.settings.num_regions
-        return np.zeros((0, 1 + regions, 1), np.float16), np.zeros((0, regions, 4), np.float32), errors
-    return (np.stack([npy_load(out["feat.npy"][i]) for i in good]),
-            np.stack([npy_load(out["boxes.npy"][i]) for i in good]), errors)
 
 
 class Captioner(mlflow.pyfunc.PythonModel):
@@ -119,22 +83,14 @@ class Captioner(mlflow.pyfunc.PythonModel):
         import json
 
         from vsa_dist.checkpoints import load_generator
-        from vsa_dist.features.extract import RegionExtractor
-        from vsa_dist.io import sha256_file
+        from vsa_dist.features.extract import checked_extractor
 
         self.model, state = load_generator(artifacts["checkpoint"])
         self.vocab = state["vocab"]
         info = json.loads(Path(artifacts["captioner"]).read_text())
         self.beam, self.max_len, self.length_penalty = info["beam"], info["max_len"], info["length_penalty"]
         self.feature_settings = info["feature_settings"]
-        weights = artifacts.get("backbone_weights", "")
-        self.extractor = RegionExtractor(extractor_settings(self.feature_settings, weights))
-        used = sha256_file(Path(self.extractor.model.backbone.spec.weights))
-        if used != self.feature_settings["weights_sha256"]:
-            raise ValueError(
-                f"backbone weights {self.extractor.model.backbone.spec.weights} are not the ones the "
-                f"model was trained on (sha256 {used[:12]} vs {self.feature_settings['weights_sha256'][:12]})"
-            )
+        self.extractor = checked_extractor(self.feature_settings, artifacts.get("backbone_weights", ""))
         return self
 
     def set_max_pixels(self, max_pixels: int) -> None:
@@ -148,6 +104,7 @@ class Captioner(mlflow.pyfunc.PythonModel):
         """Per image, its caption and its ``regions`` top regions (best first) with their captions, from one
         feature extraction; an image that does not decode gets its error instead. A model trained with
         ``--snippets`` describes regions; one trained on whole images only says what it would of a crop."""
+        from vsa_dist.features.extract import image_features
         from vsa_dist.models.mrnn import generate
 
         names = names or [f"image {i}" for i in range(len(jpegs))]

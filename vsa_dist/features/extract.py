@@ -168,3 +168,39 @@ class RegionExtractor:
                 out["boxes.npy"][i] = npy_bytes(boxes[j].numpy())
                 out["proposals.npy"][i] = npy_bytes(candidates[start + j].numpy())
         return {name: np.array(values, dtype=object) for name, values in out.items()}
+
+
+def checked_extractor(feature_settings: dict[str, Any], weights: str = "",
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> RegionExtractor:
+    """A one-process extractor that makes a new image's features the way a model's training features were made
+    (``feature_settings``: the feature manifest's, as the model keeps them), its backbone's weights checked against
+    the ones the model was trained on (ValueError if they differ).
+
+    The whole-image row is the feature map's global average in every region mode, so new images get ``roi`` features
+    of grid boxes: one CNN pass, never selective search.
+    """
+    settings = ExtractorSettings(backbone=feature_settings["backbone"], weights=weights, region_mode="roi",
+                                 proposals="grid", num_regions=feature_settings["num_regions"],
+                                 roi_size=feature_settings["roi_size"], precision=feature_settings["precision"],
+                                 threads=0, max_pixels=max_pixels)
+    extractor = RegionExtractor(settings)
+    used = sha256_file(Path(extractor.model.backbone.spec.weights))
+    if used != feature_settings["weights_sha256"]:
+        raise ValueError(f"backbone weights {extractor.model.backbone.spec.weights} are not the ones the model was "
+                         f"trained on (sha256 {used[:12]} vs {feature_settings['weights_sha256'][:12]}); give the "
+                         "model's weight file")
+    return extractor
+
+
+def image_features(extractor: RegionExtractor, jpegs: list[bytes],
+                   names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """JPEG bytes → the [G, 1+R, D] float16 features ``vsa features`` would have stored for the G images that
+    decode, their regions' [G, R, 4] boxes (best first), and per image of ``jpegs`` an error ('' where it decoded)."""
+    out = extractor(jpeg_batch(jpegs, names))
+    errors = [str(error) for error in out["error"]]
+    good = [i for i, error in enumerate(errors) if not error]
+    if not good:  # nothing decoded: empty arrays of the right rank
+        regions = extractor.settings.num_regions
+        return np.zeros((0, 1 + regions, 1), np.float16), np.zeros((0, regions, 4), np.float32), errors
+    return (np.stack([npy_load(out["feat.npy"][i]) for i in good]),
+            np.stack([npy_load(out["boxes.npy"][i]) for i in good]), errors)

