@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,10 @@ import numpy as np
 import torch
 
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
+
+# MLflow warns at each PythonModel subclass whose predict has no type hints (its type-hint validation, which these
+# models do not use); once per command, it is noise on a quiet console.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
 
 # What a served model runs: these files (models-from-code), copied into the model folder when it is logged. MLflow
 # executes them when it serves the model; nothing is unpickled. `vsa caption` runs neither (load_captioner).

@@ -138,6 +138,20 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
         _, box, region_caption = line.split("\t")
         x1, y1, x2, y2 = map(float, box.split(","))
         assert 0 <= x1 < x2 <= 224 and 0 <= y1 < y2 <= 224 and region_caption.split()
+    # --format jsonl: an object per image, with its regions; a PNG in a subfolder is found too; --html: the page
+    from PIL import Image
+
+    (folder / "more").mkdir()
+    Image.open(mini_images[3]).save(folder / "more" / "photo.png")
+    page = tmp_path / "captions.html"
+    vsa(["caption", str(folder), "--model", "models:/test-region-captioner@champion", "--regions", "2",
+         "--format", "jsonl", "--html", str(page)])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in records] == [p for p, _ in printed] + [str(folder / "more" / "photo.png")]
+    assert [r["caption"] for r in records[:3]] == [c for _, c in printed]
+    assert all(len(r["regions"]) == 2 and len(r["regions"][0]["box"]) == 4 for r in records)
+    text = page.read_text()
+    assert text.count("<figure>") == 4 and text.count("<rect ") == 8 and printed[0][1] in text
 
     # mlflow models serve: a base64 JPEG posted over HTTP gets the same caption back.
     port = free_port()
@@ -247,7 +261,7 @@ def test_bad_generator_configs_stop_before_any_work(tmp_path, mini_features, cap
             "manifest.json: not a torch checkpoint",
         ),
         (["caption", str(tmp_path / "missing.jpg")], "missing.jpg: no such file or folder"),
-        (["caption", str(tmp_path)], "no .jpg/.jpeg/.png images in this folder"),
+        (["caption", str(tmp_path)], "no images in this folder or its subfolders"),
         (
             ["eval", "captions", "--checkpoint", str(tmp_path / "best.pt"), "--features", str(mini_features)],
             "no such file",

@@ -98,3 +98,24 @@ def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             return ImageOps.exif_transpose(img).convert("RGB")
     except Exception as err:
         raise ImageRejected("corrupt-image", f"image does not decode: {err}") from err
+
+
+def image_suffixes() -> set[str]:
+    """Every file suffix PIL has a decoder for (JPEG, PNG, WebP, TIFF, BMP, GIF, …), lower case."""
+    Image.init()
+    return {suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN}
+
+
+def find_images(items, skip: str = "") -> list:
+    """The image files that ``items`` (files and folders) name: a file as given; a folder's files, its subfolders'
+    too, in name order, every type PIL can decode (by suffix; hidden folders such as ``skip`` are left out)."""
+    from pathlib import Path
+
+    suffixes, found = image_suffixes(), []
+    for item in map(Path, items):
+        if not item.is_dir():
+            found.append(item)
+            continue
+        found += sorted(p for p in item.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+                        and not any(part.startswith(".") or part == skip for part in p.relative_to(item).parts[:-1]))
+    return found

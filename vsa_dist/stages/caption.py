@@ -2,16 +2,20 @@
 
     vsa caption photo.jpg more.jpg --model models:/vsa-captioner@champion
     vsa caption ../shared/data/flickr8k-mini/Images --model models:/vsa-captioner/3 --beam 5
-    vsa caption photo.jpg --regions 5 --model models:/vsa-region-captioner@champion
+    vsa caption ~/photos --regions 5 --model models:/vsa-region-captioner@champion --html captions.html
 
 The model is pulled from the MLflow registry (``MLFLOW_TRACKING_URI``, default the local sqlite store),
 the images' features are extracted with the backbone the model was trained on, and one line per image
 is printed: ``path<TAB>caption``, and with ``--regions N`` N more: ``path<TAB>x1,y1,x2,y2<TAB>caption``
-for the image's top regions. A folder stands for the images in it.
+for the image's top regions; ``--format jsonl``: one JSON object per image (``image``, ``caption``, ``regions``
+with ``box`` and ``caption``). A folder stands for the images in it and its subfolders (every type PIL decodes).
+``--html PAGE`` also writes a page of the images with their captions and their regions' boxes.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +23,6 @@ from pathlib import Path
 from vsa_dist import config as cfglib
 from vsa_dist.config import option
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 @dataclass
@@ -35,6 +37,9 @@ class CaptionConfig(cfglib.Config):
                              "with --snippets)", range="[0, inf)")
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images above this many pixels, from their header "
                                                  "(decompression bombs); may be raised", range="[1, inf)")
+    format: str = option("tsv", "output lines: tsv (path, caption; a line per region) or jsonl (an object per image)",
+                         choices=("tsv", "jsonl"))
+    html: str = option("", "also write the images, their captions and their regions' boxes to this HTML page")
 
     def validate(self) -> None:
         if not self.images:
@@ -47,15 +52,13 @@ class CaptionConfig(cfglib.Config):
 
 
 def image_files(items: list[str]) -> list[Path]:
-    files: list[Path] = []
+    from vsa_dist.data.images import find_images
+
+    files = find_images(items)
     for item in map(Path, items):
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise cfglib.ConfigError(f"{item}: no {'/'.join(IMAGE_SUFFIXES)} images in this folder")
-            files += found
-        else:
-            files.append(item)
+        if item.is_dir() and not any(f.is_relative_to(item) for f in files):
+            raise cfglib.ConfigError(f"{item}: no images in this folder or its subfolders (no file of a type PIL "
+                                     "decodes)")
     return files
 
 
@@ -85,32 +88,90 @@ def _read(path: Path) -> tuple[bytes, str]:
 
 
 def run(cfg: CaptionConfig) -> list[tuple[str, str]]:
-    """Print ``path<TAB>caption`` per image (and its regions); an image that cannot be captioned gets
-    ``path: error: reason`` on stderr and the others go on. Exits 1 when any image failed."""
+    """Print ``path<TAB>caption`` per image (and its regions), or a JSON object per image; an image that cannot be
+    captioned gets ``path: error: reason`` on stderr and the others go on. Exits 1 when any image failed."""
+    from tqdm import tqdm
+
     files = image_files(cfg.images)
     captioner = load_captioner(cfg.model, cfg.max_pixels)
-    results, failed = [], 0
+    results, failed, page = [], 0, []
+    bar = tqdm(total=len(files), desc="vsa caption", unit="image", file=sys.stderr, disable=None, leave=False)
     for start in range(0, len(files), cfg.batch_size):
         part = files[start:start + cfg.batch_size]
         read = [_read(p) for p in part]
         described = captioner.describe([data for data, _ in read], names=[str(p) for p in part], beam=cfg.beam,
                                        regions=cfg.regions)
-        for path, (_, read_error), result in zip(part, read, described):
+        bar.update(len(part))
+        for path, (data, read_error), result in zip(part, read, described):
             if read_error or result.error:
-                print(f"{path}: error: {read_error or result.error}", file=sys.stderr, flush=True)
+                bar.write(f"{path}: error: {read_error or result.error}", file=sys.stderr)
                 failed += 1
                 continue
-            print(f"{path}\t{result.caption}", flush=True)
+            if cfg.format == "jsonl":
+                print(json.dumps({"image": str(path), "caption": result.caption,
+                                  "regions": [{"box": [round(v, 1) for v in box], "caption": said}
+                                              for box, said in result.regions]},
+                                 ensure_ascii=False), flush=True)
+            else:
+                print(f"{path}\t{result.caption}", flush=True)
             results.append((str(path), result.caption))
             for box, region_caption in result.regions:
                 corners = ",".join(f"{v:g}" for v in box)
-                print(f"{path}\t{corners}\t{region_caption}", flush=True)
+                if cfg.format == "tsv":
+                    print(f"{path}\t{corners}\t{region_caption}", flush=True)
                 results.append((f"{path}#{corners}", region_caption))
+            if cfg.html:
+                page.append((path, data, result))
+    bar.close()
+    if cfg.html:
+        write_page(Path(cfg.html), cfg.model, page)
+        print(f"vsa caption: page {cfg.html}", file=sys.stderr, flush=True)
     if failed:
         print(f"vsa caption: {len(files) - failed} of {len(files)} images captioned; {failed} failed (see above)",
               file=sys.stderr, flush=True)
         raise SystemExit(1)
     return results
+
+
+def figure(path: Path, data: bytes, result, width: int = 320) -> str:
+    """One image as an inline SVG (its boxes drawn in the image's own pixel coordinates, scaled with it) with its
+    caption and its regions' captions, each in its box's colour; hovering a region's caption lights its box."""
+    from vsa_dist.data.images import open_rgb
+    from vsa_dist.stages.report import colour, thumbnail
+
+    shown_w, shown_h = open_rgb(data).size
+    boxes = "".join(f'<rect class="r{r}" x="{x1:g}" y="{y1:g}" width="{x2 - x1:g}" height="{y2 - y1:g}" '
+                    f'stroke="{colour(r)}"/>' for r, ((x1, y1, x2, y2), _) in enumerate(result.regions, start=1))
+    said = "".join(f'<li data-r="r{r}" style="border-color:{colour(r)}">{html.escape(text)}</li>'
+                   for r, (_, text) in enumerate(result.regions, start=1))
+    height = round(width * shown_h / shown_w)
+    return (f'<figure><svg viewBox="0 0 {shown_w} {shown_h}" width="{width}" height="{height}">'
+            f'<image href="{thumbnail(data, 2 * width)}" width="{shown_w}" height="{shown_h}"/>{boxes}</svg>'
+            f"<figcaption><b>{html.escape(result.caption)}</b><ul>{said}</ul>"
+            f"<small>{html.escape(str(path))}</small></figcaption></figure>")
+
+
+def write_page(page: Path, model: str, described: list) -> None:
+    """The captioned images as one page that stands alone (images inline), at their own aspect ratios."""
+    from vsa_dist.io import atomic_write_bytes
+
+    cards = "\n".join(figure(path, data, result) for path, data, result in described)
+    atomic_write_bytes(page, f"""<!doctype html><meta charset="utf-8"><title>vsa caption</title>
+<style>body{{font-family:sans-serif;margin:1.5em}} main{{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}}
+figure{{margin:0;width:320px}} rect{{fill:none;stroke-width:3;vector-effect:non-scaling-stroke;opacity:.8}}
+rect.lit{{stroke-width:6;opacity:1}} ul{{padding:0;margin:.3em 0;list-style:none}}
+li{{border-left:6px solid;padding-left:6px;margin:2px 0;cursor:default}} li.lit{{background:#eee}}</style>
+<h1>{len(described)} images captioned</h1><p>model {html.escape(model)}</p><main>{cards}</main>
+<script>
+for (const item of document.querySelectorAll("li[data-r]")) {{
+  const box = item.closest("figure").querySelector("rect." + item.dataset.r);
+  for (const on of [item, box]) {{
+    on.addEventListener("mouseenter", () => {{ item.classList.add("lit"); box.classList.add("lit"); }});
+    on.addEventListener("mouseleave", () => {{ item.classList.remove("lit"); box.classList.remove("lit"); }});
+  }}
+}}
+</script>
+""".encode())
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, str]]:

@@ -30,7 +30,7 @@ from vsa_dist.io import atomic_write_bytes
 
 WHOLE_IMAGE_COLOUR = "#9e9e9e"
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#469990",
-           "#800000", "#808000", "#000075", "#bfef45", "#fabed4", "#dcbeff", "#aaffc3", "#ffd8b1", "#a9a9a9",
+           "#800000", "#808000", "#000075", "#bfef45", "#fabed4", "#dcbeff", "#aaffc3", "#ffd8b1", "#00a087",
            "#ffe119", "#000000"]
 
 

@@ -182,18 +182,11 @@ def load_searcher(uri: str, weights: str = "", max_pixels: int = DEFAULT_MAX_PIX
                     sha256_file(checkpoint)[:16], weights, max_pixels)
 
 
-def image_suffixes() -> set[str]:
-    """Every file suffix PIL has a decoder for (JPEG, PNG, WebP, TIFF, BMP, GIF, …)."""
-    from PIL import Image
-
-    Image.init()
-    return {suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN}
-
-
 def corpus_items(folder: Path, splits: list[str]):
     """(name, stamp, bytes loader, sentences) of each image of a corpus: a shard folder's images by image id (their
-    sentences with them), an image folder's image files (its subfolders too) by relative path; the stamp changes
-    when the image does."""
+    sentences with them), an image folder's image files (``find_images``: its subfolders too, not hidden ones such as
+    the index's) by relative path; the stamp changes when the image does."""
+    from vsa_dist.data.images import find_images
     from vsa_dist.data.shards import read_samples, shard_paths
 
     if is_shards(folder):
@@ -204,9 +197,7 @@ def corpus_items(folder: Path, splits: list[str]):
                     for sentence in meta.get("sentences", [])]
             yield str(meta["image_id"]), "", lambda d=data: d, said
         return
-    suffixes = image_suffixes()
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and INDEX_DIR not in p.parts
-                       and p.is_file()):
+    for path in find_images([folder]):
         stat = path.stat()
         yield str(path.relative_to(folder)), f"{stat.st_size}:{stat.st_mtime_ns}", path.read_bytes, []
 
@@ -275,7 +266,7 @@ def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size:
     if fresh and progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=fresh, desc=f"vsa search: embedding {folder}", unit="image", file=sys.stderr)
+        bar = tqdm(total=fresh, desc=f"vsa search: embedding {folder}", unit="image", file=sys.stderr, disable=None)
     for name, item_stamp, load, said in items:
         if known(name, item_stamp):
             if name in old and old[name][0] == item_stamp:
