@@ -137,7 +137,7 @@ def figure(path: Path, data: bytes, result, width: int = 320) -> str:
     """One image as an inline SVG (its boxes drawn in the image's own pixel coordinates, scaled with it) with its
     caption and its regions' captions, each in its box's colour; hovering a region's caption lights its box."""
     from vsa_dist.data.images import open_rgb
-    from vsa_dist.stages.report import colour, thumbnail
+    from vsa_dist.pages import colour, thumbnail
 
     shown_w, shown_h = open_rgb(data).size
     boxes = "".join(f'<rect class="r{r}" x="{x1:g}" y="{y1:g}" width="{x2 - x1:g}" height="{y2 - y1:g}" '

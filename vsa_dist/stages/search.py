@@ -359,7 +359,7 @@ def image_bytes(image: str, corpora) -> bytes:
 def write_page(page: Path, cfg: SearchConfig, hits: list[dict[str, Any]], corpora) -> None:
     """The hits as one HTML page (thumbnails inline, so the page stands alone)."""
     from vsa_dist.io import atomic_write_bytes
-    from vsa_dist.stages.report import thumbnail
+    from vsa_dist.pages import thumbnail
 
     asked = f"sentences for {cfg.image}" if cfg.image else f"images for “{cfg.query}”"
     cards = []
