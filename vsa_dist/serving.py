@@ -51,7 +51,9 @@ class AlignmentScorer(mlflow.pyfunc.PythonModel):
                 regions = self.model.embed_scored_regions(torch.as_tensor(np.asarray(features, dtype=np.float32))[None])
                 words, mask = self.model.embed_words(torch.tensor([ids]))
                 scores.append(float(self.model.score(regions, words, mask)[0, 0]))
-        return {"score": scores}
+        import pandas as pd
+
+        return pd.DataFrame({"score": scores})  # served as {"predictions": [{"score": …}, …]}, a record per row
 
 
 def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str, Any], dev_rsum: float, alias: str,
@@ -153,7 +155,10 @@ class Captioner(mlflow.pyfunc.PythonModel):
                if d.error]
         if bad:  # a 400 that names each image and why; MLflow's server adds no stack trace to it
             raise mlflow.exceptions.MlflowException.invalid_parameter_value("cannot caption " + "; ".join(bad))
-        return {"caption": [d.caption for d in described]}
+        import pandas as pd
+
+        # served as {"predictions": [{"caption": …}, …]}: a record per posted image, in order
+        return pd.DataFrame({"caption": [d.caption for d in described]})
 
 
 def model_folder(uri: str) -> Path:
