@@ -80,3 +80,48 @@ def end_interrupted_run(error: BaseException) -> None:
         mlflow.end_run(status=status)
     except Exception as failure:  # an unreachable server must not replace the error that stopped the stage
         print(f"mlflow: could not mark run {run.info.run_id} {status}: {failure}", file=sys.stderr)
+
+
+def source_tags() -> dict[str, str]:
+    """Which code ran: the git commit of the checkout the package was imported from (and whether it had uncommitted
+    changes to tracked files), under MLflow's own tag for it; an installed package gives its version only."""
+    import subprocess
+    from importlib import metadata
+
+    tags = {"vsa.version": metadata.version("vsa-dist")}
+    source = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return tags
+    return {**tags, "mlflow.source.git.commit": commit, "vsa.git_dirty": str(bool(dirty)).lower()}
+
+
+def log_data_inputs(features: str, manifest: dict, context: str = "training") -> None:
+    """The run's data as MLflow dataset inputs: the feature folder and the image shards it was made from, each
+    named by its folder and identified by its manifest's digest (a rebuilt folder is a new digest)."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from vsa_dist import storage
+    from vsa_dist.io import sha256_json
+
+    inputs = [("features", features, manifest)]
+    shards = str(manifest.get("source", {}).get("shards", ""))
+    if shards and storage.exists(storage.join(shards, "manifest.json")):
+        import json
+
+        inputs.append(("shards", shards, json.loads(storage.read_bytes(storage.join(shards, "manifest.json")))))
+    for kind, where, content in inputs:
+        name = f"{kind}:{str(where).rstrip('/').rsplit('/', 1)[-1]}"
+        with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so at each path
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            source = resolve_dataset_source(str(where))
+        dataset = MetaDataset(source, name=name, digest=sha256_json(content)[:16])
+        mlflow.log_input(dataset, context=context)

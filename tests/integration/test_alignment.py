@@ -61,6 +61,13 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
     assert metrics["search"]["r5"] > 15 and metrics["annotation"]["r5"] > 15, metrics
 
     client = MlflowClient(mlflow_server)
+    # provenance: the code's commit, a description, the feature folder and its shards as dataset inputs
+    run = client.get_run(run_id)
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["mlflow.source.git.commit"] == head and run.data.tags["vsa.git_dirty"] in ("true", "false")
+    assert run.data.tags["mlflow.note.content"].startswith("vsa train-align: 6 epochs on ")
+    inputs = sorted((i.dataset.name.split(":")[0], len(i.dataset.digest)) for i in run.inputs.dataset_inputs)
+    assert inputs == [("features", 16), ("shards", 16)]
     losses = [m.value for m in sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)]
     assert losses[-1] < 0.8 * losses[0], losses
     history = [m.step for m in client.get_metric_history(run_id, "train_loss")]

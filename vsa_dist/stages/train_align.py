@@ -168,8 +168,9 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
         mlflow.log_metrics(flat_metrics("test", test_metrics))
         summary["test"] = test_metrics
         print(f"train-align: test (best dev epoch {state['best']['epoch']}): {json.dumps(test_metrics)}", flush=True)
-    mlflow.log_artifact(str(final), artifact_path="checkpoint")
-    if cfg.register_as:
+    if not cfg.register_as:  # a registered model carries the checkpoint itself: logged once, not twice
+        mlflow.log_artifact(str(final), artifact_path="checkpoint")
+    else:
         from vsa_dist.serving import dev_data_id, log_alignment_model
 
         dev = load_split(cfg.features, "dev", word_index(vocab), cfg.max_words, whole_image_only=True)  # for its ids

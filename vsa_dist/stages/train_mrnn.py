@@ -241,8 +241,9 @@ def run(cfg: MRNNConfig) -> dict[str, Any]:
         summary["examples"] = log_examples(manifest, test, captions, cfg.examples, cfg.features)
         print(f"train-mrnn: test (best dev epoch {state['best']['epoch']}, beam {beam}): "
               f"{json.dumps({k: round(v, 4) for k, v in summary['test'].items()})}", flush=True)
-    mlflow.log_artifact(str(final), artifact_path="checkpoint")
-    if cfg.register_as:
+    if not cfg.register_as:  # a registered model carries the checkpoint itself: logged once, not twice
+        mlflow.log_artifact(str(final), artifact_path="checkpoint")
+    else:
         from vsa_dist.serving import dev_data_id, log_captioner
 
         summary["registered"] = log_captioner(final, cfg.register_as, manifest, beam, cfg.max_len,

@@ -43,11 +43,13 @@ def say(message: str) -> None:
     print(message, file=sys.__stdout__, flush=True)
 
 
-def start_run(cfg: Any, out: Path, settings: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Start the MLflow run and write ``run.json``, or with ``cfg.resume`` reopen the recorded ones."""
+def start_run(cfg: Any, out: Path, settings: dict[str, Any], prefix: str,
+              manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Start the MLflow run (described, tagged with the code's commit, the feature folder and its shards as dataset
+    inputs) and write ``run.json``, or with ``cfg.resume`` reopen the recorded ones."""
     import mlflow
 
-    from vsa_dist.tracking import use_experiment
+    from vsa_dist.tracking import log_data_inputs, source_tags, use_experiment
 
     record_path = out / "run.json"
     record = json.loads(record_path.read_text()) if cfg.resume and record_path.is_file() else None
@@ -58,8 +60,12 @@ def start_run(cfg: Any, out: Path, settings: dict[str, Any], prefix: str) -> dic
     experiment_id = use_experiment(cfg.experiment)
     if record is None:
         name = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=name)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=source_tags(),
+                               description=f"vsa train-{prefix}: {cfg.epochs} epochs on {cfg.features}, "
+                                           f"{cfg.workers} worker(s); config.json has every setting")
         mlflow.log_params(cfglib.to_dict(cfg))
+        if manifest is not None:
+            log_data_inputs(cfg.features, manifest)
         mlflow.log_dict({"config": cfglib.to_dict(cfg), "feature_settings": settings}, "config.json")
         record = {"name": name, "mlflow_run_id": run.info.run_id, "feature_settings": settings}
         atomic_write_json(record_path, record)
@@ -140,7 +146,7 @@ def train(
     check_tracking_store()  # an unreachable MLflow server fails here in seconds, not after Ray has started
     ensure_ray(cfg.progress)
     check_placeable(worker_request(cfg.use_gpu, cfg.threads), cfg.workers, f"{stage} --workers {cfg.workers}")
-    record = start_run(cfg, out, settings, prefix=stage.removeprefix("train-"))
+    record = start_run(cfg, out, settings, prefix=stage.removeprefix("train-"), manifest=manifest)
     print(f"{stage}: MLflow run {record['mlflow_run_id']} ({mlflow.get_tracking_uri()}), Ray Train run "
           f"{record['name']} in {cfg.out}", flush=True)
     spec = RunSpec(cfg, vocab, settings["feature_dim"], settings, record["mlflow_run_id"], mlflow.get_tracking_uri())
