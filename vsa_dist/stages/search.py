@@ -341,19 +341,21 @@ def run(cfg: SearchConfig) -> list[dict[str, Any]]:
     return hits
 
 
-def image_bytes(image: str, corpora) -> bytes:
-    """A hit's image: its file, or its JPEG from the shards it came from."""
-    path = Path(image)
-    if path.is_file():
-        return path.read_bytes()
+def hit_images(hits: list[dict[str, Any]], corpora) -> dict[str, bytes]:
+    """Each hit's image bytes: its file, or its JPEG from the shards it came from (each shard folder read once)."""
     from vsa_dist.data.shards import read_samples, shard_paths
 
+    found = {hit["image"]: Path(hit["image"]).read_bytes() for hit in hits if Path(hit["image"]).is_file()}
     for corpus, _ in corpora:
-        if path.parent == corpus and is_shards(corpus):
-            for sample in read_samples(shard_paths(str(corpus))):
-                if str(json.loads(sample["json"])["image_id"]) == path.name:
-                    return sample.get("jpg", b"")
-    return b""
+        wanted = {Path(hit["image"]).name for hit in hits
+                  if hit["image"] not in found and Path(hit["image"]).parent == corpus}
+        if not wanted or not is_shards(corpus):
+            continue
+        for sample in read_samples(shard_paths(str(corpus))):
+            image_id = str(json.loads(sample["json"])["image_id"])
+            if image_id in wanted:
+                found[str(corpus / image_id)] = sample.get("jpg", b"")
+    return found
 
 
 def write_page(page: Path, cfg: SearchConfig, hits: list[dict[str, Any]], corpora) -> None:
@@ -362,9 +364,9 @@ def write_page(page: Path, cfg: SearchConfig, hits: list[dict[str, Any]], corpor
     from vsa_dist.pages import thumbnail
 
     asked = f"sentences for {cfg.image}" if cfg.image else f"images for “{cfg.query}”"
-    cards = []
+    cards, images = [], hit_images(hits, corpora)
     for hit in hits:
-        data = image_bytes(hit["image"], corpora)
+        data = images.get(hit["image"], b"")
         picture = f'<img src="{thumbnail(data, 256)}" alt="">' if data else ""
         said = f"<p>{html.escape(hit['sentence'])}</p>" if "sentence" in hit else ""
         cards.append(f'<figure>{picture}<figcaption><b>{hit["rank"]}</b> · {hit["score"]:.3f}{said}'
