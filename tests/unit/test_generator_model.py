@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from vsa_dist.eval.captions import caption_metrics
-from vsa_dist.models.mrnn import MRNN, NEVER_GENERATED, PAD, MRNNArgs, MRNNEnsemble, teacher_forcing, token_nll
+from vsa_dist.models.mrnn import (
+    MRNN,
+    NEVER_GENERATED,
+    PAD,
+    MRNNArgs,
+    MRNNEnsemble,
+    repeated_trigrams,
+    teacher_forcing,
+    token_nll,
+)
 
 VOCAB = 9  # PAD, UNK, 6 words, END
 
@@ -109,6 +118,37 @@ def test_beam_one_is_greedy(cell):
     model = tiny(cell, vocab=40)
     features = image_features(cell, 16)
     assert torch.equal(model.beam_search(features, beam=1, max_len=12), model.greedy(features, max_len=12))
+
+
+def trigram_repeats(ids: list[int]) -> bool:
+    trigrams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+    return len(trigrams) != len(set(trigrams))
+
+
+def test_repeated_trigrams_bans_exactly_the_words_that_would_repeat_one():
+    g = torch.Generator().manual_seed(0)
+    sequences = torch.randint(2, 6, (200, 7), generator=g)  # four words: many repeats
+    banned = repeated_trigrams(sequences, 8)
+    for row, seq in enumerate(sequences.tolist()):
+        held = {tuple(seq[i:i + 3]) for i in range(len(seq) - 2)}
+        assert banned[row].tolist() == [(seq[-2], seq[-1], word) in held for word in range(8)]
+    assert banned.any() and not repeated_trigrams(sequences[:, :2], 8).any()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "lstm-att"])
+def test_decoding_never_repeats_a_trigram(cell):
+    """A model whose output favours one word would say it again and again ("a a a a …", the demo's "in a red in a
+    red"); greedy and beam search take the next best word instead, and still end."""
+    model = tiny(cell, vocab=40)
+    with torch.no_grad():
+        model.output.bias[5] += 500.0  # word 5 wins every step
+    features = image_features(cell, 8)
+    looping = model._unroll(features, 12, lambda log_probs: log_probs.argmax(dim=-1))[0]
+    assert all(trigram_repeats([w for w in row if w != PAD]) for row in looping.tolist())  # the test can fail
+    greedy, beam = model.greedy(features, 12), model.beam_search(features, 3, 12)
+    for row in greedy.tolist() + beam.tolist():
+        assert not trigram_repeats([w for w in row if w != PAD]), row
+    assert all(row.count(5) >= 2 for row in greedy.tolist())  # it still says its word, only not in a loop
 
 
 def ensemble_of(cells: str) -> MRNNEnsemble:

@@ -12,6 +12,11 @@ Image features come as [N, D] (one vector per image) or [N, M, D] (row 0 the who
 regions, as the feature shards store them); the paper's model reads row 0 only. ``attention=True`` (lstm
 only, beyond the paper; Xu et al. 2015's soft attention) also reads the regions: before every step the
 previous hidden state weighs the M rows, and their weighted mean enters the LSTM beside the word vector.
+
+Decoding (greedy and beam search) never repeats a word trigram: a word that would complete a trigram the caption
+already holds is not a candidate ("a man in a red shirt in a red" stops at "in a" and takes another word), the
+usual trigram blocking of captioning and summarisation decoders; sampling (self-critical training) is left as the
+model's distribution.
 """
 
 from __future__ import annotations
@@ -47,6 +52,21 @@ class MRNNArgs:
     @property
     def end(self) -> int:
         return self.vocab_size - 1
+
+
+def repeated_trigrams(sequences: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[N, V] True where word w after the prefix ``sequences`` [N, t] would repeat a trigram of that prefix: the
+    prefix ends in (a, b) and (a, b, w) occurs in it already."""
+    banned = torch.zeros(len(sequences), vocab_size, dtype=torch.bool, device=sequences.device)
+    t = sequences.shape[1]
+    if t < 3:
+        return banned
+    last = sequences[:, t - 2:]
+    for i in range(t - 2):
+        match = (sequences[:, i:i + 2] == last).all(dim=1)
+        rows = match.nonzero().squeeze(1)
+        banned[rows, sequences[rows, i + 2]] = True
+    return banned
 
 
 def teacher_forcing(tokens: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,10 +201,11 @@ class MRNN(nn.Module):
         logits[..., list(NEVER_GENERATED)] = float("-inf")
         return F.log_softmax(logits, dim=-1)
 
-    def _unroll(self, features: torch.Tensor, max_len: int, choose) -> tuple[torch.Tensor, torch.Tensor]:
+    def _unroll(self, features: torch.Tensor, max_len: int, choose,
+                block_trigrams: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """One caption per row, word by word: ``choose`` picks each step's words [N] from the next-word
-        log-probabilities [N, V]. (ids [N, L], END then PAD after a sentence ends; the log-probability of each
-        chosen word [N, L], 0 after the end.)"""
+        log-probabilities [N, V] (with ``block_trigrams``, none that would repeat a trigram). (ids [N, L], END then
+        PAD after a sentence ends; the log-probability of each chosen word [N, L], 0 after the end.)"""
         n, device = len(features), features.device
         bias, state = self.start(features)
         words = torch.full((n,), self.args.end, dtype=torch.long, device=device)
@@ -193,7 +214,11 @@ class MRNN(nn.Module):
         for t in range(max_len):
             logits, state = self.step(words, state, bias if t == 0 else None)
             step_log_probs = self._log_probs(logits)
-            words = choose(step_log_probs.detach()).masked_fill(done, PAD)
+            candidates = step_log_probs.detach()
+            if block_trigrams and ids:
+                candidates = candidates.masked_fill(repeated_trigrams(torch.stack(ids, dim=1), logits.shape[-1]),
+                                                    float("-inf"))
+            words = choose(candidates).masked_fill(done, PAD)
             log_probs.append(step_log_probs.gather(1, words[:, None]).squeeze(1).masked_fill(done, 0.0))
             ids.append(words)
             done = done | (words == self.args.end)
@@ -208,8 +233,9 @@ class MRNN(nn.Module):
 
     @torch.no_grad()
     def greedy(self, features: torch.Tensor, max_len: int = 20) -> torch.Tensor:
-        """The most likely word at every step: ids [N, L], END then PAD after a sentence ends."""
-        return self._unroll(features, max_len, lambda log_probs: log_probs.argmax(dim=-1))[0]
+        """The most likely word at every step that repeats no trigram: ids [N, L], END then PAD after a sentence
+        ends."""
+        return self._unroll(features, max_len, lambda log_probs: log_probs.argmax(dim=-1), block_trigrams=True)[0]
 
     @torch.no_grad()
     def beam_search(self, features: torch.Tensor, beam: int = 3, max_len: int = 20,
@@ -218,7 +244,8 @@ class MRNN(nn.Module):
 
         A finished hypothesis stays in its beam with its score, continued by PAD at no cost, so finished
         and open hypotheses compete on the same list. The winner maximises log P / length**length_penalty
-        (0: plain log-probability, the paper's choice). Beam 1 is greedy decoding, exactly.
+        (0: plain log-probability, the paper's choice). Beam 1 is greedy decoding, exactly. No hypothesis
+        repeats a word trigram (``repeated_trigrams``).
         """
         n, k, device = len(features), beam, features.device
         vocab = self.args.vocab_size
@@ -232,8 +259,10 @@ class MRNN(nn.Module):
         finished_row[PAD] = 0.0
         for t in range(max_len):
             logits, state = self.step(words, state, bias if t == 0 else None)
-            log_probs = self._log_probs(logits).view(n, k, vocab)
-            log_probs = torch.where(done[..., None], finished_row, log_probs)
+            log_probs = self._log_probs(logits)
+            if t >= 3:
+                log_probs = log_probs.masked_fill(repeated_trigrams(sequences.view(n * k, t), vocab), float("-inf"))
+            log_probs = torch.where(done[..., None], finished_row, log_probs.view(n, k, vocab))
             best, flat = (scores[..., None] + log_probs).view(n, k * vocab).topk(k, dim=1)
             source, token = flat // vocab, flat % vocab
             scores = best
