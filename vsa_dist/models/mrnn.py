@@ -14,7 +14,7 @@ only, beyond the paper; Xu et al. 2015's soft attention) also reads the regions:
 previous hidden state weighs the M rows, and their weighted mean enters the LSTM beside the word vector.
 
 Decoding (greedy and beam search) never repeats a word trigram: a word that would complete a trigram the caption
-already holds is not a candidate ("a man in a red shirt in a red" stops at "in a" and takes another word), the
+already holds is not a candidate (after "a man in a red shirt in a", "red" is not: another word follows), the
 usual trigram blocking of captioning and summarisation decoders; sampling (self-critical training) is left as the
 model's distribution.
 """
