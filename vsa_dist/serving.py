@@ -60,9 +60,16 @@ def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str,
                         dev_data: str) -> dict[str, Any]:
     """Log the checkpoint as a pyfunc model in the active run, register it, and move ``alias`` to it when its dev
     R@1+5+10 sum beats the alias holder's on the same dev data. Returns what was done."""
+    import pandas as pd
+
+    rows = 1 + feature_settings["num_regions"]
+    signature = mlflow.models.infer_signature(
+        pd.DataFrame({"sentence": ["a dog runs on the grass"],
+                      "features": [np.zeros((rows, feature_settings["feature_dim"])).tolist()]}),
+        pd.DataFrame({"score": [0.0]}))
     info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE / "alignment_scorer.py"),
                                    artifacts={"checkpoint": str(checkpoint)}, registered_model_name=name,
-                                   metadata={"feature_settings": feature_settings})
+                                   signature=signature, metadata={"feature_settings": feature_settings})
     return tag_and_promote(name, str(info.registered_model_version), "dev_rsum", dev_rsum, dev_data, alias)
 
 

@@ -124,6 +124,7 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
                           "features": [records[0]["features"].astype(np.float32).tolist()] * 2})
     scorer = mlflow.pyfunc.load_model(f"models:/vsa-align/{second['registered']['version']}")
     served = scorer.predict(frame)["score"]
+    assert [c.name for c in scorer.metadata.get_input_schema().inputs] == ["sentence", "features"]
     best, _ = load_model(out / "best.pt")
     index = word_index(state["vocab"])
     with torch.no_grad():
