@@ -71,18 +71,42 @@ def run(cfg: PipelineConfig) -> dict:
         "batch_size": cfg.mrnn_batch_size, "progress": cfg.progress}))
     results["report"] = report_stage.run(cfglib.ready(report_stage.ReportConfig, None, {
         "run": [cfg.run_dir], "features": features}))
-    retrieval, captions = results["align"].get("test", {}), results["mrnn"].get("test", {})
-    print(
-        f"pipeline: done in {time.time() - start:.1f}s; outputs under {cfg.run_dir}\n"
-        f"  test retrieval R@5 annotation {retrieval.get('annotation', {}).get('r5', float('nan')):.1f}, "
-        f"search {retrieval.get('search', {}).get('r5', float('nan')):.1f}; "
-        f"test captions BLEU-4 {captions.get('bleu4', float('nan')):.3f}, "
-        f"CIDEr {captions.get('cider', float('nan')):.3f}\n"
-        f"  registered: {results['mrnn'].get('registered')}\n"
-        f"  look at it: {results['report']['out']}\n"
-        f"  caption your own images: vsa caption IMAGE_OR_FOLDER --model models:/vsa-captioner@champion"
-    )
+    print(summary(cfg, results, time.time() - start), flush=True)
     return results
+
+
+def summary(cfg: PipelineConfig, results: dict, seconds: float) -> str:
+    """The closing lines a person reads: one unit per kind of number (retrieval R@K in %, caption scores x 100 as
+    papers print them), what was registered, and where to look next."""
+    from vsa_dist.tracking import tracking_uri
+
+    retrieval, captions = results["align"].get("test", {}), results["mrnn"].get("test", {})
+
+    def pct(direction: str, k: str) -> str:
+        value = retrieval.get(direction, {}).get(k)
+        return "–" if value is None else f"{value:.1f}"
+
+    def x100(metric: str) -> str:
+        value = captions.get(metric)
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    registered = []
+    for stage in ("align", "mrnn"):
+        done = results[stage].get("registered") or {}
+        if done:
+            alias = f" (now @{done['alias']})" if done.get("alias") else ""
+            registered.append(f"models:/{done['name']}/{done['version']}{alias}")
+    return "\n".join([
+        f"pipeline: done in {seconds / 60:.1f} min; outputs under {cfg.run_dir}",
+        f"  test retrieval, R@1 / R@5 / R@10 (%): annotation {pct('annotation', 'r1')} / {pct('annotation', 'r5')} / "
+        f"{pct('annotation', 'r10')}, search {pct('search', 'r1')} / {pct('search', 'r5')} / {pct('search', 'r10')}",
+        f"  test captions (x 100): BLEU-4 {x100('bleu4')}, METEOR {x100('meteor')}, CIDEr {x100('cider')}",
+        f"  registered: {', '.join(registered) or 'nothing'}",
+        f"  the report: {results['report']['out']}",
+        f"  MLflow: {tracking_uri()}" if tracking_uri().startswith("http") else
+        f"  MLflow: mlflow ui --backend-store-uri {tracking_uri()}",
+        "  next: vsa caption IMAGE_OR_FOLDER --html captions.html; vsa search \"a sentence\" FOLDER",
+    ])
 
 
 def main(argv: list[str] | None = None) -> dict:
