@@ -260,8 +260,14 @@ def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size:
     def known(name: str, item_stamp: str) -> bool:
         return not stamp and (old.get(name, (None,))[0] == item_stamp or refused.get(name, (None,))[0] == item_stamp)
 
-    items = list(corpus_items(folder, splits))
-    fresh = sum(1 for name, item_stamp, _, _ in items if not known(name, item_stamp))
+    if stamp:  # a shard folder, read once as a stream (its images are not all held in memory); its count from
+        #        the manifest
+        counts = json.loads((folder / MANIFEST).read_text())["splits"]
+        items, fresh = corpus_items(folder, splits), sum(info["images"] for split, info in counts.items()
+                                                         if not splits or split in splits)
+    else:      # an image folder: its files' names and stamps, their bytes read only when embedded
+        items = list(corpus_items(folder, splits))
+        fresh = sum(1 for name, item_stamp, _, _ in items if not known(name, item_stamp))
     bar = None
     if fresh and progress:
         from tqdm import tqdm
