@@ -25,10 +25,10 @@ def test_help_shows_the_chosen_presets_values(capsys):
         vsa(["train-align", "--preset", "train_align_modern", "--help"])
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]  # argparse wraps help lines
-    for flag, value in (("--optimizer", "adam"), ("--lr", "0.0002"), ("--score-norm", "mean"), ("--epochs", "20"),
-                        ("--weight-decay", "0.0"), ("--dropout", "0.1"), ("--lr-schedule", "cosine"),
-                        ("--word-rnn", "gru"), ("--local-weight", "1.0"), ("--hardest-warmup-epochs", "7"),
-                        ("--clip-norm", "2.0")):
+    for flag, value in (("--optimizer", "adam"), ("--lr", "0.00043347263652391595"), ("--score-norm", "mean"),
+                        ("--epochs", "20"), ("--weight-decay", "0.0"), ("--dropout", "0.006611054211411638"),
+                        ("--lr-schedule", "cosine"), ("--word-rnn", "gru"), ("--local-weight", "0.32170366688834073"),
+                        ("--hardest-warmup-epochs", "7"), ("--clip-norm", "2.0")):
         section = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
         assert f"(default: {value})" in section, (flag, section)
     # the choices are listed, and a boolean says that its flag alone is a switch
