@@ -29,6 +29,19 @@ class RunSpec:
     tracking_uri: str
 
 
+def quiet_reports() -> None:
+    """Ray Train logs every worker's every report in full ("Reporting training result N: TrainingReport(…)", two
+    long lines an epoch per worker) at INFO; the epoch's one line (rank 0) and MLflow already hold all of it. Its
+    logger is named by its module's file; where that module is not (another Ray), nothing changes."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 class RayTrainSession:
     """One worker of a Ray Train run: DDP over the group, Ray Train's checkpoints, ``ray.train.report``."""
 
@@ -42,19 +55,6 @@ class RayTrainSession:
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
         quiet_reports()
-
-
-def quiet_reports() -> None:
-    """Ray Train logs every worker's every report in full ("Reporting training result N: TrainingReport(…)", two
-    long lines an epoch per worker) at INFO; the epoch's one line (rank 0) and MLflow already hold all of it. Its
-    logger is named by its module's file; where that module is not (another Ray), nothing changes."""
-    import logging
-
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
     def train_shard(self) -> Any:
         import ray.train
