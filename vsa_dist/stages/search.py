@@ -242,19 +242,28 @@ def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size:
                          [])
         old = {entry["name"]: (entry["stamp"], stored[row]) for row, entry in enumerate(listing["images"])}
     # images that could not be embedded are remembered too: tried again only once their file changes
-    refused = {entry["name"]: (entry["stamp"], entry["error"]) for entry in listing.get("skipped", [])} if old else {}
+    refused = ({entry["name"]: (entry["stamp"], entry["error"]) for entry in listing.get("skipped", [])}
+               if listing.get("version") == INDEX_VERSION else {})
     index, kept, pending, refused_stamps = Index([], [], [], []), [], [], []
+
+    def keep(name: str, item_stamp: str, vector, said: list[str]) -> None:
+        index.names.append(name)
+        index.vectors.append(vector)
+        index.sentences.append(said)
+        kept.append(item_stamp)
+
+    def refuse(name: str, item_stamp: str, why: str) -> None:
+        index.skipped.append((name, why))
+        refused_stamps.append(item_stamp)
 
     def flush() -> None:
         embedded, errors = searcher.embed_images([load() for _, _, load, _ in pending], [n for n, _, _, _ in pending])
         good = iter(embedded)
         for (name, item_stamp, _, said), error in zip(pending, errors):
             if error:
-                index.skipped.append((name, error))
-                refused_stamps.append(item_stamp)
-                continue
-            index.names.append(name), kept.append(item_stamp), index.vectors.append(next(good))
-            index.sentences.append(said)
+                refuse(name, item_stamp, error)
+            else:
+                keep(name, item_stamp, next(good), said)
         pending.clear()
 
     def known(name: str, item_stamp: str) -> bool:
@@ -276,10 +285,9 @@ def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size:
     for name, item_stamp, load, said in items:
         if known(name, item_stamp):
             if name in old and old[name][0] == item_stamp:
-                index.names.append(name), kept.append(item_stamp), index.vectors.append(old[name][1])
-                index.sentences.append(said)
+                keep(name, item_stamp, old[name][1], said)
             else:
-                index.skipped.append((name, refused[name][1])), refused_stamps.append(item_stamp)
+                refuse(name, item_stamp, refused[name][1])
             continue
         pending.append((name, item_stamp, load, said))
         if len(pending) == batch_size:
