@@ -9,6 +9,7 @@ import pytest
 from conftest import fails
 
 from vsa_dist import config as cfglib
+from vsa_dist.stages.train_align import AlignConfig
 from vsa_dist.stages.tune import TuneConfig, sample_trials, search_space
 
 
@@ -55,7 +56,9 @@ def test_draws_are_seeded_and_inside_the_space(tmp_path):
 def test_the_default_space_is_lr_and_weight_decay_around_the_base(tmp_path):
     cfg = cfglib.resolve(TuneConfig, None, {"features": str(tmp_path / "f"), "base": "train_align_modern"})
     space = search_space(cfg)
-    assert space == {"lr": ("loguniform", [2e-5, 2e-3]), "weight_decay": ("loguniform", [1e-6, 1e-2])}
+    base = cfglib.resolve(AlignConfig, "train_align_modern", {}, validate=False).lr  # ten times either side of it
+    assert space["lr"][0] == "loguniform" and space["lr"][1] == pytest.approx([base / 10, base * 10])
+    assert space == {"lr": space["lr"], "weight_decay": ("loguniform", [1e-6, 1e-2])}
 
 
 def test_configs_are_frozen_once_resolved(tmp_path):
