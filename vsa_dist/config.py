@@ -105,11 +105,14 @@ def _scalar_type(tp: Any) -> Any:
     return tp
 
 
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in ("0", "false", "no", "off"):
+    if lowered in FALSE_WORDS:
         return False
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
@@ -300,9 +303,6 @@ def parse_args(cls: type[C], argv: list[str] | None, prog: str, preset: str | No
     return cfg
 
 
-BOOL_WORDS = ("1", "true", "yes", "on", "0", "false", "no", "off")
-
-
 def _switches(cls: type, argv: list[str]) -> list[str]:
     """A boolean flag given alone (``--cosine``, ``--cosine --epochs 3``, or last) reads as ``--cosine true``; with a
     value (``--cosine false``) it is left as it is. Done before argparse, which cannot take a flag's value as
@@ -312,7 +312,7 @@ def _switches(cls: type, argv: list[str]) -> list[str]:
     out = []
     for i, token in enumerate(argv):
         out.append(token)
-        if token in flags and (i + 1 == len(argv) or argv[i + 1].strip().lower() not in BOOL_WORDS):
+        if token in flags and (i + 1 == len(argv) or argv[i + 1].strip().lower() not in TRUE_WORDS + FALSE_WORDS):
             out.append("true")
     return out
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vsa_dist import storage
 from vsa_dist.data.images import open_rgb
-from vsa_dist.data.shards import read_samples, shard_paths
+from vsa_dist.data.shards import jpegs_by_id
 
 TILE, TEXT_HEIGHT, COLUMNS = 224, 96, 5
 
@@ -75,12 +75,7 @@ def log_examples(features_manifest: dict[str, Any], split: dict[str, Any], capti
         (Path(scratch) / "examples.json").write_text(json.dumps(examples, indent=1, ensure_ascii=False))
         shards = source_shards(features_manifest, features_dir)
         if shards is not None:
-            wanted = {e["image_id"] for e in examples}
-            jpegs = {}
-            for sample in read_samples(shard_paths(shards, [split.get("split", "test")])):
-                meta = json.loads(sample["json"])
-                if meta["image_id"] in wanted:
-                    jpegs[meta["image_id"]] = sample["jpg"]
+            jpegs = jpegs_by_id(shards, [split.get("split", "test")], {e["image_id"] for e in examples})
             tiles = [
                 (jpegs[e["image_id"]], e["caption"], e["references"][0]) for e in examples if e["image_id"] in jpegs
             ]

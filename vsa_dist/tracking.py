@@ -109,15 +109,16 @@ def log_data_inputs(features: str, manifest: dict, context: str = "training") ->
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    from vsa_dist import storage
+    from vsa_dist.data.shards import load_manifest
     from vsa_dist.io import sha256_json
 
     inputs = [("features", features, manifest)]
     shards = str(manifest.get("source", {}).get("shards", ""))
-    if shards and storage.exists(storage.join(shards, "manifest.json")):
-        import json
-
-        inputs.append(("shards", shards, json.loads(storage.read_bytes(storage.join(shards, "manifest.json")))))
+    if shards:
+        try:
+            inputs.append(("shards", shards, load_manifest(shards)))
+        except FileNotFoundError:  # the shards moved or were deleted since: the features still identify the data
+            pass
     for kind, where, content in inputs:
         name = f"{kind}:{str(where).rstrip('/').rsplit('/', 1)[-1]}"
         with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so at each path

@@ -231,6 +231,17 @@ def read_samples(paths: list[str]) -> Iterator[dict[str, Any]]:
     yield from wds.WebDataset(paths, shardshuffle=False, empty_check=False, nodesplitter=_every_shard)
 
 
+def jpegs_by_id(shards_dir: Path | str, splits: list[str] | tuple[str, ...] | None,
+                wanted: set[str]) -> dict[str, bytes]:
+    """The JPEG bytes of the ``wanted`` image ids among the given splits' samples (all splits if None), in one read."""
+    found = {}
+    for sample in read_samples(shard_paths(shards_dir, splits)):
+        image_id = json.loads(sample["json"])["image_id"]
+        if image_id in wanted:
+            found[image_id] = sample["jpg"]
+    return found
+
+
 def shard_paths(shards_dir: Path | str, splits: list[str] | tuple[str, ...] | None = None) -> list[str]:
     """Shard files (paths or URIs, as the folder is) of the given splits (all splits if None), in manifest order."""
     manifest = load_manifest(shards_dir)

@@ -66,7 +66,7 @@ class ReportConfig(cfglib.Config):
 
 # ----------------------------------------------------------------------------------- what goes on the page
 def image_jpegs(features_manifest: dict[str, Any], features_dir: str, split: str, wanted: set[str]) -> dict[str, bytes]:
-    from vsa_dist.data.shards import read_samples, shard_paths
+    from vsa_dist.data.shards import jpegs_by_id
     from vsa_dist.examples import source_shards
 
     shards = source_shards(features_manifest, features_dir)
@@ -74,12 +74,7 @@ def image_jpegs(features_manifest: dict[str, Any], features_dir: str, split: str
         raise FileNotFoundError(
             f"{features_dir}: the image shards it was made from are not found; the page needs the images"
         )
-    found = {}
-    for sample in read_samples(shard_paths(shards, [split])):
-        image_id = json.loads(sample["json"])["image_id"]
-        if image_id in wanted:
-            found[image_id] = sample["jpg"]
-    return found
+    return jpegs_by_id(shards, [split], wanted)
 
 
 def curves_png(histories: dict[str, dict[str, list[tuple[int, float]]]]) -> str:

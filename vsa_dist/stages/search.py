@@ -357,18 +357,14 @@ def run(cfg: SearchConfig) -> list[dict[str, Any]]:
 
 def hit_images(hits: list[dict[str, Any]], corpora) -> dict[str, bytes]:
     """Each hit's image bytes: its file, or its JPEG from the shards it came from (each shard folder read once)."""
-    from vsa_dist.data.shards import read_samples, shard_paths
+    from vsa_dist.data.shards import jpegs_by_id
 
     found = {hit["image"]: Path(hit["image"]).read_bytes() for hit in hits if Path(hit["image"]).is_file()}
     for corpus, _ in corpora:
         wanted = {Path(hit["image"]).name for hit in hits
                   if hit["image"] not in found and Path(hit["image"]).parent == corpus}
-        if not wanted or not is_shards(corpus):
-            continue
-        for sample in read_samples(shard_paths(str(corpus))):
-            image_id = str(json.loads(sample["json"])["image_id"])
-            if image_id in wanted:
-                found[str(corpus / image_id)] = sample.get("jpg", b"")
+        if wanted and is_shards(corpus):
+            found.update({str(corpus / image_id): jpeg for image_id, jpeg in jpegs_by_id(corpus, None, wanted).items()})
     return found
 
 
