@@ -7,6 +7,7 @@
         "vsa eval captions …" RUN_A,RUN_B
     python scripts/record_results.py retrieval.modern_ensemble runs/flickr8k/ensemble-align-test.json \
         "vsa eval retrieval …" RUN_A,RUN_B
+    python scripts/record_results.py quick runs/flickr8k-quick/summary.json "vsa pipeline --preset pipeline_quick"
 
 Retrieval runs (train-align) record annotation/search R@K and median rank; generator runs (train-mrnn) record
 BLEU-1..4, METEOR, ROUGE-L, CIDEr, with the beam chosen on dev; a run that logged its minutes also records
@@ -32,6 +33,8 @@ CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cid
 def main(argv: list[str]) -> None:
     key, summary_path, command, *member_runs = argv
     summary = json.loads(Path(summary_path).read_text())
+    if summary.get("kind") == "pipeline":
+        return record_pipeline(key, summary, command)
     if "test" not in summary:  # vsa eval captions/retrieval --out: the numbers themselves, no training run of its own
         numbers = ({d: summary[d] for d in ("annotation", "search")} if "annotation" in summary
                    else {k: v for k, v in summary.items() if k in CAPTION_METRICS})
@@ -58,6 +61,27 @@ def main(argv: list[str]) -> None:
         **numbers, **({"best_dev_epoch": summary["best_dev_epoch"]} if summary["best_dev_epoch"] else {}),
         "command": command, "mlflow_run_id": summary["run_id"],
         "data": "../shared/data/flickr8k: 6,000 train / 1,000 dev (selection) / 1,000 test images, 5 sentences each"})
+    write(results)
+
+
+def record_pipeline(key: str, summary: dict, command: str) -> None:
+    """A whole `vsa pipeline` run (its RUN/summary.json): the command's wall minutes, each stage's, and both models'
+    test numbers and MLflow runs."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    align, mrnn = summary["align"], summary["mrnn"]
+    captions = {k: round(v, 4) for k, v in (mrnn.get("test") or {}).items()}
+    results[key] = {
+        "minutes": summary["minutes"], "stage_minutes": summary["stage_minutes"],
+        **captions,
+        "retrieval": {d: {k: round(v, 2) for k, v in align["test"][d].items()} for d in ("annotation", "search")},
+        "align_train_minutes": align.get("train_minutes"), "mrnn_train_minutes": mrnn.get("train_minutes"),
+        "command": command, "mlflow_run_ids": {"align": align["run_id"], "mrnn": mrnn["run_id"]},
+        "data": "../shared/data/flickr8k: 6,000 train / 1,000 dev (selection) / 1,000 test images, 5 sentences each",
+    }
+    write(results)
+
+
+def write(results: dict) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
 

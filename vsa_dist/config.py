@@ -188,6 +188,8 @@ def build_parser(cls: type, prog: str, shown: dict[str, Any] | None = None,
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit (inputs are not checked)"
     )
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's and the workers' full output here too (it always goes to the log file)")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         help_text = f.metadata.get("help", "") + (f"; range {f.metadata['range']}" if "range" in f.metadata else "")
@@ -292,6 +294,7 @@ def parse_args(cls: type[C], argv: list[str] | None, prog: str, preset: str | No
     for key in ("config", "preset"):
         args.pop(key, None)
     print_config = args.pop("print_config", False)
+    args.pop("verbose", None)  # read by run_stage
     try:
         cfg = resolve(cls, preset, {**from_file, **args}, source=known.config or "command line",
                       validate=not print_config)
@@ -325,19 +328,37 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
+def log_path(cfg: Any, prog: str) -> Path | None:
+    """Where a command's full output goes while the terminal stays quiet: ``vsa-COMMAND.log`` in the pipeline's run
+    folder, beside a stage's output folder, or under the runs root's ``logs/``."""
+    from vsa_dist import storage
+    from vsa_dist.paths import runs_root
+
+    name = "vsa-" + prog.removeprefix("vsa").strip().replace(" ", "-") + ".log"
+    run_dir, out = getattr(cfg, "run_dir", ""), getattr(cfg, "out", "")
+    if run_dir and not storage.is_remote(run_dir):
+        return Path(run_dir) / name
+    if out and not storage.is_remote(out):
+        return Path(out).resolve().parent / name
+    return runs_root() / "logs" / name
+
+
 def run_stage(cls: type[C], run, argv: list[str] | None, prog: str, preset: str | None,
               input_errors: tuple[type[Exception], ...] = ()):
     """A stage's ``main``: parse and validate its config, run it; a bad config or input exits 2 with one line."""
+    from vsa_dist import console
     from vsa_dist.tracking import end_interrupted_run
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_args(cls, argv, prog=prog, preset=preset)
     try:
         if hasattr(cfg, "check_inputs"):
             cfg.check_inputs()
-        return run(cfg)
+        with console.quiet(log_path(cfg, prog), verbose="--verbose" in argv):
+            return run(cfg)
     except (ConfigError, *input_errors) as err:
         end_interrupted_run(err)
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=console.err())
         raise SystemExit(2) from err
     except BaseException as err:  # Ray's driver turns SIGTERM into SystemExit
         end_interrupted_run(err)

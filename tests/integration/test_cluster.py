@@ -222,7 +222,12 @@ def test_ray_job_submit_runs_the_pipeline_into_a_shared_mlflow_server(tmp_path, 
     captions = json.loads((run_dir / "mrnn" / "summary.json").read_text())
     assert set(align["test"]) == {"annotation", "search"}
     assert set(captions["test"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "bleu_length_ratio", "meteor", "rouge_l",
-                                     "cider"}
+                                     "cider", "distinct_captions"}
+    assert 1 <= captions["test"]["distinct_captions"] <= 50  # of the mini set's 50 test images
+    # the pipeline's own record: the whole command's minutes beside both models' test scores
+    record = json.loads((run_dir / "summary.json").read_text())
+    assert record["kind"] == "pipeline" and record["minutes"] >= sum(record["stage_minutes"].values()) - 0.05
+    assert record["align"]["test"] == align["test"] and record["mrnn"]["test"] == captions["test"]
     mlflow.set_tracking_uri(mlflow_server)
     client = mlflow.MlflowClient()
     run = client.get_run(align["run_id"])

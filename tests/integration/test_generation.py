@@ -10,7 +10,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from importlib import metadata
+from pathlib import Path
 
+import mlflow
 import pytest
 
 from vsa_dist.checkpoints import read_checkpoint
@@ -196,6 +199,21 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
                 time.sleep(1)
         assert answer is not None, (tmp_path / "serve.log").read_text()[-3000:]
         assert answer == {"predictions": [{"caption": printed[0][1]}]}  # the shape docs/generation.md shows
+
+        # the model's own input example, as MLflow saved it for serving, is a request the server answers
+        folder = Path(mlflow.artifacts.download_artifacts("models:/test-region-captioner@champion"))
+        example = (folder / "serving_input_example.json").read_bytes()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=example,
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        assert len(answer["predictions"]) == 1 and answer["predictions"][0]["caption"].strip()
+        # requirements a virtualenv can install: installed distributions, pinned; vsa_dist travels in code/
+        requirements = [line for line in (folder / "requirements.txt").read_text().splitlines()
+                        if line and not line.startswith("#")]
+        assert requirements and all(metadata.version(line.split("==")[0]) == line.split("==")[1]
+                                    for line in requirements), requirements
+        assert not any(line.startswith(("vsa-dist", "vsa_dist", "colorama", "ray")) for line in requirements)
+        assert (folder / "code" / "vsa_dist" / "serving.py").is_file()
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -31,6 +31,13 @@ def open_in_browser(page, screenshot=None) -> tuple[dict[str, str], str]:
     return attributes, proc.stderr
 
 
+# what the stages' summary.json files hold after a tested run: the page puts them under the paper's row
+TESTED = {"align": {"train_minutes": 3.25, "test": {"annotation": {"r1": 17.3, "r5": 40.0, "r10": 55.0, "medr": 8.0},
+                                                   "search": {"r1": 11.0, "r5": 33.0, "r10": 45.0, "medr": 12.0}}},
+          "mrnn": {"test": {"bleu1": 0.6, "bleu2": 0.41, "bleu3": 0.28, "bleu4": 0.19, "meteor": 0.19,
+                            "rouge_l": 0.45, "cider": 0.4321}}}
+
+
 def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, ray_cluster):
     from vsa_dist.cli import main as vsa
 
@@ -42,7 +49,7 @@ def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, 
         with mlflow.start_run() as active:
             for epoch in (1, 2, 3):
                 mlflow.log_metrics({key: float(epoch * (i + 1)) for i, key in enumerate(metrics)}, step=epoch)
-        (run / stage / "summary.json").write_text(json.dumps({"run_id": active.info.run_id}))
+        (run / stage / "summary.json").write_text(json.dumps({"run_id": active.info.run_id, **TESTED[stage]}))
     untrained_alignment_checkpoint(mini_features, run / "align" / "best.pt")
     untrained_generator_checkpoint(mini_features, run / "mrnn" / "best.pt")
 
@@ -62,5 +69,10 @@ def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, 
     assert attributes.get("images") == "19", (attributes, log[-2000:])
     assert attributes.get("images-loaded") == "19" and attributes.get("problems") == "0", (attributes, log[-2000:])
     assert "CONSOLE" not in log, log[-2000:]
+    # the metrics on top: this run's row under the paper's, better cells marked; hovering a snippet lights its box
+    assert attributes.get("metrics-rows") == "4", attributes
+    assert '<td class="better">17.3</td>' in text and '<td class="">11.0</td>' in text and ">43.2</td>" in text
+    assert ">3.2</td>" in text  # training minutes beside the scores
+    assert attributes.get("hover-lights-box") == "true", attributes
     open_in_browser(page, screenshot=tmp_path / "report.png")
     assert (tmp_path / "report.png").stat().st_size > 10_000

@@ -79,12 +79,16 @@ def test_a_preset_that_does_not_exist_is_an_error(argv, capsys):
 
 def test_every_preset_only_names_keys_of_its_stage_and_resolves():
     from vsa_dist import config
+    from vsa_dist.stages.pipeline import PipelineConfig
     from vsa_dist.stages.train_align import AlignConfig
     from vsa_dist.stages.train_mrnn import MRNNConfig
 
+    stages = {"train_align": AlignConfig, "train_mrnn": MRNNConfig, "pipeline": PipelineConfig}
     for name in config.presets():
-        cls = AlignConfig if name.startswith("train_align") else MRNNConfig
-        config.resolve(cls, name, {}, validate=False)  # unknown keys or bad values raise
+        cls = next(cls for prefix, cls in stages.items() if name.startswith(prefix))
+        cfg = config.resolve(cls, name, {}, validate=False)  # unknown keys or bad values raise
+        for key in ("align_preset", "mrnn_preset"):  # a pipeline preset names stage presets that exist
+            assert not hasattr(cfg, key) or config.preset_exists(getattr(cfg, key)), (name, key)
 
 
 def test_one_orientation_everywhere(tmp_path):

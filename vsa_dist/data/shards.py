@@ -24,10 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
 from tqdm import tqdm
 
-from vsa_dist import storage
+from vsa_dist import console, storage
 from vsa_dist.data.images import ImageRejected, check_jpeg
 from vsa_dist.data.sources import Catalog, ImageEntry
 from vsa_dist.data.text import VOCAB_MIN_COUNT, build_vocab
@@ -76,6 +75,8 @@ def _write_shard(path: Path, entries: list[ImageEntry], fmt: str, max_pixels: in
     fd, tmp = temp_path(path)
     try:
         with os.fdopen(fd, "wb") as fh:
+            import webdataset as wds  # here, not at the top: it imports torch (seconds before `--help` could print)
+
             writer = wds.TarWriter(fh, mtime=0)  # fixed mtime: same inputs, same bytes, same sha256
             for entry in entries:
                 try:
@@ -138,7 +139,8 @@ def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, 
 
     records: list[dict[str, Any]] = []
     built = skipped = 0
-    bar = tqdm(total=sum(len(c) for _, _, c in planned), desc="shards", unit="img", disable=not progress)
+    bar = tqdm(total=sum(len(c) for _, _, c in planned), desc="shards", unit="img", file=console.err(),
+               disable=None if progress else True)
     for split, index, chunk in planned:
         name = f"{split}-{index:06d}.tar"
         shard_path, state_path = out_dir / name, state_dir / f"{name}.json"
@@ -228,6 +230,8 @@ def read_samples(paths: list[str]) -> Iterator[dict[str, Any]]:
     """Every sample of ``paths`` in order, in this one process, even inside a DDP worker (webdataset
     would otherwise expect the shards to be split over ranks). Remote shards are read from this node's cache."""
     paths = [storage.fetch(p) for p in paths]
+    import webdataset as wds
+
     yield from wds.WebDataset(paths, shardshuffle=False, empty_check=False, nodesplitter=_every_shard)
 
 

@@ -106,3 +106,11 @@ def score_captions(
     references = {key: refs for key, refs in zip(split["image_ids"], split["references"])}
     candidates = dict(zip(split["image_ids"], captions))
     return caption_metrics(references, candidates, *(() if metrics is None else (metrics,)))
+
+
+def captions_line(scores: dict[str, float] | None) -> str:
+    """Caption scores x 100, as papers print them."""
+    if not scores:
+        return "not tested"
+    names = (("bleu1", "BLEU-1"), ("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr"))
+    return ", ".join(f"{label} {100 * scores[key]:.1f}" for key, label in names if key in scores) + " (x 100)"

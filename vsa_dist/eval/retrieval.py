@@ -179,3 +179,12 @@ def rsum(metrics: dict[str, dict[str, float]]) -> float:
 
 def flat_metrics(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{prefix}_{d}_{k}": v for d, values in metrics.items() for k, v in values.items()}
+
+
+def retrieval_line(metrics: dict[str, dict[str, float]] | None) -> str:
+    """Both directions in one line, in the units the paper prints: R@1 / R@5 / R@10 in %, median rank."""
+    if not metrics:
+        return "not tested"
+    return ", ".join(f"{label} R@1/5/10 {metrics[d]['r1']:.1f} / {metrics[d]['r5']:.1f} / {metrics[d]['r10']:.1f} "
+                     f"(med r {metrics[d]['medr']:g})"
+                     for d, label in (("annotation", "image→text"), ("search", "text→image")))

@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, roi_align
 
+from vsa_dist.models import REGION_MODES
 from vsa_dist.models.backbone import Backbone, fold_batchnorm
-
-REGION_MODES = ("roi", "crop")
 
 
 def select_top(boxes: torch.Tensor, scores: torch.Tensor, image_index: torch.Tensor, num_images: int, k: int,

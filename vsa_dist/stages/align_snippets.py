@@ -21,20 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from ray.data import ActorPoolStrategy
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
-from vsa_dist.checkpoints import read_checkpoint
 from vsa_dist.config import option
 from vsa_dist.data.assembler import REJECTS, ShardAssembler, account, check_sources, plan_shards, resume
 from vsa_dist.data.pairs import encode_sentences, word_index
 from vsa_dist.data.shards import MANIFEST, read_samples
 from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest, npy_load
 from vsa_dist.io import atomic_write_json, sha256_file
-from vsa_dist.models.snippets import align_words, snippets
-from vsa_dist.ray_env import check_placeable, ensure_ray
+
+# Ray, torch and the model are imported where they are used, not here: `--help` needs only the config
 
 SNIPPETS_FORMAT_VERSION = 1
 PASS_THROUGH = ("feat.npy", "boxes.npy")
@@ -74,14 +71,25 @@ class SnippetAligner:
     """Ray Data actor: a batch of feature samples → the same samples with their snippets in the JSON."""
 
     def __init__(self, checkpoint: str, beta: float):
+        import torch
+
         from vsa_dist.checkpoints import load_alignment
 
         torch.set_num_threads(1)
         self.model, state = load_alignment(storage.fetch(checkpoint))
         self.index, self.max_words, self.beta = word_index(state["vocab"]), state["config"]["max_words"], beta
 
-    @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            return self._align(batch)
+
+    def _align(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from vsa_dist.models.snippets import align_words, snippets
+
         metas = [json.loads(raw) for raw in batch["json"]]
         features = [torch.from_numpy(npy_load(raw)) for raw in batch["feat.npy"]]
         tokens = [torch.from_numpy(encode_sentences(m["sentences"], self.index, self.max_words)).long() for m in metas]
@@ -130,6 +138,11 @@ def run(cfg: SnippetsConfig) -> dict[str, Any]:
 
 
 def _run(cfg: SnippetsConfig, out_dir: Path) -> dict[str, Any]:
+    from ray.data import ActorPoolStrategy
+
+    from vsa_dist.checkpoints import read_checkpoint
+    from vsa_dist.ray_env import check_placeable, ensure_ray
+
     start = time.time()
     features_manifest = load_features_manifest(cfg.features)
     # the checkpoint is read (weights only) and matched to the features before Ray starts: a wrong file fails in seconds

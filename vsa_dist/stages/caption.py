@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import html
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from vsa_dist import config as cfglib
+from vsa_dist import console
 from vsa_dist.config import option
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
 
@@ -95,7 +95,7 @@ def run(cfg: CaptionConfig) -> list[tuple[str, str]]:
     files = image_files(cfg.images)
     captioner = load_captioner(cfg.model, cfg.max_pixels)
     results, failed, page = [], 0, []
-    bar = tqdm(total=len(files), desc="vsa caption", unit="image", file=sys.stderr, disable=None, leave=False)
+    bar = tqdm(total=len(files), desc="vsa caption", unit="image", file=console.err(), disable=None, leave=False)
     for start in range(0, len(files), cfg.batch_size):
         part = files[start:start + cfg.batch_size]
         read = [_read(p) for p in part]
@@ -104,7 +104,7 @@ def run(cfg: CaptionConfig) -> list[tuple[str, str]]:
         bar.update(len(part))
         for path, (data, read_error), result in zip(part, read, described):
             if read_error or result.error:
-                bar.write(f"{path}: error: {read_error or result.error}", file=sys.stderr)
+                bar.write(f"{path}: error: {read_error or result.error}", file=console.err())
                 failed += 1
                 continue
             if cfg.format == "jsonl":
@@ -125,10 +125,10 @@ def run(cfg: CaptionConfig) -> list[tuple[str, str]]:
     bar.close()
     if cfg.html:
         write_page(Path(cfg.html), cfg.model, page)
-        print(f"vsa caption: page {cfg.html}", file=sys.stderr, flush=True)
+        print(f"vsa caption: page {cfg.html}", file=console.err(), flush=True)
     if failed:
         print(f"vsa caption: {len(files) - failed} of {len(files)} images captioned; {failed} failed (see above)",
-              file=sys.stderr, flush=True)
+              file=console.err(), flush=True)
         raise SystemExit(1)
     return results
 

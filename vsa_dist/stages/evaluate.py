@@ -19,14 +19,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from vsa_dist import config as cfglib
 from vsa_dist import storage
-from vsa_dist.checkpoints import load_alignment, load_generator
 from vsa_dist.config import option
-from vsa_dist.data.pairs import load_split, word_index
 from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest
+
+# torch and the models are imported where they are used, not here: `vsa eval … --help` needs only the config
 
 
 @dataclass
@@ -64,6 +62,8 @@ def _check_features_match(cfg: EvalConfig, *states: dict[str, Any]) -> None:
 
 def _split(cfg: EvalConfig, state: dict[str, Any], whole_image_only: bool) -> dict[str, Any]:
     _check_features_match(cfg, state)
+    from vsa_dist.data.pairs import load_split, word_index
+
     return load_split(cfg.features, cfg.split, word_index(state["vocab"]), state["config"]["max_words"],
                       whole_image_only=whole_image_only)
 
@@ -76,6 +76,9 @@ def _finish(cfg: EvalConfig, metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
+    import torch
+
+    from vsa_dist.checkpoints import load_alignment
     from vsa_dist.eval.retrieval import evaluate_alignment
 
     model, state = load_alignment(storage.fetch(cfg.checkpoint))
@@ -100,6 +103,9 @@ def _ensemble_record(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def run_captions(cfg: EvalConfig) -> dict[str, Any]:
+    import torch
+
+    from vsa_dist.checkpoints import load_generator
     from vsa_dist.eval.captions import score_captions
     from vsa_dist.models.mrnn import generate
 
@@ -122,6 +128,9 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def run_snippets(cfg: EvalConfig) -> dict[str, Any]:
+    import torch
+
+    from vsa_dist.checkpoints import load_alignment
     from vsa_dist.eval.snippets import evaluate_snippets
 
     if cfg.ensemble:

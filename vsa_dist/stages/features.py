@@ -18,24 +18,23 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import ray
-from ray.data import ActorPoolStrategy
+from typing import TYPE_CHECKING, Any
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.config import option
+from vsa_dist.console import progress_bar
 from vsa_dist.data.assembler import REJECTS, DamagedInput, ShardAssembler, account, check_sources, plan_shards, resume
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
 from vsa_dist.data.shards import MANIFEST, load_manifest
-from vsa_dist.features.extract import OUTPUT_COLUMNS, ExtractorSettings, RegionExtractor, add_proposals, describe
 from vsa_dist.features.format import FEATURES_FORMAT_VERSION
 from vsa_dist.features.proposals import PROPOSAL_METHODS
 from vsa_dist.io import atomic_write_json
-from vsa_dist.models.backbone import fast_bf16, load_backbone
-from vsa_dist.models.regions import REGION_MODES
-from vsa_dist.ray_env import check_placeable, ensure_ray
+from vsa_dist.models import REGION_MODES
+
+# Ray, torch and the CNN are imported where they are used, not here: `vsa features --help` needs only the config
+if TYPE_CHECKING:
+    from vsa_dist.features.extract import ExtractorSettings
 
 
 @dataclass
@@ -82,6 +81,12 @@ class FeaturesConfig(cfglib.Config):
 
 def _settings(cfg: FeaturesConfig, cluster: dict[str, float]) -> tuple[ExtractorSettings, dict[str, Any]]:
     """Extractor settings and the CNN actors' ``map_batches`` resources on this cluster."""
+    from ray.data import ActorPoolStrategy
+
+    from vsa_dist.features.extract import ExtractorSettings
+    from vsa_dist.models.backbone import fast_bf16
+    from vsa_dist.ray_env import check_placeable
+
     gpus = int(cluster.get("GPU", 0))
     device = cfg.device if cfg.device != "auto" else ("cuda" if gpus else "cpu")
     # Judged on this (the driver's) machine for CPUs: set it explicitly where workers' CPUs differ.
@@ -110,6 +115,10 @@ def _settings(cfg: FeaturesConfig, cluster: dict[str, float]) -> tuple[Extractor
 
 def _stream(cfg: FeaturesConfig, settings: ExtractorSettings, remote: dict[str, Any], sources: list[str]):
     """The Ray Data stream of output rows for the given image shards."""
+    import ray
+
+    from vsa_dist.features.extract import RegionExtractor, add_proposals
+
     # Reading a tar is I/O, not compute: it must not wait for a CPU slot the CNN actors hold.
     ds = ray.data.read_webdataset(sources, decoder=None, include_paths=False, num_cpus=0, concurrency=2)
     if cfg.proposals != "grid":
@@ -128,10 +137,13 @@ def _file_name(meta: bytes, key: str) -> str:
     return name if isinstance(name, str) else key
 
 
-def _write(ds, assembler: ShardAssembler) -> tuple[float, int]:
+def _write(ds, assembler: ShardAssembler, images: int, progress: bool) -> tuple[float, int]:
     """Write every row; return when the first batch arrived and its size (start-up vs steady state)."""
+    from vsa_dist.features.extract import OUTPUT_COLUMNS
+
     first: tuple[float, int] | None = None
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in progress_bar(ds.iter_batches(batch_size=None, batch_format="numpy"), images, "features", progress,
+                              size=lambda b: len(b["__key__"])):
         first = first or (time.time(), len(batch["__key__"]))
         for i in range(len(batch["__key__"])):
             source, key, error = batch["__url__"][i], batch["__key__"][i], batch["error"][i]
@@ -149,6 +161,10 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
 
 
 def _run(cfg: FeaturesConfig, shards_dir: str, out_dir: Path) -> dict[str, Any]:
+    from vsa_dist.features.extract import describe
+    from vsa_dist.models.backbone import load_backbone
+    from vsa_dist.ray_env import ensure_ray
+
     start = time.time()
     shard_manifest = load_manifest(shards_dir)
     splits = cfg.splits or sorted(shard_manifest["splits"])
@@ -168,7 +184,8 @@ def _run(cfg: FeaturesConfig, shards_dir: str, out_dir: Path) -> dict[str, Any]:
     first_rows = 0
     if pending:
         assembler = ShardAssembler(out_dir, state_dir, pending)
-        first_at, first_rows = _write(_stream(cfg, settings, remote, [p.source for p in pending]), assembler)
+        first_at, first_rows = _write(_stream(cfg, settings, remote, [p.source for p in pending]), assembler,
+                                       sum(p.expected for p in pending), cfg.progress)
         records.update(assembler.close())
     extract_seconds, steady_seconds = time.time() - extract_start, time.time() - first_at
 

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.config import option
@@ -119,42 +117,123 @@ def metric_histories(summary_paths: dict[str, str], keys: dict[str, tuple[str, .
 def sentence_html(words: list[str], pieces: list[tuple[int, int, int]]) -> str:
     spans = []
     for region, start, end in pieces:
-        spans.append(f'<span class="snippet" style="border-color:{colour(region)}" title="region {region}">'
-                     f'{html.escape(" ".join(words[start:end]))}</span>')
+        where = "the whole image" if region == 0 else f"region {region}"
+        spans.append(f'<span class="snippet" data-region="{region}" style="border-color:{colour(region)}" '
+                     f'title="{where}">{html.escape(" ".join(words[start:end]))}</span>')
     return " ".join(spans)
+
+
+# Karpathy & Fei-Fei (2015) on Flickr8K: Table 1 (BRNN; retrieval) and Table 2 (MRNN; BLEU, no METEOR or CIDEr)
+PAPER_CAPTIONS = {"bleu1": 57.9, "bleu2": 38.3, "bleu3": 24.5, "bleu4": 16.0}
+CAPTION_COLUMNS = (("bleu1", "BLEU-1"), ("bleu2", "BLEU-2"), ("bleu3", "BLEU-3"), ("bleu4", "BLEU-4"),
+                   ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr"))
+
+
+def metrics_html(retrieval: dict[str, Any] | None, captions: dict[str, Any] | None, minutes: dict[str, float]) -> str:
+    """The run's test scores under the paper's row, in the units papers print (R@K in %, caption scores x 100); a
+    score above the paper's is marked. Empty parts say why."""
+    from vsa_dist.eval.retrieval import PAPER_ROW
+
+    def cell(value: float | None, paper: float | None, lower_is_better: bool = False) -> str:
+        if value is None:
+            return "<td>–</td>"
+        better = paper is not None and (value < paper if lower_is_better else value > paper)
+        return f'<td class="{"better" if better else ""}">{value:.1f}</td>'
+
+    head = "".join(f"<th>{d} R@{k}</th>" for d in ("image→text", "text→image") for k in (1, 5, 10)) + \
+        "<th>med r →text</th><th>med r →image</th>"
+    paper = "".join(f"<td>{PAPER_ROW[d][k]:.1f}</td>" for d in ("annotation", "search") for k in ("r1", "r5", "r10"))
+    paper += f"<td>{PAPER_ROW['annotation']['medr']:.1f}</td><td>{PAPER_ROW['search']['medr']:.1f}</td>"
+    if retrieval:
+        ours = "".join(cell(retrieval[d][k], PAPER_ROW[d][k])
+                       for d in ("annotation", "search") for k in ("r1", "r5", "r10"))
+        ours += "".join(cell(retrieval[d]["medr"], PAPER_ROW[d]["medr"], True) for d in ("annotation", "search"))
+    else:
+        ours = '<td colspan="8">not tested (trained with --test false)</td>'
+    caption_head = "".join(f"<th>{label}</th>" for _, label in CAPTION_COLUMNS)
+    caption_paper = "".join(f"<td>{PAPER_CAPTIONS[k]:.1f}</td>" if k in PAPER_CAPTIONS else "<td>–</td>"
+                            for k, _ in CAPTION_COLUMNS)
+    caption_ours = "".join(cell(100 * captions[k], PAPER_CAPTIONS.get(k)) for k, _ in CAPTION_COLUMNS) if captions \
+        else f'<td colspan="{len(CAPTION_COLUMNS)}">not tested (trained with --test false)</td>'
+    took = lambda stage: f"{minutes[stage]:.1f}" if stage in minutes else "–"  # noqa: E731
+    return f"""<table class="metrics" id="retrieval-metrics">
+<caption>Retrieval on the test split, every image against every sentence (R@K in %; green: better than the paper's
+Flickr8K row)</caption>
+<thead><tr><th></th>{head}<th>train min</th></tr></thead>
+<tbody><tr><th>this run</th>{ours}<td>{took("align")}</td></tr>
+<tr class="paper"><th>paper (BRNN)</th>{paper}<td></td></tr></tbody></table>
+<table class="metrics" id="caption-metrics"><caption>Captions of the test images (x 100)</caption>
+<thead><tr><th></th>{caption_head}<th>train min</th></tr></thead>
+<tbody><tr><th>this run</th>{caption_ours}<td>{took("mrnn")}</td></tr>
+<tr class="paper"><th>paper (MRNN)</th>{caption_paper}<td></td></tr></tbody></table>"""
 
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
-body {{ font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1280px; }}
-section.example {{ display: flex; gap: 24px; border-top: 1px solid #ddd; padding: 16px 0; }}
-.figure {{ position: relative; flex: 0 0 {size}px; height: {size}px; }}
-.figure img, .figure svg {{ position: absolute; left: 0; top: 0; width: {size}px; height: {size}px; }}
-.snippet {{ border-bottom: 3px solid; padding: 0 1px; }}
+body {{ font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #222; }}
+table.metrics {{ border-collapse: collapse; margin: 8px 0 16px; font-variant-numeric: tabular-nums; }}
+table.metrics caption {{ text-align: left; font-weight: 600; padding-bottom: 4px; }}
+table.metrics th, table.metrics td {{ border-bottom: 1px solid #ddd; padding: 3px 9px; text-align: right; }}
+table.metrics tr.paper {{ color: #666; }} table.metrics td.better {{ color: #1a7f37; font-weight: 600; }}
+main.examples {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 0 32px; }}
+section.example {{ border-top: 1px solid #ddd; padding: 16px 0; }}
+.figure {{ position: relative; width: 100%; max-width: 360px; margin-bottom: 8px; }}
+.figure img {{ display: block; width: 100%; height: auto; }}
+.figure svg {{ position: absolute; left: 0; top: 0; width: 100%; height: 100%; }}
+.figure rect {{ pointer-events: visibleStroke; cursor: pointer; }}
+.snippet {{ border-bottom: 3px solid; padding: 0 1px; cursor: pointer; }}
+.lit {{ background: #fff3b0; }} rect.lit {{ stroke-width: 7; }} rect.dim {{ stroke-opacity: 0.2; }}
 .swatch {{ display: inline-block; width: 10px; height: 10px; margin-right: 6px; }}
 .generated {{ font-size: 16px; font-weight: 600; }}
 .hit {{ color: #1a7f37; }} .miss {{ color: #555; }}
-.search img {{ width: 72px; height: 72px; object-fit: cover; margin-right: 4px; border: 3px solid transparent; }}
+.search img {{ height: 64px; margin-right: 4px; border: 3px solid transparent; }}
 .search img.hit {{ border-color: #1a7f37; }}
 img.curves {{ max-width: 100%; }}
-h2 {{ margin-top: 32px; }} h4 {{ margin: 10px 0 4px; }} ol, ul {{ margin: 0; padding-left: 20px; }}
+h2 {{ margin-top: 28px; }} h4 {{ margin: 10px 0 4px; }} ol, ul {{ margin: 0; padding-left: 20px; }}
 </style></head>
 <body>
 <h1>{title}</h1>
 <p>{subtitle}</p>
+{metrics}
+<h2>Test images</h2>
+<p>Hover a snippet to see its region, or a box to see its words.</p>
+<main class="examples">
+{examples}
+</main>
 <h2>Training curves</h2>
 <img class="curves" alt="training curves" src="{curves}">
-<h2>Test images</h2>
-{examples}
 <script>
-// Page health, read by tests/test_report.py in a real browser: every image decoded, nothing went wrong.
+// A snippet and its region's box light up together (and the other boxes dim), from either side.
+function light(section, region, on) {{
+  section.querySelectorAll("rect").forEach(r => {{
+    r.classList.toggle("lit", on && r.dataset.region === region);
+    r.classList.toggle("dim", on && r.dataset.region !== region);
+  }});
+  section.querySelectorAll(".snippet").forEach(s => s.classList.toggle("lit", on && s.dataset.region === region));
+}}
+document.querySelectorAll("section.example").forEach(section => {{
+  section.querySelectorAll(".snippet, rect").forEach(el => {{
+    el.addEventListener("mouseenter", () => light(section, el.dataset.region, true));
+    el.addEventListener("mouseleave", () => light(section, el.dataset.region, false));
+  }});
+}});
+// Page health, read by tests/integration/test_report.py in a real browser: every image decoded, nothing went wrong,
+// the metrics tables there, and hovering a snippet lights its box.
 const problems = [];
 window.addEventListener("error", e => problems.push(String(e.message || (e.target && e.target.src) || "error")), true);
 window.addEventListener("load", () => {{
   const images = Array.from(document.images);
   document.body.dataset.images = images.length;
   document.body.dataset.imagesLoaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.metricsRows = document.querySelectorAll("table.metrics tbody tr").length;
+  const snippet = Array.from(document.querySelectorAll(".snippet")).find(s => s.dataset.region !== "0");
+  if (snippet) {{
+    snippet.dispatchEvent(new MouseEvent("mouseenter"));
+    const box = snippet.closest("section").querySelector(`rect[data-region="${{snippet.dataset.region}}"]`);
+    document.body.dataset.hoverLightsBox = String(Boolean(box && box.classList.contains("lit")));
+    snippet.dispatchEvent(new MouseEvent("mouseleave"));
+  }}
   document.body.dataset.problems = problems.length;
 }});
 </script>
@@ -177,8 +256,9 @@ def render_example(
     width, height = boxes[0][2], boxes[0][3]
     used = sorted({r for _, pieces in sentences for r, _, _ in pieces} | {r for r, _ in region_captions})
     rects = "".join(
-        f'<rect x="{boxes[r][0]:.1f}" y="{boxes[r][1]:.1f}" width="{boxes[r][2] - boxes[r][0]:.1f}" '
-        f'height="{boxes[r][3] - boxes[r][1]:.1f}" fill="none" stroke="{colour(r)}" stroke-width="3"/>'
+        f'<rect data-region="{r}" x="{boxes[r][0]:.1f}" y="{boxes[r][1]:.1f}" width="{boxes[r][2] - boxes[r][0]:.1f}" '
+        f'height="{boxes[r][3] - boxes[r][1]:.1f}" fill="none" stroke="{colour(r)}" stroke-width="3">'
+        f'<title>region {r}</title></rect>'
         for r in used if r > 0)
     regions_html = "".join(f'<li><span class="swatch" style="background:{colour(r)}"></span>'
                            f'region {r}: {html.escape(text)}</li>' for r, text in region_captions)
@@ -190,6 +270,7 @@ def render_example(
     return f"""<section class="example" id="{html.escape(image_id)}">
 <div class="figure"><img alt="{html.escape(image_id)}" src="{thumbnail(jpeg, size)}">
 <svg viewBox="0 0 {width:.0f} {height:.0f}" preserveAspectRatio="none">{rects}</svg></div>
+<div class="image-id">{html.escape(image_id)}</div>
 <div class="text">
 <div class="generated">{html.escape(caption)}</div>
 <h4>Regions, described</h4><ul>{regions_html}</ul>
@@ -201,6 +282,8 @@ def render_example(
 
 
 def run(cfg: ReportConfig) -> dict[str, Any]:
+    import torch
+
     from vsa_dist.checkpoints import load_alignment, load_generator
     from vsa_dist.data.pairs import load_split, word_index
     from vsa_dist.eval.retrieval import score_matrix
@@ -263,14 +346,19 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         ]
         described = [(r + 1, region_text[n * top_regions + r]) for r in range(top_regions)]
         sections.append(render_example(image_ids[i], jpegs[image_ids[i]], boxes[image_ids[i]], captions[n], described,
-                                       sentences, annotation, sentence_text[query], search, size=320))
+                                       sentences, annotation, sentence_text[query], search, size=480))
 
     root = cfg.run[0]
     histories = metric_histories(
         {"alignment": storage.join(storage.parent(cfg.align), "summary.json"),
          "generator": storage.join(storage.parent(cfg.captioner), "summary.json")},
         {"alignment": ("dev_rsum", "train_loss"), "generator": ("dev_perplexity", "dev_cider")})
+    summaries = {stage: json.loads(storage.read_bytes(path)) for stage, path in
+                 (("align", storage.join(storage.parent(cfg.align), "summary.json")),
+                  ("mrnn", storage.join(storage.parent(cfg.captioner), "summary.json"))) if storage.exists(path)}
+    minutes = {stage: s["train_minutes"] for stage, s in summaries.items() if s.get("train_minutes") is not None}
     page = PAGE.format(
+        metrics=metrics_html(summaries.get("align", {}).get("test"), summaries.get("mrnn", {}).get("test"), minutes),
         title=f"vsa-dist report: {html.escape(root)}",
         subtitle=html.escape(
             f"{len(chosen)} {cfg.split} images of {cfg.features}; snippets with "
@@ -278,7 +366,6 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         ),
         curves=curves_png(histories),
         examples="\n".join(sections),
-        size=320,
     )
     storage.write_bytes(cfg.out, page.encode("utf-8"))
     logged = None

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import html
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vsa_dist import config as cfglib
+from vsa_dist import console
 from vsa_dist.config import option
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
 
@@ -281,7 +281,7 @@ def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size:
     if fresh and progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=fresh, desc=f"vsa search: embedding {folder}", unit="image", file=sys.stderr, disable=None)
+        bar = tqdm(total=fresh, desc=f"vsa search: embedding {folder}", unit="image", file=console.err(), disable=None)
     for name, item_stamp, load, said in items:
         if known(name, item_stamp):
             if name in old and old[name][0] == item_stamp:
@@ -321,7 +321,7 @@ def run(cfg: SearchConfig) -> list[dict[str, Any]]:
     for corpus in map(Path, cfg.corpora):
         index = build_index(searcher, corpus, cfg.splits, cfg.batch_size)
         for name, why in index.skipped:
-            print(f"{corpus / name}: skipped: {why}", file=sys.stderr, flush=True)
+            print(f"{corpus / name}: skipped: {why}", file=console.err(), flush=True)
         corpora.append((corpus, index))
     if cfg.image:
         regions, errors = searcher.embed_images([Path(cfg.image).read_bytes()], [cfg.image])
@@ -351,7 +351,7 @@ def run(cfg: SearchConfig) -> list[dict[str, Any]]:
             print(f"{hit['rank']}\t{hit['score']:.4f}\t{hit.get('sentence', hit['image'])}", flush=True)
     if cfg.html:
         write_page(Path(cfg.html), cfg, hits, corpora)
-        print(f"vsa search: page {cfg.html}", file=sys.stderr, flush=True)
+        print(f"vsa search: page {cfg.html}", file=console.err(), flush=True)
     return hits
 
 

@@ -13,21 +13,18 @@ After training, the best-on-dev model is evaluated on test once and registered a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage, training
-from vsa_dist.checkpoints import load_alignment
 from vsa_dist.config import option
-from vsa_dist.data.pairs import load_split, word_index
-from vsa_dist.distributed import gather_across_workers
-from vsa_dist.eval.retrieval import beats_row, evaluate_alignment, flat_metrics, rsum
-from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel, one_sentence_each, reads_regions
-from vsa_dist.models.tokens import PAD
+
+# torch and the model are imported where they are used, not here: `vsa train-align --help` needs only the config
+if TYPE_CHECKING:
+    import torch
+
+    from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel
 
 
 @dataclass
@@ -79,6 +76,8 @@ class AlignConfig(training.TrainConfig):
 
 
 def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> AlignmentArgs:
+    from vsa_dist.models.alignment import AlignmentArgs
+
     return AlignmentArgs(vocab_size=vocab_size, feature_dim=feature_dim, embed_dim=cfg.embed_dim, word_dim=cfg.word_dim,
                          dropout=cfg.dropout, score_norm=cfg.score_norm, hardest_negative=cfg.hardest_negative,
                          margin=cfg.margin, word_rnn=cfg.word_rnn, cosine=cfg.cosine, local_weight=cfg.local_weight,
@@ -94,6 +93,8 @@ class AlignTask:
         self.vocab, self.feature_dim = spec.vocab, spec.feature_dim
 
     def build_model(self) -> AlignmentModel:
+        from vsa_dist.models.alignment import AlignmentModel
+
         return AlignmentModel(model_args(self.cfg, len(self.vocab) + 2, self.feature_dim))
 
     def rows_per_worker(self, world: int) -> int:
@@ -104,6 +105,11 @@ class AlignTask:
         pass
 
     def prepare(self, rank: int, world: int) -> None:
+        import torch
+
+        from vsa_dist.data.pairs import load_split, word_index
+        from vsa_dist.distributed import gather_across_workers
+
         cfg = self.cfg
         # with N workers, each ranks its pairs against the whole batch's (the paper's batch), not its share's
         self.gather = gather_across_workers if cfg.gather_negatives and world > 1 else None
@@ -116,6 +122,9 @@ class AlignTask:
         plain.use_hardest = self.cfg.hardest_negative and epoch > self.cfg.hardest_warmup_epochs
 
     def step(self, model, plain, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        from vsa_dist.models.alignment import one_sentence_each
+        from vsa_dist.models.tokens import PAD
+
         tokens = batch["tokens"].long() if self.cfg.all_sentences else one_sentence_each(batch["tokens"].long())
         features = batch["features"]
         if features.dim() == 2:  # the whole image's row alone was streamed ([B, D]; see run): one row per image
@@ -128,6 +137,8 @@ class AlignTask:
         return metrics, f"loss {metrics['train_loss']:.2f}, {metrics['pairs_per_s']:.0f} pairs/s"
 
     def evaluate(self, plain: AlignmentModel) -> tuple[float, dict[str, float], str]:
+        from vsa_dist.eval.retrieval import beats_row, evaluate_alignment, flat_metrics, rsum
+
         dev = evaluate_alignment(plain, self.dev_features, self.dev_tokens)
         # 1 from the first epoch whose dev numbers beat the paper's test row in all eight columns (learning
         # efficiency: the summary's minutes_to_paper_row reads when that was)
@@ -146,6 +157,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
 def run(cfg: AlignConfig) -> dict[str, Any]:
     import mlflow
+    import torch
+
+    from vsa_dist.checkpoints import load_alignment
+    from vsa_dist.data.pairs import load_split, word_index
+    from vsa_dist.eval.retrieval import evaluate_alignment, flat_metrics, retrieval_line
+    from vsa_dist.models.alignment import reads_regions
 
     # a score that reads only the whole image's row needs only that row streamed (a twentieth of the bytes)
     trained = training.train(cfg, "train-align", train_loop, load_alignment,
@@ -167,7 +184,8 @@ def run(cfg: AlignConfig) -> dict[str, Any]:
         )
         mlflow.log_metrics(flat_metrics("test", test_metrics))
         summary["test"] = test_metrics
-        print(f"train-align: test (best dev epoch {state['best']['epoch']}): {json.dumps(test_metrics)}", flush=True)
+        print(f"train-align: test (best dev epoch {state['best']['epoch']}): {retrieval_line(test_metrics)}",
+              flush=True)
     if not cfg.register_as:  # a registered model carries the checkpoint itself: logged once, not twice
         mlflow.log_artifact(str(final), artifact_path="checkpoint")
     else:

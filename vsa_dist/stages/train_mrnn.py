@@ -16,21 +16,19 @@ captions with their images go to MLflow, and the model is registered as ``vsa-ca
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage, training
-from vsa_dist.checkpoints import load_generator, read_checkpoint
 from vsa_dist.config import option
-from vsa_dist.data.pairs import load_split, split_sentence_ids, word_index
-from vsa_dist.eval.captions import perplexity, require_java, score_captions
-from vsa_dist.eval.cider import CiderD
-from vsa_dist.models.mrnn import MRNN, MRNNArgs, generate, self_critical_loss, sentence_rows, teacher_forcing, token_nll
+
+# torch and the model are imported where they are used, not here: `vsa train-mrnn --help` needs only the config
+if TYPE_CHECKING:
+    import torch
+
+    from vsa_dist.models.mrnn import MRNN, MRNNArgs
 
 
 @dataclass
@@ -97,6 +95,8 @@ class MRNNConfig(training.TrainConfig):
                 raise cfglib.ConfigError(f"snippets {self.snippets}: not a snippet folder with train images")
         if self.init:
             self.check_init()
+        from vsa_dist.eval.captions import require_java
+
         require_java()  # dev CIDEr every epoch: fail now, not after the first epoch
 
     def check_init(self) -> None:
@@ -106,6 +106,8 @@ class MRNNConfig(training.TrainConfig):
         if not storage.exists(self.init):
             raise cfglib.ConfigError(f"init {self.init}: no such checkpoint")
         try:
+            from vsa_dist.checkpoints import read_checkpoint
+
             saved = read_checkpoint(storage.fetch(self.init))
         except cfglib.ConfigError as err:  # a folder, a truncated file, not a torch checkpoint: say which and why
             raise cfglib.ConfigError(f"init: {err}") from err
@@ -122,6 +124,8 @@ class MRNNConfig(training.TrainConfig):
 
 
 def model_args(cfg: MRNNConfig, vocab_size: int, feature_dim: int) -> MRNNArgs:
+    from vsa_dist.models.mrnn import MRNNArgs
+
     """``vocab_size`` words → ids PAD, UNK, words, END."""
     return MRNNArgs(vocab_size=vocab_size + 3, feature_dim=feature_dim, hidden=cfg.hidden, word_dim=cfg.word_dim,
                     cell=cfg.cell, dropout=cfg.dropout, feature_norm=cfg.feature_norm, attention=cfg.attention)
@@ -136,6 +140,8 @@ class MRNNTask:
         self.vocab, self.feature_dim = spec.vocab, spec.feature_dim
 
     def build_model(self) -> MRNN:
+        from vsa_dist.models.mrnn import MRNN
+
         return MRNN(model_args(self.cfg, len(self.vocab), self.feature_dim))
 
     def rows_per_worker(self, world: int) -> int:
@@ -144,9 +150,16 @@ class MRNNTask:
 
     def initialise(self, model: MRNN) -> None:
         if self.cfg.init:  # a local path or a storage URI
+            from vsa_dist.checkpoints import load_generator
+
             model.load_state_dict(load_generator(storage.fetch(self.cfg.init))[0].state_dict())
 
     def prepare(self, rank: int, world: int) -> None:
+        import torch
+
+        from vsa_dist.data.pairs import load_split, split_sentence_ids, word_index
+        from vsa_dist.eval.cider import CiderD
+
         cfg, index = self.cfg, word_index(self.vocab)
         self.reward = None
         if cfg.objective == "scst":  # document frequencies from every train image's references, encoded as in training
@@ -160,6 +173,8 @@ class MRNNTask:
         pass
 
     def step(self, model, plain: MRNN, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        from vsa_dist.models.mrnn import self_critical_loss, sentence_rows, teacher_forcing, token_nll
+
         cfg = self.cfg
         if self.reward is not None:
             loss, mean_reward = self_critical_loss(model, batch["features"].float(), batch["tokens"].long(),
@@ -185,6 +200,9 @@ class MRNNTask:
         return metrics, f"train ppl {metrics['train_perplexity']:.1f}, {metrics['words_per_s']:.0f} words/s"
 
     def evaluate(self, plain: MRNN) -> tuple[float, dict[str, float], str]:
+        from vsa_dist.eval.captions import perplexity, score_captions
+        from vsa_dist.models.mrnn import generate
+
         metrics = {"dev_perplexity": perplexity(plain, self.dev_features, self.dev_tokens)}
         greedy = generate(plain, self.dev_features, self.vocab, beam=1, max_len=self.cfg.max_len)
         metrics["dev_cider"] = score_captions(self.dev, greedy, ("cider",))["cider"]
@@ -203,6 +221,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 def choose_beam(cfg: MRNNConfig, model: MRNN, dev: dict[str, Any], vocab: list[str]) -> tuple[int, dict[int, float]]:
     """The test-time beam size (the configured one, or the dev-CIDEr best of ``beam_choices``) and the dev
     CIDEr of each size tried."""
+    import torch
+
+    from vsa_dist.eval.captions import score_captions
+    from vsa_dist.models.mrnn import generate
+
     features = torch.from_numpy(dev["features"]).float()
     by_beam = {
         k: score_captions(dev, generate(model, features, vocab, k, cfg.max_len, cfg.length_penalty), ("cider",))[
@@ -215,6 +238,12 @@ def choose_beam(cfg: MRNNConfig, model: MRNN, dev: dict[str, Any], vocab: list[s
 
 def run(cfg: MRNNConfig) -> dict[str, Any]:
     import mlflow
+    import torch
+
+    from vsa_dist.checkpoints import load_generator
+    from vsa_dist.data.pairs import load_split, word_index
+    from vsa_dist.eval.captions import captions_line, score_captions
+    from vsa_dist.models.mrnn import generate
 
     trained = training.train(cfg, "train-mrnn", train_loop, load_generator, not cfg.attention)
     model, state, final, run_id = trained.model, trained.state, trained.checkpoint, trained.run_id
@@ -235,12 +264,12 @@ def run(cfg: MRNNConfig) -> dict[str, Any]:
         test = load_split(cfg.features, "test", index, cfg.max_words, not cfg.attention)
         captions = generate(model, torch.from_numpy(test["features"]).float(), vocab, beam, cfg.max_len,
                             cfg.length_penalty)
-        summary["test"] = score_captions(test, captions)
+        summary["test"] = {**score_captions(test, captions), "distinct_captions": len(set(captions))}
         mlflow.log_metrics({f"test_{k}": v for k, v in summary["test"].items()})
         mlflow.log_dict({key: caption for key, caption in zip(test["image_ids"], captions)}, "test_captions.json")
         summary["examples"] = log_examples(manifest, test, captions, cfg.examples, cfg.features)
         print(f"train-mrnn: test (best dev epoch {state['best']['epoch']}, beam {beam}): "
-              f"{json.dumps({k: round(v, 4) for k, v in summary['test'].items()})}", flush=True)
+              f"{captions_line(summary['test'])}", flush=True)
     if not cfg.register_as:  # a registered model carries the checkpoint itself: logged once, not twice
         mlflow.log_artifact(str(final), artifact_path="checkpoint")
     else:

@@ -37,10 +37,13 @@ def all_cores(threads: int, alone: bool = False) -> Iterator[None]:
 def say(message: str) -> None:
     """Print one line from a train worker once. Ray Train swaps ``print`` for a logger that also tees to
     ``sys.stdout`` whenever a library has wrapped it (MLflow does on rank 0), so a plain ``print`` reached
-    the driver twice; printing to the process's own stdout takes neither path."""
+    the driver twice; printing to the process's own stdout takes neither path. The mark tells the driver's console
+    (``vsa_dist.console``) that this line is for the terminal, not only the log file."""
     import sys
 
-    print(message, file=sys.__stdout__, flush=True)
+    from vsa_dist.console import SAY_MARK
+
+    print(SAY_MARK + message, file=sys.__stdout__, flush=True)
 
 
 def start_run(cfg: Any, out: Path, settings: dict[str, Any], prefix: str,
