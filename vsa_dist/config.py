@@ -224,14 +224,7 @@ def layered(cls: type, preset: str | None, values: dict[str, Any], source: str =
     that does not exist and an unknown key are errors (a typo must not silently fall back to a default)."""
     hints = typing.get_type_hints(cls)
     merged = {f.name: _field_default(f) for f in dataclasses.fields(cls)}
-    layers: list[tuple[str, dict[str, Any]]] = []
-    if preset is not None:
-        text = _preset_text(preset)
-        if text is None:
-            raise ConfigError(f"preset {preset!r}: no such preset in vsa_dist/presets/ (there are {presets()}) and no "
-                              "such .yaml file")
-        layers.append((f"preset {preset}.yaml", read_yaml(text, f"preset {preset}.yaml")))
-    layers.append((source, values))
+    layers = [*_preset_layers(preset), (source, values)]
     for where, layer in layers:
         unknown = sorted(set(layer) - set(hints))
         if unknown:
@@ -239,6 +232,22 @@ def layered(cls: type, preset: str | None, values: dict[str, Any], source: str =
         for key, value in layer.items():
             merged[key] = _coerce(key, hints[key], value)
     return merged
+
+
+def _preset_layers(preset: str | None, seen: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """A preset's values, after those of the preset it names as its base (``preset: NAME`` in its YAML: a short
+    schedule of another preset says only what it changes)."""
+    if preset is None:
+        return []
+    if preset in seen:
+        raise ConfigError(f"preset {preset!r}: its bases name it again ({' -> '.join((*seen, preset))})")
+    text = _preset_text(preset)
+    if text is None:
+        raise ConfigError(f"preset {preset!r}: no such preset in vsa_dist/presets/ (there are {presets()}) and no "
+                          "such .yaml file")
+    values = read_yaml(text, f"preset {preset}.yaml")
+    base = values.pop("preset", None)
+    return [*_preset_layers(base, (*seen, preset)), (f"preset {preset}.yaml", values)]
 
 
 def resolve(cls: type[C], preset: str | None, values: dict[str, Any], source: str = "config",

@@ -22,7 +22,17 @@ from typing import Any, TextIO
 # prints as nothing where the mark is not stripped (a worker's own log file).
 SAY_MARK = "\x1e"
 
-_state: dict[str, Any] = {"log": None, "verbose": True, "err": None}
+_state: dict[str, Any] = {"log": None, "verbose": True, "err": None, "on_exit": []}
+
+
+def on_exit(undo: Callable[[], None]) -> None:
+    """Run ``undo`` when the current ``quiet`` ends (what was rerouted for it is put back)."""
+    _state["on_exit"].append(undo)
+
+
+def _undo_all() -> None:
+    while _state["on_exit"]:
+        _state["on_exit"].pop()()
 
 
 def verbose() -> bool:
@@ -55,6 +65,7 @@ def quiet(log_path: Path | None, verbose: bool) -> Iterator[None]:
         try:
             yield
         finally:
+            _undo_all()
             _state.update(log=None, verbose=True)
             log.close()
         return
@@ -70,6 +81,7 @@ def quiet(log_path: Path | None, verbose: bool) -> Iterator[None]:
     try:
         yield
     finally:
+        _undo_all()
         log.flush()
         os.dup2(saved_fd, 2)
         os.close(saved_fd)

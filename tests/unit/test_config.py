@@ -145,3 +145,22 @@ def test_the_command_list_describes_every_command_and_the_version_is_the_install
     with pytest.raises(SystemExit):
         vsa(["--version"])
     assert capsys.readouterr().out.strip() == f"vsa-dist {metadata.version('vsa-dist')}"
+
+
+def test_a_preset_may_name_a_base_preset_and_says_only_what_it_changes(tmp_path):
+    import pytest
+
+    from vsa_dist import config
+    from vsa_dist.stages.train_align import AlignConfig
+
+    quick = config.resolve(AlignConfig, "train_align_quick", {}, validate=False)
+    modern = config.resolve(AlignConfig, "train_align_modern", {}, validate=False)
+    assert (quick.epochs, quick.hardest_warmup_epochs) == (8, 4)
+    assert (quick.optimizer, quick.lr, quick.word_rnn, quick.margin) == \
+           (modern.optimizer, modern.lr, modern.word_rnn, modern.margin)
+    assert config.resolve(AlignConfig, "train_align_quick", {"epochs": 3}, validate=False).epochs == 3
+    loop_a, loop_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    loop_a.write_text(f"preset: {loop_b}\nepochs: 2\n")
+    loop_b.write_text(f"preset: {loop_a}\n")
+    with pytest.raises(config.ConfigError, match="its bases name it again"):
+        config.resolve(AlignConfig, str(loop_a), {}, validate=False)

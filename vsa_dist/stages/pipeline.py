@@ -36,8 +36,10 @@ class PipelineConfig(cfglib.Config):
     align_preset: str = option("train_align_modern", "alignment preset (train_align = the paper)")
     align_epochs: int = option(8, "alignment epochs", range="[1, inf)")
     align_batch_size: int = option(20, "alignment pairs per step (the mini set has 100 train images)", range="[1, inf)")
-    mrnn_preset: str = option("train_mrnn_modern", "generator preset (train_mrnn = the paper)")
-    mrnn_epochs: int = option(6, "generator epochs", range="[1, inf)")
+    mrnn_preset: str = option("train_mrnn_attention", "generator preset (train_mrnn = the paper; the default "
+                                                      "attends over the regions: on the mini set its captions differ "
+                                                      "from image to image, the plain LSTM's were one string)")
+    mrnn_epochs: int = option(8, "generator epochs", range="[1, inf)")
     mrnn_batch_size: int = option(50, "generator pairs per step", range="[1, inf)")
     progress: bool = option(True, "progress bars")
 

@@ -88,6 +88,8 @@ def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> Alignment
 class AlignTask:
     """The alignment model's part of the shared epoch loop (``training.run_epochs``)."""
 
+    name = "train-align"
+
     def __init__(self, spec: training.RunSpec):
         self.spec, self.cfg = spec, spec.cfg
         self.vocab, self.feature_dim = spec.vocab, spec.feature_dim

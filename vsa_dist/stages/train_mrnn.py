@@ -135,6 +135,8 @@ class MRNNTask:
     """The generator's part of the shared epoch loop (``training.run_epochs``): teacher forcing (xe) or
     self-critical sampling (scst)."""
 
+    name = "train-mrnn"
+
     def __init__(self, spec: training.RunSpec):
         self.spec, self.cfg = spec, spec.cfg
         self.vocab, self.feature_dim = spec.vocab, spec.feature_dim

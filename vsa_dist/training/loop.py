@@ -26,6 +26,7 @@ class Task(Protocol):
     """What a training stage gives the epoch loop."""
 
     spec: RunSpec  # spec.cfg: the stage's config (a TrainConfig)
+    name: str      # the stage, as its epoch lines start ("train-align"): two stages may share a terminal
 
     def build_model(self) -> torch.nn.Module:
         """The untrained model."""
@@ -111,6 +112,7 @@ def run_epochs(task: Task, session: RayTrainSession | InProcessSession | None = 
             # dev_score: what the best epoch (and a tuner) goes by; minutes: since the run began, resumes included
             metrics.update(dev_metrics, dev_score=score, minutes=minutes_before + (time.time() - started) / 60)
             best, state = end_epoch(spec, logger, metrics, score, best, plain, optimizer)
-            say(f"epoch {epoch}: {train_line}, {dev_line}, data wait {100 * metrics['data_wait_share']:.1f}% "
-                f"({metrics['first_batch_wait_s']:.1f} s of it for the first batch)")
+            wait = f"data wait {100 * metrics['data_wait_share']:.1f}% ({metrics['first_batch_wait_s']:.1f} s of it " \
+                   "for the first batch)"
+            say(f"{task.name} epoch {epoch}/{cfg.epochs}: {train_line}, {dev_line}, {wait}")
         session.report(metrics, state)
