@@ -155,7 +155,7 @@ def test_a_preset_may_name_a_base_preset_and_says_only_what_it_changes(tmp_path)
 
     quick = config.resolve(AlignConfig, "train_align_quick", {}, validate=False)
     modern = config.resolve(AlignConfig, "train_align_modern", {}, validate=False)
-    assert (quick.epochs, quick.hardest_warmup_epochs) == (8, 4)
+    assert (quick.epochs, quick.hardest_warmup_epochs) == (10, 5)
     assert (quick.optimizer, quick.lr, quick.word_rnn, quick.margin) == \
            (modern.optimizer, modern.lr, modern.word_rnn, modern.margin)
     assert config.resolve(AlignConfig, "train_align_quick", {"epochs": 3}, validate=False).epochs == 3
