@@ -27,6 +27,7 @@ from pathlib import Path
 from vsa_dist.training.run import dev_curve  # the run's dev score by minute, from its MLflow run (set the URI)
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "flickr8k.json"
+DATA = "../shared/data/flickr8k: 6,000 train / 1,000 dev (selection) / 1,000 test images, 5 sentences each"
 CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 
 
@@ -60,7 +61,7 @@ def main(argv: list[str]) -> None:
     entry.update({
         **numbers, **({"best_dev_epoch": summary["best_dev_epoch"]} if summary["best_dev_epoch"] else {}),
         "command": command, "mlflow_run_id": summary["run_id"],
-        "data": "../shared/data/flickr8k: 6,000 train / 1,000 dev (selection) / 1,000 test images, 5 sentences each"})
+        "data": DATA})
     write(results)
 
 
@@ -76,7 +77,7 @@ def record_pipeline(key: str, summary: dict, command: str) -> None:
         "retrieval": {d: {k: round(v, 2) for k, v in align["test"][d].items()} for d in ("annotation", "search")},
         "align_train_minutes": align.get("train_minutes"), "mrnn_train_minutes": mrnn.get("train_minutes"),
         "command": command, "mlflow_run_ids": {"align": align["run_id"], "mrnn": mrnn["run_id"]},
-        "data": "../shared/data/flickr8k: 6,000 train / 1,000 dev (selection) / 1,000 test images, 5 sentences each",
+        "data": DATA,
     }
     write(results)
 

@@ -45,10 +45,6 @@ def err() -> TextIO:
     return _state["err"] or sys.stderr
 
 
-def log_file() -> Path | None:
-    return Path(_state["log"].name) if _state["log"] else None
-
-
 @contextmanager
 def quiet(log_path: Path | None, verbose: bool) -> Iterator[None]:
     """Send stderr (Python's and file descriptor 2's) to ``log_path`` for the duration, unless ``verbose``, or there

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +39,6 @@ def ensure_ray(progress: bool = True):
     return ray
 
 
-_ROUTING = threading.Lock()  # a driver may start stages from more than one thread
-
-
 def route_worker_output() -> None:
     """Ray prints every worker's stdout and stderr on the driver, and the raylet's warnings ("N worker processes have
     been started…"); while a command logs to a file, all of it goes there and only the lines a worker marked for the
@@ -52,24 +48,23 @@ def route_worker_output() -> None:
 
     from vsa_dist import console
 
-    with _ROUTING:
-        dispatcher.remove_handler("vsa")
-        if not console.logging_to_file():
-            return
-        if not console.verbose() and getattr(ray_worker.print_to_stdstream, "__module__", "") != __name__:
-            original = ray_worker.print_to_stdstream
-            dispatcher.remove_handler("ray_print_logs")
-            # the raylet's messages reach the driver by another path, which calls this module-level function
-            ray_worker.print_to_stdstream = _to_log
+    dispatcher.remove_handler("vsa")
+    if not console.logging_to_file():
+        return
+    if not console.verbose() and ray_worker.print_to_stdstream is not _to_log:
+        original = ray_worker.print_to_stdstream
+        dispatcher.remove_handler("ray_print_logs")
+        # the raylet's messages reach the driver by another path, which calls this module-level function
+        ray_worker.print_to_stdstream = _to_log
 
-            def undo() -> None:  # once the command ends, Ray prints as it did (a test process runs many commands)
-                ray_worker.print_to_stdstream = original
-                dispatcher.remove_handler("vsa")
-                dispatcher.add_handler("ray_print_logs", functools.partial(original, ignore_prefix=False))
+        def undo() -> None:  # once the command ends, Ray prints as it did (a test process runs many commands)
+            ray_worker.print_to_stdstream = original
+            dispatcher.remove_handler("vsa")
+            dispatcher.add_handler("ray_print_logs", functools.partial(original, ignore_prefix=False))
 
-            console.on_exit(undo)
-        dispatcher.add_handler("vsa", console.worker_lines)
-        console.on_exit(lambda: dispatcher.remove_handler("vsa"))
+        console.on_exit(undo)
+    dispatcher.add_handler("vsa", console.worker_lines)
+    console.on_exit(lambda: dispatcher.remove_handler("vsa"))
 
 
 def _to_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:

@@ -96,22 +96,22 @@ def curves_png(histories: dict[str, dict[str, list[tuple[int, float]]]]) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def metric_histories(summary_paths: dict[str, str], keys: dict[str, tuple[str, ...]]) -> dict[str, dict[str, list]]:
-    """Per-epoch metrics of the runs named in the stages' summary.json files, from the tracking store."""
+def read_summaries(cfg: ReportConfig) -> dict[str, dict[str, Any]]:
+    """The stages' summary.json files beside their checkpoints (MLflow run id, test scores, minutes), where present."""
+    paths = {"align": storage.join(storage.parent(cfg.align), "summary.json"),
+             "mrnn": storage.join(storage.parent(cfg.captioner), "summary.json")}
+    return {stage: json.loads(storage.read_bytes(path)) for stage, path in paths.items() if storage.exists(path)}
+
+
+def metric_histories(run_ids: dict[str, str], keys: dict[str, tuple[str, ...]]) -> dict[str, dict[str, list]]:
+    """Per-epoch metrics of the named runs, from the tracking store."""
     from mlflow.tracking import MlflowClient
 
     from vsa_dist.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri())
-    histories: dict[str, dict[str, list]] = {}
-    for name, path in summary_paths.items():
-        if not storage.exists(path):
-            continue
-        run_id = json.loads(storage.read_bytes(path))["run_id"]
-        histories[name] = {
-            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys[name]
-        }
-    return histories
+    return {name: {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys[name]}
+            for name, run_id in run_ids.items()}
 
 
 def sentence_html(words: list[str], pieces: list[tuple[int, int, int]]) -> str:
@@ -349,13 +349,11 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
                                        sentences, annotation, sentence_text[query], search, size=480))
 
     root = cfg.run[0]
+    summaries = read_summaries(cfg)
     histories = metric_histories(
-        {"alignment": storage.join(storage.parent(cfg.align), "summary.json"),
-         "generator": storage.join(storage.parent(cfg.captioner), "summary.json")},
+        {panel: summaries[stage]["run_id"] for stage, panel in (("align", "alignment"), ("mrnn", "generator"))
+         if stage in summaries},
         {"alignment": ("dev_rsum", "train_loss"), "generator": ("dev_perplexity", "dev_cider")})
-    summaries = {stage: json.loads(storage.read_bytes(path)) for stage, path in
-                 (("align", storage.join(storage.parent(cfg.align), "summary.json")),
-                  ("mrnn", storage.join(storage.parent(cfg.captioner), "summary.json"))) if storage.exists(path)}
     minutes = {stage: s["train_minutes"] for stage, s in summaries.items() if s.get("train_minutes") is not None}
     page = PAGE.format(
         metrics=metrics_html(summaries.get("align", {}).get("test"), summaries.get("mrnn", {}).get("test"), minutes),
@@ -369,8 +367,8 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     )
     storage.write_bytes(cfg.out, page.encode("utf-8"))
     logged = None
-    if cfg.log_to_mlflow:
-        logged = log_report(page, storage.join(storage.parent(cfg.captioner), "summary.json"))
+    if cfg.log_to_mlflow and "mrnn" in summaries:
+        logged = log_report(page, summaries["mrnn"]["run_id"])
     print(
         f"report: {len(chosen)} images -> {cfg.out}"
         + (f" (MLflow run {logged}, report/report.html)" if logged else ""),
@@ -379,17 +377,14 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     return {"out": cfg.out, "images": len(chosen), "mlflow_run_id": logged}
 
 
-def log_report(page: str, summary_path: str) -> str | None:
-    """The page as an artifact of the generator's run (from its summary.json), when that run is in the store."""
+def log_report(page: str, run_id: str) -> str:
+    """The page as an artifact of the generator's run (named by its summary.json)."""
     import tempfile
 
     from mlflow.tracking import MlflowClient
 
     from vsa_dist.tracking import tracking_uri
 
-    if not storage.exists(summary_path):
-        return None
-    run_id = json.loads(storage.read_bytes(summary_path))["run_id"]
     with tempfile.TemporaryDirectory(prefix="vsa-report-") as scratch:
         path = Path(scratch) / "report.html"
         atomic_write_bytes(path, page.encode("utf-8"))
