@@ -43,10 +43,12 @@ def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, 
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = tmp_path / "run"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # artifacts under tmp_path: the Default experiment of a new store would put them in ./mlruns of the checkout
+    experiment = mlflow.create_experiment("report", artifact_location=(tmp_path / "artifacts").as_uri())
     for stage, metrics in (("align", ("dev_rsum", "train_loss")), ("mrnn", ("dev_perplexity", "dev_cider"))):
         (run / stage).mkdir(parents=True)
-        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-        with mlflow.start_run() as active:
+        with mlflow.start_run(experiment_id=experiment) as active:
             for epoch in (1, 2, 3):
                 mlflow.log_metrics({key: float(epoch * (i + 1)) for i, key in enumerate(metrics)}, step=epoch)
         (run / stage / "summary.json").write_text(json.dumps({"run_id": active.info.run_id, **TESTED[stage]}))
@@ -63,6 +65,7 @@ def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, 
     assert "http" not in re.sub(r'data:[^"]+', "", text).replace("http-equiv", ""), "the page must be self-contained"
     logged = mlflow.MlflowClient().list_artifacts(result["mlflow_run_id"], "report")
     assert [a.path for a in logged] == ["report/report.html"]
+    assert (tmp_path / "artifacts").is_dir()
 
     attributes, log = open_in_browser(page)
     # 3 examples × (image + 5 retrieved images) + the curves
