@@ -6,11 +6,14 @@
     vsa eval captions --checkpoint C --features F --split dev --beam 5 --length-penalty 0.5   # a decoding, on dev
     vsa eval captions --checkpoint A/best.pt --ensemble B/best.pt,C/best.pt --features F --beam 3   # decoded as one
     vsa eval snippets --checkpoint runs/flickr8k/align/best.pt --features runs/flickr8k/features --beta 1
+    vsa eval regions --checkpoint runs/flickr8k/mrnn-regions/best.pt --snippets runs/flickr8k/snippets-test
 
 Retrieval: image annotation and image search, R@1/5/10 and median rank, over every image of the split
 and its sentences. Captions: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, Java) against every
 reference sentence of each image. Snippets: region–snippet retrieval R@K and where snippets go
-(``vsa_dist/eval/snippets.py``). Prints the metrics as JSON; ``--out FILE`` also writes them.
+(``vsa_dist/eval/snippets.py``). Regions: a generator's captions of image regions against the test
+snippets an alignment model put in them (``vsa_dist/eval/regions.py``). Prints the metrics as JSON; ``--out FILE``
+also writes them.
 """
 
 from __future__ import annotations
@@ -142,6 +145,73 @@ def run_snippets(cfg: EvalConfig) -> dict[str, Any]:
     metrics = evaluate_snippets(model, torch.from_numpy(split["features"]).float(),
                                 torch.from_numpy(split["tokens"]).long(), cfg.beta)
     return _finish(cfg, {"split": cfg.split, "images": len(split["image_ids"]), **metrics})
+
+
+@dataclass
+class RegionEvalConfig(cfglib.Config):
+    """Caption the regions of a snippet folder's split with a generator and score the captions against the
+    snippets aligned to each region."""
+
+    checkpoint: str = option("", "generator: best.pt of vsa train-mrnn (a whole-image or a region model)")
+    snippets: str = option("", "snippet folder with the split (vsa align-snippets --splits test): the fixed test set")
+    split: str = option("test", "split to score (model selection happens on dev, never test)")
+    beam: int = option(0, "beam size; 0: the size chosen on dev in training (or 1)", range="[0, inf)")
+    min_words: int = option(2, "snippets shorter than this are no reference (a lone 'dog' or 'the')", range="[1, inf)")
+    out: str = option("", "also write the metrics (and every region's caption) to this JSON file")
+
+    def check_inputs(self) -> None:
+        if not self.checkpoint or not storage.exists(self.checkpoint):
+            raise cfglib.ConfigError(f"checkpoint {self.checkpoint!r}: no such file")
+        from vsa_dist.data.shards import MANIFEST, load_manifest
+
+        if not self.snippets or not storage.exists(storage.join(self.snippets, MANIFEST)):
+            raise cfglib.ConfigError(f"snippets {self.snippets!r}: no {MANIFEST} there (make the folder with vsa "
+                                     f"align-snippets --splits {self.split})")
+        manifest = load_manifest(self.snippets)
+        if manifest.get("kind") != "snippets" or self.split not in manifest["splits"]:
+            raise cfglib.ConfigError(f"snippets {self.snippets}: not a snippet folder with a {self.split} split "
+                                     f"(vsa align-snippets --splits {self.split})")
+
+
+def run_regions(cfg: RegionEvalConfig) -> dict[str, Any]:
+    import torch
+
+    from vsa_dist.checkpoints import load_generator
+    from vsa_dist.data.shards import load_manifest, read_samples, shard_paths
+    from vsa_dist.eval.captions import caption_metrics
+    from vsa_dist.eval.regions import dangling, region_items
+    from vsa_dist.features.format import settings_of
+    from vsa_dist.models.mrnn import generate
+
+    model, state = load_generator(storage.fetch(cfg.checkpoint))
+    check_model_matches(cfg.snippets, settings_of(load_manifest(cfg.snippets)), state)
+    items = region_items(read_samples(shard_paths(cfg.snippets, [cfg.split])), cfg.min_words)
+    if not items["keys"]:
+        raise ValueError(f"snippets {cfg.snippets}: no region of the {cfg.split} split has a snippet of "
+                         f"{cfg.min_words}+ words")
+    features = torch.from_numpy(items["features"]).float()
+    if model.args.attention:  # a region alone is all an attending model may look at
+        features = features[:, None, :]
+    beam = cfg.beam or state.get("beam") or 1
+    captions = generate(model, features, state["vocab"], beam, state["config"]["max_len"],
+                        state["config"].get("length_penalty", 0.0))
+    by_key = dict(zip(items["keys"], captions))
+    metrics = caption_metrics(items["references"], by_key)
+    ending = sum(dangling(c) for c in captions)
+    summary = {"split": cfg.split, "regions": len(captions), "images": len({k.split("#")[0] for k in by_key}),
+               "references_per_region": sum(map(len, items["references"].values())) / len(captions), "beam": beam,
+               "mean_words": sum(len(c.split()) for c in captions) / len(captions),
+               "distinct_captions": len(set(captions)), "dangling_endings": ending, **metrics}
+    print(json.dumps(summary, indent=1))
+    if cfg.out:
+        regions = [{"region": k, "caption": by_key[k], "references": items["references"][k]} for k in items["keys"]]
+        storage.write_bytes(cfg.out, (json.dumps({**summary, "captions": regions}, indent=1) + "\n").encode())
+    return summary
+
+
+def regions_main(argv: list[str] | None = None) -> dict[str, Any]:
+    return cfglib.run_stage(RegionEvalConfig, run_regions, argv, prog="vsa eval regions", preset=None,
+                            input_errors=(ValueError,))
 
 
 def snippets_main(argv: list[str] | None = None) -> dict[str, Any]:
