@@ -22,6 +22,22 @@ from vsa_dist.models.tokens import PAD, UNK
 
 SENTENCES_PER_IMAGE = 5
 
+# Words a phrase cannot end on: articles, prepositions, conjunctions, possessives, auxiliaries. The snippet MRF
+# cuts a sentence where the region changes, so a snippet often ends on the word that opens the next one
+# ("a man in" | "a red shirt"); a region generator trained on such snippets ends its captions the same way.
+DANGLING_WORDS = frozenset(
+    "a an the in on at of to for with from by into onto over under near through and or but while his her their "
+    "its is are was were".split()
+)
+
+
+def phrase(words: list[str]) -> list[str]:
+    """A snippet without the words it cannot end on ("a man in" → "a man"; "a" → nothing)."""
+    end = len(words)
+    while end and words[end - 1].lower() in DANGLING_WORDS:
+        end -= 1
+    return words[:end]
+
 
 def word_index(vocab_words: list[str]) -> dict[str, int]:
     return {word: i + 2 for i, word in enumerate(vocab_words)}
@@ -65,12 +81,12 @@ def feature_sample_to_row(sample: dict[str, Any], index: dict[str, int], max_wor
 
 
 def snippet_rows_to_arrays(
-    batch: dict[str, np.ndarray], index: dict[str, int], max_words: int
+    batch: dict[str, np.ndarray], index: dict[str, int], max_words: int, phrases: bool = True
 ) -> dict[str, np.ndarray]:
     """``map_batches`` over snippet shards (``vsa align-snippets``): the generator's rows for the paper's second
     model, trained on full images *and* regions: per image, one row of its whole-image feature with its
     sentences, and per region that snippets were aligned to, rows of that region's feature with up to 5 of
-    its snippets as the "sentences"."""
+    its snippets as the "sentences" (with ``phrases``, each cut to a ``phrase``; none left, none used)."""
     features, tokens = [], []
     for raw_json, raw_features in zip(batch["json"], batch["feat.npy"]):
         meta, image = json.loads(raw_json), npy_load(raw_features)
@@ -78,7 +94,9 @@ def snippet_rows_to_arrays(
         tokens.append(encode_sentences(meta["sentences"], index, max_words))
         by_region: dict[int, list[dict[str, Any]]] = {}
         for snippet in meta["snippets"]:
-            by_region.setdefault(snippet["region"], []).append({"tokens": snippet["words"]})
+            words = phrase(snippet["words"]) if phrases else snippet["words"]
+            if words:
+                by_region.setdefault(snippet["region"], []).append({"tokens": words})
         for region, snippets in sorted(by_region.items()):
             for start in range(0, len(snippets), SENTENCES_PER_IMAGE):
                 features.append(image[region])

@@ -8,8 +8,9 @@ feature row (the whole-image model sees the region as if it were an image: with 
 exactly the CNN of the crop), and BLEU/METEOR/ROUGE-L/CIDEr compare the captions with the snippets. Region 0,
 the whole image, is left out: it is the whole-image test.
 
-A region caption must also read as a phrase: ``dangling`` flags one that ends in a word that needs a
-continuation ("a man in a", "a dog and a").
+References are the snippets cut to phrases (``vsa_dist.data.pairs.phrase``: the MRF often ends a snippet on
+the word that opens the next one, "a man in"), and a region caption must read as one too: ``dangling`` flags a
+caption that ends in a word that needs a continuation ("a man in a", "a dog and a").
 """
 
 from __future__ import annotations
@@ -20,13 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from vsa_dist.data.pairs import DANGLING_WORDS, phrase
 from vsa_dist.features.format import npy_load
-
-# Words a phrase cannot end on: articles, prepositions, conjunctions, possessives, auxiliaries.
-DANGLING_WORDS = frozenset(
-    "a an the in on at of to for with from by into onto over under near through and or but while his her their "
-    "its is are was were".split()
-)
 
 
 def dangling(caption: str) -> bool:
@@ -37,16 +33,17 @@ def dangling(caption: str) -> bool:
 
 def region_items(samples: Iterable[dict[str, Any]], min_words: int = 2) -> dict[str, Any]:
     """Snippet samples (``vsa align-snippets`` shards) → the region test set: per region (not the whole image)
-    that snippets of at least ``min_words`` words were aligned to, its key ``IMAGE#REGION``, its feature row,
-    its box and its snippets as references."""
+    that snippets were aligned to, its key ``IMAGE#REGION``, its feature row, its box and its snippets as
+    references, each cut to a phrase (``phrase``: no trailing "in", "a", "and") and kept if ``min_words`` long."""
     keys, rows, boxes, references = [], [], [], {}
     for sample in samples:
         meta = json.loads(sample["json"])
         features, image_boxes = npy_load(sample["feat.npy"]), npy_load(sample["boxes.npy"])
         by_region: dict[int, list[str]] = {}
         for snippet in meta["snippets"]:
-            if snippet["region"] > 0 and len(snippet["words"]) >= min_words:
-                by_region.setdefault(snippet["region"], []).append(" ".join(snippet["words"]))
+            words = phrase(snippet["words"])
+            if snippet["region"] > 0 and len(words) >= min_words:
+                by_region.setdefault(snippet["region"], []).append(" ".join(words))
         for region, snippets in sorted(by_region.items()):
             key = f"{meta['image_id']}#{region}"
             keys.append(key)

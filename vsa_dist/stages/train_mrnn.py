@@ -62,6 +62,9 @@ class MRNNConfig(training.TrainConfig):
     examples: int = option(10, "test images captioned into the example artifacts", range="[0, inf)")
     snippets: str = option("", "snippet folder (vsa align-snippets over train): train on full images and on regions "
                                "with their snippets, the paper's region generator")
+    snippet_phrases: bool = option(True, "with snippets: cut each to a phrase, without the words it cannot end on "
+                                         "('a man in' -> 'a man'), so that region captions do not end on them either "
+                                         "(the paper preset trains on the snippets as the MRF cut them)")
     objective: str = option("xe", "xe (cross-entropy, teacher forcing: the paper) or scst (self-critical: the CIDEr-D "
                                   "of sampled captions, from --init)", choices=("xe", "scst"))
     init: str = option("", "a generator checkpoint (best.pt) to start from; scst needs one")

@@ -97,7 +97,7 @@ def epoch_streams(shard: Any, cfg: Any, batch_size: int, device: torch.device, s
 
 
 def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_only: bool = False,
-                  snippets: str = "", seed: int = 0):
+                  snippets: str = "", seed: int = 0, snippet_phrases: bool = True):
     """The train split of a feature folder (or of a snippet folder: full images and regions with their
     snippets) as a streaming Ray Dataset of fixed-shape arrays, its shard order shuffled anew every epoch."""
     import ray
@@ -121,7 +121,7 @@ def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_o
     if snippets:  # one image gives several rows (the image, then its regions): a map of its own
         return read(shard_paths(snippets, ["train"]), decoder=None).map_batches(
             snippet_rows_to_arrays, batch_size=64, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2),
-            fn_kwargs=kwargs)
+            fn_kwargs={**kwargs, "phrases": snippet_phrases})
     # Rows made inside the read, as its decoder, not by a map_batches after it: the two did not fuse into one
     # operator, and the second one's tasks, their worker processes and the blocks passed between them doubled
     # the CPU an epoch's stream costs (benchmarks/data_wait.py --reads map,decoder; docs/alignment.md).
