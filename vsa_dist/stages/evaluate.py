@@ -44,6 +44,8 @@ class EvalConfig(cfglib.Config):
     ensemble: list[str] = option([], "captions, retrieval: more checkpoints of the same kind (same "
                                                "vocabulary, same feature settings) scored together with --checkpoint "
                                                "as one model")
+    images: int = option(0, "captions: score the split's first N images only (0: all; a quick look at train)",
+                         range="[0, inf)")
     out: str = option("", "also write the metrics to this JSON file")
 
     def check_inputs(self) -> None:
@@ -116,6 +118,8 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
     members = _ensemble_members(cfg, state, load_generator)
     # the regions too when any member attends over them; the others read row 0 of them
     split = _split(cfg, state, not any(m.args.attention for m in [model, *(member for member, _ in members)]))
+    if cfg.images:
+        split = {k: v if k == "split" else v[:cfg.images] for k, v in split.items()}  # per-image lists, arrays
     beam = cfg.beam or state.get("beam") or 1
     if cfg.ensemble:
         from vsa_dist.models.mrnn import MRNNEnsemble
