@@ -55,6 +55,9 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     # `vsa eval captions` on the saved best model, with the beam chosen on dev, gives the logged test numbers.
     evaluated = vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--features", str(mini_features)])
     assert evaluated["beam"] == second["beam"] and evaluated["images"] == 50
+    first_ten = vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--features", str(mini_features),
+                     "--split", "train", "--images", "10", "--beam", "1"])
+    assert first_ten["split"] == "train" and first_ten["images"] == 10
     assert {k: evaluated[k] for k in second["test"]} == pytest.approx(second["test"], abs=1e-9)
     # --length-penalty ranks the finished beams by log P / length**p: a larger p never picks shorter captions
     ranked = [vsa(["eval", "captions", "--checkpoint", str(out / "best.pt"), "--features", str(mini_features),
