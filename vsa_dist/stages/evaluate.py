@@ -49,13 +49,17 @@ class EvalConfig(cfglib.Config):
     out: str = option("", "also write the metrics to this JSON file")
 
     def check_inputs(self) -> None:
-        if not self.checkpoint or not storage.exists(self.checkpoint):
-            raise cfglib.ConfigError(f"checkpoint {self.checkpoint!r}: no such file")
+        require_checkpoint(self.checkpoint)
         for path in self.ensemble:
             if not storage.exists(path):
                 raise cfglib.ConfigError(f"ensemble checkpoint {path!r}: no such file")
         if not self.features or not storage.exists(storage.join(self.features, "manifest.json")):
             raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
+
+
+def require_checkpoint(path: str) -> None:
+    if not path or not storage.exists(path):
+        raise cfglib.ConfigError(f"checkpoint {path!r}: no such file")
 
 
 def _check_features_match(cfg: EvalConfig, *states: dict[str, Any]) -> None:
@@ -161,11 +165,10 @@ class RegionEvalConfig(cfglib.Config):
     split: str = option("test", "split to score (model selection happens on dev, never test)")
     beam: int = option(0, "beam size; 0: the size chosen on dev in training (or 1)", range="[0, inf)")
     min_words: int = option(2, "snippets shorter than this are no reference (a lone 'dog' or 'the')", range="[1, inf)")
-    out: str = option("", "also write the metrics (and every region's caption) to this JSON file")
+    out: str = option("", "also write the metrics and every region's box, caption and references to this JSON file")
 
     def check_inputs(self) -> None:
-        if not self.checkpoint or not storage.exists(self.checkpoint):
-            raise cfglib.ConfigError(f"checkpoint {self.checkpoint!r}: no such file")
+        require_checkpoint(self.checkpoint)
         from vsa_dist.data.shards import MANIFEST, load_manifest
 
         if not self.snippets or not storage.exists(storage.join(self.snippets, MANIFEST)):
@@ -208,7 +211,8 @@ def run_regions(cfg: RegionEvalConfig) -> dict[str, Any]:
                "distinct_captions": len(set(captions)), "dangling_endings": ending, **metrics}
     print(json.dumps(summary, indent=1))
     if cfg.out:
-        regions = [{"region": k, "caption": by_key[k], "references": items["references"][k]} for k in items["keys"]]
+        regions = [{"region": k, "box": [round(float(x), 1) for x in box], "caption": by_key[k],
+                    "references": items["references"][k]} for k, box in zip(items["keys"], items["boxes"])]
         storage.write_bytes(cfg.out, (json.dumps({**summary, "captions": regions}, indent=1) + "\n").encode())
     return summary
 
