@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
@@ -150,7 +151,7 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
         assert [r["region"] for r in written["captions"]] == items["keys"] == sorted(items["references"], key=items[
             "keys"].index)
         assert [r["references"] for r in written["captions"]] == [items["references"][k] for k in items["keys"]]
-        assert [r["box"] for r in written["captions"]] == pytest.approx(items["boxes"].tolist(), abs=0.05)
+        np.testing.assert_allclose([r["box"] for r in written["captions"]], items["boxes"], atol=0.05)
         assert scored[name]["regions"] == len(items["keys"]) and scored[name]["images"] == 50
         assert 0 < scored[name]["bleu1"] <= 1 and scored[name]["cider"] >= 0
         assert scored[name]["dangling_endings"] == sum(dangling(r["caption"]) for r in written["captions"])
