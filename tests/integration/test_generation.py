@@ -263,21 +263,22 @@ def scst_reward_gain(checkpoint: Path, features: Path, steps: int, images: int =
     model, state = load_generator(checkpoint)
     index, max_words = word_index(state["vocab"]), state["config"]["max_words"]
     train = load_split(features, "train", index, max_words, whole_image_only=True)
-    images_, references = (torch.from_numpy(train[k][:images]) for k in ("features", "tokens"))
+    image_features, references = (torch.from_numpy(train[k][:images]) for k in ("features", "tokens"))
     reward = CiderD(split_sentence_ids(features, "train", index, max_words))
 
     def mean_reward() -> float:
         torch.manual_seed(1234)
         model.eval()
         with torch.no_grad():
-            return self_critical_loss(model, images_.float(), references.long(), reward, 20, model.args.end, 20)[1]
+            return self_critical_loss(model, image_features.float(), references.long(), reward, 20, model.args.end,
+                                      20)[1]
 
     before = mean_reward()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     torch.manual_seed(seed)
     model.train()
     for _ in range(steps):
-        loss, _ = self_critical_loss(model, images_.float(), references.long(), reward, 10, model.args.end, 20)
+        loss, _ = self_critical_loss(model, image_features.float(), references.long(), reward, 10, model.args.end, 20)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

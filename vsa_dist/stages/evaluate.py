@@ -77,10 +77,12 @@ def _split(cfg: EvalConfig, state: dict[str, Any], whole_image_only: bool) -> di
                       whole_image_only=whole_image_only)
 
 
-def _finish(cfg: EvalConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+def _finish(cfg: EvalConfig | RegionEvalConfig, metrics: dict[str, Any],
+            details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Print the metrics as JSON; with ``--out``, also write them (and ``details``, for the file only)."""
     print(json.dumps(metrics, indent=1))
     if cfg.out:
-        storage.write_bytes(cfg.out, (json.dumps(metrics, indent=1) + "\n").encode())
+        storage.write_bytes(cfg.out, (json.dumps({**metrics, **(details or {})}, indent=1) + "\n").encode())
     return metrics
 
 
@@ -209,12 +211,9 @@ def run_regions(cfg: RegionEvalConfig) -> dict[str, Any]:
                "references_per_region": sum(map(len, items["references"].values())) / len(captions), "beam": beam,
                "mean_words": sum(len(c.split()) for c in captions) / len(captions),
                "distinct_captions": len(set(captions)), "dangling_endings": ending, **metrics}
-    print(json.dumps(summary, indent=1))
-    if cfg.out:
-        regions = [{"region": k, "box": [round(float(x), 1) for x in box], "caption": by_key[k],
-                    "references": items["references"][k]} for k, box in zip(items["keys"], items["boxes"])]
-        storage.write_bytes(cfg.out, (json.dumps({**summary, "captions": regions}, indent=1) + "\n").encode())
-    return summary
+    regions = [{"region": k, "box": [round(float(x), 1) for x in box], "caption": by_key[k],
+                "references": items["references"][k]} for k, box in zip(items["keys"], items["boxes"])]
+    return _finish(cfg, summary, {"captions": regions})
 
 
 def regions_main(argv: list[str] | None = None) -> dict[str, Any]:
