@@ -70,3 +70,28 @@ def run_stage(args: list[str], log: Path, kill_when=None) -> dict:
     if code != 0 and not killed:
         raise SystemExit(f"{' '.join(args)} failed with {code}; see {log}")
     return {**result, "killed": killed}
+
+
+def plot_dev_curves(runs: list[dict], path: Path, ylabel: str, title: str, scale: float = 1.0,
+                    reference: tuple[float, str] | None = None) -> None:
+    """Each run's dev score (times ``scale``) against wall-clock minutes, one line a run, and an optional
+    horizontal reference line (value, label) for scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for row in runs:
+        curve = row.get("dev_curve", [])
+        ax.plot([p["minutes"] for p in curve], [scale * p["dev_score"] for p in curve], marker=".", label=row["run"])
+    if reference is not None:
+        ax.axhline(reference[0], color="grey", linestyle="--", label=reference[1])
+    ax.set_xlabel("wall-clock minutes (training and dev scoring)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import run_stage  # noqa: E402
+from benchmarks.common import plot_dev_curves, run_stage  # noqa: E402
 from vsa_dist.eval.retrieval import PAPER_ROW  # noqa: E402
 from vsa_dist.paths import runs_root  # noqa: E402
 
@@ -71,24 +71,10 @@ def ratio(first: dict, other: dict, key: str) -> str | float | None:
 
 def plot(result: dict, path: Path) -> None:
     """Dev rsum against wall-clock minutes, one line a run, and the paper's test rsum for scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for row in result["runs"]:
-        curve = row["dev_curve"]
-        ax.plot([p["minutes"] for p in curve], [p["dev_score"] for p in curve], marker=".", label=row["run"])
-    ax.axhline(result["paper_rsum"], color="grey", linestyle="--", label="the paper's test rsum (199.9)")
-    ax.set_xlabel("wall-clock minutes (training and dev scoring)")
-    ax.set_ylabel("dev R@1+5+10, both directions")
-    ax.set_title(f"Learning efficiency, {Path(result['features']).parent.name}/{Path(result['features']).name}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    features = Path(result["features"])
+    plot_dev_curves(result["runs"], path, "dev R@1+5+10, both directions",
+                    f"Learning efficiency, {features.parent.name}/{features.name}",
+                    reference=(result["paper_rsum"], "the paper's test rsum (199.9)"))
 
 
 def table(result: dict) -> str:

@@ -17,7 +17,7 @@ from vsa_dist import storage
 from vsa_dist.data.images import open_rgb
 from vsa_dist.data.shards import jpegs_by_id
 
-TILE, TEXT_HEIGHT, COLUMNS = 224, 96, 5
+TILE, COLUMNS = 224, 5
 
 
 def source_shards(features_manifest: dict[str, Any], features_dir: str | Path) -> str | None:
@@ -43,22 +43,43 @@ def pick(count: int, image_ids: Sequence[str]) -> list[int]:
     return [by_id[int(i * step)] for i in range(min(count, total))]
 
 
-def render_grid(tiles: list[tuple[bytes, str, str]]) -> bytes:
-    """(JPEG, generated caption, a reference) per tile → one JPEG grid."""
+Line = tuple[str, Any]  # text and its colour (a name, "#rrggbb" or an RGB tuple)
+Box = tuple[list[float], Any]  # [x0, y0, x1, y1] in the image's pixels as shown, and its colour
+
+CAPTION_COLOUR, REFERENCE_COLOUR, LINE_HEIGHT, WRAP = (20, 60, 160), (110, 110, 110), 15, 34
+
+
+def render_tiles(tiles: list[tuple[bytes, list[Line], list[Box]]]) -> bytes:
+    """(JPEG, coloured lines of text under it, coloured boxes drawn on it) per tile → one JPEG grid; each row of
+    tiles is as tall as its longest text."""
     font = ImageFont.load_default(size=13)
-    rows = (len(tiles) + COLUMNS - 1) // COLUMNS
-    canvas = Image.new("RGB", (COLUMNS * TILE, rows * (TILE + TEXT_HEIGHT)), "white")
+    wrapped = [[(part, colour) for text, colour in lines for part in textwrap.wrap(text, WRAP)]
+               for _, lines, _ in tiles]
+    rows = [wrapped[start:start + COLUMNS] for start in range(0, len(tiles), COLUMNS)]
+    heights = [TILE + 6 + LINE_HEIGHT * max(len(lines) for lines in row) for row in rows]
+    canvas = Image.new("RGB", (COLUMNS * TILE, max(sum(heights), 1)), "white")
     draw = ImageDraw.Draw(canvas)
-    for n, (jpeg, generated, reference) in enumerate(tiles):
-        x, y = (n % COLUMNS) * TILE, (n // COLUMNS) * (TILE + TEXT_HEIGHT)
-        canvas.paste(open_rgb(jpeg).resize((TILE, TILE)), (x, y))
-        lines = [(line, (20, 60, 160)) for line in textwrap.wrap(generated, 34)[:3]]
-        lines += [(line, (110, 110, 110)) for line in textwrap.wrap("ref: " + reference, 34)[:3]]
+    for n, ((jpeg, _, boxes), lines) in enumerate(zip(tiles, wrapped)):
+        x, y = (n % COLUMNS) * TILE, sum(heights[: n // COLUMNS])
+        image = open_rgb(jpeg)
+        sx, sy = TILE / image.width, TILE / image.height
+        canvas.paste(image.resize((TILE, TILE)), (x, y))
+        for (x0, y0, x1, y1), colour in boxes:
+            draw.rectangle((x + x0 * sx, y + y0 * sy, x + x1 * sx - 1, y + y1 * sy - 1), outline=colour, width=2)
         for k, (line, colour) in enumerate(lines):
-            draw.text((x + 4, y + TILE + 3 + 15 * k), line, fill=colour, font=font)
+            draw.text((x + 4, y + TILE + 3 + LINE_HEIGHT * k), line, fill=colour, font=font)
     out = io.BytesIO()
     canvas.save(out, format="JPEG", quality=85)
     return out.getvalue()
+
+
+def render_grid(tiles: list[tuple[bytes, str, str]]) -> bytes:
+    """(JPEG, generated caption, a reference) per tile → one JPEG grid (each text cut to three lines)."""
+    def cut(text: str) -> str:
+        return " ".join(textwrap.wrap(text, WRAP)[:3])
+
+    return render_tiles([(jpeg, [(cut(generated), CAPTION_COLOUR), (cut("ref: " + reference), REFERENCE_COLOUR)], [])
+                         for jpeg, generated, reference in tiles])
 
 
 def log_examples(features_manifest: dict[str, Any], split: dict[str, Any], captions: list[str], count: int,

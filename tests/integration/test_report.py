@@ -3,6 +3,7 @@ Chromium loads it with every image decoded and no error."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import mlflow
 import pytest
 from conftest import untrained_alignment_checkpoint, untrained_generator_checkpoint
+from PIL import Image
 
 
 def chromium() -> str:
@@ -55,10 +57,19 @@ def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, 
     untrained_alignment_checkpoint(mini_features, run / "align" / "best.pt")
     untrained_generator_checkpoint(mini_features, run / "mrnn" / "best.pt")
 
-    result = vsa(["report", str(run), "--features", str(mini_features), "--images", "3"])
+    figure = tmp_path / "docs" / "examples.jpg"
+    result = vsa(["report", str(run), "--features", str(mini_features), "--images", "3", "--figure", str(figure)])
     page = run / "report.html"
     assert result["images"] == 3 and page.is_file()
     text = page.read_text()
+    # the figure for docs: the page's examples, each with its caption and its three regions' captions and boxes
+    examples = json.loads(figure.with_suffix(".json").read_text())
+    assert len(examples) == 3 and all(len(e["regions"]) == 3 for e in examples)
+    for e in examples:
+        assert f'id="{e["image_id"]}"' in text and html.escape(e["caption"]) in text
+        assert all(f"region {r['region']}: {html.escape(r['caption'])}</li>" in text for r in e["regions"])
+        assert all(len(r["box"]) == 4 and r["box"][2] > r["box"][0] for r in e["regions"])
+    assert Image.open(figure).size[0] == 5 * 224
     assert text.count('<section class="example"') == 3 and "Top-5 sentences" in text
     # every reference sentence (5 per image) is drawn as snippets, each underlined in its region's colour
     assert text.count('<span class="snippet"') >= 15
@@ -79,3 +90,11 @@ def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, 
     assert attributes.get("hover-lights-box") == "true", attributes
     open_in_browser(page, screenshot=tmp_path / "report.png")
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_figure_must_be_a_jpeg_name(tmp_path, capsys):
+    from vsa_dist.cli import main as vsa
+
+    with pytest.raises(SystemExit) as exc:
+        vsa(["report", str(tmp_path), "--figure", str(tmp_path / "examples.png")])
+    assert exc.value.code == 2 and "a JPEG file name (.jpg)" in capsys.readouterr().err

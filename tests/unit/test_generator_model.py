@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 
-from vsa_dist.eval.captions import caption_metrics
+from vsa_dist.eval.captions import caption_metrics, perplexity_of
 from vsa_dist.models.mrnn import (
     MRNN,
     NEVER_GENERATED,
     PAD,
     MRNNArgs,
     MRNNEnsemble,
+    continued_words,
     repeated_trigrams,
     teacher_forcing,
     token_nll,
@@ -151,6 +153,51 @@ def test_decoding_never_repeats_a_trigram(cell):
     assert all(row.count(5) >= 2 for row in greedy.tolist())  # it still says its word, only not in a loop
 
 
+def teach(model: MRNN, features: torch.Tensor, captions: torch.Tensor, steps: int) -> None:
+    """Teacher-forced Adam steps on a few (image, caption) pairs until the model knows them; then eval mode."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        inputs, targets = teacher_forcing(captions, model.args.end)
+        nll, count = token_nll(model(features, inputs), targets)
+        optimizer.zero_grad()
+        (nll / count).backward()
+        optimizer.step()
+    model.eval()
+
+
+def test_continued_words_are_the_vocabulary_ids_of_words_a_caption_cannot_end_on():
+    mask = continued_words(["man", "a", "dog", "in"], 7)  # ids: PAD, UNK, man, a, dog, in, END
+    assert mask.tolist() == [False, False, False, True, False, True, True]  # END starts a caption: none is empty
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm-att"])
+def test_decoding_never_ends_on_a_word_that_needs_a_continuation(cell):
+    """A model taught to say "2 3 4" and stop ends on word 4; told that 4 is a word like "a" or "in" (the mask
+    ``generate`` builds from CONTINUED_WORDS), greedy and beam search go on past it and end elsewhere, and a caption
+    cut at the length limit is not cut after a 4 either."""
+    torch.manual_seed(0)
+    model = MRNN(MRNNArgs(vocab_size=10, feature_dim=8, hidden=32, word_dim=16, cell=cell.removesuffix("-att"),
+                          dropout=0.0, attention=cell.endswith("-att")))
+    features = torch.randn(3, 8) if not model.args.attention else torch.randn(3, 2, 8)
+    captions = torch.tensor([[2, 3, 4], [5, 4, 0], [6, 7, 4]])
+    teach(model, features, captions, steps=200)
+    continued = torch.zeros(10, dtype=torch.bool)
+    continued[[4, model.args.end]] = True
+
+    def last_words(decoded):
+        """Each caption's last word, whether it ended or was cut at the length limit (None: empty)."""
+        captions = [[w for w in row if w not in (PAD, model.args.end)] for row in decoded.tolist()]
+        return [words[-1] if words else None for words in captions]
+
+    assert last_words(model.greedy(features, 12)) == [4, 4, 4]  # the test can fail: unmasked, it ends on 4
+    for max_len in (12, 8, 4):  # 8 and 4: some captions are cut before they end, and must not be cut after a 4
+        for decoded in (model.greedy(features, max_len, continued),
+                        model.beam_search(features, 3, max_len, continued=continued)):
+            ends = last_words(decoded)
+            assert 4 not in ends and None not in ends, (max_len, decoded)  # not on 4, and none is empty
+    assert all(model.args.end in row for row in model.greedy(features, 12, continued).tolist()[:2])  # still ends
+
+
 def ensemble_of(cells: str) -> MRNNEnsemble:
     return MRNNEnsemble([tiny(cell, seed=3 + i) for i, cell in enumerate(cells.split("+"))])
 
@@ -194,14 +241,7 @@ def test_tiny_mrnn_overfits_a_handful_of_captions(cell):
     if model.args.attention:  # one whole-image vector for all five: only the regions tell the images apart
         features = torch.cat([torch.randn(1, 1, 8).expand(5, 1, 8), torch.randn(5, 2, 8)], dim=1)
     captions = torch.tensor([[2, 3, 4, 0, 0], [5, 6, 0, 0, 0], [7, 8, 9, 10, 11], [3, 3, 12, 0, 0], [12, 2, 5, 6, 0]])
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
-        inputs, targets = teacher_forcing(captions, model.args.end)
-        nll, count = token_nll(model(features, inputs), targets)
-        optimizer.zero_grad()
-        (nll / count).backward()
-        optimizer.step()
-    model.eval()
+    teach(model, features, captions, steps=300)
     for decoded in (model.greedy(features, 8), model.beam_search(features, beam=3, max_len=8)):
         recalled = [[w for w in row if w not in (PAD, model.args.end)] for row in decoded.tolist()]
         assert recalled == [[w for w in row if w != PAD] for row in captions.tolist()]
@@ -293,3 +333,9 @@ def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RuntimeError, match="need Java"):
         caption_metrics({"1": ["a dog"]}, {"1": "a dog"})
+
+
+def test_perplexity_of_a_diverged_model_is_inf_not_an_error():
+    assert perplexity_of(10 * math.log(7.0), 10) == pytest.approx(7.0)
+    assert perplexity_of(0.0, 0) == 1.0  # no words: nothing to be perplexed by
+    assert perplexity_of(1e6, 10) == math.inf  # exp(1e5) overflows a float: the run goes on and logs inf

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vsa_dist.features.format import npy_load
-from vsa_dist.models.tokens import PAD, UNK
+from vsa_dist.models.tokens import CONTINUED_WORDS, PAD, UNK
 
 # The row functions below run in Ray Data's read workers, which Ray starts afresh for each epoch's stream
 # (it ends idle workers within a second, and rank 0's dev evaluation lasts longer), so this module imports
@@ -22,19 +22,13 @@ from vsa_dist.models.tokens import PAD, UNK
 
 SENTENCES_PER_IMAGE = 5
 
-# Words a phrase cannot end on: articles, prepositions, conjunctions, possessives, auxiliaries. The snippet MRF
-# cuts a sentence where the region changes, so a snippet often ends on the word that opens the next one
-# ("a man in" | "a red shirt"); a region generator trained on such snippets ends its captions the same way.
-DANGLING_WORDS = frozenset(
-    "a an the in on at of to for with from by into onto over under near through and or but while his her their "
-    "its is are was were".split()
-)
-
-
 def phrase(words: list[str]) -> list[str]:
-    """A snippet without the words it cannot end on ("a man in" → "a man"; "a" → nothing)."""
+    """A snippet without the words it cannot end on (``CONTINUED_WORDS``: "a man in" → "a man"; "a" → nothing).
+    The snippet MRF cuts a sentence where the region changes, so a snippet often ends on the word that opens the next
+    one ("a man in" | "a red shirt"); a region generator trained on such snippets would end its captions the same
+    way."""
     end = len(words)
-    while end and words[end - 1].lower() in DANGLING_WORDS:
+    while end and words[end - 1].lower() in CONTINUED_WORDS:
         end -= 1
     return words[:end]
 

@@ -85,6 +85,12 @@ def leave_one_out_human(references: dict[str, list[str]], metrics: tuple[str, ..
     return caption_metrics(rest, held_out, metrics)
 
 
+def perplexity_of(nll: float, words: int) -> float:
+    """exp(mean NLL per word); inf, not an OverflowError, for a model that diverged (its mean NLL past ~709)."""
+    mean = nll / max(words, 1)
+    return math.exp(mean) if mean < 700 else math.inf
+
+
 @torch.no_grad()
 def perplexity(model: MRNN, features: torch.Tensor, tokens: torch.Tensor, chunk: int = 500) -> float:
     """exp(mean NLL per word, END included) over every sentence of the split."""
@@ -97,7 +103,7 @@ def perplexity(model: MRNN, features: torch.Tensor, tokens: torch.Tensor, chunk:
         first = int(images[0])  # the chunk's sentences are of consecutive images: pass only those
         nll, n = token_nll(model(features[first:int(images[-1]) + 1], inputs, image_of=images - first), targets)
         total, count = total + float(nll), count + int(n)
-    return math.exp(total / max(count, 1))
+    return perplexity_of(total, count)
 
 
 def score_captions(

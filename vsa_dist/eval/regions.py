@@ -21,14 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from vsa_dist.data.pairs import DANGLING_WORDS, phrase
+from vsa_dist.data.pairs import phrase
 from vsa_dist.features.format import npy_load
+from vsa_dist.models.tokens import CONTINUED_WORDS
 
 
 def dangling(caption: str) -> bool:
     """True if the caption is empty or ends in a word that needs a continuation."""
     words = caption.split()
-    return not words or words[-1].lower() in DANGLING_WORDS
+    return not words or words[-1].lower() in CONTINUED_WORDS
 
 
 def region_items(samples: Iterable[dict[str, Any]], min_words: int = 2) -> dict[str, Any]:

@@ -15,8 +15,10 @@ previous hidden state weighs the M rows, and their weighted mean enters the LSTM
 
 Decoding (greedy and beam search) never repeats a word trigram: a word that would complete a trigram the caption
 already holds is not a candidate (after "a man in a red shirt in a", "red" is not: another word follows), the
-usual trigram blocking of captioning and summarisation decoders; sampling (self-critical training) is left as the
-model's distribution.
+usual trigram blocking of captioning and summarisation decoders. Nor does it end a caption on a word that needs a
+continuation (``CONTINUED_WORDS``: "a man in a", "a dog and a"): after one of them END is not a candidate, nor is one
+of them at the last step, where the caption is cut; nor is END at the first (no caption is empty).
+Sampling (self-critical training) is left as the model's distribution.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vsa_dist.models.tokens import PAD, UNK
+from vsa_dist.models.tokens import CONTINUED_WORDS, PAD, UNK
 
 NEVER_GENERATED = (PAD, UNK)
 
@@ -67,6 +69,29 @@ def repeated_trigrams(sequences: torch.Tensor, vocab_size: int) -> torch.Tensor:
         rows = match.nonzero().squeeze(1)
         banned[rows, sequences[rows, i + 2]] = True
     return banned
+
+
+def continued_words(vocab: list[str], vocab_size: int) -> torch.Tensor:
+    """[V] True at the ids of the vocabulary's words that a caption cannot end on (word id w is vocab[w - 2]), and
+    at END, which also starts every caption: no caption is empty."""
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    mask[[w + 2 for w, word in enumerate(vocab) if word in CONTINUED_WORDS]] = True
+    mask[vocab_size - 1] = True
+    return mask
+
+
+def no_dangling_end(log_probs: torch.Tensor, previous: torch.Tensor, continued: torch.Tensor | None, end: int,
+                    last_step: bool) -> torch.Tensor:
+    """``log_probs`` [N, V] with END ruled out in the rows whose previous word [N] is in ``continued`` [V]; at the
+    last step (the caption is cut after it) the words of ``continued`` are ruled out too."""
+    if continued is None:
+        return log_probs
+    continued = continued.to(previous.device)
+    banned = torch.zeros_like(log_probs, dtype=torch.bool)
+    banned[:, end] = continued[previous]
+    if last_step:
+        banned[:, :end] |= continued[:end]
+    return log_probs.masked_fill(banned, float("-inf"))
 
 
 def teacher_forcing(tokens: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,11 +226,12 @@ class MRNN(nn.Module):
         logits[..., list(NEVER_GENERATED)] = float("-inf")
         return F.log_softmax(logits, dim=-1)
 
-    def _unroll(self, features: torch.Tensor, max_len: int, choose,
-                block_trigrams: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _unroll(self, features: torch.Tensor, max_len: int, choose, block_trigrams: bool = False,
+                continued: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One caption per row, word by word: ``choose`` picks each step's words [N] from the next-word
-        log-probabilities [N, V] (with ``block_trigrams``, none that would repeat a trigram). (ids [N, L], END then
-        PAD after a sentence ends; the log-probability of each chosen word [N, L], 0 after the end.)"""
+        log-probabilities [N, V] (with ``block_trigrams``, none that would repeat a trigram; with ``continued``, no
+        END after those words, and none of them last: ``no_dangling_end``). (ids [N, L], END then PAD after a
+        sentence ends; the log-probability of each chosen word [N, L], 0 after the end.)"""
         n, device = len(features), features.device
         bias, state = self.start(features)
         words = torch.full((n,), self.args.end, dtype=torch.long, device=device)
@@ -218,6 +244,7 @@ class MRNN(nn.Module):
             if block_trigrams and ids:
                 candidates = candidates.masked_fill(repeated_trigrams(torch.stack(ids, dim=1), logits.shape[-1]),
                                                     float("-inf"))
+            candidates = no_dangling_end(candidates, words, continued, self.args.end, t == max_len - 1)
             words = choose(candidates).masked_fill(done, PAD)
             log_probs.append(step_log_probs.gather(1, words[:, None]).squeeze(1).masked_fill(done, 0.0))
             ids.append(words)
@@ -232,20 +259,21 @@ class MRNN(nn.Module):
         return self._unroll(features, max_len, lambda log_probs: torch.multinomial(log_probs.exp(), 1).squeeze(1))
 
     @torch.no_grad()
-    def greedy(self, features: torch.Tensor, max_len: int = 20) -> torch.Tensor:
-        """The most likely word at every step that repeats no trigram: ids [N, L], END then PAD after a sentence
-        ends."""
-        return self._unroll(features, max_len, lambda log_probs: log_probs.argmax(dim=-1), block_trigrams=True)[0]
+    def greedy(self, features: torch.Tensor, max_len: int = 20, continued: torch.Tensor | None = None) -> torch.Tensor:
+        """The most likely word at every step that repeats no trigram (and, with ``continued`` [V], leaves no caption
+        ending on one of those words: ``no_dangling_end``): ids [N, L], END then PAD after a sentence ends."""
+        return self._unroll(features, max_len, lambda log_probs: log_probs.argmax(dim=-1), block_trigrams=True,
+                            continued=continued)[0]
 
     @torch.no_grad()
     def beam_search(self, features: torch.Tensor, beam: int = 3, max_len: int = 20,
-                    length_penalty: float = 0.0) -> torch.Tensor:
+                    length_penalty: float = 0.0, continued: torch.Tensor | None = None) -> torch.Tensor:
         """Batched beam search: every image's ``beam`` best prefixes advance together, one step at a time.
 
         A finished hypothesis stays in its beam with its score, continued by PAD at no cost, so finished
         and open hypotheses compete on the same list. The winner maximises log P / length**length_penalty
         (0: plain log-probability, the paper's choice). Beam 1 is greedy decoding, exactly. No hypothesis
-        repeats a word trigram (``repeated_trigrams``).
+        repeats a word trigram (``repeated_trigrams``), nor ends on a word of ``continued`` [V] (``no_dangling_end``).
         """
         n, k, device = len(features), beam, features.device
         vocab = self.args.vocab_size
@@ -262,6 +290,7 @@ class MRNN(nn.Module):
             log_probs = self._log_probs(logits)
             if t >= 3:
                 log_probs = log_probs.masked_fill(repeated_trigrams(sequences.view(n * k, t), vocab), float("-inf"))
+            log_probs = no_dangling_end(log_probs, words, continued, self.args.end, t == max_len - 1)
             log_probs = torch.where(done[..., None], finished_row, log_probs.view(n, k, vocab))
             best, flat = (scores[..., None] + log_probs).view(n, k * vocab).topk(k, dim=1)
             source, token = flat // vocab, flat % vocab
@@ -351,13 +380,15 @@ def sentence_rows(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def generate(model: MRNN, features: torch.Tensor, vocab: list[str], beam: int, max_len: int,
              length_penalty: float = 0.0, chunk: int = 250) -> list[str]:
-    """Captions for images [N, D] or [N, M, D] (whole image, regions); beam 1 is greedy."""
+    """Captions for images [N, D] or [N, M, D] (whole image, regions); beam 1 is greedy. None ends on a word that
+    needs a continuation (``CONTINUED_WORDS``)."""
     model.eval()
+    continued = continued_words(vocab, model.args.vocab_size).to(features.device)
     captions = []
     for start in range(0, len(features), chunk):
         part = features[start:start + chunk]
-        ids = (model.greedy(part, max_len) if beam == 1
-               else model.beam_search(part, beam, max_len, length_penalty))
+        ids = (model.greedy(part, max_len, continued) if beam == 1
+               else model.beam_search(part, beam, max_len, length_penalty, continued))
         captions += [" ".join(words) for words in ids_to_words(ids, vocab, model.args.end)]
     return captions
 

@@ -41,7 +41,11 @@ class ReportConfig(cfglib.Config):
     images: int = option(8, "example images on the page", range="[1, inf)")
     beta: float = option(0.1, "snippet MRF beta (vsa align-snippets)", range="[0, inf)")
     regions: int = option(3, "region captions per image", range="[0, inf)")
+    region_beam: int = option(0, "beam for the region captions; 0: the region captioner's own (chosen on whole-image "
+                                 "dev; vsa eval regions --split dev chooses one on region captions)", range="[0, inf)")
     out: str = option("", "the HTML file; default RUN/report.html")
+    figure: str = option("", "also draw the examples into one JPEG (each image with its region boxes, its caption and "
+                             "region captions) and write them as JSON beside it (FIGURE with .json): for docs")
     log_to_mlflow: bool = option(True, "log the page to the generator's MLflow run")
 
     def validate(self) -> None:
@@ -53,6 +57,8 @@ class ReportConfig(cfglib.Config):
         self.captioner = self.captioner or storage.join(root, "mrnn", "best.pt")
         self.region_captioner = self.region_captioner or self.captioner
         self.out = self.out or storage.join(root, "report.html")
+        if self.figure and not self.figure.lower().endswith((".jpg", ".jpeg")):
+            raise cfglib.ConfigError(f"figure {self.figure!r}: a JPEG file name (.jpg), its JSON goes beside it")
 
     def check_inputs(self) -> None:
         for key in ("align", "captioner", "region_captioner"):
@@ -309,7 +315,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
                                        caption_state.get("beam") or 1, caption_state["config"]["max_len"])
         top_regions = min(cfg.regions, features.shape[1] - 1)
         region_text = generate(region_captioner, features[chosen, 1:1 + top_regions].reshape(-1, features.shape[-1]),
-                                          region_state["vocab"], region_state.get("beam") or 1,
+                                          region_state["vocab"], cfg.region_beam or region_state.get("beam") or 1,
                                           region_state["config"]["max_len"]) if top_regions else []
         scores, lengths = aligner.word_region_scores(features[chosen].repeat_interleave(tokens.shape[1], dim=0),
                                                      tokens[chosen].reshape(-1, tokens.shape[-1]))
@@ -330,6 +336,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
              + split["boxes"][i].tolist() for i in chosen}
 
     max_words = align_state["config"]["max_words"]
+    described = [[(r + 1, region_text[n * top_regions + r]) for r in range(top_regions)] for n in range(len(chosen))]
     sections = []
     for n, i in enumerate(chosen):
         sentences = []
@@ -344,9 +351,8 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         search = [
             (thumbnail(jpegs[image_ids[j]], 72), j == i) for j in matrix["scores"][:, query].topk(5).indices.tolist()
         ]
-        described = [(r + 1, region_text[n * top_regions + r]) for r in range(top_regions)]
-        sections.append(render_example(image_ids[i], jpegs[image_ids[i]], boxes[image_ids[i]], captions[n], described,
-                                       sentences, annotation, sentence_text[query], search, size=480))
+        sections.append(render_example(image_ids[i], jpegs[image_ids[i]], boxes[image_ids[i]], captions[n],
+                                       described[n], sentences, annotation, sentence_text[query], search, size=480))
 
     root = cfg.run[0]
     summaries = read_summaries(cfg)
@@ -366,6 +372,12 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         examples="\n".join(sections),
     )
     storage.write_bytes(cfg.out, page.encode("utf-8"))
+    if cfg.figure:
+        examples = [{"image_id": image_ids[i], "caption": captions[n], "references": references[i],
+                     "regions": [{"region": r, "box": boxes[image_ids[i]][r], "caption": text}
+                                 for r, text in described[n]]}
+                    for n, i in enumerate(chosen)]
+        write_figure(cfg.figure, examples, jpegs)
     logged = None
     if cfg.log_to_mlflow and "mrnn" in summaries:
         logged = log_report(page, summaries["mrnn"]["run_id"])
@@ -375,6 +387,18 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         flush=True,
     )
     return {"out": cfg.out, "images": len(chosen), "mlflow_run_id": logged}
+
+
+def write_figure(path: str, examples: list[dict[str, Any]], jpegs: dict[str, bytes]) -> None:
+    """The examples as one JPEG grid (the caption in blue, each region's caption in its box's colour) and as JSON."""
+    from vsa_dist.examples import CAPTION_COLOUR, render_tiles
+
+    tiles = [(jpegs[e["image_id"]], [(e["caption"], CAPTION_COLOUR)]
+              + [(f"{r['region']}: {r['caption']}", colour(r["region"])) for r in e["regions"]],
+              [(r["box"], colour(r["region"])) for r in e["regions"]]) for e in examples]
+    storage.write_bytes(path, render_tiles(tiles))
+    as_json = json.dumps(examples, indent=1, ensure_ascii=False).encode("utf-8")
+    storage.write_bytes(path.rsplit(".", 1)[0] + ".json", as_json)
 
 
 def log_report(page: str, run_id: str) -> str:

@@ -1,6 +1,6 @@
 """``vsa train-mrnn``: the multimodal RNN generator, trained with Ray Train (DDP), selected on dev CIDEr.
 
-    vsa train-mrnn --features runs/flickr8k/features                        # the paper: RNN cell, RMSprop
+    vsa train-mrnn --features runs/flickr8k/features                        # the paper's RNN (Adam: dev chose it)
     vsa train-mrnn --features runs/flickr8k/features --preset train_mrnn_modern   # LSTM, Adam, cosine
     vsa train-mrnn --features runs/flickr8k/features --resume               # continue the last run
     vsa train-mrnn --features runs/flickr8k/features --preset train_mrnn_scst \
@@ -16,7 +16,6 @@ captions with their images go to MLflow, and the model is registered as ``vsa-ca
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -195,12 +194,14 @@ class MRNNTask:
         return loss / words, {"nll": nll.item(), "words": int(words)}
 
     def train_metrics(self, sums, steps: int, seconds: float, world: int) -> tuple[dict[str, float], str]:
+        from vsa_dist.eval.captions import perplexity_of
+
         if self.reward is not None:
             metrics = {"train_sample_cider": sums["reward"] / max(steps, 1),
                        "images_per_s": steps * self.rows * world / seconds}
             return metrics, (f"train sample CIDEr-D {metrics['train_sample_cider']:.3f}, "
                              f"{metrics['images_per_s']:.1f} images/s")
-        metrics = {"train_perplexity": math.exp(sums["nll"] / max(sums["words"], 1)),
+        metrics = {"train_perplexity": perplexity_of(sums["nll"], sums["words"]),
                    "words_per_s": sums["words"] * world / seconds}
         return metrics, f"train ppl {metrics['train_perplexity']:.1f}, {metrics['words_per_s']:.0f} words/s"
 
