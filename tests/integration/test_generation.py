@@ -78,9 +78,10 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     tuned = vsa(["train-mrnn", "--features", str(mini_features), "--out", str(tmp_path / "scst"), "--objective", "scst",
                  "--init", str(out / "best.pt"), "--hidden", "128", "--word-dim", "128", "--batch-size", "50",
                  "--epochs", "1", "--lr", "1e-4", "--beam-choices", "1", "--test", "false", "--register-as", "",
-                 "--experiment", "test-mrnn", "--progress", "false"])
+                 "--sample-temperature", "0.5", "--experiment", "test-mrnn", "--progress", "false"])
     history = client.get_metric_history(tuned["run_id"], "train_sample_cider")
     assert [m.step for m in history] == [1] and history[0].value > 0
+    assert client.get_run(tuned["run_id"]).data.params["sample_temperature"] == "0.5"
     # it started from the trained model: one epoch at lr 1e-4 leaves its weights near that model's (a fresh model's
     # are as far from them as the weights are long). Weights, not dev CIDEr: on 50 dev images CIDEr moves too much.
     start, tuned_model = (read_checkpoint(path, ("model",))["model"]

@@ -275,9 +275,26 @@ def test_sampled_log_probs_are_the_models_and_carry_gradients():
     assert model.output.weight.grad.abs().sum() > 0
 
 
-def test_self_critical_training_raises_the_cider_of_samples():
+def test_tempered_samples_come_from_the_sharpened_distribution():
+    """scst's sample_temperature T: words drawn from p^(1/T) renormalised, with that distribution's log-probabilities
+    (the policy the gradient is of); a cold temperature draws the most likely word at every step."""
+    model, features = tiny("lstm", vocab=40), torch.randn(6, 6)
+    torch.manual_seed(1)
+    ids, log_probs = model(features, sample_len=10, temperature=0.5)
+    for i in range(len(features)):
+        words = [w for w in ids[i].tolist() if w != PAD]
+        sharp = 2.0 * step_log_probs(model, features[i], words)
+        sharp = sharp - torch.logsumexp(sharp, dim=-1, keepdim=True)
+        assert log_probs[i].sum().item() == pytest.approx(float(sum(sharp[t, w] for t, w in enumerate(words))),
+                                                          abs=1e-4)
+    cold = model(features, sample_len=10, temperature=1e-4)[0]
+    assert torch.equal(cold, model._unroll(features, 10, lambda lp: lp.argmax(dim=-1))[0])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_self_critical_training_raises_the_cider_of_samples(temperature):
     """A tiny model sampling captions for four images learns, from CIDEr-D rewards alone (no teacher
-    forcing), to say what each image's references say."""
+    forcing), to say what each image's references say, whether it samples from its distribution or a sharpened one."""
     from vsa_dist.eval.cider import CiderD
     from vsa_dist.models.mrnn import caption_ids, self_critical_loss
 
@@ -296,7 +313,8 @@ def test_self_critical_training_raises_the_cider_of_samples():
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     rewards = []
     for _ in range(300):
-        loss, mean_reward = self_critical_loss(model, features, tokens, reward, samples=5, end=13, max_len=6)
+        loss, mean_reward = self_critical_loss(model, features, tokens, reward, samples=5, end=13, max_len=6,
+                                               temperature=temperature)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

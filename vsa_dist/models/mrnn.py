@@ -200,18 +200,19 @@ class MRNN(nn.Module):
         return self.output(self.drop(state[0])), state
 
     def forward(self, features: torch.Tensor, inputs: torch.Tensor | None = None, sample_len: int = 0,
-                image_of: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                image_of: torch.Tensor | None = None,
+                temperature: float = 1.0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing: features [N, D] or [N, M, D], input ids [N, T] → logits [N, T, V]; with
         ``image_of`` [N], features are per image ([B, ...]) and sentence n is of image image_of[n].
 
         The same arithmetic as ``step`` at every t, but the input and output layers run once over all time
         steps (two large matrix products instead of 2T small ones); only the recurrence loops.
 
-        Without ``inputs``: ``sample(features, sample_len)``. Sampling goes through ``forward`` so that a
+        Without ``inputs``: ``sample(features, sample_len, temperature)``. Sampling goes through ``forward`` so that a
         DistributedDataParallel wrapper sees it and averages the gradients of self-critical training.
         """
         if inputs is None:
-            return self.sample(features, sample_len)
+            return self.sample(features, sample_len, temperature)
         bias, state = self.start(features, image_of=image_of)
         step_inputs = self._step_input(inputs)                            # [N, T, H or E]
         hidden = []
@@ -220,14 +221,15 @@ class MRNN(nn.Module):
             hidden.append(state[0])
         return self.output(self.drop(torch.stack(hidden, dim=1)))
 
-    def _log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """The next-word distribution given that PAD and UNK are never generated (renormalised without them)."""
+    def _log_probs(self, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """The next-word distribution given that PAD and UNK are never generated (renormalised without them);
+        ``temperature`` < 1 sharpens it (softmax of logits / temperature)."""
         logits = logits.float().clone()
         logits[..., list(NEVER_GENERATED)] = float("-inf")
-        return F.log_softmax(logits, dim=-1)
+        return F.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
 
     def _unroll(self, features: torch.Tensor, max_len: int, choose, block_trigrams: bool = False,
-                continued: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                continued: torch.Tensor | None = None, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """One caption per row, word by word: ``choose`` picks each step's words [N] from the next-word
         log-probabilities [N, V] (with ``block_trigrams``, none that would repeat a trigram; with ``continued``, no
         END after those words, and none of them last: ``no_dangling_end``). (ids [N, L], END then PAD after a
@@ -239,7 +241,7 @@ class MRNN(nn.Module):
         ids, log_probs = [], []
         for t in range(max_len):
             logits, state = self.step(words, state, bias if t == 0 else None)
-            step_log_probs = self._log_probs(logits)
+            step_log_probs = self._log_probs(logits, temperature)
             candidates = step_log_probs.detach()
             if block_trigrams and ids:
                 candidates = candidates.masked_fill(repeated_trigrams(torch.stack(ids, dim=1), logits.shape[-1]),
@@ -253,10 +255,14 @@ class MRNN(nn.Module):
                 break
         return torch.stack(ids, dim=1), torch.stack(log_probs, dim=1)
 
-    def sample(self, features: torch.Tensor, max_len: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, features: torch.Tensor, max_len: int = 20,
+               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """One caption per row drawn from the model (PAD and UNK excluded), with gradients: (ids [N, L], END
-        then PAD after a sentence ends; the log-probability of each drawn word [N, L], 0 after the end)."""
-        return self._unroll(features, max_len, lambda log_probs: torch.multinomial(log_probs.exp(), 1).squeeze(1))
+        then PAD after a sentence ends; the log-probability of each drawn word [N, L], 0 after the end). With
+        ``temperature`` < 1 the words are drawn from the sharpened distribution, and the log-probabilities are
+        that distribution's (what a policy gradient through them needs)."""
+        return self._unroll(features, max_len, lambda log_probs: torch.multinomial(log_probs.exp(), 1).squeeze(1),
+                            temperature=temperature)
 
     @torch.no_grad()
     def greedy(self, features: torch.Tensor, max_len: int = 20, continued: torch.Tensor | None = None) -> torch.Tensor:
@@ -394,13 +400,15 @@ def generate(model: MRNN, features: torch.Tensor, vocab: list[str], beam: int, m
 
 
 def self_critical_loss(model: torch.nn.Module, features: torch.Tensor, tokens: torch.Tensor, reward,
-                       samples: int, end: int, max_len: int) -> tuple[torch.Tensor, float]:
+                       samples: int, end: int, max_len: int, temperature: float = 1.0) -> tuple[torch.Tensor, float]:
     """Self-critical sequence training (Rennie et al. 2017) with the mean-of-the-others baseline (Luo 2020):
     ``samples`` captions drawn per image, each rewarded by its CIDEr-D against the image's references, and
     pushed up or down by how much it beats the image's other samples; no greedy decode is needed.
     Images [B, D], their sentences [B, S, T] → (loss, mean reward of the samples). ``reward`` scores a caption
-    against references (``vsa_dist.eval.cider.CiderD``)."""
-    ids, log_probs = model(features.repeat_interleave(samples, dim=0), sample_len=max_len)
+    against references (``vsa_dist.eval.cider.CiderD``). ``temperature`` < 1 draws from the sharpened
+    distribution, whose samples are the greedy caption's neighbours rather than the long tail, and whose
+    expected reward is the objective (it nears the greedy caption's as the temperature falls)."""
+    ids, log_probs = model(features.repeat_interleave(samples, dim=0), sample_len=max_len, temperature=temperature)
     references = [reward.references([r for r in caption_ids(image, end) if r]) for image in tokens]
     scores = torch.tensor([reward.score(caption, references[i // samples])
                            for i, caption in enumerate(caption_ids(ids, end))], device=log_probs.device)

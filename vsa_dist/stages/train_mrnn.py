@@ -69,6 +69,8 @@ class MRNNConfig(training.TrainConfig):
     init: str = option("", "a generator checkpoint (best.pt) to start from; scst needs one")
     samples: int = option(5, "scst: captions sampled per image; each one's baseline is the mean reward of the others",
                              range="[1, inf)")
+    sample_temperature: float = option(1.0, "scst: draw the samples from softmax(logits / this); below 1 they are the "
+                                            "greedy caption's neighbours, not the long tail", range="(0, inf)")
 
     def validate(self) -> None:
         self.validate_training(default_out="mrnn", min_batch=5)
@@ -182,7 +184,8 @@ class MRNNTask:
         cfg = self.cfg
         if self.reward is not None:
             loss, mean_reward = self_critical_loss(model, batch["features"].float(), batch["tokens"].long(),
-                                                   self.reward, cfg.samples, plain.args.end, cfg.max_len)
+                                                   self.reward, cfg.samples, plain.args.end, cfg.max_len,
+                                                   cfg.sample_temperature)
             return loss, {"reward": mean_reward}
         image_of, sentences = sentence_rows(batch["tokens"].long())
         inputs, targets = teacher_forcing(sentences, plain.args.end)
