@@ -91,6 +91,27 @@ def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, 
     open_in_browser(page, screenshot=tmp_path / "report.png")
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
+    # --region-beam: region captions decoded at that beam instead of the region captioner's own (2 here)
+    import torch
+
+    from vsa_dist.checkpoints import load_generator
+    from vsa_dist.data.pairs import load_split, word_index
+    from vsa_dist.models.mrnn import generate
+
+    model, state = load_generator(run / "mrnn" / "best.pt")
+    split = load_split(mini_features, "test", word_index(state["vocab"]), state["config"]["max_words"])
+    row_of = {image_id: i for i, image_id in enumerate(split["image_ids"])}
+    rows = torch.stack([torch.from_numpy(split["features"][row_of[e["image_id"]], r["region"]]).float()
+                        for e in examples for r in e["regions"]])
+    by_beam = {b: generate(model, rows, state["vocab"], b, state["config"]["max_len"]) for b in (state["beam"], 3)}
+    assert state["beam"] == 2 and by_beam[2] != by_beam[3]  # else the check below could not tell the beams apart
+    assert [r["caption"] for e in examples for r in e["regions"]] == by_beam[2]
+    wider = tmp_path / "docs" / "examples-beam3.jpg"
+    vsa(["report", str(run), "--features", str(mini_features), "--images", "3", "--figure", str(wider),
+         "--region-beam", "3", "--out", str(tmp_path / "report-beam3.html")])
+    decoded = json.loads(wider.with_suffix(".json").read_text())
+    assert [r["caption"] for e in decoded for r in e["regions"]] == by_beam[3]
+
 
 def test_figure_must_be_a_jpeg_name(tmp_path, capsys):
     from vsa_dist.cli import main as vsa
