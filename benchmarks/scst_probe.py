@@ -31,7 +31,7 @@ from vsa_dist.checkpoints import load_generator  # noqa: E402
 from vsa_dist.data.pairs import load_split, split_sentence_ids, word_index  # noqa: E402
 from vsa_dist.eval.cider import CiderD  # noqa: E402
 from vsa_dist.features.format import load_features_manifest  # noqa: E402
-from vsa_dist.models.mrnn import caption_ids, self_critical_loss  # noqa: E402
+from vsa_dist.models.mrnn import caption_ids, reward_references, self_critical_loss  # noqa: E402
 from vsa_dist.paths import runs_root  # noqa: E402
 
 IMAGES_PER_STEP, SAMPLES, MAX_LEN, CLIP = 20, 5, 20, 5.0
@@ -115,16 +115,12 @@ def main(argv: list[str] | None = None) -> dict:
     dev_features = torch.from_numpy(splits["dev"]["features"][:500]).float()
     model = load_model(cfg.init, cfg.dropout)
     end = model.args.end
-
-    def references(tokens: torch.Tensor) -> list:
-        return [reward.references([r for r in caption_ids(image, end) if r]) for image in tokens]
-
-    dev_references = references(torch.from_numpy(splits["dev"]["tokens"][:500]).long())
+    dev_references = reward_references(reward, torch.from_numpy(splits["dev"]["tokens"][:500]).long(), end)
 
     # how far the samples are from the greedy caption, before any step
     torch.manual_seed(0)
     model.eval()
-    start_features, start_references = train_features[:200], references(train_tokens[:200])
+    start_features, start_references = train_features[:200], reward_references(reward, train_tokens[:200], end)
     with torch.no_grad():
         spread = {"greedy": mean_cider(reward, model.greedy(start_features, MAX_LEN), start_references, 1, end)}
         for t in sorted({*SPREAD_TEMPERATURES, *temperatures}, reverse=True):

@@ -296,7 +296,7 @@ def test_self_critical_training_raises_the_cider_of_samples(temperature):
     """A tiny model sampling captions for four images learns, from CIDEr-D rewards alone (no teacher
     forcing), to say what each image's references say, whether it samples from its distribution or a sharpened one."""
     from vsa_dist.eval.cider import CiderD
-    from vsa_dist.models.mrnn import caption_ids, self_critical_loss
+    from vsa_dist.models.mrnn import caption_ids, reward_references, self_critical_loss
 
     torch.manual_seed(0)
     model = MRNN(MRNNArgs(vocab_size=14, feature_dim=8, hidden=48, word_dim=16, cell="lstm", dropout=0.0))
@@ -304,7 +304,7 @@ def test_self_critical_training_raises_the_cider_of_samples(temperature):
     tokens = torch.tensor([[[2, 3, 4, 0], [2, 3, 4, 5]], [[6, 7, 0, 0], [6, 7, 8, 0]],
                            [[9, 10, 11, 0], [9, 10, 11, 0]], [[12, 2, 0, 0], [12, 2, 3, 0]]])
     reward = CiderD([[r for r in caption_ids(image, 13) if r] for image in tokens] + [[(5, 6)], [(8, 9, 10)]])
-    references = [reward.references([r for r in caption_ids(image, 13) if r]) for image in tokens]
+    references = reward_references(reward, tokens, 13)
 
     def greedy_cider() -> list[float]:
         return [reward.score(c, refs) for c, refs in zip(caption_ids(model.greedy(features, 6), 13), references)]

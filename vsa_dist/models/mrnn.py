@@ -399,6 +399,11 @@ def generate(model: MRNN, features: torch.Tensor, vocab: list[str], beam: int, m
     return captions
 
 
+def reward_references(reward, tokens: torch.Tensor, end: int) -> list:
+    """Each image's reference sentences [B, S, T] prepared once for ``reward.score`` (empty slots dropped)."""
+    return [reward.references([r for r in caption_ids(image, end) if r]) for image in tokens]
+
+
 def self_critical_loss(model: torch.nn.Module, features: torch.Tensor, tokens: torch.Tensor, reward,
                        samples: int, end: int, max_len: int, temperature: float = 1.0) -> tuple[torch.Tensor, float]:
     """Self-critical sequence training (Rennie et al. 2017) with the mean-of-the-others baseline (Luo 2020):
@@ -409,7 +414,7 @@ def self_critical_loss(model: torch.nn.Module, features: torch.Tensor, tokens: t
     distribution, whose samples are the greedy caption's neighbours rather than the long tail, and whose
     expected reward is the objective (it nears the greedy caption's as the temperature falls)."""
     ids, log_probs = model(features.repeat_interleave(samples, dim=0), sample_len=max_len, temperature=temperature)
-    references = [reward.references([r for r in caption_ids(image, end) if r]) for image in tokens]
+    references = reward_references(reward, tokens, end)
     scores = torch.tensor([reward.score(caption, references[i // samples])
                            for i, caption in enumerate(caption_ids(ids, end))], device=log_probs.device)
     scores = scores.view(-1, samples)
