@@ -74,9 +74,12 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
     assert champion.run_id == run_id
     assert float(champion.tags["dev_cider"]) == pytest.approx(second["dev_cider_by_beam"][second["beam"]], abs=1e-6)
 
-    # Self-critical fine-tuning from that model (whole images only), through the same Ray Train loop.
+    # Self-critical fine-tuning from that model (whole images only), through the same Ray Train loop. --init is
+    # given relative to the working folder, as a user types it: Ray Train's workers run in a folder of their own.
+    monkeypatch.chdir(tmp_path)
     tuned = vsa(["train-mrnn", "--features", str(mini_features), "--out", str(tmp_path / "scst"), "--objective", "scst",
-                 "--init", str(out / "best.pt"), "--hidden", "128", "--word-dim", "128", "--batch-size", "50",
+                 "--init", str((out / "best.pt").relative_to(tmp_path)), "--hidden", "128", "--word-dim", "128",
+                 "--batch-size", "50",
                  "--epochs", "1", "--lr", "1e-4", "--beam-choices", "1", "--test", "false", "--register-as", "",
                  "--sample-temperature", "0.5", "--experiment", "test-mrnn", "--progress", "false"])
     history = client.get_metric_history(tuned["run_id"], "train_sample_cider")

@@ -91,6 +91,19 @@ def test_every_preset_only_names_keys_of_its_stage_and_resolves():
             assert not hasattr(cfg, key) or config.preset_exists(getattr(cfg, key)), (name, key)
 
 
+def test_input_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
+    """Ray Train's workers run in a folder of their own: a relative --init (or --features, --snippets) would not be
+    found there (a self-critical run from `--init runs/.../best.pt` failed so); storage URIs stay as given."""
+    from vsa_dist import config
+    from vsa_dist.stages.train_mrnn import MRNNConfig
+
+    monkeypatch.chdir(tmp_path)
+    local = config.resolve(MRNNConfig, None, {"features": "f", "init": "m/best.pt", "snippets": "s"})
+    assert (local.features, local.init, local.snippets) == tuple(str(tmp_path / p) for p in ("f", "m/best.pt", "s"))
+    remote = config.resolve(MRNNConfig, None, {"features": "s3://b/f", "init": "s3://b/best.pt"})
+    assert (remote.features, remote.init) == ("s3://b/f", "s3://b/best.pt")
+
+
 def test_one_orientation_everywhere(tmp_path):
     import io
 

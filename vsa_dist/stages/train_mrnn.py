@@ -73,7 +73,7 @@ class MRNNConfig(training.TrainConfig):
                                             "greedy caption's neighbours, not the long tail", range="(0, inf)")
 
     def validate(self) -> None:
-        self.validate_training(default_out="mrnn", min_batch=5)
+        self.validate_training(default_out="mrnn", min_batch=5, paths=("init", "snippets"))
         if self.attention and (self.cell != "lstm" or self.snippets):
             raise cfglib.ConfigError("attention needs cell lstm and no snippets (a snippet's region is one row, "
                                      "nothing to attend over)")

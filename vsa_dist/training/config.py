@@ -50,11 +50,14 @@ class TrainConfig(cfglib.Config):
     test: bool = option(True, "evaluate the best-on-dev model on test once at the end")
     progress: bool = option(True, "progress output")
 
-    def validate_training(self, default_out: str, min_batch: int) -> None:
-        """The shared value checks (no I/O); ``out`` defaults beside the features, and a local features path is
-        made absolute (the workers of a cluster do not share the driver's working folder)."""
-        if self.features and not storage.is_remote(self.features):
-            self.features = os.path.abspath(self.features)
+    def validate_training(self, default_out: str, min_batch: int, paths: tuple[str, ...] = ()) -> None:
+        """The shared value checks (no I/O); ``out`` defaults beside the features, and local input paths (the
+        features and the fields named in ``paths``) are made absolute: the workers of a cluster do not share the
+        driver's working folder, and Ray Train's workers on this machine run in a folder of their own."""
+        for name in ("features", *paths):
+            value = getattr(self, name)
+            if value and not storage.is_remote(value):
+                setattr(self, name, os.path.abspath(value))
         if not self.out:
             self.out = str(Path(self.features).parent / default_out) if self.features else ""
         if self.batch_size < min_batch * self.workers:
