@@ -28,6 +28,12 @@ def is_remote(location: str | Path) -> bool:
     return "://" in str(location)
 
 
+def absolute(location: str) -> str:
+    """A local path made absolute (a cluster's workers, and Ray Train's workers here, do not run in the driver's
+    working folder); a URI, or nothing, as given."""
+    return location if not location or is_remote(location) else os.path.abspath(location)
+
+
 def join(location: str | Path, *names: str) -> str:
     """``location/names…`` for a path or a URI (a URI keeps its scheme and forward slashes)."""
     if is_remote(location):

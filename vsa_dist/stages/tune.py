@@ -23,7 +23,6 @@ learning rate within ten times either side of the base's and the weight decay in
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +78,7 @@ class TuneConfig(cfglib.Config):
     def validate(self) -> None:
         if self.grace_epochs > self.epochs:
             raise cfglib.ConfigError(f"grace_epochs {self.grace_epochs} is more than epochs {self.epochs}")
-        if self.features and not storage.is_remote(self.features):
-            self.features = os.path.abspath(self.features)
+        self.features = storage.absolute(self.features)
         if not self.out and self.features:
             self.out = str(Path(self.features).parent / f"tune-{self.stage}")
         if storage.is_remote(self.out):

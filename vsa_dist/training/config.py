@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +54,7 @@ class TrainConfig(cfglib.Config):
         features and the fields named in ``paths``) are made absolute: the workers of a cluster do not share the
         driver's working folder, and Ray Train's workers on this machine run in a folder of their own."""
         for name in ("features", *paths):
-            value = getattr(self, name)
-            if value and not storage.is_remote(value):
-                setattr(self, name, os.path.abspath(value))
+            setattr(self, name, storage.absolute(getattr(self, name)))
         if not self.out:
             self.out = str(Path(self.features).parent / default_out) if self.features else ""
         if self.batch_size < min_batch * self.workers:
