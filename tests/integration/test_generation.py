@@ -81,10 +81,16 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
                  "--init", str((out / "best.pt").relative_to(tmp_path)), "--hidden", "128", "--word-dim", "128",
                  "--batch-size", "50",
                  "--epochs", "1", "--lr", "1e-4", "--beam-choices", "1", "--test", "false", "--register-as", "",
-                 "--sample-temperature", "0.5", "--experiment", "test-mrnn", "--progress", "false"])
+                 "--sample-temperature", "0.5", "--ema", "0.9", "--experiment", "test-mrnn", "--progress", "false"])
     history = client.get_metric_history(tuned["run_id"], "train_sample_cider")
     assert [m.step for m in history] == [1] and history[0].value > 0
     assert client.get_run(tuned["run_id"]).data.params["sample_temperature"] == "0.5"
+    # with --ema rank 0 keeps a moving average of the weights: dev scored it, and best.pt holds it, not the
+    # weights as trained (which the checkpoint keeps beside it, to resume)
+    [last] = (tmp_path / "scst").glob("ray/*/checkpoint_*/checkpoint.pt")
+    last, shipped = read_checkpoint(last, ("model", "averaged")), read_checkpoint(tmp_path / "scst" / "best.pt")
+    assert all(torch.equal(shipped["model"][k], last["averaged"][k]) for k in last["model"])
+    assert not all(torch.equal(last["model"][k], last["averaged"][k]) for k in last["model"])
     # it started from the trained model: one epoch at lr 1e-4 leaves its weights near that model's (a fresh model's
     # are as far from them as the weights are long). Weights, not dev CIDEr: on 50 dev images CIDEr moves too much.
     start, tuned_model = (read_checkpoint(path, ("model",))["model"]

@@ -33,6 +33,9 @@ class TrainConfig(cfglib.Config):
                                    "leaves second moments that stall a later, smaller one (docs/alignment.md)",
                               range="[0, inf)")
     dropout: float = option(0.5, "dropout on the non-recurrent layers", range="[0, 1)")
+    ema: float = option(0.0, "score, keep and ship an exponential moving average of the weights, updated after every "
+                             "step with this decay (0: the weights as trained; 0.998 averages about the last 500 "
+                             "steps)", range="[0, 1)")
     max_words: int = option(32, "longer sentences are cut", range="[1, inf)")
     workers: int = option(2, "Ray Train workers (DDP)", range="[1, inf)")
     use_gpu: bool = option(False, "one GPU per worker")

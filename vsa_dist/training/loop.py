@@ -4,7 +4,8 @@ bottom.
 A stage gives it a ``Task``: its model, its dev split, its step and its evaluation. The loop does the rest the same
 way for both: resume from the session's last checkpoint, wrap the model for DDP, stream each epoch's batches (with
 read-ahead), clip and step, time the data wait, and on rank 0 (the one rank that evaluates, logs and writes
-checkpoints) score dev, keep the best model, log to MLflow and report the epoch.
+checkpoints) score dev, keep the best model, log to MLflow and report the epoch. With ``ema`` rank 0 also keeps a
+moving average of the weights, and that average is what dev scores and what the best model keeps.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from vsa_dist.training.optim import epoch_lr, make_optimizer, set_lr
 from vsa_dist.training.run import all_cores, say
 from vsa_dist.training.session import InProcessSession, RayTrainSession, RunSpec
-from vsa_dist.training.state import end_epoch, restore
+from vsa_dist.training.state import end_epoch, moving_average, restore
 from vsa_dist.training.streams import DataClock, epoch_streams
 
 
@@ -68,11 +69,13 @@ def run_epochs(task: Task, session: RayTrainSession | InProcessSession | None = 
     model = task.build_model()
     optimizer = make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)
     with session.last_checkpoint() as checkpoint:
-        start_epoch, best, minutes_before = restore(checkpoint, model, optimizer)
+        start_epoch, best, minutes_before, saved_average = restore(checkpoint, model, optimizer)
     if start_epoch == 1:
         task.initialise(model)
     model = session.prepare_model(model)
     plain = model.module if hasattr(model, "module") else model
+    # the weights are the same on every worker after each DDP step: rank 0, which scores and saves, keeps the average
+    averaged = moving_average(plain, cfg.ema, saved_average) if rank == 0 else None  # on the model's device
     rows = task.rows_per_worker(world)
     # with read-ahead, the first epoch's shards are read while the task prepares (rank 0 loads dev)
     streams = epoch_streams(session.train_shard(), cfg, rows, device, start=start_epoch <= cfg.epochs)
@@ -96,6 +99,8 @@ def run_epochs(task: Task, session: RayTrainSession | InProcessSession | None = 
             else:
                 torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip)
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(plain)
             sums.update(step_sums)
             steps += 1
         timing = clock.metrics()
@@ -107,11 +112,12 @@ def run_epochs(task: Task, session: RayTrainSession | InProcessSession | None = 
                                    **train_metrics, **timing}
         state = None
         if rank == 0:
+            scored = plain if averaged is None else averaged.module
             with all_cores(cfg.threads, alone=session.evaluates_alone):
-                score, dev_metrics, dev_line = task.evaluate(plain)
+                score, dev_metrics, dev_line = task.evaluate(scored)
             # dev_score: what the best epoch (and a tuner) goes by; minutes: since the run began, resumes included
             metrics.update(dev_metrics, dev_score=score, minutes=minutes_before + (time.time() - started) / 60)
-            best, state = end_epoch(spec, logger, metrics, score, best, plain, optimizer)
+            best, state = end_epoch(spec, logger, metrics, score, best, plain, optimizer, scored)
             wait = f"data wait {100 * metrics['data_wait_share']:.1f}% ({metrics['first_batch_wait_s']:.1f} s of it " \
                    "for the first batch)"
             say(f"{task.name} epoch {epoch}/{cfg.epochs}: {train_line}, {dev_line}, {wait}")
