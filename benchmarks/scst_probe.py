@@ -79,13 +79,13 @@ def train_curve(cfg: argparse.Namespace, t: float, reward: CiderD, train_feature
     for step in range(1, cfg.steps + 1):
         first = (step * IMAGES_PER_STEP) % len(train_features)
         batch = order[first:first + IMAGES_PER_STEP]
-        loss, mean_reward = self_critical_loss(model, train_features[batch], train_tokens[batch], reward, SAMPLES,
-                                               end, MAX_LEN, t)
+        loss, logged = self_critical_loss(model, train_features[batch], train_tokens[batch], reward, SAMPLES,
+                                          end, MAX_LEN, t)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_value_(model.parameters(), CLIP)
         optimizer.step()
-        rewards.append(mean_reward)
+        rewards.append(logged["reward"])
         if step % cfg.every == 0:
             curve.append(dev_point(step))
     return curve

@@ -81,10 +81,15 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
                  "--init", str((out / "best.pt").relative_to(tmp_path)), "--hidden", "128", "--word-dim", "128",
                  "--batch-size", "50",
                  "--epochs", "1", "--lr", "1e-4", "--beam-choices", "1", "--test", "false", "--register-as", "",
-                 "--sample-temperature", "0.5", "--ema", "0.9", "--experiment", "test-mrnn", "--progress", "false"])
+                 "--sample-temperature", "0.5", "--ema", "0.9", "--experiment", "test-mrnn", "--progress", "false",
+                 # distilling a teacher on the samples: here the model it starts from, also given relative
+                 "--teacher", str((out / "best.pt").relative_to(tmp_path)), "--distill", "0.5"])
     history = client.get_metric_history(tuned["run_id"], "train_sample_cider")
     assert [m.step for m in history] == [1] and history[0].value > 0
-    assert client.get_run(tuned["run_id"]).data.params["sample_temperature"] == "0.5"
+    params = client.get_run(tuned["run_id"]).data.params
+    assert params["sample_temperature"] == "0.5" and params["teacher"] == str([str(out / "best.pt")])
+    [distilled] = client.get_metric_history(tuned["run_id"], "train_distill")
+    assert distilled.value > 0  # the teacher-to-student cross-entropy on the samples
     # with --ema rank 0 keeps a moving average of the weights: dev scored it, and best.pt holds it, not the
     # weights as trained (which the checkpoint keeps beside it, to resume)
     [last] = (tmp_path / "scst").glob("ray/*/checkpoint_*/checkpoint.pt")
@@ -281,7 +286,7 @@ def scst_reward_gain(checkpoint: Path, features: Path, steps: int, images: int =
         model.eval()
         with torch.no_grad():
             return self_critical_loss(model, image_features.float(), references.long(), reward, 20, model.args.end,
-                                      20)[1]
+                                      20)[1]["reward"]
 
     before = mean_reward()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -342,6 +347,10 @@ def test_bad_generator_configs_stop_before_any_work(tmp_path, mini_features, cap
         ),
         (["train-mrnn", "--features", str(mini_features), "--objective", "scst"], "objective scst needs --init"),
         (["train-mrnn", "--features", str(mini_features), "--attention", "true"], "attention needs cell lstm"),
+        (
+            ["train-mrnn", "--features", str(mini_features), "--teacher", str(generator)],
+            "--teacher and --distill go together, with objective scst",
+        ),
         (
             ["train-mrnn", "--features", str(mini_features), "--objective", "scst", "--init", str(tmp_path / "x.pt")],
             "x.pt: no such checkpoint",

@@ -291,6 +291,60 @@ def test_tempered_samples_come_from_the_sharpened_distribution():
     assert torch.equal(cold, model._unroll(features, 10, lambda lp: lp.argmax(dim=-1))[0])
 
 
+def test_sampled_distributions_are_the_models_own_at_any_temperature():
+    """What scst distils: at every sampled step the model's whole next-word distribution at temperature 1 (the one
+    greedy and beam decode), however sharply the words were drawn; its drawn word's entry is the sampled log-prob."""
+    model, features = tiny("lstm", vocab=40), torch.randn(6, 6)
+    torch.manual_seed(1)
+    ids, log_probs, distributions = model(features, sample_len=10, temperature=0.5, distributions=True)
+    assert distributions.requires_grad and distributions.shape == (*ids.shape, 40)
+    for i in range(len(features)):
+        words = [w for w in ids[i].tolist() if w != PAD]
+        torch.testing.assert_close(distributions[i, :len(words)].double(), step_log_probs(model, features[i], words),
+                                   rtol=0, atol=1e-4)
+
+
+def test_ensemble_teacher_forcing_is_its_step_by_step_distribution():
+    pair, features = ensemble_of("lstm-att+rnn"), image_features("lstm-att", 3)
+    words = [[2, 5, 3, 8], [4, 4, 2, 8], [6, 8, PAD, PAD]]
+    inputs = torch.tensor([[pair.args.end] + row[:-1] for row in words])
+    forced = pair._log_probs(pair(features, inputs))
+    for i, row in enumerate(words):
+        row = [w for w in row if w != PAD]
+        expected = torch.stack([step_log_probs(m, features[i], row) for m in pair.members]).mean(dim=0)
+        expected = expected - torch.logsumexp(expected, dim=-1, keepdim=True)
+        torch.testing.assert_close(forced[i, :len(row)].double(), expected, rtol=0, atol=1e-4)
+
+
+def test_distillation_pulls_the_student_to_the_teacher_where_the_student_goes():
+    """The distillation term on a student's own samples: no pull when student and teacher are one model (the
+    gradient is the difference of their distributions), and a few hundred steps of it alone make another model
+    decode the teacher's captions."""
+    from vsa_dist.models.mrnn import distillation_loss
+
+    features = torch.randn(4, 6)
+    teacher = MRNNEnsemble([tiny("lstm", seed=3, vocab=12)])
+    twin = tiny("lstm", seed=3, vocab=12)
+    ids, _, distributions = twin(features.repeat_interleave(5, dim=0), sample_len=6, distributions=True)
+    image_of = torch.arange(4).repeat_interleave(5)
+    distillation_loss(distributions, teacher, features, ids, image_of, twin.args.end).backward()
+    assert max(p.grad.abs().max() for p in twin.parameters()) < 1e-5
+
+    student = tiny("lstm", seed=8, vocab=12)
+    assert not torch.equal(student.greedy(features, 6), teacher.greedy(features, 6))
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(300):
+        ids, _, distributions = student(features.repeat_interleave(5, dim=0), sample_len=6, distributions=True)
+        loss = distillation_loss(distributions, teacher, features, ids, image_of, student.args.end)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) < 0.6 * sum(losses[:10]), losses[::30]  # it falls to the teacher's own entropy
+    assert torch.equal(student.greedy(features, 6), teacher.greedy(features, 6))
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_self_critical_training_raises_the_cider_of_samples(temperature):
     """A tiny model sampling captions for four images learns, from CIDEr-D rewards alone (no teacher
@@ -313,12 +367,12 @@ def test_self_critical_training_raises_the_cider_of_samples(temperature):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     rewards = []
     for _ in range(300):
-        loss, mean_reward = self_critical_loss(model, features, tokens, reward, samples=5, end=13, max_len=6,
-                                               temperature=temperature)
+        loss, logged = self_critical_loss(model, features, tokens, reward, samples=5, end=13, max_len=6,
+                                          temperature=temperature)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        rewards.append(mean_reward)
+        rewards.append(logged["reward"])
     after = greedy_cider()
     assert sum(rewards[:10]) / 10 < 1.0 and sum(rewards[-10:]) / 10 > 3 * sum(rewards[:10]) / 10, rewards[::10]
     assert max(before) < 1.0 and min(after) > 2.0, (before, after)

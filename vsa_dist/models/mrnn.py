@@ -200,19 +200,20 @@ class MRNN(nn.Module):
         return self.output(self.drop(state[0])), state
 
     def forward(self, features: torch.Tensor, inputs: torch.Tensor | None = None, sample_len: int = 0,
-                image_of: torch.Tensor | None = None,
-                temperature: float = 1.0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                image_of: torch.Tensor | None = None, temperature: float = 1.0,
+                distributions: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Teacher forcing: features [N, D] or [N, M, D], input ids [N, T] → logits [N, T, V]; with
         ``image_of`` [N], features are per image ([B, ...]) and sentence n is of image image_of[n].
 
         The same arithmetic as ``step`` at every t, but the input and output layers run once over all time
         steps (two large matrix products instead of 2T small ones); only the recurrence loops.
 
-        Without ``inputs``: ``sample(features, sample_len, temperature)``. Sampling goes through ``forward`` so that a
-        DistributedDataParallel wrapper sees it and averages the gradients of self-critical training.
+        Without ``inputs``: ``sample(features, sample_len, temperature, distributions)``. Sampling goes through
+        ``forward`` so that a DistributedDataParallel wrapper sees it and averages the gradients of self-critical
+        training.
         """
         if inputs is None:
-            return self.sample(features, sample_len, temperature)
+            return self.sample(features, sample_len, temperature, distributions)
         bias, state = self.start(features, image_of=image_of)
         step_inputs = self._step_input(inputs)                            # [N, T, H or E]
         hidden = []
@@ -229,19 +230,23 @@ class MRNN(nn.Module):
         return F.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
 
     def _unroll(self, features: torch.Tensor, max_len: int, choose, block_trigrams: bool = False,
-                continued: torch.Tensor | None = None, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                continued: torch.Tensor | None = None, temperature: float = 1.0,
+                distributions: bool = False) -> tuple[torch.Tensor, ...]:
         """One caption per row, word by word: ``choose`` picks each step's words [N] from the next-word
         log-probabilities [N, V] (with ``block_trigrams``, none that would repeat a trigram; with ``continued``, no
         END after those words, and none of them last: ``no_dangling_end``). (ids [N, L], END then PAD after a
-        sentence ends; the log-probability of each chosen word [N, L], 0 after the end.)"""
+        sentence ends; the log-probability of each chosen word [N, L], 0 after the end; with ``distributions``
+        also every step's whole next-word log-distribution [N, L, V], at temperature 1.)"""
         n, device = len(features), features.device
         bias, state = self.start(features)
         words = torch.full((n,), self.args.end, dtype=torch.long, device=device)
         done = torch.zeros(n, dtype=torch.bool, device=device)
-        ids, log_probs = [], []
+        ids, log_probs, steps = [], [], []
         for t in range(max_len):
             logits, state = self.step(words, state, bias if t == 0 else None)
             step_log_probs = self._log_probs(logits, temperature)
+            if distributions:  # the model's own distribution, whatever temperature the words are drawn at
+                steps.append(step_log_probs if temperature == 1.0 else self._log_probs(logits))
             candidates = step_log_probs.detach()
             if block_trigrams and ids:
                 candidates = candidates.masked_fill(repeated_trigrams(torch.stack(ids, dim=1), logits.shape[-1]),
@@ -253,16 +258,18 @@ class MRNN(nn.Module):
             done = done | (words == self.args.end)
             if done.all():
                 break
-        return torch.stack(ids, dim=1), torch.stack(log_probs, dim=1)
+        chosen = (torch.stack(ids, dim=1), torch.stack(log_probs, dim=1))
+        return (*chosen, torch.stack(steps, dim=1)) if distributions else chosen
 
-    def sample(self, features: torch.Tensor, max_len: int = 20,
-               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, features: torch.Tensor, max_len: int = 20, temperature: float = 1.0,
+               distributions: bool = False) -> tuple[torch.Tensor, ...]:
         """One caption per row drawn from the model (PAD and UNK excluded), with gradients: (ids [N, L], END
-        then PAD after a sentence ends; the log-probability of each drawn word [N, L], 0 after the end). With
-        ``temperature`` < 1 the words are drawn from the sharpened distribution, and the log-probabilities are
-        that distribution's (what a policy gradient through them needs)."""
+        then PAD after a sentence ends; the log-probability of each drawn word [N, L], 0 after the end; with
+        ``distributions``, every step's next-word log-distribution [N, L, V], untempered). With ``temperature`` < 1
+        the words are drawn from the sharpened distribution, and the log-probabilities are that distribution's (what
+        a policy gradient through them needs)."""
         return self._unroll(features, max_len, lambda log_probs: torch.multinomial(log_probs.exp(), 1).squeeze(1),
-                            temperature=temperature)
+                            temperature=temperature, distributions=distributions)
 
     @torch.no_grad()
     def greedy(self, features: torch.Tensor, max_len: int = 20, continued: torch.Tensor | None = None) -> torch.Tensor:
@@ -349,6 +356,12 @@ class MRNNEnsemble(nn.Module):
             at += count
         return torch.stack(log_probs).mean(dim=0), tuple(new_state)
 
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor,
+                image_of: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher forcing, as ``MRNN.forward``: the mean of the members' log-probabilities [N, T, V] (``_log_probs``
+        of it is the ensemble's next-word distribution, the same as ``step``'s)."""
+        return torch.stack([m._log_probs(m(features, inputs, image_of=image_of)) for m in self.members]).mean(dim=0)
+
     _log_probs = MRNN._log_probs  # renormalises the mean (log_softmax), PAD and UNK still excluded
     _unroll = MRNN._unroll
     greedy = MRNN.greedy
@@ -404,19 +417,49 @@ def reward_references(reward, tokens: torch.Tensor, end: int) -> list:
     return [reward.references([r for r in caption_ids(image, end) if r]) for image in tokens]
 
 
+def distillation_loss(student: torch.Tensor, teacher: MRNNEnsemble, features: torch.Tensor, ids: torch.Tensor,
+                      image_of: torch.Tensor, end: int) -> torch.Tensor:
+    """Word-level knowledge distillation on the student's own captions (on-policy; Kim & Rush 2016 at the word
+    level, Agarwal et al. 2024 on the student's samples): at every step of the sampled captions ``ids`` [N, L], the
+    cross-entropy from the teacher's next-word distribution to the student's (``student``: its log-distributions
+    [N, L, V], with gradients), i.e. KL(teacher || student) up to the teacher's entropy. Summed over each caption's
+    words (END included), averaged over captions. The teacher reads the images ``features[image_of]`` and the same
+    prefixes, in eval mode, without gradients."""
+    inputs = torch.cat([torch.full_like(ids[:, :1], end), ids[:, :-1]], dim=1)
+    with torch.no_grad():
+        target = teacher._log_probs(teacher(features, inputs, image_of=image_of)).exp()     # [N, L, V]
+    # PAD and UNK are -inf for both; 0 * -inf would be nan, and neither model ever puts mass there
+    cross_entropy = -(target * student.clamp(min=-1e4)).sum(dim=-1)                        # [N, L]
+    return (cross_entropy * (ids != PAD)).sum(dim=1).mean()
+
+
 def self_critical_loss(model: torch.nn.Module, features: torch.Tensor, tokens: torch.Tensor, reward,
-                       samples: int, end: int, max_len: int, temperature: float = 1.0) -> tuple[torch.Tensor, float]:
+                       samples: int, end: int, max_len: int, temperature: float = 1.0,
+                       teacher: MRNNEnsemble | None = None,
+                       distill: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Self-critical sequence training (Rennie et al. 2017) with the mean-of-the-others baseline (Luo 2020):
     ``samples`` captions drawn per image, each rewarded by its CIDEr-D against the image's references, and
     pushed up or down by how much it beats the image's other samples; no greedy decode is needed.
-    Images [B, D], their sentences [B, S, T] → (loss, mean reward of the samples). ``reward`` scores a caption
-    against references (``vsa_dist.eval.cider.CiderD``). ``temperature`` < 1 draws from the sharpened
-    distribution, whose samples are the greedy caption's neighbours rather than the long tail, and whose
-    expected reward is the objective (it nears the greedy caption's as the temperature falls)."""
-    ids, log_probs = model(features.repeat_interleave(samples, dim=0), sample_len=max_len, temperature=temperature)
+    Images [B, D], their sentences [B, S, T] → (loss, {"reward": mean reward of the samples, and with a teacher
+    "distill": the mean ``distillation_loss``}). ``reward`` scores a caption against references
+    (``vsa_dist.eval.cider.CiderD``). ``temperature`` < 1 draws from the sharpened distribution, whose samples are
+    the greedy caption's neighbours rather than the long tail, and whose expected reward is the objective (it nears
+    the greedy caption's as the temperature falls). With ``teacher`` (beyond the paper), ``distill`` x the
+    ``distillation_loss`` toward it on the same samples is added: an ensemble's next-word distributions, taught to
+    one model where that model goes."""
+    drawn = model(features.repeat_interleave(samples, dim=0), sample_len=max_len, temperature=temperature,
+                  distributions=teacher is not None)
+    ids, log_probs = drawn[:2]
     references = reward_references(reward, tokens, end)
     scores = torch.tensor([reward.score(caption, references[i // samples])
                            for i, caption in enumerate(caption_ids(ids, end))], device=log_probs.device)
     scores = scores.view(-1, samples)
     advantage = scores - (scores.sum(dim=1, keepdim=True) - scores) / (samples - 1)
-    return -(advantage.view(-1) * log_probs.sum(dim=1)).mean(), scores.mean().item()
+    loss = -(advantage.view(-1) * log_probs.sum(dim=1)).mean()
+    logged = {"reward": scores.mean().item()}
+    if teacher is not None:
+        image_of = torch.arange(len(features), device=features.device).repeat_interleave(samples)
+        kd = distillation_loss(drawn[2], teacher, features, ids, image_of, end)
+        loss = loss + distill * kd
+        logged["distill"] = kd.item()
+    return loss, logged

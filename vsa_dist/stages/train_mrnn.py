@@ -71,9 +71,15 @@ class MRNNConfig(training.TrainConfig):
                              range="[1, inf)")
     sample_temperature: float = option(1.0, "scst: draw the samples from softmax(logits / this); below 1 they are the "
                                             "greedy caption's neighbours, not the long tail", range="(0, inf)")
+    teacher: list[str] = option([], "scst: generator checkpoints decoded as one (an ensemble, as vsa eval captions "
+                                    "--ensemble) whose next-word distributions the samples are pulled toward, by "
+                                    "--distill (beyond the paper: one model learns what the ensemble knows)")
+    distill: float = option(0.0, "scst with --teacher: weight of the distillation term (the teacher-to-student "
+                                 "cross-entropy summed over a sample's words) beside the self-critical loss",
+                            range="[0, inf)")
 
     def validate(self) -> None:
-        self.validate_training(default_out="mrnn", min_batch=5, paths=("init", "snippets"))
+        self.validate_training(default_out="mrnn", min_batch=5, paths=("init", "snippets", "teacher"))
         if self.attention and (self.cell != "lstm" or self.snippets):
             raise cfglib.ConfigError("attention needs cell lstm and no snippets (a snippet's region is one row, "
                                      "nothing to attend over)")
@@ -83,6 +89,9 @@ class MRNNConfig(training.TrainConfig):
         if self.objective == "scst" and (self.snippets or self.samples < 2):
             raise cfglib.ConfigError("objective scst needs samples >= 2 and no snippets (a region's snippets are "
                                      "not references for a whole caption)")
+        if bool(self.teacher) != bool(self.distill) or (self.teacher and self.objective != "scst"):
+            raise cfglib.ConfigError("--teacher and --distill go together, with objective scst (the teacher is "
+                                     "distilled on the self-critical samples)")
         if not self.beam_choices or min(self.beam_choices) < 1:
             raise cfglib.ConfigError("beam_choices must be a list of sizes >= 1")
 
@@ -97,24 +106,29 @@ class MRNNConfig(training.TrainConfig):
                 raise cfglib.ConfigError(f"snippets: {err} (make it with vsa align-snippets)") from err
             if snippets.get("kind") != "snippets" or not snippets["splits"].get("train", {}).get("images"):
                 raise cfglib.ConfigError(f"snippets {self.snippets}: not a snippet folder with train images")
-        if self.init:
-            self.check_init()
+        for role, checkpoint in ([("init", self.init)] if self.init else []) + [("teacher", t) for t in self.teacher]:
+            self.check_init(checkpoint, role)
         from vsa_dist.eval.captions import require_java
 
         require_java()  # dev CIDEr every epoch: fail now, not after the first epoch
 
-    def check_init(self) -> None:
-        """The --init checkpoint must be a generator of this shape over this feature folder's vocabulary."""
+    def check_init(self, checkpoint: str, role: str) -> None:
+        """An --init or --teacher checkpoint must be a generator over this feature folder's vocabulary, and one of
+        this shape for --init."""
         from vsa_dist.features.format import load_features_manifest
 
-        if not storage.exists(self.init):
-            raise cfglib.ConfigError(f"init {self.init}: no such checkpoint")
+        if not storage.exists(checkpoint):
+            raise cfglib.ConfigError(f"{role} {checkpoint}: no such checkpoint")
         try:
             from vsa_dist.checkpoints import read_checkpoint
 
-            saved = read_checkpoint(storage.fetch(self.init))
+            saved = read_checkpoint(storage.fetch(checkpoint))
         except cfglib.ConfigError as err:  # a folder, a truncated file, not a torch checkpoint: say which and why
-            raise cfglib.ConfigError(f"init: {err}") from err
+            raise cfglib.ConfigError(f"{role}: {err}") from err
+        if saved.get("vocab") != load_features_manifest(self.features)["vocab"]["words"]:
+            raise cfglib.ConfigError(f"{role} {checkpoint}: its vocabulary is not the one of {self.features}")
+        if role == "teacher":  # any generator over these words can teach, whatever its shape
+            return
         config = {"feature_norm": "unit", "attention": False, **saved.get("config", {})}
         differ = [
             k for k in ("cell", "hidden", "word_dim", "feature_norm", "attention") if config.get(k) != getattr(self, k)
@@ -122,8 +136,6 @@ class MRNNConfig(training.TrainConfig):
         if differ:
             raise cfglib.ConfigError(f"init {self.init}: trained with a different " + ", ".join(
                 f"{k} ({config.get(k)!r}, here {getattr(self, k)!r})" for k in differ))
-        if saved.get("vocab") != load_features_manifest(self.features)["vocab"]["words"]:
-            raise cfglib.ConfigError(f"init {self.init}: its vocabulary is not the one of {self.features}")
 
 
 
@@ -167,9 +179,15 @@ class MRNNTask:
         from vsa_dist.eval.cider import CiderD
 
         cfg, index = self.cfg, word_index(self.vocab)
-        self.reward = None
+        self.reward = self.teacher = None
         if cfg.objective == "scst":  # document frequencies from every train image's references, encoded as in training
             self.reward = CiderD(split_sentence_ids(cfg.features, "train", index, cfg.max_words))
+        if cfg.teacher:  # every worker distils its own samples: each holds the teacher, frozen
+            from vsa_dist.checkpoints import load_generator
+            from vsa_dist.models.mrnn import MRNNEnsemble
+
+            self.teacher = MRNNEnsemble([load_generator(storage.fetch(path))[0] for path in cfg.teacher]).eval()
+            self.teacher.requires_grad_(False)
         if rank == 0:
             self.dev = load_split(cfg.features, "dev", index, cfg.max_words, not cfg.attention)
             self.dev_features = torch.from_numpy(self.dev["features"]).float()
@@ -183,10 +201,9 @@ class MRNNTask:
 
         cfg = self.cfg
         if self.reward is not None:
-            loss, mean_reward = self_critical_loss(model, batch["features"].float(), batch["tokens"].long(),
-                                                   self.reward, cfg.samples, plain.args.end, cfg.max_len,
-                                                   cfg.sample_temperature)
-            return loss, {"reward": mean_reward}
+            return self_critical_loss(model, batch["features"].float(), batch["tokens"].long(), self.reward,
+                                      cfg.samples, plain.args.end, cfg.max_len, cfg.sample_temperature,
+                                      self.teacher, cfg.distill)
         image_of, sentences = sentence_rows(batch["tokens"].long())
         inputs, targets = teacher_forcing(sentences, plain.args.end)
         logits = model(batch["features"].float(), inputs, image_of=image_of)
@@ -202,7 +219,10 @@ class MRNNTask:
         if self.reward is not None:
             metrics = {"train_sample_cider": sums["reward"] / max(steps, 1),
                        "images_per_s": steps * self.rows * world / seconds}
-            return metrics, (f"train sample CIDEr-D {metrics['train_sample_cider']:.3f}, "
+            if self.teacher is not None:
+                metrics["train_distill"] = sums["distill"] / max(steps, 1)
+            distilled = f", distill {metrics['train_distill']:.3f}" if self.teacher is not None else ""
+            return metrics, (f"train sample CIDEr-D {metrics['train_sample_cider']:.3f}{distilled}, "
                              f"{metrics['images_per_s']:.1f} images/s")
         metrics = {"train_perplexity": perplexity_of(sums["nll"], sums["words"]),
                    "words_per_s": sums["words"] * world / seconds}

@@ -57,7 +57,9 @@ class TrainConfig(cfglib.Config):
         features and the fields named in ``paths``) are made absolute: the workers of a cluster do not share the
         driver's working folder, and Ray Train's workers on this machine run in a folder of their own."""
         for name in ("features", *paths):
-            setattr(self, name, storage.absolute(getattr(self, name)))
+            value = getattr(self, name)  # one path, or a list of them
+            setattr(self, name, [storage.absolute(v) for v in value] if isinstance(value, list)
+                    else storage.absolute(value))
         if not self.out:
             self.out = str(Path(self.features).parent / default_out) if self.features else ""
         if self.batch_size < min_batch * self.workers:
