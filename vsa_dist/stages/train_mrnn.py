@@ -219,9 +219,10 @@ class MRNNTask:
         if self.reward is not None:
             metrics = {"train_sample_cider": sums["reward"] / max(steps, 1),
                        "images_per_s": steps * self.rows * world / seconds}
+            distilled = ""
             if self.teacher is not None:
                 metrics["train_distill"] = sums["distill"] / max(steps, 1)
-            distilled = f", distill {metrics['train_distill']:.3f}" if self.teacher is not None else ""
+                distilled = f", distill {metrics['train_distill']:.3f}"
             return metrics, (f"train sample CIDEr-D {metrics['train_sample_cider']:.3f}{distilled}, "
                              f"{metrics['images_per_s']:.1f} images/s")
         metrics = {"train_perplexity": perplexity_of(sums["nll"], sums["words"]),
