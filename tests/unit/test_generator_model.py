@@ -74,6 +74,34 @@ def test_teacher_forcing_starts_and_ends_with_end():
     assert targets.tolist() == [[3, 4, 8, 0], [5, 8, 0, 0]]
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "lstm-att"])
+def test_teacher_forcing_over_the_words_only_is_the_padded_forward_at_every_word(cell):
+    """The packed forward (sentences sorted by length, the recurrence on the ones still running) gives the padded
+    forward's logits at every non-PAD target, for sentences of several images out of order, and the same gradients."""
+    model = tiny(cell, vocab=40)
+    features = image_features(cell, 3)
+    sentences = torch.tensor([[3, 4, 5, 6, 7], [9, 0, 0, 0, 0], [10, 11, 12, 0, 0], [13, 14, 0, 0, 0]])
+    image_of = torch.tensor([2, 0, 2, 1])
+    inputs, targets = teacher_forcing(sentences, model.args.end)
+    padded = model(features, inputs, image_of=image_of)
+    packed, packed_targets = model(features, inputs, image_of=image_of, targets=targets)
+    assert len(packed) == len(packed_targets) == int((targets != PAD).sum()) == 6 + 2 + 4 + 3
+    lengths, longest_first = [6, 2, 4, 3], [0, 2, 3, 1]  # step by step, the sentences still running
+    at = [(n, t) for t in range(6) for n in longest_first if lengths[n] > t]
+    torch.testing.assert_close(packed, torch.stack([padded[n, t] for n, t in at]))
+    assert packed_targets.tolist() == [int(targets[n, t]) for n, t in at]
+    padded_nll, count = token_nll(padded, targets)
+    packed_nll, packed_count = token_nll(packed, packed_targets)
+    assert packed_count == count
+    torch.testing.assert_close(packed_nll, padded_nll)
+    grads = torch.autograd.grad(padded_nll, list(model.parameters()), allow_unused=True)
+    packed_grads = torch.autograd.grad(packed_nll, list(model.parameters()), allow_unused=True)
+    largest = max(float(g.abs().max()) for g in grads if g is not None)
+    for name, (g, h) in zip([n for n, _ in model.named_parameters()], zip(grads, packed_grads)):
+        if g is not None:  # float32 sums in another order: equal to ~1e-6 of the largest gradient
+            torch.testing.assert_close(h, g, rtol=1e-4, atol=1e-5 * largest, msg=name)
+
+
 def test_attention_is_soft_attention_over_the_images_rows():
     """Step by step: the previous hidden state weighs the rows (whole image first), their weighted values join
     the word vector as the LSTM's input, and the whole image's vector is added to x_1 as without attention."""
@@ -261,11 +289,15 @@ def test_label_smoothing_mixes_the_reference_word_with_the_whole_vocabulary():
     torch.testing.assert_close(smoothed, 0.9 * plain + 0.1 * uniform)
 
 
-def test_sampled_log_probs_are_the_models_and_carry_gradients():
-    model, features = tiny("lstm", vocab=40), torch.randn(6, 6)
+@pytest.mark.parametrize("cell", ["lstm", "lstm-att"])  # (the tiny rnn's samples all run to the length limit)
+def test_sampled_log_probs_are_the_models_and_carry_gradients(cell):
+    """Sampling computes only the captions still running (their state shrinks as others end): every caption's
+    log-probability is still its own under the model, whatever ended beside it."""
+    model, features = tiny(cell, vocab=40), image_features(cell, 6)
     torch.manual_seed(1)
     ids, log_probs = model(features, sample_len=10)  # through forward, as DDP sees it
     assert log_probs.requires_grad
+    assert len({int((row != PAD).sum()) for row in ids}) > 1  # captions of several lengths: some ended before others
     for i in range(len(features)):
         words = [w for w in ids[i].tolist() if w != PAD]
         assert words.count(model.args.end) <= 1 and not set(words) & set(NEVER_GENERATED)
@@ -302,6 +334,7 @@ def test_sampled_distributions_are_the_models_own_at_any_temperature():
         words = [w for w in ids[i].tolist() if w != PAD]
         torch.testing.assert_close(distributions[i, :len(words)].double(), step_log_probs(model, features[i], words),
                                    rtol=0, atol=1e-4)
+        assert torch.all(distributions[i, len(words):] == 0)
 
 
 def test_ensemble_teacher_forcing_is_its_step_by_step_distribution():
@@ -318,31 +351,43 @@ def test_ensemble_teacher_forcing_is_its_step_by_step_distribution():
 
 def test_distillation_pulls_the_student_to_the_teacher_where_the_student_goes():
     """The distillation term on a student's own samples: no pull when student and teacher are one model (the
-    gradient is the difference of their distributions), and a few hundred steps of it alone make another model
-    decode the teacher's captions."""
-    from vsa_dist.models.mrnn import distillation_loss
+    gradient is the difference of their distributions), and a few hundred steps of it alone bring another model's
+    next-word distributions onto the teacher's along the teacher's own captions, where the student decodes."""
+    from vsa_dist.models.mrnn import caption_ids, distillation_loss
 
+    torch.manual_seed(0)
     features = torch.randn(4, 6)
-    teacher = MRNNEnsemble([tiny("lstm", seed=3, vocab=12)])
+    teacher_model = tiny("lstm", seed=3, vocab=12)
+    teacher = MRNNEnsemble([teacher_model])
     twin = tiny("lstm", seed=3, vocab=12)
     ids, _, distributions = twin(features.repeat_interleave(5, dim=0), sample_len=6, distributions=True)
     image_of = torch.arange(4).repeat_interleave(5)
     distillation_loss(distributions, teacher, features, ids, image_of, twin.args.end).backward()
     assert max(p.grad.abs().max() for p in twin.parameters()) < 1e-5
 
+    end = teacher_model.args.end
+    teacher_captions = [list(c) + [end] for c in caption_ids(teacher.greedy(features, 6), end)]
+
+    def kl_on_teacher_captions(student: MRNN) -> float:  # mean KL(teacher || student) a step
+        kls = []
+        for feature, words in zip(features, teacher_captions):
+            p, q = step_log_probs(teacher_model, feature, words), step_log_probs(student, feature, words)
+            kls.append(float((p.exp() * (p - q)).nan_to_num().sum(dim=-1).mean()))
+        return sum(kls) / len(kls)
+
     student = tiny("lstm", seed=8, vocab=12)
-    assert not torch.equal(student.greedy(features, 6), teacher.greedy(features, 6))
+    before = kl_on_teacher_captions(student)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-2)
-    losses = []
     for _ in range(300):
         ids, _, distributions = student(features.repeat_interleave(5, dim=0), sample_len=6, distributions=True)
         loss = distillation_loss(distributions, teacher, features, ids, image_of, student.args.end)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-    assert sum(losses[-10:]) < 0.6 * sum(losses[:10]), losses[::30]  # it falls to the teacher's own entropy
-    assert torch.equal(student.greedy(features, 6), teacher.greedy(features, 6))
+    after = kl_on_teacher_captions(student)
+    # ~100-200x over seeds of the images. Not greedy captions equal to the teacher's: this teacher's top two words
+    # are often within a few percent, and at such a near-tie a student this close can still choose the other
+    assert before > 0.3 and after < before / 20, (before, after)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])

@@ -101,7 +101,8 @@ def perplexity(model: MRNN, features: torch.Tensor, tokens: torch.Tensor, chunk:
         inputs, targets = teacher_forcing(sentences[start:start + chunk], model.args.end)
         images = image_of[start:start + chunk]
         first = int(images[0])  # the chunk's sentences are of consecutive images: pass only those
-        nll, n = token_nll(model(features[first:int(images[-1]) + 1], inputs, image_of=images - first), targets)
+        nll, n = token_nll(*model(features[first:int(images[-1]) + 1], inputs, image_of=images - first,
+                                  targets=targets))
         total, count = total + float(nll), count + int(n)
     return perplexity_of(total, count)
 

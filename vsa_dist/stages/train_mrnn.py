@@ -206,7 +206,7 @@ class MRNNTask:
                                       self.teacher, cfg.distill)
         image_of, sentences = sentence_rows(batch["tokens"].long())
         inputs, targets = teacher_forcing(sentences, plain.args.end)
-        logits = model(batch["features"].float(), inputs, image_of=image_of)
+        logits, targets = model(batch["features"].float(), inputs, image_of=image_of, targets=targets)  # words only
         loss, words = token_nll(logits, targets, cfg.label_smoothing)
         # the logged train perplexity is of the model, whatever the loss smoothed
         nll = token_nll(logits.detach(), targets)[0] if cfg.label_smoothing else loss.detach()
