@@ -23,10 +23,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from vsa_dist import config as cfglib  # noqa: E402
 from vsa_dist.data.pairs import load_split, word_index  # noqa: E402
 from vsa_dist.features.format import load_features_manifest  # noqa: E402
-from vsa_dist.models.mrnn import MRNN, PAD, MRNNArgs, sentence_rows, teacher_forcing, token_nll  # noqa: E402
+from vsa_dist.models.mrnn import MRNN, PAD, sentence_rows, teacher_forcing, token_nll  # noqa: E402
 from vsa_dist.paths import runs_root  # noqa: E402
+from vsa_dist.stages.train_mrnn import MRNNConfig, model_args  # noqa: E402
 
 IMAGES_PER_STEP = 20
 
@@ -43,7 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     vocab = load_features_manifest(cfg.features)["vocab"]["words"]
     train = load_split(cfg.features, "train", word_index(vocab), 20, False)
     features, tokens = torch.from_numpy(train["features"]).float(), torch.from_numpy(train["tokens"]).long()
-    model = MRNN(MRNNArgs(vocab_size=len(vocab) + 3, feature_dim=features.shape[-1], cell="lstm", attention=True))
+    # the model the stage builds from the preset, so the two cannot drift apart
+    preset = cfglib.resolve(MRNNConfig, "train_mrnn_attention", {"features": cfg.features}, validate=False)
+    model = MRNN(model_args(preset, len(vocab), features.shape[-1]))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     order = torch.randperm(len(features))
     seconds: dict[str, list[float]] = {"padded": [], "packed": []}

@@ -233,9 +233,10 @@ class MRNN(nn.Module):
         """Teacher forcing over the words only: sentences sorted longest first, so the ones still running at step t are
         a prefix of the batch and the recurrence runs on that prefix (the state only shrinks: a slice, no copy).
         Training sentences are cut at 20 words, so a batch of 100 usually runs 21 steps while its mean sentence has
-        12: the padded forward spends ~40% of the recurrence and of the vocabulary-wide output layer on PAD. Returns
-        (logits [K, V], targets [K]) for the K non-PAD targets, in (step, sorted sentence) order: per-word losses and
-        their sum are those of the padded forward, whose dropout draws it does not reproduce."""
+        12: the padded forward spends ~44% of the recurrence and of the vocabulary-wide output layer on PAD
+        (benchmarks/mrnn_step.py). Returns (logits [K, V], targets [K]) for the K non-PAD targets, in (step, sorted
+        sentence) order: per-word losses and their sum are those of the padded forward, whose dropout draws it does
+        not reproduce."""
         lengths = (targets != PAD).sum(dim=1)
         order = lengths.argsort(descending=True)
         lengths, inputs, targets = lengths[order], inputs[order], targets[order]
