@@ -222,8 +222,9 @@ def test_ray_job_submit_runs_the_pipeline_into_a_shared_mlflow_server(tmp_path, 
     captions = json.loads((run_dir / "mrnn" / "summary.json").read_text())
     assert set(align["test"]) == {"annotation", "search"}
     assert set(captions["test"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "bleu_length_ratio", "meteor", "rouge_l",
-                                     "cider", "distinct_captions"}
+                                     "cider", "distinct_captions", "distinct_words"}
     assert 1 <= captions["test"]["distinct_captions"] <= 50  # of the mini set's 50 test images
+    assert 1 <= captions["test"]["distinct_words"] <= 20 * captions["test"]["distinct_captions"]
     # the pipeline's own record: the whole command's minutes beside both models' test scores
     record = json.loads((run_dir / "summary.json").read_text())
     assert record["kind"] == "pipeline" and record["minutes"] >= sum(record["stage_minutes"].values()) - 0.05

@@ -91,6 +91,44 @@ def test_roi_features_of_the_mini_set(mini_features, mini_shards):
         np.testing.assert_allclose(rec["features"][5], region.numpy(), rtol=0.05, atol=0.05)
 
 
+def test_mirrored_features_are_the_mirrored_images_and_join_the_train_stream(tmp_path, mini_features, mini_shards,
+                                                                            ray_cluster):
+    """``--flip`` makes the features of each image mirrored left to right (the grid's boxes mirror with it), in a
+    folder that ``train-mrnn --augment`` accepts: its train rows join the plain folder's in one stream."""
+    from vsa_dist.stages.train_mrnn import check_augment_folder
+    from vsa_dist.training import train_dataset
+
+    out = tmp_path / "mirrored"
+    features("--shards", str(mini_shards), "--out", str(out), "--flip", "true", "--splits", "train")
+    manifest = load_features_manifest(out)
+    assert manifest["settings"]["flip"] is True and load_features_manifest(mini_features)["settings"]["flip"] is False
+    assert {s: v["images"] for s, v in manifest["splits"].items()} == {"train": 100}
+    check_same_settings({"plain": load_features_manifest(mini_features), "mirrored": manifest})  # no error
+    check_augment_folder(str(mini_features), str(out))
+
+    plain, mirrored, images = read_features(mini_features), read_features(out), read_images(mini_shards, ["train"])
+    assert mirrored.keys() == images.keys()
+    backbone = load_backbone()
+    trunk = fold_batchnorm(backbone.trunk)
+    for key in list(mirrored)[:3]:
+        rec = mirrored[key]
+        x1, y1, x2, y2 = rec["boxes"].T
+        # the grid is symmetric: mirroring a chosen box gives one of the plain image's candidates
+        mirror_boxes = np.stack([rec["width"] - x2, y1, rec["width"] - x1, y2], 1)
+        assert all(np.isclose(plain[key]["proposals"], box, atol=1e-3).all(1).any() for box in mirror_boxes)
+        image = torch.from_numpy(decode_rgb(images[key]["jpg"])[:, ::-1].copy()).permute(2, 0, 1)[None].float()
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16,
+                                                    enabled=manifest["settings"]["precision"] == "bf16"):
+            whole = trunk(backbone.normalize(image)).float().mean(dim=(2, 3))[0].numpy()
+        np.testing.assert_allclose(rec["features"][0], whole, rtol=0.05, atol=0.05)
+        # and not the plain image's: a CNN's pooled features are not mirror-invariant
+        assert np.abs(rec["features"][0].astype(np.float32) - plain[key]["features"][0]).max() > 0.1
+
+    vocab = load_features_manifest(mini_features)["vocab"]["words"]
+    assert train_dataset(str(mini_features), vocab, 20).count() == 100
+    assert train_dataset(str(mini_features), vocab, 20, augment=[str(out)]).count() == 200
+
+
 def test_uint8_channels_last_batches_give_the_same_features(mini_images):
     """Images at the input size are stacked as uint8 pixels in channels_last order (no float copy, no layout
     conversion); resized or NCHW batches take the general path. Both must give the same numbers."""

@@ -346,6 +346,10 @@ def test_bad_generator_configs_stop_before_any_work(tmp_path, mini_features, cap
             "label_smoothing 1.0 is outside its range [0, 1)",
         ),
         (["train-mrnn", "--features", str(mini_features), "--objective", "scst"], "objective scst needs --init"),
+        (
+            ["train-mrnn", "--features", str(mini_features), "--augment", str(tmp_path)],
+            "augment: " + str(tmp_path / "manifest.json") + ": no feature manifest",
+        ),
         (["train-mrnn", "--features", str(mini_features), "--attention", "true"], "attention needs cell lstm"),
         (
             ["train-mrnn", "--features", str(mini_features), "--teacher", str(generator)],

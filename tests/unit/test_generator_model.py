@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from vsa_dist.eval.captions import caption_metrics, perplexity_of
+from vsa_dist.eval.captions import caption_metrics, diversity, perplexity_of
 from vsa_dist.models.mrnn import (
     MRNN,
     NEVER_GENERATED,
@@ -456,3 +456,9 @@ def test_perplexity_of_a_diverged_model_is_inf_not_an_error():
     assert perplexity_of(10 * math.log(7.0), 10) == pytest.approx(7.0)
     assert perplexity_of(0.0, 0) == 1.0  # no words: nothing to be perplexed by
     assert perplexity_of(1e6, 10) == math.inf  # exp(1e5) overflows a float: the run goes on and logs inf
+
+
+def test_diversity_counts_distinct_captions_and_the_words_in_use():
+    looping = ["a man in a red shirt"] * 3 + ["a man in a red in a red"]
+    assert diversity(looping) == {"distinct_captions": 2, "distinct_words": 5}  # a man in red shirt
+    assert diversity(["two dogs play", "a girl swings"]) == {"distinct_captions": 2, "distinct_words": 6}

@@ -115,6 +115,13 @@ def score_captions(
     return caption_metrics(references, candidates, *(() if metrics is None else (metrics,)))
 
 
+def diversity(captions: list[str]) -> dict[str, int]:
+    """How varied a model's captions are: distinct captions, and distinct words in use over all of them (a model that
+    loops or falls back on a few safe sentences scores low on both, whatever its n-gram scores)."""
+    return {"distinct_captions": len(set(captions)),
+            "distinct_words": len({word for caption in captions for word in caption.split()})}
+
+
 def captions_line(scores: dict[str, float] | None) -> str:
     """Caption scores x 100, as papers print them."""
     if not scores:

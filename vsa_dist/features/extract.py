@@ -43,6 +43,7 @@ class ExtractorSettings:
     channels_last: bool = True
     precision: str = "fp32"     # or bf16: autocast, where the hardware runs it natively
     max_pixels: int = DEFAULT_MAX_PIXELS  # images above this are refused from their header, before decoding
+    flip: bool = False          # mirror every image left to right first (a training augmentation's second folder)
 
 
 def describe(settings: ExtractorSettings, spec: dict[str, Any]) -> dict[str, Any]:
@@ -55,13 +56,14 @@ def describe(settings: ExtractorSettings, spec: dict[str, Any]) -> dict[str, Any
         "std": list(spec["std"]), "feature_dim": spec["feature_dim"], "region_mode": settings.region_mode,
         "proposals": settings.proposals, "num_regions": settings.num_regions, "roi_size": settings.roi_size,
         "nms_iou": settings.nms_iou, "max_proposals": settings.max_proposals, "precision": settings.precision,
-        "dtype": "float16",
+        "dtype": "float16", "flip": settings.flip,
     }
 
 
-def decode_rgb(jpeg: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_rgb(jpeg: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, flip: bool = False) -> np.ndarray:
     """Image bytes → uint8 [H, W, 3] RGB as shown (OpenCV applies the EXIF orientation, as ``check_jpeg`` does for
-    the shard's width and height). ValueError saying why not: no bytes, too many pixels, does not decode."""
+    the shard's width and height), mirrored left to right with ``flip``. ValueError saying why not: no bytes, too
+    many pixels, does not decode."""
     if not isinstance(jpeg, bytes):  # a sample without its image member (or a link in the tar, which has no bytes)
         raise ValueError("the sample has no image bytes")
     try:
@@ -71,11 +73,12 @@ def decode_rgb(jpeg: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
     array = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if array is None:
         raise ValueError("image does not decode")
-    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(rgb[:, ::-1]) if flip else rgb
 
 
 def add_proposals(batch: dict[str, np.ndarray], method: str = "selective-search", max_proposals: int = 200,
-                  min_proposals: int = 19) -> dict[str, np.ndarray]:
+                  min_proposals: int = 19, flip: bool = False) -> dict[str, np.ndarray]:
     """Candidate boxes per image (``proposals`` column, npy bytes; empty bytes where the image fails).
 
     Runs as its own stage (plain Ray tasks) ahead of the CNN actors: selective search is CPU work that
@@ -84,7 +87,7 @@ def add_proposals(batch: dict[str, np.ndarray], method: str = "selective-search"
     out = []
     for jpeg in batch.get("jpg", [None] * len(batch["__key__"])):
         try:
-            image = decode_rgb(jpeg)
+            image = decode_rgb(jpeg, flip=flip)  # the boxes of the image the CNN will see
         except ValueError:
             out.append(b"")  # the CNN stage decodes again and records the reason
             continue
@@ -117,7 +120,7 @@ class RegionExtractor:
         self.model_name = backbone.spec.name
 
     def _decode(self, jpeg: bytes | None) -> torch.Tensor:
-        return torch.from_numpy(decode_rgb(jpeg, self.settings.max_pixels)).permute(2, 0, 1)
+        return torch.from_numpy(decode_rgb(jpeg, self.settings.max_pixels, self.settings.flip)).permute(2, 0, 1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Per call, not in __init__: OpenMP's thread count is per calling thread, and a Ray actor may run

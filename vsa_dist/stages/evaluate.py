@@ -117,7 +117,7 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
     import torch
 
     from vsa_dist.checkpoints import load_generator
-    from vsa_dist.eval.captions import score_captions
+    from vsa_dist.eval.captions import diversity, score_captions
     from vsa_dist.models.mrnn import generate
 
     model, state = load_generator(storage.fetch(cfg.checkpoint))
@@ -137,7 +137,7 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
     metrics = score_captions(split, captions)
     return _finish(cfg, {"split": cfg.split, "images": len(captions), "beam": beam, "length_penalty": penalty,
                          "mean_words": sum(len(c.split()) for c in captions) / len(captions),
-                         "distinct_captions": len(set(captions)), **_ensemble_record(cfg), **metrics})
+                         **diversity(captions), **_ensemble_record(cfg), **metrics})
 
 
 def run_snippets(cfg: EvalConfig) -> dict[str, Any]:
@@ -187,7 +187,7 @@ def run_regions(cfg: RegionEvalConfig) -> dict[str, Any]:
 
     from vsa_dist.checkpoints import load_generator
     from vsa_dist.data.shards import load_manifest, read_samples, shard_paths
-    from vsa_dist.eval.captions import caption_metrics
+    from vsa_dist.eval.captions import caption_metrics, diversity
     from vsa_dist.eval.regions import dangling, region_items
     from vsa_dist.features.format import settings_of
     from vsa_dist.models.mrnn import generate
@@ -210,7 +210,7 @@ def run_regions(cfg: RegionEvalConfig) -> dict[str, Any]:
     summary = {"split": cfg.split, "regions": len(captions), "images": len({k.split("#")[0] for k in by_key}),
                "references_per_region": sum(map(len, items["references"].values())) / len(captions), "beam": beam,
                "mean_words": sum(len(c.split()) for c in captions) / len(captions),
-               "distinct_captions": len(set(captions)), "dangling_endings": ending, **metrics}
+               **diversity(captions), "dangling_endings": ending, **metrics}
     regions = [{"region": k, "box": [round(float(x), 1) for x in box], "caption": by_key[k],
                 "references": items["references"][k]} for k, box in zip(items["keys"], items["boxes"])]
     return _finish(cfg, summary, {"captions": regions})

@@ -63,6 +63,8 @@ class FeaturesConfig(cfglib.Config):
     max_proposals: int = option(200, "selective-search candidates kept per image", range="[1, inf)")
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images above this many pixels, from their header "
                                                  "(decompression bombs)", range="[1, inf)")
+    flip: bool = option(False, "mirror every image left to right before proposing regions and running the CNN: a "
+                               "second feature folder of the same images, for training on both (train-mrnn --augment)")
     progress: bool = option(True, "Ray Data progress bars")
 
     def validate(self) -> None:
@@ -107,7 +109,7 @@ def _settings(cfg: FeaturesConfig, cluster: dict[str, float]) -> tuple[Extractor
         backbone=cfg.backbone, weights=cfg.weights, region_mode=cfg.regions, proposals=cfg.proposals,
         num_regions=cfg.num_regions, nms_iou=cfg.nms_iou, roi_size=cfg.roi_size, max_proposals=cfg.max_proposals,
         cnn_batch=cfg.cnn_batch or (64 if device == "cuda" else 4), threads=threads, device=device,
-        precision=precision, max_pixels=cfg.max_pixels)
+        precision=precision, max_pixels=cfg.max_pixels, flip=cfg.flip)
     check_placeable({"CPU": remote["num_cpus"], "GPU": remote.get("num_gpus", 0)}, actors,
                     f"features ({actors} CNN actor(s) on {device})")
     return settings, {"compute": ActorPoolStrategy(size=actors), **remote}
@@ -123,7 +125,8 @@ def _stream(cfg: FeaturesConfig, settings: ExtractorSettings, remote: dict[str, 
     ds = ray.data.read_webdataset(sources, decoder=None, include_paths=False, num_cpus=0, concurrency=2)
     if cfg.proposals != "grid":
         ds = ds.map_batches(add_proposals, batch_size=8, num_cpus=1, fn_kwargs={
-            "method": cfg.proposals, "max_proposals": cfg.max_proposals, "min_proposals": cfg.num_regions})
+            "method": cfg.proposals, "max_proposals": cfg.max_proposals, "min_proposals": cfg.num_regions,
+            "flip": cfg.flip})
     return ds.map_batches(RegionExtractor, fn_constructor_kwargs={"settings": settings}, batch_size=cfg.batch_size,
                           **remote)
 

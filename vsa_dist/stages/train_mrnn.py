@@ -64,6 +64,9 @@ class MRNNConfig(training.TrainConfig):
     snippet_phrases: bool = option(True, "with snippets: cut each to a phrase, without the words it cannot end on "
                                          "('a man in' -> 'a man'), so that region captions do not end on them either "
                                          "(the paper preset trains on the snippets as the MRF cut them)")
+    augment: list[str] = option([], "more feature folders of the same train images made another way (vsa features "
+                                    "--flip: mirrored): each one's train split joins every epoch, so an epoch sees "
+                                    "each train image once per folder (beyond the paper)")
     objective: str = option("xe", "xe (cross-entropy, teacher forcing: the paper) or scst (self-critical: the CIDEr-D "
                                   "of sampled captions, from --init)", choices=("xe", "scst"))
     init: str = option("", "a generator checkpoint (best.pt) to start from; scst needs one")
@@ -79,7 +82,7 @@ class MRNNConfig(training.TrainConfig):
                             range="[0, inf)")
 
     def validate(self) -> None:
-        self.validate_training(default_out="mrnn", min_batch=5, paths=("init", "snippets", "teacher"))
+        self.validate_training(default_out="mrnn", min_batch=5, paths=("init", "snippets", "teacher", "augment"))
         if self.attention and (self.cell != "lstm" or self.snippets):
             raise cfglib.ConfigError("attention needs cell lstm and no snippets (a snippet's region is one row, "
                                      "nothing to attend over)")
@@ -106,6 +109,10 @@ class MRNNConfig(training.TrainConfig):
                 raise cfglib.ConfigError(f"snippets: {err} (make it with vsa align-snippets)") from err
             if snippets.get("kind") != "snippets" or not snippets["splits"].get("train", {}).get("images"):
                 raise cfglib.ConfigError(f"snippets {self.snippets}: not a snippet folder with train images")
+        if self.augment and self.snippets:
+            raise cfglib.ConfigError("augment: not with snippets (the snippet folder is the train stream)")
+        for folder in self.augment:
+            check_augment_folder(self.features, folder)
         for role, checkpoint in ([("init", self.init)] if self.init else []) + [("teacher", t) for t in self.teacher]:
             self.check_init(checkpoint, role)
         from vsa_dist.eval.captions import require_java
@@ -139,10 +146,28 @@ class MRNNConfig(training.TrainConfig):
 
 
 
+def check_augment_folder(features: str, folder: str) -> None:
+    """An --augment folder must hold the train split of the same images, over the same vocabulary, with features
+    made by the same CNN and regions (only how the images were shown may differ)."""
+    from vsa_dist.features.format import FeatureSettingsMismatch, check_same_settings, load_features_manifest
+
+    try:
+        extra, main = load_features_manifest(folder), load_features_manifest(features)
+        check_same_settings({features: main, folder: extra})
+    except (FileNotFoundError, ValueError, FeatureSettingsMismatch) as err:
+        raise cfglib.ConfigError(f"augment: {err}") from err
+    if extra["vocab"]["words"] != main["vocab"]["words"]:
+        raise cfglib.ConfigError(f"augment {folder}: its vocabulary is not the one of {features}")
+    images = [manifest["splits"].get("train", {}).get("images") for manifest in (extra, main)]
+    if images[0] != images[1]:
+        raise cfglib.ConfigError(f"augment {folder}: {images[0]} train images, not the {images[1]} of {features} "
+                                 "(make it from the same image shards, with --splits train)")
+
+
 def model_args(cfg: MRNNConfig, vocab_size: int, feature_dim: int) -> MRNNArgs:
+    """``vocab_size`` words → ids PAD, UNK, words, END."""
     from vsa_dist.models.mrnn import MRNNArgs
 
-    """``vocab_size`` words → ids PAD, UNK, words, END."""
     return MRNNArgs(vocab_size=vocab_size + 3, feature_dim=feature_dim, hidden=cfg.hidden, word_dim=cfg.word_dim,
                     cell=cfg.cell, dropout=cfg.dropout, feature_norm=cfg.feature_norm, attention=cfg.attention)
 
@@ -272,7 +297,7 @@ def run(cfg: MRNNConfig) -> dict[str, Any]:
 
     from vsa_dist.checkpoints import load_generator
     from vsa_dist.data.pairs import load_split, word_index
-    from vsa_dist.eval.captions import captions_line, score_captions
+    from vsa_dist.eval.captions import captions_line, diversity, score_captions
     from vsa_dist.models.mrnn import generate
 
     trained = training.train(cfg, "train-mrnn", train_loop, load_generator, not cfg.attention)
@@ -294,7 +319,7 @@ def run(cfg: MRNNConfig) -> dict[str, Any]:
         test = load_split(cfg.features, "test", index, cfg.max_words, not cfg.attention)
         captions = generate(model, torch.from_numpy(test["features"]).float(), vocab, beam, cfg.max_len,
                             cfg.length_penalty)
-        summary["test"] = {**score_captions(test, captions), "distinct_captions": len(set(captions))}
+        summary["test"] = {**score_captions(test, captions), **diversity(captions)}
         mlflow.log_metrics({f"test_{k}": v for k, v in summary["test"].items()})
         mlflow.log_dict({key: caption for key, caption in zip(test["image_ids"], captions)}, "test_captions.json")
         summary["examples"] = log_examples(manifest, test, captions, cfg.examples, cfg.features)

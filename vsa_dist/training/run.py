@@ -154,7 +154,7 @@ def train(
           f"{record['name']} in {cfg.out}", flush=True)
     spec = RunSpec(cfg, vocab, settings["feature_dim"], settings, record["mlflow_run_id"], mlflow.get_tracking_uri())
     dataset = train_dataset(cfg.features, vocab, cfg.max_words, whole_image_only, snippets, cfg.seed,
-                            getattr(cfg, "snippet_phrases", True))
+                            getattr(cfg, "snippet_phrases", True), getattr(cfg, "augment", []))
     result = fit(train_loop, spec, record["name"], {"train": dataset})
     model, state, final = save_best(result, out, load_model)
     return Trained(model, state, final, manifest, record["mlflow_run_id"], dict(getattr(result, "metrics", None) or {}))

@@ -97,9 +97,10 @@ def epoch_streams(shard: Any, cfg: Any, batch_size: int, device: torch.device, s
 
 
 def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_only: bool = False,
-                  snippets: str = "", seed: int = 0, snippet_phrases: bool = True):
+                  snippets: str = "", seed: int = 0, snippet_phrases: bool = True, augment: list[str] | None = None):
     """The train split of a feature folder (or of a snippet folder: full images and regions with their
-    snippets) as a streaming Ray Dataset of fixed-shape arrays, its shard order shuffled anew every epoch."""
+    snippets) as a streaming Ray Dataset of fixed-shape arrays, its shard order shuffled anew every epoch.
+    ``augment``: more feature folders of the same images (e.g. mirrored), whose train shards join the stream."""
     import ray
     from ray.data import FileShuffleConfig
 
@@ -125,5 +126,5 @@ def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_o
     # Rows made inside the read, as its decoder, not by a map_batches after it: the two did not fuse into one
     # operator, and the second one's tasks, their worker processes and the blocks passed between them doubled
     # the CPU an epoch's stream costs (benchmarks/data_wait.py --reads map,decoder; docs/alignment.md).
-    return read(shard_paths(features, ["train"]),
+    return read([path for folder in [features, *(augment or [])] for path in shard_paths(folder, ["train"])],
                 decoder=functools.partial(feature_sample_to_row, whole_image_only=whole_image_only, **kwargs))
