@@ -92,8 +92,9 @@ def untrained_alignment_checkpoint(features_dir, path, preset=None, **settings):
     return write_untrained(path, model, cfg, manifest)
 
 
-def untrained_generator_checkpoint(features_dir, path, cell="rnn"):
-    """A real best.pt in the format train-mrnn writes, with untrained weights."""
+def untrained_generator_checkpoint(features_dir, path, cell="rnn", end_bias=0.0):
+    """A real best.pt in the format train-mrnn writes, with untrained weights. ``end_bias`` raises END's logit, so that
+    captions end at different lengths (an untrained model's otherwise all run to max_len)."""
     import dataclasses
     import json as jsonlib
 
@@ -107,6 +108,8 @@ def untrained_generator_checkpoint(features_dir, path, cell="rnn"):
     cfg = dataclasses.replace(MRNNConfig(), hidden=32, word_dim=16, cell=cell)
     torch.manual_seed(0)
     model = MRNN(model_args(cfg, len(vocab), manifest["settings"]["feature_dim"]))
+    with torch.no_grad():
+        model.output.bias[-1] += end_bias  # END is the last id
     return write_untrained(path, model, cfg, manifest, beam=2)
 
 

@@ -63,3 +63,13 @@ def load_generator(path: Path | str) -> tuple[MRNN, dict[str, Any]]:
     model = MRNN(_args(MRNNArgs, state, len(state["vocab"]) + 3, old_defaults={"feature_norm": "unit"}))
     model.load_state_dict(state["best"]["state"] or state["model"])
     return model.eval(), state
+
+
+def generator_decoding(state: dict[str, Any], beam: int = 0,
+                       length_penalty: float | None = None) -> tuple[int, int, float]:
+    """``generate``'s beam, max_len and length penalty for a generator's checkpoint: the beam and penalty asked for,
+    else its own (the beam its training chose on dev, or 1; the penalty it was trained with). One rule for ``vsa eval``
+    and ``vsa report``."""
+    own_penalty = state["config"].get("length_penalty", 0.0)
+    return (beam or state.get("beam") or 1, state["config"]["max_len"],
+            own_penalty if length_penalty is None else length_penalty)

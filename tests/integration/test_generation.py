@@ -170,6 +170,20 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
         assert scored[name]["regions"] == len(items["keys"]) and scored[name]["images"] == 50
         assert 0 < scored[name]["bleu1"] <= 1 and scored[name]["cider"] >= 0
         assert scored[name]["dangling_endings"] == sum(dangling(r["caption"]) for r in written["captions"])
+    # --beam and --length-penalty: a decoding for region captions, to be chosen on dev; recorded with the scores
+    from vsa_dist.checkpoints import load_generator
+    from vsa_dist.models.mrnn import generate
+
+    region_model, region_state = load_generator(out / "best.pt")
+    longer = vsa(["eval", "regions", "--checkpoint", str(out / "best.pt"), "--snippets", str(test_snippets),
+                  "--beam", "3", "--length-penalty", "2", "--out", str(tmp_path / "regions-longer.json")])
+    expected = generate(region_model, torch.from_numpy(items["features"]).float(), region_state["vocab"], 3,
+                        region_state["config"]["max_len"], 2.0)
+    default = [r["caption"] for r in json.loads((tmp_path / "regions-regions.json").read_text())["captions"]]
+    assert expected != default  # else the check below could not tell the decodings apart
+    assert [r["caption"] for r in json.loads((tmp_path / "regions-longer.json").read_text())["captions"]] == expected
+    assert (longer["beam"], longer["length_penalty"]) == (3, 2.0)
+    assert scored["regions"]["length_penalty"] == region_state["config"]["length_penalty"]
 
     # vsa caption: a folder of images, through the registry on the server.
     folder = tmp_path / "images"

@@ -112,6 +112,24 @@ def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, 
     decoded = json.loads(wider.with_suffix(".json").read_text())
     assert [r["caption"] for e in decoded for r in e["regions"]] == by_beam[3]
 
+    # --beam/--length-penalty and --region-length-penalty: the decodings chosen on dev, drawn instead of the models'
+    # own; a captioner whose captions end at different lengths, so that the penalty changes which caption wins
+    ending = untrained_generator_checkpoint(mini_features, tmp_path / "ending.pt", end_bias=0.5)
+    model, state = load_generator(ending)
+    images = torch.from_numpy(split["features"][[row_of[e["image_id"]] for e in examples]]).float()
+    decoded_at = {penalty: (generate(model, images, state["vocab"], 3, state["config"]["max_len"], penalty),
+                            generate(model, rows, state["vocab"], 3, state["config"]["max_len"], penalty))
+                  for penalty in (0.0, 2.0)}
+    # else the checks below could not tell the penalties apart
+    assert decoded_at[0.0][0] != decoded_at[2.0][0] and decoded_at[0.0][1] != decoded_at[2.0][1], decoded_at
+    chosen = tmp_path / "docs" / "examples-chosen.jpg"
+    vsa(["report", str(run), "--features", str(mini_features), "--images", "3", "--figure", str(chosen),
+         "--captioner", str(ending), "--region-captioner", str(ending), "--beam", "3", "--length-penalty", "2",
+         "--region-beam", "3", "--region-length-penalty", "2", "--out", str(tmp_path / "report-chosen.html")])
+    decoded = json.loads(chosen.with_suffix(".json").read_text())
+    assert [e["caption"] for e in decoded] == decoded_at[2.0][0]
+    assert [r["caption"] for e in decoded for r in e["regions"]] == decoded_at[2.0][1]
+
 
 def test_figure_must_be_a_jpeg_name(tmp_path, capsys):
     from vsa_dist.cli import main as vsa

@@ -116,7 +116,7 @@ def _ensemble_record(cfg: EvalConfig) -> dict[str, Any]:
 def run_captions(cfg: EvalConfig) -> dict[str, Any]:
     import torch
 
-    from vsa_dist.checkpoints import load_generator
+    from vsa_dist.checkpoints import generator_decoding, load_generator
     from vsa_dist.eval.captions import diversity, score_captions
     from vsa_dist.models.mrnn import generate
 
@@ -126,14 +126,12 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
     split = _split(cfg, state, not any(m.args.attention for m in [model, *(member for member, _ in members)]))
     if cfg.images:
         split = {k: v if k == "split" else v[:cfg.images] for k, v in split.items()}  # per-image lists, arrays
-    beam = cfg.beam or state.get("beam") or 1
+    beam, max_len, penalty = generator_decoding(state, cfg.beam, cfg.length_penalty)
     if cfg.ensemble:
         from vsa_dist.models.mrnn import MRNNEnsemble
 
         model = MRNNEnsemble([model, *(member for member, _ in members)])
-    penalty = cfg.length_penalty if cfg.length_penalty is not None else state["config"].get("length_penalty", 0.0)
-    captions = generate(model, torch.from_numpy(split["features"]).float(), state["vocab"], beam,
-                        state["config"]["max_len"], penalty)
+    captions = generate(model, torch.from_numpy(split["features"]).float(), state["vocab"], beam, max_len, penalty)
     metrics = score_captions(split, captions)
     return _finish(cfg, {"split": cfg.split, "images": len(captions), "beam": beam, "length_penalty": penalty,
                          "mean_words": sum(len(c.split()) for c in captions) / len(captions),
@@ -166,6 +164,9 @@ class RegionEvalConfig(cfglib.Config):
     snippets: str = option("", "snippet folder with the split (vsa align-snippets --splits test): the fixed test set")
     split: str = option("test", "split to score (model selection happens on dev, never test)")
     beam: int = option(0, "beam size; 0: the size chosen on dev in training (or 1)", range="[0, inf)")
+    length_penalty: float | None = option(None, "beam ranking by log P / length**this; unset: the model's training "
+                                                "setting (choose on dev region captions, never on test)",
+                                          range="[0, inf)")
     min_words: int = option(2, "snippets shorter than this are no reference (a lone 'dog' or 'the')", range="[1, inf)")
     out: str = option("", "also write the metrics and every region's box, caption and references to this JSON file")
 
@@ -185,7 +186,7 @@ class RegionEvalConfig(cfglib.Config):
 def run_regions(cfg: RegionEvalConfig) -> dict[str, Any]:
     import torch
 
-    from vsa_dist.checkpoints import load_generator
+    from vsa_dist.checkpoints import generator_decoding, load_generator
     from vsa_dist.data.shards import load_manifest, read_samples, shard_paths
     from vsa_dist.eval.captions import caption_metrics, diversity
     from vsa_dist.eval.regions import dangling, region_items
@@ -201,14 +202,14 @@ def run_regions(cfg: RegionEvalConfig) -> dict[str, Any]:
     features = torch.from_numpy(items["features"]).float()
     if model.args.attention:  # a region alone is all an attending model may look at
         features = features[:, None, :]
-    beam = cfg.beam or state.get("beam") or 1
-    captions = generate(model, features, state["vocab"], beam, state["config"]["max_len"],
-                        state["config"].get("length_penalty", 0.0))
+    beam, max_len, penalty = generator_decoding(state, cfg.beam, cfg.length_penalty)
+    captions = generate(model, features, state["vocab"], beam, max_len, penalty)
     by_key = dict(zip(items["keys"], captions))
     metrics = caption_metrics(items["references"], by_key)
     ending = sum(dangling(c) for c in captions)
     summary = {"split": cfg.split, "regions": len(captions), "images": len({k.split("#")[0] for k in by_key}),
                "references_per_region": sum(map(len, items["references"].values())) / len(captions), "beam": beam,
+               "length_penalty": penalty,
                "mean_words": sum(len(c.split()) for c in captions) / len(captions),
                **diversity(captions), "dangling_endings": ending, **metrics}
     regions = [{"region": k, "box": [round(float(x), 1) for x in box], "caption": by_key[k],

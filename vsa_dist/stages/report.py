@@ -41,8 +41,14 @@ class ReportConfig(cfglib.Config):
     images: int = option(8, "example images on the page", range="[1, inf)")
     beta: float = option(0.1, "snippet MRF beta (vsa align-snippets)", range="[0, inf)")
     regions: int = option(3, "region captions per image", range="[0, inf)")
+    beam: int = option(0, "beam for the captions; 0: the captioner's own (chosen on dev in training; vsa eval captions "
+                          "--split dev compares others)", range="[0, inf)")
+    length_penalty: float | None = option(None, "captions: beam ranking by log P / length**this; unset: the "
+                                                "captioner's training setting", range="[0, inf)")
     region_beam: int = option(0, "beam for the region captions; 0: the region captioner's own (chosen on whole-image "
                                  "dev; vsa eval regions --split dev chooses one on region captions)", range="[0, inf)")
+    region_length_penalty: float | None = option(None, "region captions: as --length-penalty, for the region "
+                                                       "captioner", range="[0, inf)")
     out: str = option("", "the HTML file; default RUN/report.html")
     figure: str = option("", "also draw the examples into one JPEG (each image with its region boxes, its caption and "
                              "region captions) and write them as JSON beside it (FIGURE with .json): for docs")
@@ -290,7 +296,7 @@ def render_example(
 def run(cfg: ReportConfig) -> dict[str, Any]:
     import torch
 
-    from vsa_dist.checkpoints import load_alignment, load_generator
+    from vsa_dist.checkpoints import generator_decoding, load_alignment, load_generator
     from vsa_dist.data.pairs import load_split, word_index
     from vsa_dist.eval.retrieval import score_matrix
     from vsa_dist.examples import pick
@@ -312,11 +318,12 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     with torch.no_grad():
         matrix = score_matrix(aligner, features, tokens)
         captions = generate(captioner, features[chosen], caption_state["vocab"],
-                                       caption_state.get("beam") or 1, caption_state["config"]["max_len"])
+                            *generator_decoding(caption_state, cfg.beam, cfg.length_penalty))
         top_regions = min(cfg.regions, features.shape[1] - 1)
-        region_text = generate(region_captioner, features[chosen, 1:1 + top_regions].reshape(-1, features.shape[-1]),
-                                          region_state["vocab"], cfg.region_beam or region_state.get("beam") or 1,
-                                          region_state["config"]["max_len"]) if top_regions else []
+        region_rows = features[chosen, 1:1 + top_regions].reshape(-1, features.shape[-1])
+        region_text = generate(region_captioner, region_rows, region_state["vocab"],
+                               *generator_decoding(region_state, cfg.region_beam, cfg.region_length_penalty)
+                               ) if top_regions else []
         scores, lengths = aligner.word_region_scores(features[chosen].repeat_interleave(tokens.shape[1], dim=0),
                                                      tokens[chosen].reshape(-1, tokens.shape[-1]))
         assignment, _ = align_words(scores, lengths, cfg.beta)
