@@ -11,16 +11,15 @@ prefetch settings). Each batch costs ``--step-s`` seconds of one-thread CPU work
 step, and between epochs rank 0 works ``--pause`` seconds on every core, standing in for its dev evaluation
 (``--work-kind sleep``: both only sleep, which hides what the read costs the CPU). The work is a fixed number
 of matrix products calibrated once at start, so both settings do the same work. ``early``: the next epoch's
-stream is started before the pause, as the training stages do with ``--read-ahead true`` (their default since
-2026-11-29); ``late``: after it, as with ``--read-ahead false``. Per setting it prints each epoch's wait for its
-first batch, its steps' time and its whole cycle (steps + pause + waits): on a machine whose cores the read competes
-for, only a shorter cycle is a gain. ``--reads``: ``decoder`` makes the rows inside the read (``train_dataset``, the
-stages' way since 2026-11-29); ``map`` makes the same rows in a ``map_batches`` after the read, the stages' way
-before. ``--read-cost``: no Ray Train and no stand-in work; this process reads the stream ``--epochs`` times per
-setting, ``--pause`` seconds apart (long enough for Ray to end its idle workers, as during a dev evaluation), and
-prints each pass's wait for its first batch, its wall time and the CPU time the whole machine spent on it. One run,
-one machine: compare the settings with each other, not with other runs. Writes WORK/data_wait.json (default
-runs/bench/).
+stream is started before the pause, as the training stages do with ``--read-ahead true`` (their default); ``late``:
+after it, as with ``--read-ahead false``. Per setting it prints each epoch's wait for its first batch, its steps' time
+and its whole cycle (steps + pause + waits): on a machine whose cores the read competes for, only a shorter cycle is a
+gain. ``--reads``: ``decoder`` makes the rows inside the read (``train_dataset``, the stages' way); ``map`` makes the
+same rows in a ``map_batches`` after the read (the comparison that chose it). ``--read-cost``: no Ray Train and no
+stand-in work; this process reads the stream ``--epochs`` times per setting, ``--pause`` seconds apart (long enough for
+Ray to end its idle workers, as during a dev evaluation), and prints each pass's wait for its first batch, its wall time
+and the CPU time the whole machine spent on it. One run, one machine: compare the settings with each other, not with
+other runs. Writes WORK/data_wait.json (default runs/bench/).
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from vsa_dist.data.pairs import feature_sample_to_row, word_index  # noqa: E402
 from vsa_dist.paths import runs_root  # noqa: E402
 
 WORK_SIZE = 256  # the side of the matrices of the stand-in work
@@ -66,7 +66,7 @@ def read_only_loop(config: dict) -> None:
     import ray.train
     import torch
 
-    from vsa_dist.training import epoch_streams
+    from vsa_dist.training.streams import epoch_streams
 
     rank = ray.train.get_context().get_world_rank()
     stream_settings = SimpleNamespace(read_ahead="true" if config["early"] else "false", use_gpu=False,
@@ -99,10 +99,9 @@ def read_only_loop(config: dict) -> None:
 
 
 def rows_by_map(batch: dict, **kwargs) -> dict:
-    """The stages' rows made by a ``map_batches`` over the raw read (their way until 2026-11-29)."""
+    """The stages' rows made by a ``map_batches`` over the raw read (what ``decoder`` is measured against)."""
     import numpy as np
 
-    from vsa_dist.data.pairs import feature_sample_to_row
 
     rows = [feature_sample_to_row({"feat.npy": raw_features, "json": raw_json}, **kwargs)
             for raw_features, raw_json in zip(batch["feat.npy"], batch["json"])]
@@ -113,12 +112,11 @@ def train_stream(features: str, vocab: list[str], read: str):
     import ray.data
     from ray.data import FileShuffleConfig
 
-    from vsa_dist.data.pairs import word_index
     from vsa_dist.data.shards import shard_paths
-    from vsa_dist.training import train_dataset
+    from vsa_dist.training.streams import TrainStream, train_dataset
 
     if read == "decoder":
-        return train_dataset(features, vocab, 32)
+        return train_dataset(features, vocab, TrainStream(max_words=32))
     return (ray.data.read_webdataset(shard_paths(features, ["train"]), decoder=None, num_cpus=0, concurrency=2,
                                      fileselect=["*.feat.npy", "*.json"],
                                      shuffle=FileShuffleConfig(seed=0, reseed_after_execution=True))

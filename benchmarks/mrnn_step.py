@@ -24,11 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vsa_dist import config as cfglib  # noqa: E402
-from vsa_dist.data.pairs import load_split, word_index  # noqa: E402
+from vsa_dist.data.pairs import word_index  # noqa: E402
+from vsa_dist.data.splits import load_split  # noqa: E402
 from vsa_dist.features.format import load_features_manifest  # noqa: E402
-from vsa_dist.models.mrnn import MRNN, PAD, sentence_rows, teacher_forcing, token_nll  # noqa: E402
+from vsa_dist.models.losses import token_nll  # noqa: E402
+from vsa_dist.models.mrnn import MRNN, PAD, sentence_rows, teacher_forcing  # noqa: E402
 from vsa_dist.paths import runs_root  # noqa: E402
-from vsa_dist.stages.train_mrnn import MRNNConfig, model_args  # noqa: E402
+from vsa_dist.recipes.mrnn import MRNNConfig, model_args  # noqa: E402
 
 IMAGES_PER_STEP = 20
 

@@ -28,10 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vsa_dist.checkpoints import load_generator  # noqa: E402
-from vsa_dist.data.pairs import load_split, split_sentence_ids, word_index  # noqa: E402
+from vsa_dist.data.pairs import word_index  # noqa: E402
+from vsa_dist.data.splits import load_split, split_sentence_ids  # noqa: E402
 from vsa_dist.eval.cider import CiderD  # noqa: E402
 from vsa_dist.features.format import load_features_manifest  # noqa: E402
-from vsa_dist.models.mrnn import caption_ids, reward_references, self_critical_loss  # noqa: E402
+from vsa_dist.models.decoding import caption_ids, greedy, sample  # noqa: E402
+from vsa_dist.models.losses import reward_references, self_critical_loss  # noqa: E402
 from vsa_dist.paths import runs_root  # noqa: E402
 
 IMAGES_PER_STEP, SAMPLES, MAX_LEN, CLIP = 20, 5, 20, 5.0
@@ -64,10 +66,10 @@ def train_curve(cfg: argparse.Namespace, t: float, reward: CiderD, train_feature
 
     def dev_point(step: int) -> dict:
         model.eval()
-        greedy = model.greedy(dev_features, MAX_LEN)
+        decoded = greedy(model, dev_features, MAX_LEN)
         model.train()
-        point = {"step": step, "dev_cider_d": mean_cider(reward, greedy, dev_references, 1, end),
-                 "dev_distinct": len({tuple(c) for c in caption_ids(greedy, end)}),
+        point = {"step": step, "dev_cider_d": mean_cider(reward, decoded, dev_references, 1, end),
+                 "dev_distinct": len({tuple(c) for c in caption_ids(decoded, end)}),
                  "sample_cider_d": sum(rewards[-cfg.every:]) / cfg.every if rewards else None,
                  "seconds": round(time.time() - began)}
         print(f"T {t:g} step {step}: dev CIDEr-D {point['dev_cider_d']:.3f}, {point['dev_distinct']} distinct"
@@ -122,9 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
     model.eval()
     start_features, start_references = train_features[:200], reward_references(reward, train_tokens[:200], end)
     with torch.no_grad():
-        spread = {"greedy": mean_cider(reward, model.greedy(start_features, MAX_LEN), start_references, 1, end)}
+        spread = {"greedy": mean_cider(reward, greedy(model, start_features, MAX_LEN), start_references, 1, end)}
         for t in sorted({*SPREAD_TEMPERATURES, *temperatures}, reverse=True):
-            ids = model.sample(start_features.repeat_interleave(SAMPLES, dim=0), MAX_LEN, t)[0]
+            ids = sample(model, start_features.repeat_interleave(SAMPLES, dim=0), MAX_LEN, t)[0]
             spread[f"samples_t{t:g}"] = mean_cider(reward, ids, start_references, SAMPLES, end)
             spread[f"distinct_t{t:g}"] = len({tuple(c) for c in caption_ids(ids, end)})
     print("train CIDEr-D (first 200 images):", ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import run_stage  # noqa: E402
-from vsa_dist.data.pairs import load_split, word_index  # noqa: E402
+from vsa_dist.data.pairs import word_index  # noqa: E402
+from vsa_dist.data.splits import load_split  # noqa: E402
 from vsa_dist.eval.retrieval import encode_split, evaluate_alignment, retrieval_metrics  # noqa: E402
 from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel  # noqa: E402
 from vsa_dist.paths import runs_root  # noqa: E402
@@ -94,15 +95,15 @@ def read_ahead_epochs(features: Path, work: Path, epochs: int, settings: list[st
 def eval_cost(features: Path) -> dict:
     vocab = json.loads((features / "manifest.json").read_text())["vocab"]["words"]
     test = load_split(features, "test", word_index(vocab), 32)
-    model = AlignmentModel(AlignmentArgs(len(vocab) + 2, test["features"].shape[-1])).eval()
+    model = AlignmentModel(AlignmentArgs(vocab_size=len(vocab) + 2, feature_dim=test["features"].shape[-1])).eval()
     features, tokens = torch.from_numpy(test["features"]), torch.from_numpy(test["tokens"]).long()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.time()
     metrics = evaluate_alignment(model, features, tokens)
     seconds = time.time() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # The same ranks the way evaluate_alignment found them before 2026-11-28: each sentence's own score looked up
-    # in the blocks, a first pass over (nearly) the whole score matrix.
+    # The same ranks found the slower way evaluate_alignment is measured against: each sentence's own score looked
+    # up in the blocks, a first pass over (nearly) the whole score matrix.
     start = time.time()
     encoded = encode_split(model, features, tokens)
     chunk = encoded["sentence_chunk"]  # the blocks asked for are whole sentence chunks of the encoding

@@ -81,7 +81,7 @@ def untrained_alignment_checkpoint(features_dir, path, preset=None, **settings):
 
     from vsa_dist import config as cfglib
     from vsa_dist.models.alignment import AlignmentModel
-    from vsa_dist.stages.train_align import AlignConfig, model_args
+    from vsa_dist.recipes.align import AlignConfig, model_args
 
     manifest = jsonlib.loads((features_dir / "manifest.json").read_text())
     vocab = manifest["vocab"]["words"]
@@ -101,7 +101,7 @@ def untrained_generator_checkpoint(features_dir, path, cell="rnn", end_bias=0.0)
     import torch
 
     from vsa_dist.models.mrnn import MRNN
-    from vsa_dist.stages.train_mrnn import MRNNConfig, model_args
+    from vsa_dist.recipes.mrnn import MRNNConfig, model_args
 
     manifest = jsonlib.loads((features_dir / "manifest.json").read_text())
     vocab = manifest["vocab"]["words"]
@@ -118,7 +118,7 @@ def write_untrained(path, model, cfg, manifest, **extra):
     import dataclasses
 
     from vsa_dist.config import to_dict
-    from vsa_dist.training import write_best
+    from vsa_dist.training.state import write_best
 
     write_best(path, model, {"config": to_dict(cfg), "model_args": dataclasses.asdict(model.args),
                              "vocab": manifest["vocab"]["words"], "feature_dim": manifest["settings"]["feature_dim"],

@@ -51,7 +51,7 @@ def load_alignment(path: Path | str) -> tuple[AlignmentModel, dict[str, Any]]:
     """The best-on-dev alignment model of a checkpoint (weights only) and its metadata."""
     state = read_checkpoint(path)
     model = AlignmentModel(_args(AlignmentArgs, state, len(state["vocab"]) + 2))  # + PAD, UNK
-    state["best"].setdefault("score", state["best"].pop("rsum", None))  # checkpoints before 2026-11-25
+    state["best"].setdefault("score", state["best"].pop("rsum", None))  # older checkpoints name it rsum
     model.load_state_dict(state["best"]["state"] or state["model"])
     return model.eval(), state
 

@@ -5,25 +5,51 @@ from __future__ import annotations
 import importlib
 import sys
 from importlib import metadata
+from typing import NamedTuple
 
-# name → "module:function"; a nested group is a dict. Only stages that work are listed.
+from vsa_dist import config as cfglib
+from vsa_dist.configs import (
+    CaptionConfig,
+    EvalConfig,
+    FeaturesConfig,
+    PipelineConfig,
+    RegionEvalConfig,
+    ReportConfig,
+    SearchConfig,
+    ShardsConfig,
+    SnippetsConfig,
+)
+from vsa_dist.recipes.config import AlignConfig, MRNNConfig, TuneConfig
+
+
+class Command(NamedTuple):
+    """A command's runner ("module:function", imported only to run: a stage's module imports torch, Ray and MLflow),
+    its config (torch-free: ``--help``, ``--print-config`` and a bad flag are answered from it alone, in a fraction
+    of a second) and the preset it starts from."""
+
+    runner: str
+    config: type
+    preset: str | None = None
+
+
+# name → Command; a nested group is a dict. Only stages that work are listed.
 COMMANDS: dict[str, object] = {
-    "shards": {"build": "vsa_dist.stages.shards:main"},
-    "features": "vsa_dist.stages.features:main",
-    "train-align": "vsa_dist.stages.train_align:main",
-    "train-mrnn": "vsa_dist.stages.train_mrnn:main",
-    "align-snippets": "vsa_dist.stages.align_snippets:main",
+    "shards": {"build": Command("vsa_dist.stages.shards:main", ShardsConfig)},
+    "features": Command("vsa_dist.stages.features:main", FeaturesConfig),
+    "train-align": Command("vsa_dist.stages.train_align:main", AlignConfig, "train_align"),
+    "train-mrnn": Command("vsa_dist.stages.train_mrnn:main", MRNNConfig, "train_mrnn"),
+    "align-snippets": Command("vsa_dist.stages.align_snippets:main", SnippetsConfig),
     "eval": {
-        "retrieval": "vsa_dist.stages.evaluate:retrieval_main",
-        "captions": "vsa_dist.stages.evaluate:captions_main",
-        "snippets": "vsa_dist.stages.evaluate:snippets_main",
-        "regions": "vsa_dist.stages.evaluate:regions_main",
+        "retrieval": Command("vsa_dist.stages.evaluate:retrieval_main", EvalConfig),
+        "captions": Command("vsa_dist.stages.evaluate:captions_main", EvalConfig),
+        "snippets": Command("vsa_dist.stages.evaluate:snippets_main", EvalConfig),
+        "regions": Command("vsa_dist.stages.evaluate:regions_main", RegionEvalConfig),
     },
-    "caption": "vsa_dist.stages.caption:main",
-    "search": "vsa_dist.stages.search:main",
-    "report": "vsa_dist.stages.report:main",
-    "tune": "vsa_dist.stages.tune:main",
-    "pipeline": "vsa_dist.stages.pipeline:main",
+    "caption": Command("vsa_dist.stages.caption:main", CaptionConfig),
+    "search": Command("vsa_dist.stages.search:main", SearchConfig),
+    "report": Command("vsa_dist.stages.report:main", ReportConfig),
+    "tune": Command("vsa_dist.stages.tune:main", TuneConfig),
+    "pipeline": Command("vsa_dist.stages.pipeline:main", PipelineConfig),
 }
 
 
@@ -79,7 +105,9 @@ def main(argv: list[str] | None = None):
         if isinstance(target, dict):
             table = target
             continue
-        module, func = str(target).split(":")
+        # the config first: --help, --print-config and a bad flag end here, before the stage is imported
+        cfglib.parse_args(target.config, argv, prog=prefix, preset=target.preset)
+        module, func = target.runner.split(":")
         return getattr(importlib.import_module(module), func)(argv)
 
 

@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from vsa_dist.errors import ConfigError  # noqa: F401  (raised here, caught by run_stage; stages import it from here)
+from vsa_dist.errors import ConfigError  # noqa: F401  (raised here, caught by stages.run_stage; stages import it from here)
+from vsa_dist.options import interval, option  # noqa: F401  (configs import option from here)
 
 C = TypeVar("C")
 
@@ -47,24 +48,6 @@ class Config:
 def freeze(cfg: C) -> C:
     object.__setattr__(cfg, "_frozen", True)
     return cfg
-
-
-def option(default: Any, help: str = "", *, range: str | None = None, choices: tuple[str, ...] | None = None,
-           positional: bool = False) -> Any:
-    """A config field: its default, its ``--help`` text, and optionally its ``range`` in interval notation ('[1, inf)',
-    '(0, 1]') or its ``choices`` (both checked before any work, and listed by --help) or that it is the command's
-    positional argument. A list default is copied for each config, as dataclasses need."""
-    metadata: dict[str, Any] = {"help": help}
-    if range is not None:
-        _interval(range)  # a malformed range fails at import, not at a user's run
-        metadata["range"] = range
-    if choices is not None:
-        metadata["choices"] = tuple(choices)
-    if positional:
-        metadata["positional"] = True
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _preset_text(name: str) -> str | None:
@@ -142,12 +125,6 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     return value
 
 
-def _interval(text: str) -> tuple[float, float, bool, bool]:
-    """'[0, 1)' → (0, 1, lower closed, upper closed); 'inf' stands for no bound."""
-    low, high = (float(part) for part in text[1:-1].split(","))
-    return low, high, text[0] == "[", text[-1] == "]"
-
-
 def check_ranges(cfg: Any) -> None:
     """Every numeric field whose metadata gives a ``range`` (interval notation, e.g. '(0, inf)' or '[0, 1)') holds a
     value inside it, and every field with ``choices`` one of them: a negative learning rate must stop the stage in a
@@ -161,7 +138,7 @@ def check_ranges(cfg: Any) -> None:
         value = getattr(cfg, f.name)
         if value is None and _scalar_type(hints[f.name]) is not hints[f.name]:
             continue  # an optional field (``float | None``) left unset
-        low, high, low_closed, high_closed = _interval(f.metadata["range"])
+        low, high, low_closed, high_closed = interval(f.metadata["range"])
         inside = isinstance(value, (int, float)) and not isinstance(value, bool) and (
             (value >= low if low_closed else value > low) and (value <= high if high_closed else value < high))
         if not inside:
@@ -303,7 +280,7 @@ def parse_args(cls: type[C], argv: list[str] | None, prog: str, preset: str | No
     for key in ("config", "preset"):
         args.pop(key, None)
     print_config = args.pop("print_config", False)
-    args.pop("verbose", None)  # read by run_stage
+    args.pop("verbose", None)  # read by stages.run_stage
     try:
         cfg = resolve(cls, preset, {**from_file, **args}, source=known.config or "command line",
                       validate=not print_config)
@@ -335,40 +312,3 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     for key, value in dataclasses.asdict(cfg).items():
         out[key] = str(value) if isinstance(value, Path) else value
     return out
-
-
-def log_path(cfg: Any, prog: str) -> Path | None:
-    """Where a command's full output goes while the terminal stays quiet: ``vsa-COMMAND.log`` in the pipeline's run
-    folder, beside a stage's output folder, or under the runs root's ``logs/``."""
-    from vsa_dist import storage
-    from vsa_dist.paths import runs_root
-
-    name = "vsa-" + prog.removeprefix("vsa").strip().replace(" ", "-") + ".log"
-    run_dir, out = getattr(cfg, "run_dir", ""), getattr(cfg, "out", "")
-    if run_dir and not storage.is_remote(run_dir):
-        return Path(run_dir) / name
-    if out and not storage.is_remote(out):
-        return Path(out).resolve().parent / name
-    return runs_root() / "logs" / name
-
-
-def run_stage(cls: type[C], run, argv: list[str] | None, prog: str, preset: str | None,
-              input_errors: tuple[type[Exception], ...] = ()):
-    """A stage's ``main``: parse and validate its config, run it; a bad config or input exits 2 with one line."""
-    from vsa_dist import console
-    from vsa_dist.tracking import end_interrupted_run
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_args(cls, argv, prog=prog, preset=preset)
-    try:
-        if hasattr(cfg, "check_inputs"):
-            cfg.check_inputs()
-        with console.quiet(log_path(cfg, prog), verbose="--verbose" in argv):
-            return run(cfg)
-    except (ConfigError, *input_errors) as err:
-        end_interrupted_run(err)
-        print(f"{prog}: error: {err}", file=console.err())
-        raise SystemExit(2) from err
-    except BaseException as err:  # Ray's driver turns SIGTERM into SystemExit
-        end_interrupted_run(err)
-        raise

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 # Starts every line a train worker means for the terminal (``training.run.say``): the record separator, which
 # prints as nothing where the mark is not stripped (a worker's own log file).
 SAY_MARK = "\x1e"
@@ -118,8 +120,6 @@ def worker_lines(data: dict[str, Any]) -> None:
 def progress_bar(items: Iterable[Any], total: int, what: str, enabled: bool = True,
                  size: Callable[[Any], int] = lambda _: 1) -> Iterator[Any]:
     """A stage's one progress bar (on the terminal, never in the log), counting ``size(item)`` per item."""
-    from tqdm import tqdm
-
     with tqdm(total=total, desc=what, unit="img", file=err(), disable=None if enabled else True,
               dynamic_ncols=True) as bar:
         for item in items:

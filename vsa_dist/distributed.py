@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 
 class _GatherRows(torch.autograd.Function):
@@ -13,8 +14,6 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        import torch.distributed as dist
-
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, tensor.contiguous())
         ctx.rows, ctx.rank = len(tensor), dist.get_rank()
@@ -22,8 +21,6 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        import torch.distributed as dist
-
         grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
         dist.all_reduce(grad)
         return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
@@ -32,6 +29,4 @@ class _GatherRows(torch.autograd.Function):
 def gather_across_workers(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], int]:
     """All workers' tensors concatenated (gradients flow back to each owner), and this worker's row offset.
     Every worker has the same batch size: the train split is divided equally and batches drop the remainder."""
-    import torch.distributed as dist
-
     return [_GatherRows.apply(t) for t in tensors], dist.get_rank() * len(tensors[0])

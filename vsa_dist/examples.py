@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from PIL import Image, ImageDraw, ImageFont
 
 from vsa_dist import storage
@@ -85,8 +86,6 @@ def render_grid(tiles: list[tuple[bytes, str, str]]) -> bytes:
 def log_examples(features_manifest: dict[str, Any], split: dict[str, Any], captions: list[str], count: int,
                  features_dir: str | Path) -> list[dict[str, Any]]:
     """Log ``examples.json`` (and ``examples.jpg`` when the source images can be found) to the active run."""
-    import mlflow
-
     chosen = pick(count, split["image_ids"])
     examples = [{"image_id": split["image_ids"][i], "file_name": split["file_names"][i], "caption": captions[i],
                  "references": split["references"][i]} for i in chosen]

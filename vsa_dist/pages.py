@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 
+from vsa_dist.data.images import open_rgb
+
 WHOLE_IMAGE_COLOUR = "#9e9e9e"
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#469990",
            "#800000", "#808000", "#000075", "#bfef45", "#fabed4", "#dcbeff", "#aaffc3", "#ffd8b1", "#00a087",
@@ -19,8 +21,6 @@ def colour(region: int) -> str:
 
 def thumbnail(jpeg: bytes, size: int) -> str:
     """The image as shown (EXIF orientation applied, as its boxes are), within the pixel limit, as a data URI."""
-    from vsa_dist.data.images import open_rgb
-
     image = open_rgb(jpeg)
     image.thumbnail((size, size))
     buffer = io.BytesIO()

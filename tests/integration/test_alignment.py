@@ -14,18 +14,19 @@ import pytest
 import torch
 from conftest import REPO
 
+from vsa_dist.data.pairs import word_index
+from vsa_dist.data.splits import load_split
 from vsa_dist.eval.retrieval import evaluate_alignment
 
 
 def test_the_train_stream_gives_each_train_image_once_an_epoch_as_load_split_does(mini_features, ray_cluster):
-    from vsa_dist.data.pairs import load_split, word_index
-    from vsa_dist.training import train_dataset
+    from vsa_dist.training.streams import TrainStream, train_dataset
 
     vocab = json.loads((mini_features / "manifest.json").read_text())["vocab"]["words"]
     reference = load_split(mini_features, "train", word_index(vocab), 16)
     by_tokens = {tokens.tobytes(): features for features, tokens in zip(reference["features"], reference["tokens"])}
     for whole_image_only in (False, True):
-        stream = train_dataset(str(mini_features), vocab, 16, whole_image_only=whole_image_only)
+        stream = train_dataset(str(mini_features), vocab, TrainStream(max_words=16, whole_image_only=whole_image_only))
         rows = stream.take_all()
         assert len(rows) == len(reference["tokens"]) and set(rows[0]) == {"features", "tokens"}
         assert {row["tokens"].tobytes() for row in rows} == set(by_tokens)
@@ -40,7 +41,6 @@ def test_ddp_training_learns_logs_and_resumes(tmp_path, mini_features, ray_clust
 
     from vsa_dist.checkpoints import load_alignment as load_model
     from vsa_dist.cli import main as vsa
-    from vsa_dist.data.pairs import load_split, word_index
     from vsa_dist.data.text import tokenize
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -141,7 +141,6 @@ def test_a_whole_image_run_trains_on_the_whole_images_row_alone(tmp_path, mini_f
     and trains a model whose scores ignore the region rows."""
     from vsa_dist.checkpoints import load_alignment
     from vsa_dist.cli import main as vsa
-    from vsa_dist.data.pairs import load_split, word_index
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     out = tmp_path / "align-whole"

@@ -95,8 +95,8 @@ def test_mirrored_features_are_the_mirrored_images_and_join_the_train_stream(tmp
                                                                             ray_cluster):
     """``--flip`` makes the features of each image mirrored left to right (the grid's boxes mirror with it), in a
     folder that ``train-mrnn --augment`` accepts: its train rows join the plain folder's in one stream."""
-    from vsa_dist.stages.train_mrnn import check_augment_folder
-    from vsa_dist.training import train_dataset
+    from vsa_dist.training.config import check_augment_folder
+    from vsa_dist.training.streams import TrainStream, train_dataset
 
     out = tmp_path / "mirrored"
     features("--shards", str(mini_shards), "--out", str(out), "--flip", "true", "--splits", "train")
@@ -125,8 +125,8 @@ def test_mirrored_features_are_the_mirrored_images_and_join_the_train_stream(tmp
         assert np.abs(rec["features"][0].astype(np.float32) - plain[key]["features"][0]).max() > 0.1
 
     vocab = load_features_manifest(mini_features)["vocab"]["words"]
-    assert train_dataset(str(mini_features), vocab, 20).count() == 100
-    assert train_dataset(str(mini_features), vocab, 20, augment=[str(out)]).count() == 200
+    assert train_dataset(str(mini_features), vocab, TrainStream(max_words=20)).count() == 100
+    assert train_dataset(str(mini_features), vocab, TrainStream(max_words=20, augment=(str(out),))).count() == 200
 
 
 def test_uint8_channels_last_batches_give_the_same_features(mini_images):

@@ -19,6 +19,8 @@ import pytest
 import torch
 
 from vsa_dist.checkpoints import read_checkpoint
+from vsa_dist.data.pairs import word_index
+from vsa_dist.data.splits import split_sentence_ids
 from vsa_dist.eval.captions import caption_metrics
 from vsa_dist.eval.regions import dangling
 
@@ -172,7 +174,7 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
         assert scored[name]["dangling_endings"] == sum(dangling(r["caption"]) for r in written["captions"])
     # --beam and --length-penalty: a decoding for region captions, to be chosen on dev; recorded with the scores
     from vsa_dist.checkpoints import load_generator
-    from vsa_dist.models.mrnn import generate
+    from vsa_dist.models.decoding import generate
 
     region_model, region_state = load_generator(out / "best.pt")
     longer = vsa(["eval", "regions", "--checkpoint", str(out / "best.pt"), "--snippets", str(test_snippets),
@@ -285,9 +287,9 @@ def scst_reward_gain(checkpoint: Path, features: Path, steps: int, images: int =
     """Self-critical steps (Adam 1e-3, 10 samples an image) on a few train images: the mean sample reward after
     over the mean before."""
     from vsa_dist.checkpoints import load_generator
-    from vsa_dist.data.pairs import load_split, split_sentence_ids, word_index
+    from vsa_dist.data.splits import load_split
     from vsa_dist.eval.cider import CiderD
-    from vsa_dist.models.mrnn import self_critical_loss
+    from vsa_dist.models.losses import self_critical_loss
 
     model, state = load_generator(checkpoint)
     index, max_words = word_index(state["vocab"]), state["config"]["max_words"]

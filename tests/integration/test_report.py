@@ -14,6 +14,9 @@ import pytest
 from conftest import untrained_alignment_checkpoint, untrained_generator_checkpoint
 from PIL import Image
 
+from vsa_dist.data.pairs import word_index
+from vsa_dist.data.splits import load_split
+
 
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -95,8 +98,7 @@ def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, 
     import torch
 
     from vsa_dist.checkpoints import load_generator
-    from vsa_dist.data.pairs import load_split, word_index
-    from vsa_dist.models.mrnn import generate
+    from vsa_dist.models.decoding import generate
 
     model, state = load_generator(run / "mrnn" / "best.pt")
     split = load_split(mini_features, "test", word_index(state["vocab"]), state["config"]["max_words"])

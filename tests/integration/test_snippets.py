@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import untrained_alignment_checkpoint
 
+from vsa_dist.data.pairs import word_index
+
 
 def test_align_snippets_stage_covers_every_word_and_beta_sets_snippet_length(mini_features, tmp_path, ray_cluster):
     import json as jsonlib
@@ -49,7 +51,7 @@ def test_snippets_of_the_modern_model_read_every_region(mini_features, tmp_path,
 
     from vsa_dist.checkpoints import load_alignment
     from vsa_dist.cli import main as vsa
-    from vsa_dist.data.pairs import encode_sentences, word_index
+    from vsa_dist.data.pairs import encode_sentences
     from vsa_dist.data.shards import read_samples, shard_paths
     from vsa_dist.features.format import npy_load
 

@@ -63,3 +63,16 @@ def test_tune_searches_on_dev_with_asha_and_writes_the_best_as_a_preset(tmp_path
     again = vsa([*args, "--resume", "true"])
     assert again["best"]["params"] == best["params"] and again["mlflow_run_id"] == summary["mlflow_run_id"]
     assert "0 of 8 trials" in capsys.readouterr().out
+
+
+def test_a_trial_streams_what_the_stage_would(tmp_path, mini_features, ray_cluster, mlflow_server, monkeypatch):
+    """A model that scores the whole image alone: its row alone, and the --augment folder's images joining (here the
+    same folder again, which the checks accept: same images, vocabulary and CNN), as train-align would stream them."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    summary = vsa(["tune", "--stage", "align", "--features", str(mini_features), "--set",
+                   f"batch_size=20,embed_dim=64,regions=false,augment={mini_features}", "--trials", "1",
+                   "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "tune"), "--experiment", "test-tune",
+                   "--progress", "false"])
+    assert summary["stream"]["whole_image_only"] and list(summary["stream"]["augment"]) == [str(mini_features)]
+    record = json.loads((tmp_path / "tune" / "trials" / "000.json").read_text())
+    assert record["epochs"][0]["steps"] == 2 * 100 // 20  # 100 train images, twice over, 20 a step

@@ -166,8 +166,8 @@ def test_a_whole_image_model_scores_the_whole_image_alone():
 
 
 def test_hardest_negatives_start_after_their_warm_up():
-    from vsa_dist.stages.train_align import AlignConfig, AlignTask
-    from vsa_dist.training import RunSpec
+    from vsa_dist.recipes.align import AlignConfig, AlignTask
+    from vsa_dist.training.session import RunSpec
 
     cfg = AlignConfig(features="f", hardest_negative=True, hardest_warmup_epochs=2)
     task, model = AlignTask(RunSpec(cfg, ["a"], 8, {}, "", "")), tiny_model(hardest_negative=True)
@@ -327,7 +327,7 @@ def brute_ranks(scores: np.ndarray, owner: np.ndarray):
 
 
 def test_data_clock_counts_the_wait_for_batches_not_the_steps():
-    from vsa_dist.training import DataClock
+    from vsa_dist.training.streams import DataClock
 
     def stream():
         time.sleep(0.3)  # the stream's start-up, before its first batch
@@ -342,7 +342,7 @@ def test_data_clock_counts_the_wait_for_batches_not_the_steps():
 
 
 def test_epoch_streams_read_the_next_epoch_during_the_evaluation():
-    from vsa_dist.training import DataClock, EpochStreams
+    from vsa_dist.training.streams import DataClock, EpochStreams
 
     epochs_made = []
 

@@ -79,9 +79,8 @@ def test_a_preset_that_does_not_exist_is_an_error(argv, capsys):
 
 def test_every_preset_only_names_keys_of_its_stage_and_resolves():
     from vsa_dist import config
-    from vsa_dist.stages.pipeline import PipelineConfig
-    from vsa_dist.stages.train_align import AlignConfig
-    from vsa_dist.stages.train_mrnn import MRNNConfig
+    from vsa_dist.configs import PipelineConfig
+    from vsa_dist.recipes.config import AlignConfig, MRNNConfig
 
     stages = {"train_align": AlignConfig, "train_mrnn": MRNNConfig, "pipeline": PipelineConfig}
     for name in config.presets():
@@ -95,7 +94,7 @@ def test_input_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
     """Ray Train's workers run in a folder of their own: a relative --init (or --features, --snippets) would not be
     found there (a self-critical run from `--init runs/.../best.pt` failed so); storage URIs stay as given."""
     from vsa_dist import config
-    from vsa_dist.stages.train_mrnn import MRNNConfig
+    from vsa_dist.recipes.config import MRNNConfig
 
     monkeypatch.chdir(tmp_path)
     local = config.resolve(MRNNConfig, None, {"features": "f", "init": "m/best.pt", "snippets": "s"})
@@ -164,7 +163,7 @@ def test_a_preset_may_name_a_base_preset_and_says_only_what_it_changes(tmp_path)
     import pytest
 
     from vsa_dist import config
-    from vsa_dist.stages.train_align import AlignConfig
+    from vsa_dist.recipes.config import AlignConfig
 
     quick = config.resolve(AlignConfig, "train_align_quick", {}, validate=False)
     modern = config.resolve(AlignConfig, "train_align_modern", {}, validate=False)

@@ -9,17 +9,18 @@ import pytest
 import torch
 
 from vsa_dist.eval.captions import caption_metrics, diversity, perplexity_of
-from vsa_dist.models.mrnn import (
-    MRNN,
-    NEVER_GENERATED,
-    PAD,
-    MRNNArgs,
-    MRNNEnsemble,
+from vsa_dist.models.args import MRNNArgs
+from vsa_dist.models.decoding import (
+    beam_search,
+    caption_ids,
     continued_words,
+    greedy,
     repeated_trigrams,
-    teacher_forcing,
-    token_nll,
+    unroll,
 )
+from vsa_dist.models.losses import distillation_loss, reward_references, self_critical_loss, token_nll
+from vsa_dist.models.mrnn import MRNN, NEVER_GENERATED, MRNNEnsemble, teacher_forcing
+from vsa_dist.models.tokens import PAD
 
 VOCAB = 9  # PAD, UNK, 6 words, END
 
@@ -147,7 +148,7 @@ def image_features(cell: str, n: int) -> torch.Tensor:
 def test_beam_one_is_greedy(cell):
     model = tiny(cell, vocab=40)
     features = image_features(cell, 16)
-    assert torch.equal(model.beam_search(features, beam=1, max_len=12), model.greedy(features, max_len=12))
+    assert torch.equal(beam_search(model, features, beam=1, max_len=12), greedy(model, features, max_len=12))
 
 
 def trigram_repeats(ids: list[int]) -> bool:
@@ -173,12 +174,12 @@ def test_decoding_never_repeats_a_trigram(cell):
     with torch.no_grad():
         model.output.bias[5] += 500.0  # word 5 wins every step
     features = image_features(cell, 8)
-    looping = model._unroll(features, 12, lambda log_probs: log_probs.argmax(dim=-1))[0]
+    looping = unroll(model, features, 12, lambda log_probs: log_probs.argmax(dim=-1))[0]
     assert all(trigram_repeats([w for w in row if w != PAD]) for row in looping.tolist())  # the test can fail
-    greedy, beam = model.greedy(features, 12), model.beam_search(features, 3, 12)
-    for row in greedy.tolist() + beam.tolist():
+    best_word, beam = greedy(model, features, 12), beam_search(model, features, 3, 12)
+    for row in best_word.tolist() + beam.tolist():
         assert not trigram_repeats([w for w in row if w != PAD]), row
-    assert all(row.count(5) >= 2 for row in greedy.tolist())  # it still says its word, only not in a loop
+    assert all(row.count(5) >= 2 for row in best_word.tolist())  # it still says its word, only not in a loop
 
 
 def teach(model: MRNN, features: torch.Tensor, captions: torch.Tensor, steps: int) -> None:
@@ -217,13 +218,13 @@ def test_decoding_never_ends_on_a_word_that_needs_a_continuation(cell):
         captions = [[w for w in row if w not in (PAD, model.args.end)] for row in decoded.tolist()]
         return [words[-1] if words else None for words in captions]
 
-    assert last_words(model.greedy(features, 12)) == [4, 4, 4]  # the test can fail: unmasked, it ends on 4
+    assert last_words(greedy(model, features, 12)) == [4, 4, 4]  # the test can fail: unmasked, it ends on 4
     for max_len in (12, 8, 4):  # 8 and 4: some captions are cut before they end, and must not be cut after a 4
-        for decoded in (model.greedy(features, max_len, continued),
-                        model.beam_search(features, 3, max_len, continued=continued)):
+        for decoded in (greedy(model, features, max_len, continued),
+                        beam_search(model, features, 3, max_len, continued=continued)):
             ends = last_words(decoded)
             assert 4 not in ends and None not in ends, (max_len, decoded)  # not on 4, and none is empty
-    assert all(model.args.end in row for row in model.greedy(features, 12, continued).tolist()[:2])  # still ends
+    assert all(model.args.end in row for row in greedy(model, features, 12, continued).tolist()[:2])  # still ends
 
 
 def ensemble_of(cells: str) -> MRNNEnsemble:
@@ -237,25 +238,25 @@ def test_wide_beam_is_exhaustive_search(cell):
     model, max_len = (tiny(cell, seed=3) if "+" not in cell else ensemble_of(cell)), 3
     words = [w for w in range(VOCAB) if w not in NEVER_GENERATED]
     features = image_features(cell.split("+")[0], 6)
-    found = model.beam_search(features, beam=len(words) ** (max_len - 1), max_len=max_len)
+    found = beam_search(model, features, beam=len(words) ** (max_len - 1), max_len=max_len)
     for image, row in zip(features, found):
         candidates = [list(seq) for n in range(1, max_len + 1) for seq in itertools.product(words, repeat=n)
                       if (seq[-1] == model.args.end or n == max_len) and model.args.end not in seq[:-1]]
         best = max(candidates, key=lambda seq: sequence_log_prob(model, image, seq))
         got = [w for w in row.tolist() if w != PAD]
         assert sequence_log_prob(model, image, got) == pytest.approx(sequence_log_prob(model, image, best), abs=1e-5)
-        greedy = [w for w in model.greedy(image[None], max_len)[0].tolist() if w != PAD]
-        assert sequence_log_prob(model, image, got) >= sequence_log_prob(model, image, greedy) - 1e-6
+        best_word = [w for w in greedy(model, image[None], max_len)[0].tolist() if w != PAD]
+        assert sequence_log_prob(model, image, got) >= sequence_log_prob(model, image, best_word) - 1e-6
 
 
 def test_ensemble_of_one_is_the_model_and_members_must_share_a_vocabulary():
     model, features = tiny("lstm", vocab=40), torch.randn(16, 6)
     alone = MRNNEnsemble([model])
-    assert torch.equal(alone.greedy(features, 12), model.greedy(features, 12))
-    assert torch.equal(alone.beam_search(features, 3, 12), model.beam_search(features, 3, 12))
+    assert torch.equal(greedy(alone, features, 12), greedy(model, features, 12))
+    assert torch.equal(beam_search(alone, features, 3, 12), beam_search(model, features, 3, 12))
     pair = ensemble_of("rnn+lstm")
-    assert not torch.equal(pair.greedy(features, 12), pair.members[0].greedy(features, 12))
-    assert torch.equal(pair.beam_search(features, 1, 12), pair.greedy(features, 12))
+    assert not torch.equal(greedy(pair, features, 12), greedy(pair.members[0], features, 12))
+    assert torch.equal(beam_search(pair, features, 1, 12), greedy(pair, features, 12))
     with pytest.raises(ValueError, match="vocabulary"):
         MRNNEnsemble([tiny("rnn"), tiny("rnn", vocab=40)])
 
@@ -270,7 +271,7 @@ def test_tiny_mrnn_overfits_a_handful_of_captions(cell):
         features = torch.cat([torch.randn(1, 1, 8).expand(5, 1, 8), torch.randn(5, 2, 8)], dim=1)
     captions = torch.tensor([[2, 3, 4, 0, 0], [5, 6, 0, 0, 0], [7, 8, 9, 10, 11], [3, 3, 12, 0, 0], [12, 2, 5, 6, 0]])
     teach(model, features, captions, steps=300)
-    for decoded in (model.greedy(features, 8), model.beam_search(features, beam=3, max_len=8)):
+    for decoded in (greedy(model, features, 8), beam_search(model, features, beam=3, max_len=8)):
         recalled = [[w for w in row if w not in (PAD, model.args.end)] for row in decoded.tolist()]
         assert recalled == [[w for w in row if w != PAD] for row in captions.tolist()]
 
@@ -320,7 +321,7 @@ def test_tempered_samples_come_from_the_sharpened_distribution():
         assert log_probs[i].sum().item() == pytest.approx(float(sum(sharp[t, w] for t, w in enumerate(words))),
                                                           abs=1e-4)
     cold = model(features, sample_len=10, temperature=1e-4)[0]
-    assert torch.equal(cold, model._unroll(features, 10, lambda lp: lp.argmax(dim=-1))[0])
+    assert torch.equal(cold, unroll(model, features, 10, lambda lp: lp.argmax(dim=-1))[0])
 
 
 def test_sampled_distributions_are_the_models_own_at_any_temperature():
@@ -353,7 +354,6 @@ def test_distillation_pulls_the_student_to_the_teacher_where_the_student_goes():
     """The distillation term on a student's own samples: no pull when student and teacher are one model (the
     gradient is the difference of their distributions), and a few hundred steps of it alone bring another model's
     next-word distributions onto the teacher's along the teacher's own captions, where the student decodes."""
-    from vsa_dist.models.mrnn import caption_ids, distillation_loss
 
     torch.manual_seed(0)
     features = torch.randn(4, 6)
@@ -366,7 +366,7 @@ def test_distillation_pulls_the_student_to_the_teacher_where_the_student_goes():
     assert max(p.grad.abs().max() for p in twin.parameters()) < 1e-5
 
     end = teacher_model.args.end
-    teacher_captions = [list(c) + [end] for c in caption_ids(teacher.greedy(features, 6), end)]
+    teacher_captions = [list(c) + [end] for c in caption_ids(greedy(teacher, features, 6), end)]
 
     def kl_on_teacher_captions(student: MRNN) -> float:  # mean KL(teacher || student) a step
         kls = []
@@ -395,7 +395,6 @@ def test_self_critical_training_raises_the_cider_of_samples(temperature):
     """A tiny model sampling captions for four images learns, from CIDEr-D rewards alone (no teacher
     forcing), to say what each image's references say, whether it samples from its distribution or a sharpened one."""
     from vsa_dist.eval.cider import CiderD
-    from vsa_dist.models.mrnn import caption_ids, reward_references, self_critical_loss
 
     torch.manual_seed(0)
     model = MRNN(MRNNArgs(vocab_size=14, feature_dim=8, hidden=48, word_dim=16, cell="lstm", dropout=0.0))
@@ -406,7 +405,7 @@ def test_self_critical_training_raises_the_cider_of_samples(temperature):
     references = reward_references(reward, tokens, 13)
 
     def greedy_cider() -> list[float]:
-        return [reward.score(c, refs) for c, refs in zip(caption_ids(model.greedy(features, 6), 13), references)]
+        return [reward.score(c, refs) for c, refs in zip(caption_ids(greedy(model, features, 6), 13), references)]
 
     before = greedy_cider()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -1,15 +1,19 @@
-"""The import graph: no cycle, no stage imported by another (the pipeline and tune aside), and the model, data,
-feature and evaluation layers free of Ray and MLflow, which stay at the edge (stages, serving, tracking)."""
+"""The import graph: no cycle, no stage imported by another (the pipeline, which composes them, aside), imports at
+the top of their files (the few deliberate late ones say why), the model, data, feature and evaluation layers free of
+Ray and MLflow, which stay at the edge (stages, recipes, serving, tracking), and every command's config free of
+torch."""
 
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "vsa_dist"
 PURE_LAYERS = ("models", "data", "features", "eval")
+COMPOSER = "vsa_dist.stages.pipeline"  # shards → features → alignment → generator → report, in one command
 
 
 def module_name(path: Path) -> str:
@@ -47,6 +51,14 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
+def loaded_by(modules: list[str]) -> set[str]:
+    """The heavy packages that importing ``modules`` really loads, in a fresh interpreter."""
+    code = f"import importlib, json, sys\nfor n in {modules!r}: importlib.import_module(n)\n" \
+           "print(json.dumps([m for m in ('torch', 'ray', 'mlflow', 'webdataset') if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out))
+
+
 def test_no_module_imports_itself_back():
     graph = imports()
     ours = {name: {d for d in deps if d in graph} for name, deps in graph.items()}
@@ -57,12 +69,31 @@ def test_no_module_imports_itself_back():
 def test_stages_are_not_libraries():
     graph = imports()
     for name, deps in graph.items():
-        # the pipeline runs the stages, tune runs the training stages' loops: both drive stages by design
-        if name in ("vsa_dist.stages.pipeline", "vsa_dist.stages.tune", "vsa_dist.cli") or \
-                not name.startswith("vsa_dist."):
+        if name == COMPOSER:
             continue
         stages = sorted(d for d in deps if d.startswith("vsa_dist.stages.") and d in graph)
         assert not stages, f"{name} imports the stage runner(s) {stages}"
+
+
+def test_imports_stand_at_the_top_of_their_file_or_say_why_not():
+    late = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        lines = text.splitlines()
+        tree = ast.parse(text)
+        for function in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in ast.walk(function):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and "# lazy: " not in lines[node.lineno - 1]:
+                    late.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not late, f"imports inside functions without a '# lazy: why' comment: {late}"
+
+
+def test_data_does_not_import_features():
+    """The layers run one way: features read data's shards, data knows nothing of features."""
+    graph = imports()
+    back = sorted((name, dep) for name, deps in graph.items() if name.startswith("vsa_dist.data")
+                  for dep in deps if dep.startswith("vsa_dist.features"))
+    assert not back, back
 
 
 def test_model_data_feature_and_eval_layers_need_neither_ray_nor_mlflow():
@@ -73,7 +104,9 @@ def test_model_data_feature_and_eval_layers_need_neither_ray_nor_mlflow():
             assert not heavy, f"{name} reaches {heavy}"
     # and for real: importing every module of those layers loads neither
     names = [n for n in graph if n.split(".")[1:2] and n.split(".")[1] in PURE_LAYERS]
-    code = f"import importlib, sys\nfor n in {names!r}: importlib.import_module(n)\n" \
-           "print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]", out
+    assert not {"ray", "mlflow"} & loaded_by(names)
+
+
+def test_every_commands_config_and_the_cli_load_neither_torch_nor_ray_nor_mlflow():
+    """``vsa COMMAND --help`` is built from these alone: a quarter of a second, not the seconds torch takes."""
+    assert loaded_by(["vsa_dist.cli", "vsa_dist.configs", "vsa_dist.recipes.config"]) == set()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from vsa_dist.models.mrnn import MRNN, MRNNArgs
-from vsa_dist.stages.train_mrnn import MRNNConfig
+from vsa_dist.recipes.config import MRNNConfig
 from vsa_dist.training.session import RunSpec
 from vsa_dist.training.state import end_epoch, moving_average, restore
 

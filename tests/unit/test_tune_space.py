@@ -9,8 +9,8 @@ import pytest
 from conftest import fails
 
 from vsa_dist import config as cfglib
-from vsa_dist.stages.train_align import AlignConfig
-from vsa_dist.stages.tune import TuneConfig, sample_trials, search_space
+from vsa_dist.recipes.config import AlignConfig, TuneConfig
+from vsa_dist.stages.tune import sample_trials, search_space
 
 
 def space_config(tmp_path, text: str, **values) -> TuneConfig:
@@ -26,6 +26,8 @@ def space_config(tmp_path, text: str, **values) -> TuneConfig:
     ("lr_rate: {uniform: [1, 2]}", "not a config key of align"),
     ("epochs: {randint: [1, 9]}", "set by vsa tune itself"),
     ("max_words: {randint: [10, 20]}", "decides the train stream"),
+    ("regions: {choice: [true, false]}", "decides the train stream"),  # the whole image's row alone, or every row
+    ('lr: {loguniform: ["a", "b"]}', "loguniform needs numbers"),
     ("lr: {gaussian: [1, 2]}", "expected one of"),
     ("lr: {uniform: [2.0e-3, 1.0e-3]}", "is not below high"),
 ])

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import webdataset as wds
+
 from vsa_dist import storage
 from vsa_dist.data.shards import REJECTS
 from vsa_dist.io import (
@@ -75,7 +77,6 @@ class ShardAssembler:
         if state is None:
             fd, tmp = temp_path(self.out_dir / plan.name)
             fh = os.fdopen(fd, "wb")
-            import webdataset as wds  # here, not at the top: it imports torch
 
             state = self.open[source] = _Open(plan, tmp, fh, wds.TarWriter(fh, mtime=0))
         state.rows += 1

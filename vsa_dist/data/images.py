@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from pathlib import Path
 
 from PIL import Image, ImageOps
 
@@ -109,8 +110,6 @@ def image_suffixes() -> set[str]:
 def find_images(items, skip: str = "") -> list:
     """The image files that ``items`` (files and folders) name: a file as given; a folder's files, its subfolders'
     too, in name order, every type PIL can decode (by suffix; hidden folders such as ``skip`` are left out)."""
-    from pathlib import Path
-
     suffixes, found = image_suffixes(), []
     for item in map(Path, items):
         if not item.is_dir():

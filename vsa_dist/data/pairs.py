@@ -1,4 +1,6 @@
-"""Feature shards → the arrays the text-image models train and evaluate on.
+"""Feature shards → the arrays the text-image models train and evaluate on: one sample's rows (what the train stream's
+read workers run: numpy only, no torch or webdataset, which they would import afresh every epoch) and the word ids.
+Whole splits in memory: ``data/splits.py``.
 
 One row per image: ``features`` float16 [1+R, D] and ``tokens`` int32 [S, T], the image's sentences as
 word ids (PAD-padded, at most ``max_words`` words, at most S = 5 sentences; missing sentences are all PAD).
@@ -8,12 +10,11 @@ Word ids: PAD = 0, UNK = 1, then the manifest's vocabulary (words seen >= 5 time
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vsa_dist.features.format import npy_load
+from vsa_dist.data.npy import npy_load
 from vsa_dist.models.tokens import CONTINUED_WORDS, PAD, UNK
 
 # The row functions below run in Ray Data's read workers, which Ray starts afresh for each epoch's stream
@@ -49,19 +50,7 @@ def encode_sentences(sentences: list[dict[str, Any]], index: dict[str, int], max
     return out
 
 
-def split_sentence_ids(features_dir: Path | str, split: str, index: dict[str, int],
-                       max_words: int) -> list[list[tuple[int, ...]]]:
-    """Every image's sentences as word-id tuples, encoded as the training rows encode them (the corpus of the
-    CIDEr-D reward in self-critical training). Decodes only the metadata, but reads the tars through (feature
-    bytes included), once per worker per run."""
-    from vsa_dist.data.shards import read_samples, shard_paths
-
-    return [[tuple(encode_tokens(s["tokens"], index, max_words))
-             for s in json.loads(sample["json"])["sentences"][:SENTENCES_PER_IMAGE]]
-            for sample in read_samples(shard_paths(features_dir, [split]))]
-
-
-def _features(raw: bytes, whole_image_only: bool) -> np.ndarray:
+def features_of(raw: bytes, whole_image_only: bool) -> np.ndarray:
     features = npy_load(raw)
     return features[0] if whole_image_only else features
 
@@ -70,7 +59,7 @@ def feature_sample_to_row(sample: dict[str, Any], index: dict[str, int], max_wor
                           whole_image_only: bool = False) -> dict[str, np.ndarray]:
     """``read_webdataset``'s decoder over feature shards: one image's raw members → its fixed-shape training row
     (``whole_image_only``: features [D], the whole-image row, for the generator)."""
-    return {"features": _features(sample["feat.npy"], whole_image_only),
+    return {"features": features_of(sample["feat.npy"], whole_image_only),
             "tokens": encode_sentences(json.loads(sample["json"])["sentences"], index, max_words)}
 
 
@@ -96,26 +85,3 @@ def snippet_rows_to_arrays(
                 features.append(image[region])
                 tokens.append(encode_sentences(snippets[start:start + SENTENCES_PER_IMAGE], index, max_words))
     return {"features": np.stack(features), "tokens": np.stack(tokens)}
-
-
-def load_split(features_dir: Path | str, split: str, index: dict[str, int], max_words: int,
-               whole_image_only: bool = False) -> dict[str, Any]:
-    """A whole split in memory (evaluation: 1,000 images are about 50 MB of float16 features), with each
-    image's id, JPEG file name, region boxes, and reference sentences (raw and as the shards tokenised them)."""
-    from vsa_dist.data.shards import read_samples, shard_paths
-
-    features, tokens, boxes, image_ids, file_names, references, sentence_tokens = [], [], [], [], [], [], []
-    for sample in read_samples(shard_paths(features_dir, [split])):
-        meta = json.loads(sample["json"])
-        features.append(_features(sample["feat.npy"], whole_image_only))
-        tokens.append(encode_sentences(meta["sentences"], index, max_words))
-        image_ids.append(meta["image_id"])
-        file_names.append(meta.get("file_name", ""))
-        boxes.append(npy_load(sample["boxes.npy"]))
-        references.append([s["raw"] for s in meta["sentences"]])
-        sentence_tokens.append([s["tokens"] for s in meta["sentences"]])
-    if not features:
-        raise ValueError(f"{features_dir}: no {split!r} images in the feature shards")
-    return {"split": split, "features": np.stack(features), "tokens": np.stack(tokens), "boxes": np.stack(boxes),
-            "image_ids": image_ids, "file_names": file_names, "references": references,
-            "sentence_tokens": sentence_tokens}

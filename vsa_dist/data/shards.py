@@ -24,10 +24,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import webdataset as wds
 from tqdm import tqdm
 
 from vsa_dist import console, storage
 from vsa_dist.data.images import ImageRejected, check_jpeg
+from vsa_dist.data.manifests import MANIFEST, load_manifest  # noqa: F401  (its readers import it from here too)
 from vsa_dist.data.sources import Catalog, ImageEntry
 from vsa_dist.data.text import VOCAB_MIN_COUNT, build_vocab
 from vsa_dist.io import (
@@ -41,7 +43,6 @@ from vsa_dist.io import (
     temp_path,
 )
 
-MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 SHARD_FORMAT_VERSION = 1
 
@@ -75,7 +76,6 @@ def _write_shard(path: Path, entries: list[ImageEntry], fmt: str, max_pixels: in
     fd, tmp = temp_path(path)
     try:
         with os.fdopen(fd, "wb") as fh:
-            import webdataset as wds  # here, not at the top: it imports torch (seconds before `--help` could print)
 
             writer = wds.TarWriter(fh, mtime=0)  # fixed mtime: same inputs, same bytes, same sha256
             for entry in entries:
@@ -214,14 +214,6 @@ def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, 
     return manifest
 
 
-def load_manifest(shards_dir: Path | str) -> dict[str, Any]:
-    """A shard folder's manifest; the folder may be a path or a storage URI."""
-    path = storage.join(shards_dir, MANIFEST)
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path}: no shard manifest (build shards first: vsa shards build)")
-    return json.loads(storage.read_bytes(path))
-
-
 def _every_shard(urls):
     return urls
 
@@ -230,7 +222,6 @@ def read_samples(paths: list[str]) -> Iterator[dict[str, Any]]:
     """Every sample of ``paths`` in order, in this one process, even inside a DDP worker (webdataset
     would otherwise expect the shards to be split over ranks). Remote shards are read from this node's cache."""
     paths = [storage.fetch(p) for p in paths]
-    import webdataset as wds
 
     yield from wds.WebDataset(paths, shardshuffle=False, empty_check=False, nodesplitter=_every_shard)
 

@@ -12,8 +12,14 @@ import shutil
 from typing import Any
 
 import torch
+from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from vsa_dist.models.mrnn import MRNN, sentence_rows, teacher_forcing, token_nll
+from vsa_dist.models.losses import token_nll
+from vsa_dist.models.mrnn import MRNN, sentence_rows, teacher_forcing
 
 ALL_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 
@@ -27,8 +33,6 @@ def require_java() -> str:
 
 
 def _tokenized(references: dict[str, list[str]], candidates: dict[str, str]):
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
     missing = sorted(set(references) - set(candidates))
     if missing:
         raise ValueError(f"no candidate caption for {len(missing)} image(s), e.g. {missing[:3]}")
@@ -47,11 +51,6 @@ def caption_metrics(references: dict[str, list[str]], candidates: dict[str, str]
                     metrics: tuple[str, ...] = ALL_METRICS) -> dict[str, float]:
     """Corpus-level scores (0–1; CIDEr 0–10) for the images in ``references``; with BLEU, also
     ``bleu_length_ratio``: candidate words over the closest references' words, as BLEU's brevity penalty sees them."""
-    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
-    from pycocoevalcap.rouge.rouge import Rouge
-
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:
         raise ValueError(f"unknown caption metrics {sorted(unknown)}; known: {ALL_METRICS}")

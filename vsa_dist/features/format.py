@@ -15,14 +15,11 @@ The folder's ``manifest.json`` has the same ``splits`` layout as an image-shard 
 
 from __future__ import annotations
 
-import io
 import json
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from vsa_dist import storage
+from vsa_dist.data.manifests import load_features_manifest  # noqa: F401  (its readers import it from here too)
+from vsa_dist.data.npy import npy_bytes, npy_load  # noqa: F401  (the feature arrays' encoding)
 
 FEATURES_FORMAT_VERSION = 1
 
@@ -33,16 +30,6 @@ SETTINGS_KEYS = ("format_version", "backbone", "weights_sha256", "input_size", "
 
 class FeatureSettingsMismatch(ValueError):
     """Two feature folders were made with different settings."""
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def npy_load(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
@@ -78,13 +65,3 @@ def check_model_matches(features_dir: str, settings: dict[str, Any], model_state
     if differ or model_state.get("feature_dim", settings["feature_dim"]) != settings["feature_dim"]:
         detail = ", ".join(f"{k}: {trained_on.get(k)!r} vs {settings.get(k)!r}" for k in differ) or "feature_dim"
         raise FeatureSettingsMismatch(f"{features_dir}: not made the way the model's training features were ({detail})")
-
-
-def load_features_manifest(features_dir: Path | str) -> dict[str, Any]:
-    path = storage.join(features_dir, "manifest.json")
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path}: no feature manifest (extract features first: vsa features)")
-    manifest = json.loads(storage.read_bytes(path))
-    if manifest.get("kind") != "features":
-        raise ValueError(f"{path}: not a feature manifest (kind={manifest.get('kind')!r})")
-    return manifest

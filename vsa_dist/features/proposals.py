@@ -7,9 +7,10 @@ the pretrained ImageNet classifier's confidence on each box, non-maximum suppres
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
-PROPOSAL_METHODS = ("grid", "selective-search")
+from vsa_dist.features import PROPOSAL_METHODS  # noqa: F401  (its readers import it from here too)
 
 # Window sizes (fraction of the image side) and how many positions per axis: 9 + 9 + 16 = 34 candidates.
 _GRID = ((0.75, 3), (0.5, 3), (0.35, 4))
@@ -34,8 +35,6 @@ def selective_search(image_rgb: np.ndarray, max_boxes: int = 200, min_side_frac:
 
     Large images are searched at ``max_side`` pixels and the boxes scaled back: the cost grows with area.
     """
-    import cv2
-
     cv2.setNumThreads(1)  # one image per call; parallelism comes from running several calls at once
     height, width = image_rgb.shape[:2]
     scale = min(1.0, max_side / max(height, width))

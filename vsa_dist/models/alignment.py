@@ -37,43 +37,15 @@ the snippet MRF still reading v_iᵀ s_t.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsa_dist.models.args import AlignmentArgs, reads_regions  # noqa: F401  (the model's args, declared once)
 from vsa_dist.models.tokens import PAD
 
-
-@dataclass
-class AlignmentArgs:
-    vocab_size: int
-    feature_dim: int = 1280
-    embed_dim: int = 1000      # h: the multimodal space (the paper: 1000 to 1600)
-    word_dim: int = 300        # x_t (the paper's word2vec vectors were 300-d)
-    dropout: float = 0.5
-    score_norm: str = "sum"    # "sum" (the paper) or "mean" over words
-    hardest_negative: bool = False
-    margin: float = 1.0
-    l2_features: bool = True  # unit-length CNN features in: initial scores start near the margin, not in the
-    #                           hundreds, so the hinge does not drive every ReLU dead before anything is learned
-    word_rnn: str = "relu"     # "relu": the paper's BRNN; "gru": a bidirectional GRU
-    cosine: bool = False       # v_i and s_t at unit length
-    local_weight: float = 1.0  # the paper's region–word term
-    global_weight: float = 0.0  # the whole image against the sentence's mean word vector (cosine)
-    regions: bool = True       # score the R regions beside the whole image; False: v_0 alone (an ablation)
-    global_pooling: str = "mean"  # the global term's vectors: "mean" (v_0, mean_t s_t) or "gpo" (learned pooling)
-    local_pooling: str = "max"  # each word's region: "max" (the paper's best region) or "attention" (SCAN t2i)
-
-
 ATTENTION_SHARPNESS = 9.0  # SCAN's λ_1 for text-to-image attention (their best on Flickr30K and COCO)
-
-
-def reads_regions(settings) -> bool:
-    """Whether the image–sentence score reads the R region rows, or only the whole image's (``settings``: the
-    model's args or the stage's config, which share these fields)."""
-    return bool(settings.regions and (settings.local_weight or settings.global_pooling == "gpo"))
 
 
 def sine_positions(steps: int, dim: int) -> torch.Tensor:

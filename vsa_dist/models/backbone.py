@@ -8,10 +8,14 @@
 
 from __future__ import annotations
 
+import copy
+import importlib
 from dataclasses import asdict, dataclass
 
 import torch
+from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 @dataclass(frozen=True)
@@ -70,10 +74,6 @@ _EFFICIENTNET_LITE = {
 
 
 def _efficientnet_lite(name: str, weights: str) -> Backbone:
-    import importlib
-
-    from efficientnet_lite_pytorch import EfficientNet
-
     input_size, package, weight_file = _EFFICIENTNET_LITE[name]
     if not weights:
         try:
@@ -89,8 +89,7 @@ def _efficientnet_lite(name: str, weights: str) -> Backbone:
 
 
 def _torchvision(name: str, weights: str) -> Backbone:
-    import torchvision
-
+    import torchvision  # lazy: its model zoo and torch._dynamo cost `vsa caption` 1.3 s of start-up; only this needs it
     if not weights:
         raise ValueError(f"torchvision:{name} needs --weights PATH (a local state-dict file; nothing is downloaded)")
     model = torchvision.models.get_model(name, weights=None)
@@ -128,7 +127,7 @@ class _TimmHead(nn.Module):
 
 def _timm(name: str, weights: str) -> Backbone:
     try:
-        import timm
+        import timm  # lazy: an optional package, not a dependency (a local timm weight file by path)
     except ImportError as err:
         raise ValueError("timm:NAME needs the timm package (pip install timm)") from err
     if not weights:
@@ -150,10 +149,6 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     convs in a subclass, which ``torch.fx.experimental.optimization.fuse`` does not recognise).
     A module that cannot be traced is returned unchanged.
     """
-    import copy
-
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     class ConvLeafTracer(torch.fx.Tracer):  # a conv subclass stays one node, whatever its forward does
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
             return isinstance(m, nn.Conv2d) or super().is_leaf_module(m, qualname)

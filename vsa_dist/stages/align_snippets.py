@@ -16,80 +16,43 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from ray.data import ActorPoolStrategy
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
-from vsa_dist.config import option
+from vsa_dist.checkpoints import load_alignment, read_checkpoint
+from vsa_dist.configs import SnippetsConfig
 from vsa_dist.data.assembler import REJECTS, ShardAssembler, account, check_sources, plan_shards, resume
 from vsa_dist.data.pairs import encode_sentences, word_index
 from vsa_dist.data.shards import MANIFEST, read_samples
 from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest, npy_load
 from vsa_dist.io import atomic_write_json, sha256_file
-
-# Ray, torch and the model are imported where they are used, not here: `--help` needs only the config
+from vsa_dist.models.snippets import align_words, snippets
+from vsa_dist.ray_env import check_placeable, ensure_ray
+from vsa_dist.stages import run_stage
 
 SNIPPETS_FORMAT_VERSION = 1
 PASS_THROUGH = ("feat.npy", "boxes.npy")
-
-
-@dataclass
-class SnippetsConfig(cfglib.Config):
-    """Align sentence snippets to image regions with a trained alignment model."""
-
-    checkpoint: str = option("", "alignment model (vsa train-align: OUT/best.pt)")
-    features: str = option("", "feature folder the model was trained on")
-    out: str = option("", "output folder: snippet shards + manifest.json")
-    beta: float = option(0.1, "cost of a region change between neighbouring words: 0 = each word its own best region; "
-                              "larger = longer snippets", range="[0, inf)")
-    splits: list[str] = option(["train"], "splits to align")
-    actors: int = option(0, "aligner actors; 0 = one per CPU of the cluster", range="[0, inf)")
-    batch_size: int = option(32, "images per actor call", range="[1, inf)")
-    progress: bool = option(True, "Ray Data progress bars")
-
-    def validate(self) -> None:
-        if not self.out:
-            raise cfglib.ConfigError("out: an output folder is required")
-
-    def check_inputs(self) -> None:
-        if not self.checkpoint or not storage.exists(self.checkpoint):
-            raise cfglib.ConfigError(
-                f"checkpoint {self.checkpoint!r}: no such file (vsa train-align writes OUT/best.pt)"
-            )
-        if not self.features or not storage.exists(storage.join(self.features, MANIFEST)):
-            raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
-        known = set(load_features_manifest(self.features)["splits"])
-        if unknown := sorted(set(self.splits) - known):
-            raise cfglib.ConfigError(f"splits {unknown} are not in {self.features} (it has {sorted(known)})")
 
 
 class SnippetAligner:
     """Ray Data actor: a batch of feature samples → the same samples with their snippets in the JSON."""
 
     def __init__(self, checkpoint: str, beta: float):
-        import torch
-
-        from vsa_dist.checkpoints import load_alignment
-
         torch.set_num_threads(1)
         self.model, state = load_alignment(storage.fetch(checkpoint))
         self.index, self.max_words, self.beta = word_index(state["vocab"]), state["config"]["max_words"], beta
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         with torch.no_grad():
             return self._align(batch)
 
     def _align(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        from vsa_dist.models.snippets import align_words, snippets
-
         metas = [json.loads(raw) for raw in batch["json"]]
         features = [torch.from_numpy(npy_load(raw)) for raw in batch["feat.npy"]]
         tokens = [torch.from_numpy(encode_sentences(m["sentences"], self.index, self.max_words)).long() for m in metas]
@@ -138,11 +101,6 @@ def run(cfg: SnippetsConfig) -> dict[str, Any]:
 
 
 def _run(cfg: SnippetsConfig, out_dir: Path) -> dict[str, Any]:
-    from ray.data import ActorPoolStrategy
-
-    from vsa_dist.checkpoints import read_checkpoint
-    from vsa_dist.ray_env import check_placeable, ensure_ray
-
     start = time.time()
     features_manifest = load_features_manifest(cfg.features)
     # the checkpoint is read (weights only) and matched to the features before Ray starts: a wrong file fails in seconds
@@ -190,5 +148,5 @@ def _run(cfg: SnippetsConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(SnippetsConfig, run, argv, prog="vsa align-snippets", preset=None,
+    return run_stage(SnippetsConfig, run, argv, prog="vsa align-snippets", preset=None,
                             input_errors=(ValueError,))

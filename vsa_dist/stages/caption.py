@@ -16,44 +16,23 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass
 from pathlib import Path
+
+import mlflow
+from tqdm import tqdm
 
 from vsa_dist import config as cfglib
 from vsa_dist import console
-from vsa_dist.config import option
-from vsa_dist.data.images import DEFAULT_MAX_PIXELS
-
-
-@dataclass
-class CaptionConfig(cfglib.Config):
-    """Caption images (files or folders) with a model from the MLflow registry."""
-
-    images: list[str] = option([], "image files or folders", positional=True)
-    model: str = option("models:/vsa-captioner@champion", "MLflow model URI or model folder")
-    beam: int = option(0, "beam size; 0: the one chosen on dev when the model was trained", range="[0, inf)")
-    batch_size: int = option(32, "images per feature/caption batch", range="[1, inf)")
-    regions: int = option(0, "also describe this many top regions of each image, with their boxes (a model trained "
-                             "with --snippets)", range="[0, inf)")
-    max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images above this many pixels, from their header "
-                                                 "(decompression bombs); may be raised", range="[1, inf)")
-    format: str = option("tsv", "output lines: tsv (path, caption; a line per region) or jsonl (an object per image)",
-                         choices=("tsv", "jsonl"))
-    html: str = option("", "also write the images, their captions and their regions' boxes to this HTML page")
-
-    def validate(self) -> None:
-        if not self.images:
-            raise cfglib.ConfigError("name at least one image file or folder")
-
-    def check_inputs(self) -> None:
-        for item in self.images:
-            if not Path(item).exists():
-                raise cfglib.ConfigError(f"{item}: no such file or folder")
+from vsa_dist.configs import CaptionConfig
+from vsa_dist.data.images import DEFAULT_MAX_PIXELS, find_images, open_rgb
+from vsa_dist.io import atomic_write_bytes
+from vsa_dist.pages import colour, thumbnail
+from vsa_dist.serving import load_captioner as load
+from vsa_dist.stages import run_stage
+from vsa_dist.tracking import tracking_uri
 
 
 def image_files(items: list[str]) -> list[Path]:
-    from vsa_dist.data.images import find_images
-
     files = find_images(items)
     for item in map(Path, items):
         if item.is_dir() and not any(f.is_relative_to(item) for f in files):
@@ -65,11 +44,6 @@ def image_files(items: list[str]) -> list[Path]:
 def load_captioner(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     """The captioner at ``uri`` (``vsa_dist.serving.Captioner``), built from its own artifacts: no code from the
     model folder runs, nothing is unpickled."""
-    import mlflow
-
-    from vsa_dist.serving import load_captioner as load
-    from vsa_dist.tracking import tracking_uri
-
     mlflow.set_tracking_uri(tracking_uri())
     try:
         return load(uri, max_pixels)
@@ -90,8 +64,6 @@ def _read(path: Path) -> tuple[bytes, str]:
 def run(cfg: CaptionConfig) -> list[tuple[str, str]]:
     """Print ``path<TAB>caption`` per image (and its regions), or a JSON object per image; an image that cannot be
     captioned gets ``path: error: reason`` on stderr and the others go on. Exits 1 when any image failed."""
-    from tqdm import tqdm
-
     files = image_files(cfg.images)
     captioner = load_captioner(cfg.model, cfg.max_pixels)
     results, failed, page = [], 0, []
@@ -136,9 +108,6 @@ def run(cfg: CaptionConfig) -> list[tuple[str, str]]:
 def figure(path: Path, data: bytes, result, width: int = 320) -> str:
     """One image as an inline SVG (its boxes drawn in the image's own pixel coordinates, scaled with it) with its
     caption and its regions' captions, each in its box's colour; hovering a region's caption lights its box."""
-    from vsa_dist.data.images import open_rgb
-    from vsa_dist.pages import colour, thumbnail
-
     shown_w, shown_h = open_rgb(data).size
     boxes = "".join(f'<rect class="r{r}" x="{x1:g}" y="{y1:g}" width="{x2 - x1:g}" height="{y2 - y1:g}" '
                     f'stroke="{colour(r)}"/>' for r, ((x1, y1, x2, y2), _) in enumerate(result.regions, start=1))
@@ -153,8 +122,6 @@ def figure(path: Path, data: bytes, result, width: int = 320) -> str:
 
 def write_page(page: Path, model: str, described: list) -> None:
     """The captioned images as one page that stands alone (images inline), at their own aspect ratios."""
-    from vsa_dist.io import atomic_write_bytes
-
     cards = "\n".join(figure(path, data, result) for path, data, result in described)
     atomic_write_bytes(page, f"""<!doctype html><meta charset="utf-8"><title>vsa caption</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} main{{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}}
@@ -175,4 +142,4 @@ for (const item of document.querySelectorAll("li[data-r]")) {{
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
-    return cfglib.run_stage(CaptionConfig, run, argv, prog="vsa caption", preset=None, input_errors=(ValueError,))
+    return run_stage(CaptionConfig, run, argv, prog="vsa caption", preset=None, input_errors=(ValueError,))

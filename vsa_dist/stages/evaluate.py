@@ -19,47 +19,25 @@ also writes them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
-from vsa_dist.config import option
-from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest
-
-# torch and the models are imported where they are used, not here: `vsa eval … --help` needs only the config
-
-
-@dataclass
-class EvalConfig(cfglib.Config):
-    """Evaluate a checkpoint (best.pt of a training run) on a split of a feature folder."""
-
-    checkpoint: str = option("", "best.pt (or an epoch checkpoint) of a training run")
-    features: str = option("", "feature folder made with the settings the model was trained on")
-    split: str = option("test", "split to score (model selection happens on dev, never test)")
-    beam: int = option(0, "captions: beam size; 0: the size chosen on dev in training (or 1)", range="[0, inf)")
-    length_penalty: float | None = option(None, "captions: beam ranking by log P / length**this; unset: the model's "
-                                                "training setting (choose on dev, never on test)", range="[0, inf)")
-    beta: float = option(0.1, "snippets: the MRF's beta (vsa align-snippets)", range="[0, inf)")
-    ensemble: list[str] = option([], "captions, retrieval: more checkpoints of the same kind (same "
-                                               "vocabulary, same feature settings) scored together with --checkpoint "
-                                               "as one model")
-    images: int = option(0, "captions: score the split's first N images only (0: all; a quick look at train)",
-                         range="[0, inf)")
-    out: str = option("", "also write the metrics to this JSON file")
-
-    def check_inputs(self) -> None:
-        require_checkpoint(self.checkpoint)
-        for path in self.ensemble:
-            if not storage.exists(path):
-                raise cfglib.ConfigError(f"ensemble checkpoint {path!r}: no such file")
-        if not self.features or not storage.exists(storage.join(self.features, "manifest.json")):
-            raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
-
-
-def require_checkpoint(path: str) -> None:
-    if not path or not storage.exists(path):
-        raise cfglib.ConfigError(f"checkpoint {path!r}: no such file")
+from vsa_dist.checkpoints import generator_decoding, load_alignment, load_generator
+from vsa_dist.configs import EvalConfig, RegionEvalConfig
+from vsa_dist.data.pairs import word_index
+from vsa_dist.data.shards import load_manifest, read_samples, shard_paths
+from vsa_dist.data.splits import load_split
+from vsa_dist.eval.captions import caption_metrics, diversity, score_captions
+from vsa_dist.eval.regions import dangling, region_items
+from vsa_dist.eval.retrieval import evaluate_alignment
+from vsa_dist.eval.snippets import evaluate_snippets
+from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest, settings_of
+from vsa_dist.models.decoding import generate
+from vsa_dist.models.mrnn import MRNNEnsemble
+from vsa_dist.stages import run_stage
 
 
 def _check_features_match(cfg: EvalConfig, *states: dict[str, Any]) -> None:
@@ -71,7 +49,6 @@ def _check_features_match(cfg: EvalConfig, *states: dict[str, Any]) -> None:
 
 def _split(cfg: EvalConfig, state: dict[str, Any], whole_image_only: bool) -> dict[str, Any]:
     _check_features_match(cfg, state)
-    from vsa_dist.data.pairs import load_split, word_index
 
     return load_split(cfg.features, cfg.split, word_index(state["vocab"]), state["config"]["max_words"],
                       whole_image_only=whole_image_only)
@@ -87,11 +64,6 @@ def _finish(cfg: EvalConfig | RegionEvalConfig, metrics: dict[str, Any],
 
 
 def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
-    import torch
-
-    from vsa_dist.checkpoints import load_alignment
-    from vsa_dist.eval.retrieval import evaluate_alignment
-
     model, state = load_alignment(storage.fetch(cfg.checkpoint))
     split = _split(cfg, state, whole_image_only=False)
     members = [model, *(member for member, _ in _ensemble_members(cfg, state, load_alignment))]
@@ -114,12 +86,6 @@ def _ensemble_record(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def run_captions(cfg: EvalConfig) -> dict[str, Any]:
-    import torch
-
-    from vsa_dist.checkpoints import generator_decoding, load_generator
-    from vsa_dist.eval.captions import diversity, score_captions
-    from vsa_dist.models.mrnn import generate
-
     model, state = load_generator(storage.fetch(cfg.checkpoint))
     members = _ensemble_members(cfg, state, load_generator)
     # the regions too when any member attends over them; the others read row 0 of them
@@ -128,7 +94,6 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
         split = {k: v if k == "split" else v[:cfg.images] for k, v in split.items()}  # per-image lists, arrays
     beam, max_len, penalty = generator_decoding(state, cfg.beam, cfg.length_penalty)
     if cfg.ensemble:
-        from vsa_dist.models.mrnn import MRNNEnsemble
 
         model = MRNNEnsemble([model, *(member for member, _ in members)])
     captions = generate(model, torch.from_numpy(split["features"]).float(), state["vocab"], beam, max_len, penalty)
@@ -139,11 +104,6 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def run_snippets(cfg: EvalConfig) -> dict[str, Any]:
-    import torch
-
-    from vsa_dist.checkpoints import load_alignment
-    from vsa_dist.eval.snippets import evaluate_snippets
-
     if cfg.ensemble:
         raise cfglib.ConfigError(
             "vsa eval snippets: --ensemble is for retrieval and captions (snippets come from one model's alignment)"
@@ -155,44 +115,7 @@ def run_snippets(cfg: EvalConfig) -> dict[str, Any]:
     return _finish(cfg, {"split": cfg.split, "images": len(split["image_ids"]), **metrics})
 
 
-@dataclass
-class RegionEvalConfig(cfglib.Config):
-    """Caption the regions of a snippet folder's split with a generator and score the captions against the
-    snippets aligned to each region."""
-
-    checkpoint: str = option("", "generator: best.pt of vsa train-mrnn (a whole-image or a region model)")
-    snippets: str = option("", "snippet folder with the split (vsa align-snippets --splits test): the fixed test set")
-    split: str = option("test", "split to score (model selection happens on dev, never test)")
-    beam: int = option(0, "beam size; 0: the size chosen on dev in training (or 1)", range="[0, inf)")
-    length_penalty: float | None = option(None, "beam ranking by log P / length**this; unset: the model's training "
-                                                "setting (choose on dev region captions, never on test)",
-                                          range="[0, inf)")
-    min_words: int = option(2, "snippets shorter than this are no reference (a lone 'dog' or 'the')", range="[1, inf)")
-    out: str = option("", "also write the metrics and every region's box, caption and references to this JSON file")
-
-    def check_inputs(self) -> None:
-        require_checkpoint(self.checkpoint)
-        from vsa_dist.data.shards import MANIFEST, load_manifest
-
-        if not self.snippets or not storage.exists(storage.join(self.snippets, MANIFEST)):
-            raise cfglib.ConfigError(f"snippets {self.snippets!r}: no {MANIFEST} there (make the folder with vsa "
-                                     f"align-snippets --splits {self.split})")
-        manifest = load_manifest(self.snippets)
-        if manifest.get("kind") != "snippets" or self.split not in manifest["splits"]:
-            raise cfglib.ConfigError(f"snippets {self.snippets}: not a snippet folder with a {self.split} split "
-                                     f"(vsa align-snippets --splits {self.split})")
-
-
 def run_regions(cfg: RegionEvalConfig) -> dict[str, Any]:
-    import torch
-
-    from vsa_dist.checkpoints import generator_decoding, load_generator
-    from vsa_dist.data.shards import load_manifest, read_samples, shard_paths
-    from vsa_dist.eval.captions import caption_metrics, diversity
-    from vsa_dist.eval.regions import dangling, region_items
-    from vsa_dist.features.format import settings_of
-    from vsa_dist.models.mrnn import generate
-
     model, state = load_generator(storage.fetch(cfg.checkpoint))
     check_model_matches(cfg.snippets, settings_of(load_manifest(cfg.snippets)), state)
     items = region_items(read_samples(shard_paths(cfg.snippets, [cfg.split])), cfg.min_words)
@@ -218,20 +141,20 @@ def run_regions(cfg: RegionEvalConfig) -> dict[str, Any]:
 
 
 def regions_main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(RegionEvalConfig, run_regions, argv, prog="vsa eval regions", preset=None,
+    return run_stage(RegionEvalConfig, run_regions, argv, prog="vsa eval regions", preset=None,
                             input_errors=(ValueError,))
 
 
 def snippets_main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(EvalConfig, run_snippets, argv, prog="vsa eval snippets", preset=None,
+    return run_stage(EvalConfig, run_snippets, argv, prog="vsa eval snippets", preset=None,
                             input_errors=(ValueError,))
 
 
 def retrieval_main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(EvalConfig, run_retrieval, argv, prog="vsa eval retrieval", preset=None,
+    return run_stage(EvalConfig, run_retrieval, argv, prog="vsa eval retrieval", preset=None,
                             input_errors=(ValueError,))
 
 
 def captions_main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(EvalConfig, run_captions, argv, prog="vsa eval captions", preset=None,
+    return run_stage(EvalConfig, run_captions, argv, prog="vsa eval captions", preset=None,
                             input_errors=(ValueError, RuntimeError))

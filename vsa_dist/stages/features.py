@@ -16,79 +16,28 @@ import hashlib
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import ray
+from ray.data import ActorPoolStrategy
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
-from vsa_dist.config import option
+from vsa_dist.configs import FeaturesConfig
 from vsa_dist.console import progress_bar
 from vsa_dist.data.assembler import REJECTS, DamagedInput, ShardAssembler, account, check_sources, plan_shards, resume
-from vsa_dist.data.images import DEFAULT_MAX_PIXELS
 from vsa_dist.data.shards import MANIFEST, load_manifest
+from vsa_dist.features.extract import OUTPUT_COLUMNS, ExtractorSettings, RegionExtractor, add_proposals, describe
 from vsa_dist.features.format import FEATURES_FORMAT_VERSION
-from vsa_dist.features.proposals import PROPOSAL_METHODS
 from vsa_dist.io import atomic_write_json
-from vsa_dist.models import REGION_MODES
-
-# Ray, torch and the CNN are imported where they are used, not here: `vsa features --help` needs only the config
-if TYPE_CHECKING:
-    from vsa_dist.features.extract import ExtractorSettings
-
-
-@dataclass
-class FeaturesConfig(cfglib.Config):
-    """Extract whole-image + region CNN features from image shards."""
-
-    shards: str = option("", "image-shard folder (vsa shards build --out)")
-    out: str = option("", "output folder for feature shards + manifest.json")
-    regions: str = option("roi", "region features", choices=REGION_MODES)
-    proposals: str = option("grid", "candidate boxes", choices=PROPOSAL_METHODS)
-    num_regions: int = option(19, "regions per image besides the whole image (paper: 19)", range="[1, inf)")
-    backbone: str = option("efficientnet-lite0", "efficientnet-lite0 (default), -lite1 or -lite2 (the backbones "
-                                                 "extra), torchvision:NAME or timm:NAME")
-    weights: str = option("", "local weight file (needed for torchvision:/timm: backbones)")
-    splits: list[str] = option([], "splits to extract; empty = all in the manifest")
-    device: str = option("auto", "auto (GPU when the cluster has one), cpu or cuda", choices=("auto", "cpu", "cuda"))
-    precision: str = option("auto", "auto (bf16 where the hardware runs it natively: GPU, or CPU with "
-                                    "AMX/AVX512-BF16), fp32 or bf16", choices=("auto", "fp32", "bf16"))
-    actors: int = option(0, "CNN actors; 0 = one per GPU, or one per `threads` CPUs", range="[0, inf)")
-    threads: int = option(1, "torch threads per actor; on a CPU, one actor per this many CPUs (1 was fastest on 2 "
-                             "cores: benchmarks/extract.py)", range="[1, inf)")
-    batch_size: int = option(32, "images per Ray Data batch handed to an actor", range="[1, inf)")
-    cnn_batch: int = option(0, "images per CNN call; 0 = 4 on CPU, 64 on GPU", range="[0, inf)")
-    nms_iou: float = option(0.5, "IoU above which a lower-scored candidate is suppressed", range="(0, 1]")
-    roi_size: int = option(2, "RoIAlign output grid (averaged) in roi mode", range="[1, inf)")
-    max_proposals: int = option(200, "selective-search candidates kept per image", range="[1, inf)")
-    max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images above this many pixels, from their header "
-                                                 "(decompression bombs)", range="[1, inf)")
-    flip: bool = option(False, "mirror every image left to right before proposing regions and running the CNN: a "
-                               "second feature folder of the same images, for training on both (train-mrnn --augment)")
-    progress: bool = option(True, "Ray Data progress bars")
-
-    def validate(self) -> None:
-        if not self.out:
-            raise cfglib.ConfigError("out: an output folder is required")
-        if storage.same_place(self.out, self.shards):
-            raise cfglib.ConfigError("out must differ from shards: both folders hold a manifest.json")
-
-    def check_inputs(self) -> None:
-        if not self.shards or not storage.exists(storage.join(self.shards, MANIFEST)):
-            raise cfglib.ConfigError(f"shards {self.shards!r}: no {MANIFEST} there (build it with vsa shards build)")
-        known = set(load_manifest(self.shards)["splits"])
-        if unknown := sorted(set(self.splits) - known):
-            raise cfglib.ConfigError(f"splits {unknown} are not in {self.shards} (it has {sorted(known)})")
+from vsa_dist.models.backbone import fast_bf16, load_backbone
+from vsa_dist.ray_env import check_placeable, ensure_ray
+from vsa_dist.stages import run_stage
 
 
 def _settings(cfg: FeaturesConfig, cluster: dict[str, float]) -> tuple[ExtractorSettings, dict[str, Any]]:
     """Extractor settings and the CNN actors' ``map_batches`` resources on this cluster."""
-    from ray.data import ActorPoolStrategy
-
-    from vsa_dist.features.extract import ExtractorSettings
-    from vsa_dist.models.backbone import fast_bf16
-    from vsa_dist.ray_env import check_placeable
-
     gpus = int(cluster.get("GPU", 0))
     device = cfg.device if cfg.device != "auto" else ("cuda" if gpus else "cpu")
     # Judged on this (the driver's) machine for CPUs: set it explicitly where workers' CPUs differ.
@@ -117,10 +66,6 @@ def _settings(cfg: FeaturesConfig, cluster: dict[str, float]) -> tuple[Extractor
 
 def _stream(cfg: FeaturesConfig, settings: ExtractorSettings, remote: dict[str, Any], sources: list[str]):
     """The Ray Data stream of output rows for the given image shards."""
-    import ray
-
-    from vsa_dist.features.extract import RegionExtractor, add_proposals
-
     # Reading a tar is I/O, not compute: it must not wait for a CPU slot the CNN actors hold.
     ds = ray.data.read_webdataset(sources, decoder=None, include_paths=False, num_cpus=0, concurrency=2)
     if cfg.proposals != "grid":
@@ -142,8 +87,6 @@ def _file_name(meta: bytes, key: str) -> str:
 
 def _write(ds, assembler: ShardAssembler, images: int, progress: bool) -> tuple[float, int]:
     """Write every row; return when the first batch arrived and its size (start-up vs steady state)."""
-    from vsa_dist.features.extract import OUTPUT_COLUMNS
-
     first: tuple[float, int] | None = None
     for batch in progress_bar(ds.iter_batches(batch_size=None, batch_format="numpy"), images, "features", progress,
                               size=lambda b: len(b["__key__"])):
@@ -164,10 +107,6 @@ def run(cfg: FeaturesConfig) -> dict[str, Any]:
 
 
 def _run(cfg: FeaturesConfig, shards_dir: str, out_dir: Path) -> dict[str, Any]:
-    from vsa_dist.features.extract import describe
-    from vsa_dist.models.backbone import load_backbone
-    from vsa_dist.ray_env import ensure_ray
-
     start = time.time()
     shard_manifest = load_manifest(shards_dir)
     splits = cfg.splits or sorted(shard_manifest["splits"])
@@ -230,5 +169,5 @@ def _run(cfg: FeaturesConfig, shards_dir: str, out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(FeaturesConfig, run, argv, prog="vsa features", preset=None,
+    return run_stage(FeaturesConfig, run, argv, prog="vsa features", preset=None,
                             input_errors=(DamagedInput,))

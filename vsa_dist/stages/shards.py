@@ -6,44 +6,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import Counter
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
-from vsa_dist.config import option
-from vsa_dist.data.images import DEFAULT_MAX_PIXELS
+from vsa_dist.configs import ShardsConfig
 from vsa_dist.data.shards import write_shards
 from vsa_dist.data.sources import InputFormatError, read_source
-from vsa_dist.data.text import VOCAB_MIN_COUNT
-
-FORMATS = ("flickr8k", "flickr30k", "karpathy", "coco")
-
-
-@dataclass
-class ShardsConfig(cfglib.Config):
-    """Build WebDataset shards from a caption dataset."""
-
-    format: str = option("flickr8k", "input format", choices=FORMATS)
-    root: str = option("", "dataset folder (captions, split lists, images/)")
-    out: str = option("", "output folder for shards, manifest.json, rejects.jsonl")
-    captions: str = option("", "caption file(s), comma-separated; default: the format's usual name in ROOT")
-    images_dir: str = option("", "image folder; default ROOT/images if it exists, else ROOT")
-    split_files: str = option("", "split lists as a pattern with {split}, e.g. 'Flickr_8k.{split}Images.txt'")
-    split_from: str = option("", "coco: take train/val/test from this Karpathy-split JSON")
-    samples_per_shard: int = option(500, "images per tar shard", range="[1, inf)")
-    max_pixels: int = option(DEFAULT_MAX_PIXELS, "reject images above this many pixels (decompression bombs)",
-                                                 range="[1, inf)")
-    vocab_min_count: int = option(VOCAB_MIN_COUNT, "vocabulary keeps words seen this often in train", range="[1, inf)")
-    vocab_splits: list[str] = option(["train"], "splits the vocabulary is counted on")
-    progress: bool = option(True, "show a progress bar")
-
-    def validate(self) -> None:
-        if not self.out:
-            raise cfglib.ConfigError("out: an output folder is required")
-
-    def check_inputs(self) -> None:
-        if not self.root or not storage.exists(self.root):
-            raise cfglib.ConfigError(f"root {self.root!r}: no such dataset folder")
+from vsa_dist.stages import run_stage
 
 
 def run(cfg: ShardsConfig) -> dict:
@@ -67,8 +37,6 @@ def run(cfg: ShardsConfig) -> dict:
 def _check_trainable(cfg: ShardsConfig, manifest: dict) -> None:
     """A build that wrote nothing usable fails (after writing its manifest and rejects, to look at): no image at all
     (a wrong images folder), or none in train/dev/test (no split list found). A missing split is only warned of."""
-    from collections import Counter
-
     images = manifest["counts"]["images"]
     rejects = storage.join(cfg.out, "rejects.jsonl")
     if images["written"] == 0:
@@ -87,6 +55,6 @@ def _check_trainable(cfg: ShardsConfig, manifest: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cfglib.run_stage(
+    return run_stage(
         ShardsConfig, run, argv, prog="vsa shards build", preset=None, input_errors=(InputFormatError,)
     )

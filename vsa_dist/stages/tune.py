@@ -22,90 +22,57 @@ learning rate within ten times either side of the base's and the weight decay in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
+import ray
+import ray.tune
 import yaml
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
 
 from vsa_dist import config as cfglib
-from vsa_dist import storage, training
-from vsa_dist.config import option
+from vsa_dist.data.shards import load_manifest
+from vsa_dist.features.format import check_same_settings, load_features_manifest
 from vsa_dist.io import atomic_write_bytes, atomic_write_json, claim_output_folder
-from vsa_dist.stages import train_align, train_mrnn
+from vsa_dist.ray_env import check_placeable, ensure_ray, worker_request
+from vsa_dist.recipes.align import AlignTask
+from vsa_dist.recipes.config import TuneConfig
+from vsa_dist.recipes.mrnn import MRNNTask
+from vsa_dist.stages import run_stage
+from vsa_dist.tracking import check_tracking_store, use_experiment
+from vsa_dist.training.loop import run_epochs
+from vsa_dist.training.run import fit, open_record
+from vsa_dist.training.session import InProcessSession, RunSpec
+from vsa_dist.training.streams import train_dataset
 
-# stage → (its module, its vsa command); like the pipeline, tune drives other stages: their config, task and loop
-STAGES = {"align": (train_align, "train-align"), "mrnn": (train_mrnn, "train-mrnn")}
+# stage → its recipe: the same config, stream and epoch loop the stage itself runs
+STAGES = {"align": AlignTask, "mrnn": MRNNTask}
 KINDS = ("loguniform", "uniform", "randint", "choice")
 # what the search itself sets in every trial: not part of a search space
 SET_BY_TUNE = ("features", "out", "epochs", "workers", "threads", "seed", "resume", "test", "register_as",
                "experiment", "progress", "max_failures")
-# what decides the train stream's rows (one stream serves every trial): the base may set them, a space may not
-SHAPE_OF_DATA = ("attention", "snippets", "max_words")
 METRIC = "dev_score"  # what each stage picks its best epoch by; the loop reports it every epoch
 
 
-@dataclass
-class TuneConfig(cfglib.Config):
-    """Search a training stage's settings on dev with Ray Tune (ASHA early stopping); writes the best as a preset."""
-
-    stage: str = option("align", "the stage to tune: align (vsa train-align) or mrnn (vsa train-mrnn)",
-                        choices=tuple(STAGES))
-    features: str = option("", "feature folder (vsa features --out)")
-    base: str = option("", "the stage's preset (a name in vsa_dist/presets/ or a YAML file) every trial starts from; "
-                           "empty: the stage's defaults (the paper's settings)")
-    set: list[str] = option([], "the stage's config keys held fixed over the base, KEY=VALUE, comma-separated "
-                                "(e.g. batch_size=20,dropout=0.2)")
-    space: str = option("", "YAML file: config key → {loguniform|uniform|randint: [low, high]} or {choice: [...]}; "
-                            "empty: lr and weight_decay, log-uniform")
-    trials: int = option(8, "trials (settings sampled from the space)", range="[1, inf)")
-    epochs: int = option(4, "most epochs a trial runs (also its learning-rate schedule's length)", range="[1, inf)")
-    grace_epochs: int = option(1, "ASHA: epochs every trial runs before it may be stopped", range="[1, inf)")
-    reduction_factor: int = option(2, "ASHA: at each rung the best 1/this of the trials go on", range="[2, inf)")
-    workers: int = option(0, "Ray Train workers per trial; 0: each trial trains alone in its Ray Tune process",
-                          range="[0, inf)")
-    threads: int = option(1, "torch threads per trial process (per worker with --workers)", range="[1, inf)")
-    concurrent: int = option(0, "trials at once; 0: as many as the cluster's CPUs hold", range="[0, inf)")
-    seed: int = option(0, "seed of the search (the sampled settings) and of every trial")
-    out: str = option("", "tune folder: Ray Tune's state, trials.json, best.yaml; default beside FEATURES: tune-STAGE")
-    experiment: str = option("vsa-tune", "MLflow experiment (the search's run, each trial a child run)")
-    resume: bool = option(False, "finish the search recorded in OUT/tune.json (finished trials are kept)")
-    progress: bool = option(True, "Ray Tune's status table")
-
-    def validate(self) -> None:
-        if self.grace_epochs > self.epochs:
-            raise cfglib.ConfigError(f"grace_epochs {self.grace_epochs} is more than epochs {self.epochs}")
-        self.features = storage.absolute(self.features)
-        if not self.out and self.features:
-            self.out = str(Path(self.features).parent / f"tune-{self.stage}")
-        if storage.is_remote(self.out):
-            raise cfglib.ConfigError("out: a local folder (Ray Tune keeps its state there); features may be a URI")
-
-    def check_inputs(self) -> None:
-        _, stage_cls, _, _ = stage_parts(self.stage)
-        search_space(self)  # the base preset exists, the space's keys and every end of its ranges are valid
-        cfglib.resolve(stage_cls, None, fixed_values(self)).check_inputs()  # as the stage checks its inputs
-
-
-def stage_parts(stage: str) -> tuple[Any, type, type, str]:
-    """(the stage's module, its config class, its task for the epoch loop, its vsa command)."""
-    module, command = STAGES[stage]
-    return module, module.CONFIG, module.TASK, command
-
-
 def fixed_values(cfg: TuneConfig) -> dict[str, Any]:
-    """Every trial's config before its sampled settings: the stage's defaults, the base preset, what tune sets."""
-    _, stage_cls, _, _ = stage_parts(cfg.stage)
+    """Every trial's config before its sampled settings: the stage's defaults, its base preset (the stage's own
+    preset when none is given: a search with no base tunes what the stage trains), what tune sets."""
+    task = STAGES[cfg.stage]
     held = {}
     for item in cfg.set:
         key, equals, value = item.partition("=")
         if not equals or not key.strip():
             raise cfglib.ConfigError(f"set {item!r}: expected KEY=VALUE")
         held[key.strip()] = value.strip()
-    base = cfglib.layered(stage_cls, cfg.base or None, held, "--set")
+    base = cfglib.layered(task.config, cfg.base or task.preset, held, "--set")
     if fixed_by_tune := sorted(set(held) & set(SET_BY_TUNE)):
         raise cfglib.ConfigError(f"set {fixed_by_tune}: set by vsa tune itself (use its own flags)")
     return {**base, "features": cfg.features, "epochs": cfg.epochs, "workers": max(cfg.workers, 1),
@@ -126,9 +93,11 @@ def read_space(cfg: TuneConfig, fixed: dict[str, Any]) -> dict[str, dict[str, li
 
 def search_space(cfg: TuneConfig) -> dict[str, tuple[str, list[Any]]]:
     """The search space as ``{key: (kind, values)}``, each key and each end of its range checked by resolving (and
-    validating) the stage's config with it: a bad space fails here, not in the eighth trial."""
-    _, stage_cls, _, _ = stage_parts(cfg.stage)
+    validating) the stage's config with it: a bad space fails here, not in the eighth trial. One train stream serves
+    every trial: a key that would change what it carries (the recipe's ``stream``) belongs in --base."""
+    task = STAGES[cfg.stage]
     fixed = fixed_values(cfg)
+    base_stream = task.stream(cfglib.resolve(task.config, None, fixed))
     space: dict[str, tuple[str, list[Any]]] = {}
     for key, spec in read_space(cfg, fixed).items():
         where = f"space {cfg.space or '(default)'}: {key}"
@@ -136,14 +105,14 @@ def search_space(cfg: TuneConfig) -> dict[str, tuple[str, list[Any]]]:
             raise cfglib.ConfigError(f"{where}: not a config key of {cfg.stage} (known: {sorted(fixed)})")
         if key in SET_BY_TUNE:
             raise cfglib.ConfigError(f"{where}: set by vsa tune itself, not searched")
-        if key in SHAPE_OF_DATA:
-            raise cfglib.ConfigError(f"{where}: decides the train stream all trials share; set it in --base")
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
             raise cfglib.ConfigError(f"{where}: expected one of {{{' | '.join(KINDS)}: [...]}}, got {spec!r}")
         kind, values = next(iter(spec.items()))
         if not isinstance(values, list) or not values or (kind != "choice" and len(values) != 2):
             wanted = "a list of values" if kind == "choice" else "[low, high]"
             raise cfglib.ConfigError(f"{where}: {kind} needs {wanted}")
+        if kind != "choice" and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise cfglib.ConfigError(f"{where}: {kind} needs numbers, got {values!r}")
         if kind != "choice" and not values[0] < values[1]:
             raise cfglib.ConfigError(f"{where}: low {values[0]} is not below high {values[1]}")
         if kind == "loguniform" and values[0] <= 0:
@@ -151,9 +120,11 @@ def search_space(cfg: TuneConfig) -> dict[str, tuple[str, list[Any]]]:
         ends = values if kind != "randint" else [values[0], values[1] - 1]
         for value in ends:
             try:
-                cfglib.resolve(stage_cls, None, {**fixed, key: value}, source=where)
+                trial = cfglib.resolve(task.config, None, {**fixed, key: value}, source=where)
             except cfglib.ConfigError as err:
                 raise cfglib.ConfigError(f"{where} = {value!r}: {err}") from err
+            if task.stream(trial) != base_stream:
+                raise cfglib.ConfigError(f"{where}: decides the train stream all trials share; set it in --base")
         space[key] = (kind, values)
     return space
 
@@ -208,38 +179,31 @@ def run_trial(params: dict[str, Any], *, draws: list[dict[str, Any]], stage: str
               experiment_id: str, tracking_uri: str, out: str) -> None:
     """Trial ``params["trial"]``, in its Ray Tune process: the stage's config with that draw's settings, an MLflow child
     run, and the stage's own epoch loop, alone here (``workers`` 0) or as a Ray Train run reporting to Tune."""
-    import ray.tune
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
-    module, stage_cls, task_cls, _ = stage_parts(stage)
+    task = STAGES[stage]
     index = params["trial"]
     point = draws[index]
     trial_dir = Path(out) / "trials"
-    cfg = cfglib.resolve(stage_cls, None, {**fixed, **point, "out": str(trial_dir / f"{index:03d}")})
+    cfg = cfglib.resolve(task.config, None, {**fixed, **point, "out": str(trial_dir / f"{index:03d}")})
     client = MlflowClient(tracking_uri)
     run_id = client.create_run(experiment_id, run_name=f"trial-{index:03d}", tags={
         "mlflow.parentRunId": parent_run_id, "vsa.tune_trial": str(index)}).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in cfglib.to_dict(cfg).items()])
     record = EpochRecord(trial_dir / f"{index:03d}.json", point, run_id)
-    spec = training.RunSpec(cfg, vocab, settings["feature_dim"], settings, run_id, tracking_uri)
+    spec = RunSpec(cfg, vocab, settings["feature_dim"], settings, run_id, tracking_uri)
     if in_process:
         def report(metrics: dict[str, Any]) -> None:
             record.add(metrics)
             ray.tune.report(metrics)
 
-        training.run_epochs(task_cls(spec), training.InProcessSession(dataset, report, cfg.use_gpu))
+        run_epochs(task(spec), InProcessSession(dataset, report, cfg.use_gpu))
     else:
-        training.fit(module.train_loop, spec, f"trial-{index:03d}", {"train": dataset},
-                     callbacks=(_recording_callback(record),))
+        fit(task, spec, f"trial-{index:03d}", {"train": dataset}, callbacks=(_recording_callback(record),))
     EpochRecord.mark_finished(record.path, record.data)
     client.set_terminated(run_id, "FINISHED")
 
 
 def _recording_callback(record: EpochRecord) -> Any:
     """Ray Train → Ray Tune: rank 0's metrics each epoch to Tune (for ASHA) and to the trial's record."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     class RecordingTuneReport(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint) -> None:
             record.add(metrics[0])
@@ -270,32 +234,30 @@ def trial_table(out: Path, count: int) -> list[dict[str, Any]]:
 
 def best_preset(cfg: TuneConfig, best: dict[str, Any], fixed: dict[str, Any]) -> str:
     """The best trial's settings as a preset file: the base preset's keys and the tuned ones."""
-    _, stage_cls, _, command = stage_parts(cfg.stage)
-    defaults = cfglib.layered(stage_cls, None, {})
+    task = STAGES[cfg.stage]
+    defaults = cfglib.layered(task.config, None, {})
     keys = {k: v for k, v in fixed.items() if k not in SET_BY_TUNE and v != defaults[k]}
     keys.update(best["params"])
-    header = (f"# vsa tune --stage {cfg.stage} (base: {cfg.base or 'the stage defaults'}), "
+    header = (f"# vsa tune --stage {cfg.stage} (base: {cfg.base or task.preset}), "
               f"{time.strftime('%Y-%m-%d')}: the best of {cfg.trials} trials on dev\n"
               f"# ({METRIC} {best['best_dev_score']:.4g} at epoch {best['best_epoch']} of at most {cfg.epochs}; "
               f"MLflow run {best.get('run_id', '')}).\n"
-              f"# Use: vsa {command} --preset {Path(cfg.out) / 'best.yaml'} --features FEATURES [--epochs N]\n")
+              f"# Use: vsa {task.name} --preset {Path(cfg.out) / 'best.yaml'} --features FEATURES [--epochs N]\n")
     return header + yaml.safe_dump(keys, sort_keys=True)
 
 
 def run(cfg: TuneConfig) -> dict[str, Any]:
-    import mlflow
-    import ray
-    import ray.tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    from vsa_dist.features.format import check_same_settings, load_features_manifest
-    from vsa_dist.ray_env import check_placeable, ensure_ray, worker_request
-    from vsa_dist.tracking import check_tracking_store, use_experiment
-
-    out = claim_output_folder(Path(cfg.out), "tune")
     space, fixed = search_space(cfg), fixed_values(cfg)
+    task = STAGES[cfg.stage]
+    base = cfglib.resolve(task.config, None, fixed)
+    base.check_inputs()  # as the stage checks its inputs
+    task.check_checkpoints(base)
+    out = claim_output_folder(Path(cfg.out), "tune")
+    # the stream the stage itself would read, one for every trial (search_space keeps it so)
+    stream = task.stream(base)
     manifest = load_features_manifest(cfg.features)
-    settings = check_same_settings({cfg.features: manifest})
+    settings = check_same_settings(
+        {cfg.features: manifest, **({stream.snippets: load_manifest(stream.snippets)} if stream.snippets else {})})
     vocab = manifest["vocab"]["words"]
     check_tracking_store()
     ensure_ray(cfg.progress)
@@ -304,14 +266,9 @@ def run(cfg: TuneConfig) -> dict[str, Any]:
 
     # The search's record: its MLflow run and every trial's draw, fixed before the first trial, so that --resume
     # runs the same trials (those without a finished record); Ray Tune's own state is a pickle we never load.
-    record_path = out / "tune.json"
-    record = json.loads(record_path.read_text()) if cfg.resume and record_path.is_file() else None
-    if cfg.resume and record is None:
-        raise cfglib.ConfigError(f"--resume: no earlier search recorded in {record_path}")
-    if record and record["config"] != {**cfglib.to_dict(cfg), "resume": record["config"]["resume"]}:
-        raise cfglib.ConfigError(f"--resume: the settings differ from those the search started with ({record_path})")
     experiment_id = use_experiment(cfg.experiment)
-    if record is None:
+
+    def start() -> dict[str, Any]:
         name = f"tune-{cfg.stage}-{time.strftime('%Y%m%d-%H%M%S')}"
         parent = mlflow.start_run(experiment_id=experiment_id, run_name=name)
         record = {"name": name, "mlflow_run_id": parent.info.run_id, "config": cfglib.to_dict(cfg),
@@ -319,9 +276,11 @@ def run(cfg: TuneConfig) -> dict[str, Any]:
                   "draws": sample_trials(space, cfg.trials, cfg.seed)}
         mlflow.log_params(cfglib.to_dict(cfg))
         mlflow.log_dict({**record, "fixed": fixed}, "tune.json")
-        atomic_write_json(record_path, record)
-    else:
-        mlflow.start_run(run_id=record["mlflow_run_id"])
+        return record
+
+    # a search is started without --resume: its record holds resume false
+    record = open_record(out / "tune.json", cfg.resume, "search", {"config": {**cfglib.to_dict(cfg), "resume": False}},
+                         start)
     draws = record["draws"]
     todo = [i for i in range(len(draws))
             if not (EpochRecord.read(out / "trials" / f"{i:03d}.json") or {}).get("finished")]
@@ -329,10 +288,7 @@ def run(cfg: TuneConfig) -> dict[str, Any]:
           f"epochs each; MLflow run {record['mlflow_run_id']} ({mlflow.get_tracking_uri()}); in {out}", flush=True)
 
     if todo:
-        # the stream the stage itself would read (train-mrnn: the whole image alone unless it attends over regions)
-        dataset = training.train_dataset(cfg.features, vocab, fixed["max_words"], seed=cfg.seed,
-                                         whole_image_only=cfg.stage == "mrnn" and not fixed.get("attention", False),
-                                         snippets=fixed.get("snippets", ""))
+        dataset = train_dataset(cfg.features, vocab, stream, cfg.seed)
         trainable = ray.tune.with_parameters(
             run_trial, draws=draws, stage=cfg.stage, fixed=fixed, in_process=cfg.workers == 0, vocab=vocab,
             settings=settings, dataset=dataset, parent_run_id=record["mlflow_run_id"], experiment_id=experiment_id,
@@ -369,7 +325,8 @@ def run(cfg: TuneConfig) -> dict[str, Any]:
     atomic_write_bytes(out / "best.yaml", best_preset(cfg, best, fixed).encode())
     stopped = sum(row["epochs"] < cfg.epochs for row in finished)
     summary = {"stage": cfg.stage, "metric": METRIC, "best": best, "trials": rows, "best_yaml": str(out / "best.yaml"),
-               "mlflow_run_id": record["mlflow_run_id"], "stopped_early": stopped}
+               "mlflow_run_id": record["mlflow_run_id"], "stopped_early": stopped,
+               "stream": dataclasses.asdict(stream)}  # what every trial read: the stage's own train stream
     atomic_write_json(out / "trials.json", summary)
     mlflow.log_metrics({"best_dev_score": best["best_dev_score"], "trials_finished": len(finished),
                         "trials_stopped_early": stopped})
@@ -385,8 +342,6 @@ def run(cfg: TuneConfig) -> dict[str, Any]:
 def close_trial_runs(experiment_id: str, parent_run_id: str) -> None:
     """A trial ASHA stopped never reached its own end: its MLflow child run is closed here (FINISHED, tagged as
     stopped early), not left RUNNING."""
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient()
     for run in client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
                                                                   "and attributes.status = 'RUNNING'"):
@@ -395,4 +350,4 @@ def close_trial_runs(experiment_id: str, parent_run_id: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return cfglib.run_stage(TuneConfig, run, argv, prog="vsa tune", preset=None)
+    return run_stage(TuneConfig, run, argv, prog="vsa tune", preset=None)

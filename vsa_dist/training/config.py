@@ -8,6 +8,7 @@ from pathlib import Path
 from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.config import option
+from vsa_dist.features.format import FeatureSettingsMismatch, check_same_settings, load_features_manifest
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
@@ -32,11 +33,13 @@ class TrainConfig(cfglib.Config):
                                    "element-wise; VSE++: 2). With Adam, element-wise clipping of a large summed loss "
                                    "leaves second moments that stall a later, smaller one (docs/alignment.md)",
                               range="[0, inf)")
-    dropout: float = option(0.5, "dropout on the non-recurrent layers", range="[0, 1)")
     ema: float = option(0.0, "score, keep and ship an exponential moving average of the weights, updated after every "
                              "step with this decay (0: the weights as trained; 0.998 averages about the last 500 "
                              "steps)", range="[0, 1)")
     max_words: int = option(32, "longer sentences are cut", range="[1, inf)")
+    augment: list[str] = option([], "more feature folders of the same train images made another way (vsa features "
+                                    "--flip: mirrored): each one's train split joins every epoch, so an epoch sees "
+                                    "each train image once per folder (beyond the paper)")
     workers: int = option(2, "Ray Train workers (DDP)", range="[1, inf)")
     use_gpu: bool = option(False, "one GPU per worker")
     threads: int = option(1, "torch threads per CPU worker", range="[1, inf)")
@@ -56,7 +59,7 @@ class TrainConfig(cfglib.Config):
         """The shared value checks (no I/O); ``out`` defaults beside the features, and local input paths (the
         features and the fields named in ``paths``) are made absolute: the workers of a cluster do not share the
         driver's working folder, and Ray Train's workers on this machine run in a folder of their own."""
-        for name in ("features", *paths):
+        for name in ("features", "augment", *paths):
             value = getattr(self, name)  # one path, or a list of them
             setattr(self, name, [storage.absolute(v) for v in value] if isinstance(value, list)
                     else storage.absolute(value))
@@ -67,15 +70,31 @@ class TrainConfig(cfglib.Config):
 
     def check_inputs(self) -> None:
         check_features(self.features, need_test=self.test)
+        for folder in self.augment:
+            check_augment_folder(self.features, folder)
 
 
 def check_features(features: str, need_test: bool) -> None:
     """Config validation shared by the training stages: a feature folder with train, dev (and test) images."""
-    from vsa_dist.features.format import load_features_manifest
-
     if not features or not storage.exists(storage.join(features, "manifest.json")):
         raise cfglib.ConfigError(f"features {features!r}: no manifest.json there (run vsa features first)")
     splits = load_features_manifest(features)["splits"]
     for split in ("train", "dev") + (("test",) if need_test else ()):
         if not splits.get(split, {}).get("images"):
             raise cfglib.ConfigError(f"features {features}: no {split!r} images")
+
+
+def check_augment_folder(features: str, folder: str) -> None:
+    """An --augment folder must hold the train split of the same images, over the same vocabulary, with features
+    made by the same CNN and regions (only how the images were shown may differ)."""
+    try:
+        extra, main = load_features_manifest(folder), load_features_manifest(features)
+        check_same_settings({features: main, folder: extra})
+    except (FileNotFoundError, ValueError, FeatureSettingsMismatch) as err:
+        raise cfglib.ConfigError(f"augment: {err}") from err
+    if extra["vocab"]["words"] != main["vocab"]["words"]:
+        raise cfglib.ConfigError(f"augment {folder}: its vocabulary is not the one of {features}")
+    images = [manifest["splits"].get("train", {}).get("images") for manifest in (extra, main)]
+    if images[0] != images[1]:
+        raise cfglib.ConfigError(f"augment {folder}: {images[0]} train images, not the {images[1]} of {features} "
+                                 "(make it from the same image shards, with --splits train)")

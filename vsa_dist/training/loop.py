@@ -10,24 +10,50 @@ moving average of the weights, and that average is what dev scores and what the 
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
+from mlflow.tracking import MlflowClient
 
+from vsa_dist.console import SAY_MARK
 from vsa_dist.training.optim import epoch_lr, make_optimizer, set_lr
-from vsa_dist.training.run import all_cores, say
-from vsa_dist.training.session import InProcessSession, RayTrainSession, RunSpec
+from vsa_dist.training.session import InProcessSession, RayTrainSession, RunSpec, Trained
 from vsa_dist.training.state import end_epoch, moving_average, restore
-from vsa_dist.training.streams import DataClock, epoch_streams
+from vsa_dist.training.streams import DataClock, TrainStream, epoch_streams
 
 
 class Task(Protocol):
-    """What a training stage gives the epoch loop."""
+    """A training stage's recipe. The class speaks for the driver (``training.run_recipe``, ``vsa tune``): its config,
+    the train stream it reads, how its best model loads, and its ending; an instance runs the epoch loop on a worker
+    (its model, its dev split, its step and its evaluation)."""
 
-    spec: RunSpec  # spec.cfg: the stage's config (a TrainConfig)
     name: str      # the stage, as its epoch lines start ("train-align"): two stages may share a terminal
+    config: type   # its config dataclass (recipes/config.py)
+    preset: str    # the preset its command starts from (the paper's settings)
+    spec: RunSpec  # on a worker; spec.cfg: the stage's config (a TrainConfig)
+
+    @staticmethod
+    def stream(cfg: Any) -> TrainStream:
+        """What the train stream carries for this config: the stage and every ``vsa tune`` trial read exactly this."""
+
+    @staticmethod
+    def check_checkpoints(cfg: Any) -> None:
+        """Before any work: the checkpoints the config starts from or learns from are of the right kind."""
+
+    @staticmethod
+    def load_best(path: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """A checkpoint's best model and its metadata."""
+
+    @staticmethod
+    def conclude(cfg: Any, trained: Trained) -> dict[str, Any]:
+        """After training, on the driver (the MLflow run still open): test once, register; the stage's summary."""
+    def __init__(self, spec: RunSpec) -> None: ...
 
     def build_model(self) -> torch.nn.Module:
         """The untrained model."""
@@ -56,11 +82,28 @@ class Task(Protocol):
         """Rank 0 after the epoch: (the score the best model is chosen by, the dev metrics, how they read)."""
 
 
+@contextmanager
+def all_cores(threads: int, alone: bool = False) -> Iterator[None]:
+    """Rank 0 evaluates while the other ranks wait at the report barrier: it may use every core meanwhile (not
+    ``alone``: a process that may share the machine with other trials keeps to its ``threads``)."""
+    torch.set_num_threads(threads if alone else max(threads, len(os.sched_getaffinity(0))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def say(message: str) -> None:
+    """Print one line from a train worker once. Ray Train swaps ``print`` for a logger that also tees to
+    ``sys.stdout`` whenever a library has wrapped it (MLflow does on rank 0), so a plain ``print`` reached
+    the driver twice; printing to the process's own stdout takes neither path. The mark tells the driver's console
+    (``vsa_dist.console``) that this line is for the terminal, not only the log file."""
+    print(SAY_MARK + message, file=sys.__stdout__, flush=True)
+
+
 def run_epochs(task: Task, session: RayTrainSession | InProcessSession | None = None) -> None:
     """Runs on every Ray Train worker (or in one process: ``InProcessSession``): restore → epochs of steps →
     report (rank 0: evaluate, log, checkpoint)."""
-    from mlflow.tracking import MlflowClient
-
     spec, cfg = task.spec, task.spec.cfg
     session = session or RayTrainSession()
     rank, world, device = session.rank, session.world, session.device

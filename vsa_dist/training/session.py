@@ -4,6 +4,7 @@ from, and where to report each epoch; everything else it does the same way in bo
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray.train
+import ray.train.torch
 import torch
 
 CHECKPOINT = "checkpoint.pt"
@@ -29,14 +32,24 @@ class RunSpec:
     tracking_uri: str
 
 
+@dataclass
+class Trained:
+    """What a finished ``train`` hands back to its stage for testing and registering."""
+
+    model: torch.nn.Module
+    state: dict[str, Any]       # the checkpoint's metadata: config, vocab, best (epoch, score), …
+    checkpoint: Path            # OUT/best.pt
+    manifest: dict[str, Any]    # the feature folder's manifest
+    run_id: str                 # MLflow
+    last_metrics: dict[str, Any]
+
+
 def quiet_reports() -> None:
     """Ray Train logs every worker's every report in full ("Reporting training result N: TrainingReport(…)", two
     long lines an epoch per worker) at INFO; the epoch's one line (rank 0) and MLflow already hold all of it. Its
     logger is named by its module's file; where that module is not (another Ray), nothing changes."""
-    import logging
-
     try:
-        from ray.train.v2._internal.execution import context
+        from ray.train.v2._internal.execution import context  # lazy: private to Ray; its absence is allowed
     except ImportError:
         return
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
@@ -48,28 +61,19 @@ class RayTrainSession:
     evaluates_alone = False  # rank 0 scores dev while the other ranks wait at the report: it may take every core
 
     def __init__(self) -> None:
-        import ray.train
-        import ray.train.torch
-
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
         quiet_reports()
 
     def train_shard(self) -> Any:
-        import ray.train
-
         return ray.train.get_dataset_shard("train")
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        import ray.train.torch
-
         return ray.train.torch.prepare_model(model)
 
     @contextmanager
     def last_checkpoint(self) -> Iterator[Path | None]:
-        import ray.train
-
         checkpoint = ray.train.get_checkpoint()
         if not checkpoint:
             yield None
@@ -79,8 +83,6 @@ class RayTrainSession:
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         """Every rank calls this once per epoch; rank 0 passes the checkpoint state (the others None)."""
-        import ray.train
-
         with tempfile.TemporaryDirectory(prefix="vsa-ckpt-") as scratch:  # report copies it to storage
             checkpoint = None
             if state is not None:

@@ -7,9 +7,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import ray.data
 import torch
+from ray.data import FileShuffleConfig
+
+from vsa_dist.data.pairs import feature_sample_to_row, snippet_rows_to_arrays, word_index
+from vsa_dist.data.shards import shard_paths
 
 
 class DataClock:
@@ -42,8 +48,8 @@ class EpochStreams:
     read took 4-15 s per epoch on full Flickr8k (docs/alignment.md) while the steps stood still. With
     ``read_ahead``, ``start_next`` asks for the next epoch's first batches from a thread as soon as an epoch's steps
     end, so that read runs while rank 0 scores dev and the ranks meet at the report. On CPUs the read then competes
-    with the evaluation for the cores: a loss while the read was expensive, no longer since it costs about 6 s
-    of a core per epoch. ``make`` builds one epoch's iterable."""
+    with the evaluation for the cores, at about 6 s of a core per epoch: less than the wait it hides. ``make`` builds
+    one epoch's iterable."""
 
     def __init__(self, make: Callable[[], Iterable[Any]], depth: int, read_ahead: bool = True):
         self.make, self.depth, self.read_ahead, self.upcoming = make, max(1, depth), read_ahead, None
@@ -96,35 +102,41 @@ def epoch_streams(shard: Any, cfg: Any, batch_size: int, device: torch.device, s
     return streams
 
 
-def train_dataset(features: str, vocab: list[str], max_words: int, whole_image_only: bool = False,
-                  snippets: str = "", seed: int = 0, snippet_phrases: bool = True, augment: list[str] | None = None):
+@dataclass(frozen=True)
+class TrainStream:
+    """What a recipe's train stream carries (its task's ``stream(cfg)``): the stage and ``vsa tune`` read exactly this.
+    ``whole_image_only``: each image's whole-image row alone (a twentieth of the bytes), for a model that reads no
+    region; ``snippets``: a snippet folder's images and regions with their snippets (cut to phrases with
+    ``snippet_phrases``) instead of the feature folder; ``augment``: more feature folders of the same images (e.g.
+    mirrored), whose train shards join the stream."""
+
+    max_words: int
+    whole_image_only: bool = False
+    snippets: str = ""
+    snippet_phrases: bool = True
+    augment: tuple[str, ...] = ()
+
+
+def train_dataset(features: str, vocab: list[str], stream: TrainStream, seed: int = 0) -> ray.data.Dataset:
     """The train split of a feature folder (or of a snippet folder: full images and regions with their
-    snippets) as a streaming Ray Dataset of fixed-shape arrays, its shard order shuffled anew every epoch.
-    ``augment``: more feature folders of the same images (e.g. mirrored), whose train shards join the stream."""
-    import ray
-    from ray.data import FileShuffleConfig
-
-    from vsa_dist.data.pairs import feature_sample_to_row, snippet_rows_to_arrays, word_index
-    from vsa_dist.data.shards import shard_paths
-
-    kwargs: dict[str, Any] = {"index": word_index(vocab), "max_words": max_words}
+    snippets) as a streaming Ray Dataset of fixed-shape arrays, its shard order shuffled anew every epoch."""
+    kwargs: dict[str, Any] = {"index": word_index(vocab), "max_words": stream.max_words}
     # The shard order is shuffled anew each execution (each epoch), and each worker's local shuffle buffer
-    # mixes images within the stream. That is coarser than the randomize_block_order it replaces (Ray Data
-    # splits a shard into several blocks), but that was an all-to-all step: it held back the first batch of
-    # every epoch until the whole split had been read into the object store (the data wait, and memory that
-    # grew with the split).
+    # mixes images within the stream. That is coarser than Ray Data's randomize_block_order (a shard is several
+    # blocks), but that is an all-to-all step: it holds back the first batch of every epoch until the whole split
+    # has been read into the object store (the data wait, and memory that grows with the split).
     # Reading and unpacking float16 arrays is light work: it takes no CPU slot, so that training workers
     # holding every CPU (2 workers on 2 cores) cannot starve their own input. Only the members a row needs are
     # read (not boxes or proposals).
     read = functools.partial(ray.data.read_webdataset, num_cpus=0, concurrency=2,
                              fileselect=["*.feat.npy", "*.json"],
                              shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=True))
-    if snippets:  # one image gives several rows (the image, then its regions): a map of its own
-        return read(shard_paths(snippets, ["train"]), decoder=None).map_batches(
+    if stream.snippets:  # one image gives several rows (the image, then its regions): a map of its own
+        return read(shard_paths(stream.snippets, ["train"]), decoder=None).map_batches(
             snippet_rows_to_arrays, batch_size=64, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2),
-            fn_kwargs={**kwargs, "phrases": snippet_phrases})
+            fn_kwargs={**kwargs, "phrases": stream.snippet_phrases})
     # Rows made inside the read, as its decoder, not by a map_batches after it: the two did not fuse into one
     # operator, and the second one's tasks, their worker processes and the blocks passed between them doubled
     # the CPU an epoch's stream costs (benchmarks/data_wait.py --reads map,decoder; docs/alignment.md).
-    return read([path for folder in [features, *(augment or [])] for path in shard_paths(folder, ["train"])],
-                decoder=functools.partial(feature_sample_to_row, whole_image_only=whole_image_only, **kwargs))
+    return read([path for folder in [features, *stream.augment] for path in shard_paths(folder, ["train"])],
+                decoder=functools.partial(feature_sample_to_row, whole_image_only=stream.whole_image_only, **kwargs))
