@@ -47,9 +47,25 @@ def _args(cls, state: dict[str, Any], vocab_size: int, old_defaults: dict[str, A
     return cls(vocab_size=vocab_size, feature_dim=state["feature_dim"], **{k: saved[k] for k in fields if k in saved})
 
 
+# what each loader expects a checkpoint to hold, as a person names it
+KINDS = {"alignment": "an alignment model (vsa train-align)", "generator": "a caption generator (vsa train-mrnn)"}
+
+
+def checkpoint_kind(state: dict[str, Any]) -> str:
+    """Which of our models a checkpoint holds: only the generator has a ``cell``, in its model args (or, in
+    checkpoints that predate them, its saved config)."""
+    return "generator" if "cell" in (state.get("model_args") or state.get("config") or {}) else "alignment"
+
+
+def _require_kind(path: Path | str, state: dict[str, Any], wanted: str) -> None:
+    if (found := checkpoint_kind(state)) != wanted:
+        raise CheckpointError(f"{path}: the checkpoint of {KINDS[found]}, not of {KINDS[wanted]}")
+
+
 def load_alignment(path: Path | str) -> tuple[AlignmentModel, dict[str, Any]]:
     """The best-on-dev alignment model of a checkpoint (weights only) and its metadata."""
     state = read_checkpoint(path)
+    _require_kind(path, state, "alignment")
     model = AlignmentModel(_args(AlignmentArgs, state, len(state["vocab"]) + 2))  # + PAD, UNK
     state["best"].setdefault("score", state["best"].pop("rsum", None))  # older checkpoints name it rsum
     model.load_state_dict(state["best"]["state"] or state["model"])
@@ -59,6 +75,7 @@ def load_alignment(path: Path | str) -> tuple[AlignmentModel, dict[str, Any]]:
 def load_generator(path: Path | str) -> tuple[MRNN, dict[str, Any]]:
     """The best-on-dev generator of a checkpoint (weights only) and its metadata."""
     state = read_checkpoint(path)
+    _require_kind(path, state, "generator")
     # + PAD, UNK, END; checkpoints from before feature_norm used unit length
     model = MRNN(_args(MRNNArgs, state, len(state["vocab"]) + 3, old_defaults={"feature_norm": "unit"}))
     model.load_state_dict(state["best"]["state"] or state["model"])

@@ -30,6 +30,7 @@ from vsa_dist.features.extract import checked_extractor, image_features
 from vsa_dist.io import sha256_json
 from vsa_dist.models.decoding import generate
 from vsa_dist.models.tokens import UNK
+from vsa_dist.tracking import check_tracking_store
 
 # What a served model runs: these files (models-from-code), copied into the model folder when it is logged. MLflow
 # executes them when it serves the model; nothing is unpickled. `vsa caption` runs neither (load_captioner).
@@ -205,7 +206,8 @@ def model_folder(uri: str) -> Path:
     downloaded from the tracking store). Nothing in it is executed or unpickled here."""
     if Path(uri).is_dir():
         return Path(uri)
-
+    if uri.startswith(("models:/", "runs:/")):
+        check_tracking_store()  # a server that is not there: one line in seconds, not MLflow's minutes of retries
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
 
 
@@ -215,8 +217,14 @@ def model_artifacts(folder: Path, required: tuple[str, ...]) -> dict[str, str]:
     try:
         meta = yaml.safe_load((folder / "MLmodel").read_text())
         listed = meta["flavors"]["python_function"].get("artifacts") or {}
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{folder}: not an MLflow pyfunc model folder ({type(err).__name__}: {err})") from err
+    except yaml.YAMLError as err:  # e.g. a !!python tag, which the safe loader refuses: said in one line
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{folder}: MLmodel{f':{mark.line + 1}' if mark else ''}: refused as YAML: {problem}") \
+            from err
+    except (OSError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{folder}: not an MLflow pyfunc model folder ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
     root, artifacts = folder.resolve(), {}
     for key, entry in listed.items():
         path = (root / str((entry or {}).get("path", ""))).resolve()

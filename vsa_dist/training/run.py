@@ -46,7 +46,7 @@ def open_record(path: Path, resume: bool, what: str, same: dict[str, Any], start
         atomic_write_json(path, record)
         return record
     if differ := [key for key, value in same.items() if record.get(key) != value]:
-        raise cfglib.ConfigError(f"--resume: the {' and '.join(differ)} differ from those the {what} started with "
+        raise cfglib.ConfigError(f"--resume: {' and '.join(differ)} not the same as when the {what} started "
                                  f"({path})")
     mlflow.start_run(run_id=record["mlflow_run_id"])
     return record
