@@ -1,5 +1,6 @@
-"""A shard folder's and a feature folder's ``manifest.json``: what the folder holds, read without opening a shard
-(the standard library only: a config's checks read them before any work)."""
+"""A shard folder's and a feature folder's ``manifest.json``: what the folder holds and, for features, the settings
+that made them (features made differently never meet in one run); read without opening a shard, with the standard
+library only: a config's checks read them before any work."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ from typing import Any
 from vsa_dist import storage
 
 MANIFEST = "manifest.json"
+
+# What makes two feature sets interchangeable: the same backbone, weights, preprocessing and regions.
+SETTINGS_KEYS = ("format_version", "backbone", "weights_sha256", "input_size", "mean", "std", "feature_dim",
+                 "region_mode", "proposals", "num_regions", "roi_size", "precision", "dtype")
+
+
+class FeatureSettingsMismatch(ValueError):
+    """Two feature folders were made with different settings."""
 
 
 def load_manifest(shards_dir: Path | str) -> dict[str, Any]:
@@ -28,3 +37,20 @@ def load_features_manifest(features_dir: Path | str) -> dict[str, Any]:
     if manifest.get("kind") != "features":
         raise ValueError(f"{path}: not a feature manifest (kind={manifest.get('kind')!r})")
     return manifest
+
+
+def settings_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {key: manifest["settings"].get(key) for key in SETTINGS_KEYS}
+
+
+def check_same_settings(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The one settings dict all ``manifests`` (name → manifest) share, or an error naming what differs."""
+    names = list(manifests)
+    first = settings_of(manifests[names[0]])
+    for name in names[1:]:
+        other = settings_of(manifests[name])
+        differ = {k: (first[k], other[k]) for k in SETTINGS_KEYS if first[k] != other[k]}
+        if differ:
+            detail = "; ".join(f"{k}: {a!r} in {names[0]} vs {b!r} in {name}" for k, (a, b) in differ.items())
+            raise FeatureSettingsMismatch(f"features made with different settings cannot be mixed: {detail}")
+    return first

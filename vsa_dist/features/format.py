@@ -18,19 +18,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vsa_dist.data.manifests import load_features_manifest  # noqa: F401  (its readers import it from here too)
+# what a feature folder's manifest says, read without numpy (its readers import these from here too)
+from vsa_dist.data.manifests import (  # noqa: F401
+    SETTINGS_KEYS,
+    FeatureSettingsMismatch,
+    check_same_settings,
+    load_features_manifest,
+    settings_of,
+)
 from vsa_dist.data.npy import npy_bytes, npy_load  # noqa: F401  (the feature arrays' encoding)
 
 FEATURES_FORMAT_VERSION = 1
-
-# What makes two feature sets interchangeable: the same backbone, weights, preprocessing and regions.
-SETTINGS_KEYS = ("format_version", "backbone", "weights_sha256", "input_size", "mean", "std", "feature_dim",
-                 "region_mode", "proposals", "num_regions", "roi_size", "precision", "dtype")
-
-
-class FeatureSettingsMismatch(ValueError):
-    """Two feature folders were made with different settings."""
-
 
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """A feature sample as read by ``webdataset`` or ``ray.data.read_webdataset(decoder=None)``."""
@@ -39,23 +37,6 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     meta["boxes"] = npy_load(sample["boxes.npy"])
     meta["proposals"] = npy_load(sample["proposals.npy"])
     return meta
-
-
-def settings_of(manifest: dict[str, Any]) -> dict[str, Any]:
-    return {key: manifest["settings"].get(key) for key in SETTINGS_KEYS}
-
-
-def check_same_settings(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The one settings dict all ``manifests`` (name → manifest) share, or an error naming what differs."""
-    names = list(manifests)
-    first = settings_of(manifests[names[0]])
-    for name in names[1:]:
-        other = settings_of(manifests[name])
-        differ = {k: (first[k], other[k]) for k in SETTINGS_KEYS if first[k] != other[k]}
-        if differ:
-            detail = "; ".join(f"{k}: {a!r} in {names[0]} vs {b!r} in {name}" for k, (a, b) in differ.items())
-            raise FeatureSettingsMismatch(f"features made with different settings cannot be mixed: {detail}")
-    return first
 
 
 def check_model_matches(features_dir: str, settings: dict[str, Any], model_state: dict[str, Any]) -> None:

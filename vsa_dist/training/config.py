@@ -8,7 +8,7 @@ from pathlib import Path
 from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.config import option
-from vsa_dist.features.format import FeatureSettingsMismatch, check_same_settings, load_features_manifest
+from vsa_dist.data.manifests import FeatureSettingsMismatch, check_same_settings, load_features_manifest
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
