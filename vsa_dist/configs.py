@@ -235,6 +235,8 @@ class SearchConfig(cfglib.Config):
         if len(self.inputs) < needed:
             raise cfglib.ConfigError("name the sentence and at least one folder to search" if not self.image
                                      else "name at least one shard folder whose sentences to search")
+        if not self.image and not self.inputs[0].strip():
+            raise cfglib.ConfigError("the sentence is empty: there is nothing to rank the images by")
 
     @property
     def query(self) -> str:

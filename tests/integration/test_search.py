@@ -78,3 +78,27 @@ def test_search_finds_images_by_their_own_captions(tmp_path, mini_features, mini
     assert len(hits) == 7 and mini_images[7].name in {h["image"].rsplit("/", 1)[1] for h in hits}
     again = json.loads((photos / INDEX_DIR / f"{searcher.model_key}.json").read_text())
     assert {e["name"]: e["stamp"] for e in again["images"] if e["name"] in stamps} == stamps
+
+
+def test_queries_with_nothing_to_rank_by_and_a_bomb_query_image_are_refused_before_indexing(
+        tmp_path, mini_features, mini_shards, mini_images, capsys):
+    """An untrained model is enough: what is checked is what the command accepts, not how well it ranks."""
+    from conftest import fails, jpeg_claiming_size, untrained_alignment_checkpoint
+
+    from vsa_dist.cli import main as vsa
+    from vsa_dist.stages.search import INDEX_DIR
+
+    model = str(untrained_alignment_checkpoint(mini_features, tmp_path / "align.pt"))
+    photos = tmp_path / "photos"
+    copy_images(mini_images[:3], photos)
+    shards = tmp_path / "shards"
+    shutil.copytree(mini_shards, shards)
+    assert "the sentence is empty" in fails(capsys, "search", "   ", str(photos), "--model", model)
+    assert "none of its words is in the model's vocabulary" in fails(
+        capsys, "search", "qwertyuiop zxcvb", str(photos), "--model", model)
+    bomb = jpeg_claiming_size(mini_images[0], tmp_path / "bomb.jpg", 30000, 30000)
+    assert str(bomb) in fails(capsys, "search", "--image", str(bomb), str(shards), "--model", model)
+    assert not (shards / INDEX_DIR).exists() and not (photos / INDEX_DIR).exists()  # refused before any indexing
+    # a word it does not know is named, and the others still rank the images
+    hits = vsa(["search", "a dog qwertyuiop", str(photos), "--model", model, "--top", "3"])
+    assert len(hits) == 3 and "left out: qwertyuiop" in capsys.readouterr().err

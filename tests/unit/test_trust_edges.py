@@ -60,3 +60,19 @@ def test_a_python_tag_in_a_model_folder_is_refused_in_one_line(tmp_path, capsys)
     line = fails(capsys, "caption", str(tmp_path / "photo.jpg"), "--model", str(folder))
     assert f"{folder}: MLmodel:3: refused as YAML: could not determine a constructor for the tag" in line
     assert not (tmp_path / "pwned").exists() and not (folder / "pwned").exists()
+
+
+@pytest.mark.parametrize("broken", ["no tab", "no images folder"])
+def test_the_pipeline_on_bad_data_is_one_line_as_shards_build_is(tmp_path, monkeypatch, capsys, broken):
+    monkeypatch.setenv("VSA_RUNS_ROOT", str(tmp_path / "runs"))
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    line = "a.jpg#0 a dog runs" if broken == "no tab" else "a.jpg#0\ta dog runs"
+    (data / "Flickr8k.token.txt").write_text(line + "\n")
+    for split in ("train", "dev", "test"):
+        (data / f"Flickr_8k.{split}Images.txt").write_text("a.jpg\n")
+    if broken == "no images folder":
+        (data / "images").rmdir()
+    expected = "found no tab" if broken == "no tab" else "no image was written"
+    assert expected in fails(capsys, "pipeline", "--data", str(data), "--progress", "false")
+    assert expected in fails(capsys, "shards", "build", "--root", str(data), "--out", str(tmp_path / "shards"))

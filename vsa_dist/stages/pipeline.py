@@ -14,6 +14,8 @@ import time
 from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.configs import PipelineConfig
+from vsa_dist.data.assembler import DamagedInput
+from vsa_dist.data.sources import InputFormatError
 from vsa_dist.eval.captions import captions_line
 from vsa_dist.eval.retrieval import retrieval_line
 from vsa_dist.recipes.align import AlignTask
@@ -89,4 +91,6 @@ SMOKE_TEST = ("  this was a smoke test (100 training images teach little); a mod
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_stage(PipelineConfig, run, argv, prog="vsa pipeline", preset=None)
+    # the stages' own bad-input errors end the pipeline as they end the stage: one line naming the file, exit 2
+    return run_stage(PipelineConfig, run, argv, prog="vsa pipeline", preset=None,
+                     input_errors=(InputFormatError, DamagedInput))

@@ -246,8 +246,27 @@ def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size:
     return index
 
 
+def check_query_words(searcher: Searcher, query: str) -> None:
+    """A sentence the model can read: refused when none of its words is in the model's vocabulary (every image would
+    score alike, and the ranking would be the folder's order); the words it does not know are named."""
+    words = tokenize(query)
+    unknown = [word for word in words if word not in searcher.index]
+    if len(unknown) == len(words):
+        raise cfglib.ConfigError(f"“{query}”: none of its words is in the model's vocabulary of "
+                                 f"{len(searcher.index)} words; nothing to rank the images by")
+    if unknown:
+        print(f"vsa search: not in the model's vocabulary, left out: {', '.join(unknown)}", file=console.err(),
+              flush=True)
+
+
 def run(cfg: SearchConfig) -> list[dict[str, Any]]:
     searcher = load_searcher(cfg.model, cfg.weights, cfg.max_pixels)
+    if cfg.image:  # the query first: a bomb or a broken file is refused before minutes of indexing
+        regions, errors = searcher.embed_images([Path(cfg.image).read_bytes()], [cfg.image])
+        if errors[0]:
+            raise cfglib.ConfigError(f"{cfg.image}: {errors[0]}")
+    else:
+        check_query_words(searcher, cfg.query)
     corpora = []
     for corpus in map(Path, cfg.corpora):
         index = build_index(searcher, corpus, cfg.splits, cfg.batch_size)
@@ -255,9 +274,6 @@ def run(cfg: SearchConfig) -> list[dict[str, Any]]:
             print(f"{corpus / name}: skipped: {why}", file=console.err(), flush=True)
         corpora.append((corpus, index))
     if cfg.image:
-        regions, errors = searcher.embed_images([Path(cfg.image).read_bytes()], [cfg.image])
-        if errors[0]:
-            raise cfglib.ConfigError(f"{cfg.image}: {errors[0]}")
         found = [(corpus, name, sentence) for corpus, index in corpora
                  for name, said in zip(index.names, index.sentences) for sentence in said]
         if not found:
