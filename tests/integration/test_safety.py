@@ -420,3 +420,33 @@ def test_a_killed_local_run_leaves_no_ray_process_behind(tmp_path):
     gone, alive = psutil.wait_procs(family, timeout=60)
     alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, [p.name() for p in alive]
+
+
+def test_eval_on_data_the_model_was_not_trained_on_says_so(tmp_path, mini_features, capsys):
+    """A model whose vocabulary is another data set's (here: mini's words but the last 50) scored on mini's test
+    split: the scores come, with a line on stderr and a record of how much of the split the model cannot read."""
+    import json as jsonlib
+
+    import torch
+    from conftest import untrained_alignment_checkpoint, write_untrained
+
+    from vsa_dist import config as cfglib
+    from vsa_dist.cli import main as vsa
+    from vsa_dist.models.alignment import AlignmentModel
+    from vsa_dist.recipes.align import AlignConfig, model_args
+
+    manifest = jsonlib.loads((mini_features / "manifest.json").read_text())
+    other = {**manifest, "vocab": {"words": manifest["vocab"]["words"][:-50]}}
+    cfg = cfglib.resolve(AlignConfig, None, {"features": str(mini_features), "embed_dim": 32, "word_dim": 16})
+    torch.manual_seed(0)
+    model = AlignmentModel(model_args(cfg, len(other["vocab"]["words"]) + 2, manifest["settings"]["feature_dim"]))
+    checkpoint = write_untrained(tmp_path / "other.pt", model, cfg, other)
+    capsys.readouterr()
+    metrics = vsa(["eval", "retrieval", "--checkpoint", str(checkpoint), "--features", str(mini_features)])
+    err = capsys.readouterr().err
+    assert f"{mini_features} is not the data {checkpoint} was trained on" in err
+    record = metrics["other_data"]
+    assert record["features_vocabulary"] == len(manifest["vocab"]["words"]) and record["model_vocabulary"] == \
+        len(manifest["vocab"]["words"]) - 50 and 0 < record["unknown_word_share"] < 1
+    own = untrained_alignment_checkpoint(mini_features, tmp_path / "own.pt")
+    assert "other_data" not in vsa(["eval", "retrieval", "--checkpoint", str(own), "--features", str(mini_features)])

@@ -76,7 +76,6 @@ def _write_shard(path: Path, entries: list[ImageEntry], fmt: str, max_pixels: in
     fd, tmp = temp_path(path)
     try:
         with os.fdopen(fd, "wb") as fh:
-
             writer = wds.TarWriter(fh, mtime=0)  # fixed mtime: same inputs, same bytes, same sha256
             for entry in entries:
                 try:

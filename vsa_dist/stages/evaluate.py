@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from vsa_dist import config as cfglib
-from vsa_dist import storage
+from vsa_dist import console, storage
 from vsa_dist.checkpoints import generator_decoding, load_alignment, load_generator
 from vsa_dist.configs import EvalConfig, RegionEvalConfig
 from vsa_dist.data.pairs import word_index
@@ -49,9 +49,27 @@ def _check_features_match(cfg: EvalConfig, *states: dict[str, Any]) -> None:
 
 def _split(cfg: EvalConfig, state: dict[str, Any], whole_image_only: bool) -> dict[str, Any]:
     _check_features_match(cfg, state)
+    split = load_split(cfg.features, cfg.split, word_index(state["vocab"]), state["config"]["max_words"],
+                       whole_image_only=whole_image_only)
+    split["other_data"] = _other_data(cfg, state, split)
+    return split
 
-    return load_split(cfg.features, cfg.split, word_index(state["vocab"]), state["config"]["max_words"],
-                      whole_image_only=whole_image_only)
+
+def _other_data(cfg: EvalConfig, state: dict[str, Any], split: dict[str, Any]) -> dict[str, Any]:
+    """Scores on data the model was not trained on are a fair question (train on one corpus, test on another), but
+    they must say so: the folder's vocabulary is not the model's, and the share of the split's words it cannot read
+    goes to stderr and into the scores' record ({} for the model's own data)."""
+    words = load_features_manifest(cfg.features)["vocab"]["words"]
+    if words == state["vocab"]:
+        return {}
+    known = set(state["vocab"])
+    tokens = [word for sentences in split["sentence_tokens"] for sentence in sentences for word in sentence]
+    unknown = sum(word not in known for word in tokens) / max(len(tokens), 1)
+    print(f"vsa eval: {cfg.features} is not the data {cfg.checkpoint} was trained on: its vocabulary has {len(words)} "
+          f"words, the model's {len(known)}; {100 * unknown:.1f} % of the {cfg.split} sentences' words are unknown to "
+          "the model", file=console.err(), flush=True)
+    return {"other_data": {"features_vocabulary": len(words), "model_vocabulary": len(known),
+                           "unknown_word_share": round(unknown, 4)}}
 
 
 def _finish(cfg: EvalConfig | RegionEvalConfig, metrics: dict[str, Any],
@@ -68,7 +86,8 @@ def run_retrieval(cfg: EvalConfig) -> dict[str, Any]:
     split = _split(cfg, state, whole_image_only=False)
     members = [model, *(member for member, _ in _ensemble_members(cfg, state, load_alignment))]
     metrics = evaluate_alignment(members, torch.from_numpy(split["features"]), torch.from_numpy(split["tokens"]).long())
-    return _finish(cfg, {"split": cfg.split, "images": len(split["image_ids"]), **_ensemble_record(cfg), **metrics})
+    return _finish(cfg, {"split": cfg.split, "images": len(split["image_ids"]), **_ensemble_record(cfg), **metrics,
+                         **split["other_data"]})
 
 
 def _ensemble_members(cfg: EvalConfig, state: dict[str, Any], load_model) -> list[tuple[Any, dict[str, Any]]]:
@@ -91,16 +110,15 @@ def run_captions(cfg: EvalConfig) -> dict[str, Any]:
     # the regions too when any member attends over them; the others read row 0 of them
     split = _split(cfg, state, not any(m.args.attention for m in [model, *(member for member, _ in members)]))
     if cfg.images:
-        split = {k: v if k == "split" else v[:cfg.images] for k, v in split.items()}  # per-image lists, arrays
+        split = {k: v if k in ("split", "other_data") else v[:cfg.images] for k, v in split.items()}  # per image
     beam, max_len, penalty = generator_decoding(state, cfg.beam, cfg.length_penalty)
     if cfg.ensemble:
-
         model = MRNNEnsemble([model, *(member for member, _ in members)])
     captions = generate(model, torch.from_numpy(split["features"]).float(), state["vocab"], beam, max_len, penalty)
     metrics = score_captions(split, captions)
     return _finish(cfg, {"split": cfg.split, "images": len(captions), "beam": beam, "length_penalty": penalty,
                          "mean_words": sum(len(c.split()) for c in captions) / len(captions),
-                         **diversity(captions), **_ensemble_record(cfg), **metrics})
+                         **diversity(captions), **_ensemble_record(cfg), **metrics, **split["other_data"]})
 
 
 def run_snippets(cfg: EvalConfig) -> dict[str, Any]:
@@ -112,7 +130,7 @@ def run_snippets(cfg: EvalConfig) -> dict[str, Any]:
     split = _split(cfg, state, whole_image_only=False)
     metrics = evaluate_snippets(model, torch.from_numpy(split["features"]).float(),
                                 torch.from_numpy(split["tokens"]).long(), cfg.beta)
-    return _finish(cfg, {"split": cfg.split, "images": len(split["image_ids"]), **metrics})
+    return _finish(cfg, {"split": cfg.split, "images": len(split["image_ids"]), **metrics, **split["other_data"]})
 
 
 def run_regions(cfg: RegionEvalConfig) -> dict[str, Any]:

@@ -65,7 +65,6 @@ class Searcher:
     def extractor(self):
         """The CNN, loaded when an image is first embedded: a query against a built index never needs it."""
         if self._extractor is None:
-
             self._extractor = checked_extractor(self.feature_settings, self.weights, self.max_pixels)
         return self._extractor
 
@@ -113,7 +112,6 @@ def load_searcher(uri: str, weights: str = "", max_pixels: int = DEFAULT_MAX_PIX
     if Path(uri).is_file():
         checkpoint = Path(uri)
     else:
-
         mlflow.set_tracking_uri(tracking_uri())
         try:
             checkpoint = Path(model_artifacts(model_folder(uri), ("checkpoint",))["checkpoint"])
@@ -213,7 +211,6 @@ def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size:
         fresh = sum(1 for name, item_stamp, _, _ in items if not known(name, item_stamp))
     bar = None
     if fresh and progress:
-
         bar = tqdm(total=fresh, desc=f"vsa search: embedding {folder}", unit="image", file=console.err(), disable=None)
     for name, item_stamp, load, said in items:
         if known(name, item_stamp):
