@@ -102,3 +102,45 @@ def test_queries_with_nothing_to_rank_by_and_a_bomb_query_image_are_refused_befo
     # a word it does not know is named, and the others still rank the images
     hits = vsa(["search", "a dog qwertyuiop", str(photos), "--model", model, "--top", "3"])
     assert len(hits) == 3 and "left out: qwertyuiop" in capsys.readouterr().err
+
+
+def test_a_damaged_index_is_never_trusted_but_said_and_rebuilt(tmp_path, mini_features, mini_images, capsys):
+    """Bytes flipped inside the vectors (the size kept), an empty file, fewer rows than images, a listing whose
+    images are an object: each was a silent wrong answer (nan scores, another top 3) or a traceback."""
+    import io
+
+    import numpy as np
+    from conftest import untrained_alignment_checkpoint
+
+    from vsa_dist.cli import main as vsa
+    from vsa_dist.stages.search import INDEX_DIR
+
+    model = str(untrained_alignment_checkpoint(mini_features, tmp_path / "align.pt"))
+    photos = tmp_path / "photos"
+    copy_images(mini_images[:5], photos)
+    query = ["search", "a dog runs", str(photos), "--model", model, "--format", "jsonl"]
+    truth = vsa(query)
+    capsys.readouterr()
+    vectors = next((photos / INDEX_DIR).glob("*.npy"))
+    listing = vectors.with_suffix(".json")
+    intact = vectors.read_bytes(), listing.read_text()
+
+    def fewer_rows() -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.load(vectors)[:3], allow_pickle=False)
+        vectors.write_bytes(buffer.getvalue())
+
+    damage = {
+        "flipped": lambda: vectors.write_bytes(intact[0][:-64] + bytes(255 - b for b in intact[0][-64:])),
+        "empty": lambda: vectors.write_bytes(b""),
+        "fewer rows": fewer_rows,
+        "images an object": lambda: listing.write_text(json.dumps({**json.loads(intact[1]), "images": {}})),
+    }
+    for what, do in damage.items():
+        vectors.write_bytes(intact[0])
+        listing.write_text(intact[1])
+        do()
+        assert vsa(query) == truth, what
+        err = capsys.readouterr().err
+        assert "rebuilding the index" in err and str(photos / INDEX_DIR) in err, (what, err)
+        assert vsa(query) == truth and "rebuilding" not in capsys.readouterr().err  # the rebuilt one holds

@@ -22,12 +22,11 @@ import mlflow
 from tqdm import tqdm
 
 from vsa_dist import config as cfglib
-from vsa_dist import console
+from vsa_dist import console, serving
 from vsa_dist.configs import CaptionConfig
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS, find_images, open_rgb
 from vsa_dist.io import atomic_write_bytes
 from vsa_dist.pages import colour, thumbnail
-from vsa_dist.serving import load_captioner as load
 from vsa_dist.stages import run_stage
 from vsa_dist.tracking import tracking_uri
 
@@ -46,7 +45,7 @@ def load_captioner(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     model folder runs, nothing is unpickled."""
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        return load(uri, max_pixels)
+        return serving.load_captioner(uri, max_pixels)
     except mlflow.exceptions.MlflowException as err:
         raise cfglib.ConfigError(f"model {uri}: {err.message} (tracking store {tracking_uri()})") from err
     except ValueError as err:

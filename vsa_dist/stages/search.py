@@ -15,6 +15,7 @@ shard corpora (an image folder has none). Output: ``rank<TAB>score<TAB>image`` (
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
@@ -45,7 +46,7 @@ from vsa_dist.stages import run_stage
 from vsa_dist.tracking import tracking_uri
 
 INDEX_DIR = ".vsa-index"
-INDEX_VERSION = 2
+INDEX_VERSION = 3  # 3: the listing proves its vectors (checksum, rows, model, encoder)
 
 
 @dataclass
@@ -159,23 +160,66 @@ def corpus_stamp(folder: Path, splits: list[str]) -> str:
     return f"{sha256_file(folder / MANIFEST)}:{','.join(sorted(splits))}" if is_shards(folder) else ""
 
 
+def encoder_of(searcher: Searcher) -> dict[str, Any]:
+    """The CNN whose features the vectors were made from (with the model: its checkpoint's sha256 is model_key)."""
+    return {key: searcher.feature_settings.get(key) for key in ("backbone", "weights_sha256", "region_mode")}
+
+
+def read_index(listing_path: Path, vectors_path: Path, searcher: Searcher) -> tuple[dict[str, Any], Any, str]:
+    """A stored index, if it proves itself: its listing well formed, made by this model and encoder, its vectors the
+    bytes it recorded (sha256), one finite row per image. Returns (listing, vectors, '') when it holds; ({}, None,
+    why) when it is damaged; ({}, None, '') when there is none, or one of an older version (rebuilt unsaid)."""
+    if not listing_path.is_file() and not vectors_path.is_file():
+        return {}, None, ""
+    try:
+        listing = json.loads(listing_path.read_text())
+    except (OSError, ValueError) as err:
+        return {}, None, f"the listing cannot be read ({type(err).__name__})"
+    if not isinstance(listing, dict) or listing.get("version") != INDEX_VERSION:
+        return {}, None, "" if isinstance(listing, dict) else "the listing is not a JSON object"
+    images, skipped = listing.get("images"), listing.get("skipped")
+    well_formed = isinstance(images, list) and isinstance(skipped, list) and all(
+        isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("stamp"), str)
+        and isinstance(e.get("sentences"), list) for e in images) and all(
+        isinstance(e, dict) and {"name", "stamp", "error"} <= set(e) for e in skipped)
+    if not well_formed:
+        return {}, None, "the listing's images or skipped entries are not what an index writes"
+    if listing.get("model_key") != searcher.model_key or listing.get("encoder") != encoder_of(searcher):
+        return {}, None, "made by another model or CNN"
+    try:
+        data = vectors_path.read_bytes()
+    except OSError as err:
+        return {}, None, f"its vectors cannot be read ({err.strerror})"
+    if hashlib.sha256(data).hexdigest() != listing.get("vectors_sha256"):
+        return {}, None, "its vectors are not the bytes it recorded (sha256)"
+    try:
+        vectors = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        return {}, None, f"its vectors are not an array ({type(err).__name__})"
+    if vectors.ndim != 3 or vectors.dtype != np.float16 or len(vectors) != len(images) or \
+            not np.isfinite(vectors).all():
+        return {}, None, f"its vectors {vectors.shape} do not hold one finite row per image of its {len(images)}"
+    return listing, vectors, ""
+
+
 def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size: int, progress: bool = True) -> Index:
     """The corpus's image vectors: from its index where the images are unchanged, embedded where not (the index then
     rewritten, atomically). A shard folder whose manifest is unchanged is not read at all."""
     where, stamp = folder / INDEX_DIR, corpus_stamp(folder, splits)
     stem = f"{searcher.model_key}-{'-'.join(sorted(splits)) or 'all'}" if stamp else searcher.model_key
     listing_path, vectors_path = where / f"{stem}.json", where / f"{stem}.npy"
-    listing = json.loads(listing_path.read_text()) if listing_path.is_file() and vectors_path.is_file() else {}
+    listing, stored, damaged = read_index(listing_path, vectors_path, searcher)
+    if damaged:  # never trusted: rebuilt from the corpus, and said
+        print(f"vsa search: {listing_path.with_suffix('')}.*: {damaged}; rebuilding the index", file=console.err(),
+              flush=True)
     old = {}
-    if listing.get("version") == INDEX_VERSION:
-        stored = np.load(vectors_path, allow_pickle=False)
+    if listing:
         if stamp and listing.get("corpus") == stamp:
             return Index([e["name"] for e in listing["images"]], stored, [e["sentences"] for e in listing["images"]],
                          [])
         old = {entry["name"]: (entry["stamp"], stored[row]) for row, entry in enumerate(listing["images"])}
     # images that could not be embedded are remembered too: tried again only once their file changes
-    refused = ({entry["name"]: (entry["stamp"], entry["error"]) for entry in listing.get("skipped", [])}
-               if listing.get("version") == INDEX_VERSION else {})
+    refused = {entry["name"]: (entry["stamp"], entry["error"]) for entry in listing.get("skipped", [])}
     index, kept, pending, refused_stamps = Index([], [], [], []), [], [], []
 
     def keep(name: str, item_stamp: str, vector, said: list[str]) -> None:
@@ -235,7 +279,8 @@ def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size:
         np.save(buffer, index.vectors, allow_pickle=False)
         atomic_write_bytes(vectors_path, buffer.getvalue())
         atomic_write_json(listing_path, {
-            "version": INDEX_VERSION, "model_key": searcher.model_key, "corpus": stamp,
+            "version": INDEX_VERSION, "model_key": searcher.model_key, "encoder": encoder_of(searcher),
+            "vectors_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), "corpus": stamp,
             "images": [{"name": n, "stamp": s, "sentences": said}
                        for n, s, said in zip(index.names, kept, index.sentences)],
             "skipped": [{"name": n, "stamp": s, "error": why}
