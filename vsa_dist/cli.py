@@ -25,19 +25,18 @@ from vsa_dist.recipes.config import AlignConfig, MRNNConfig, TuneConfig
 class Command(NamedTuple):
     """A command's runner ("module:function", imported only to run: a stage's module imports torch, Ray and MLflow),
     its config (torch-free: ``--help``, ``--print-config`` and a bad flag are answered from it alone, in a fraction
-    of a second) and the preset it starts from."""
+    of a second; its ``PRESET``, the one the command starts from)."""
 
     runner: str
     config: type
-    preset: str | None = None
 
 
 # name → Command; a nested group is a dict. Only stages that work are listed.
 COMMANDS: dict[str, object] = {
     "shards": {"build": Command("vsa_dist.stages.shards:main", ShardsConfig)},
     "features": Command("vsa_dist.stages.features:main", FeaturesConfig),
-    "train-align": Command("vsa_dist.stages.train_align:main", AlignConfig, "train_align"),
-    "train-mrnn": Command("vsa_dist.stages.train_mrnn:main", MRNNConfig, "train_mrnn"),
+    "train-align": Command("vsa_dist.stages.train_align:main", AlignConfig),
+    "train-mrnn": Command("vsa_dist.stages.train_mrnn:main", MRNNConfig),
     "align-snippets": Command("vsa_dist.stages.align_snippets:main", SnippetsConfig),
     "eval": {
         "retrieval": Command("vsa_dist.stages.evaluate:retrieval_main", EvalConfig),
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None):
             table = target
             continue
         # the config first: --help, --print-config and a bad flag end here, before the stage is imported
-        cfglib.parse_args(target.config, argv, prog=prefix, preset=target.preset)
+        cfglib.parse_args(target.config, argv, prog=prefix, preset=target.config.PRESET)
         module, func = target.runner.split(":")
         return getattr(importlib.import_module(module), func)(argv)
 

@@ -31,6 +31,7 @@ class Config:
     names) are the stage's own."""
 
     _frozen = False
+    PRESET: str | None = None  # the preset a command starts from, when it has one (a class attribute, not a key)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if self._frozen:

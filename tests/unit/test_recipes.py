@@ -29,7 +29,7 @@ def test_every_model_setting_is_declared_once_and_reaches_the_model(task, model_
         assert config_fields[field.name] is settings.__dataclass_fields__[field.name], field.name
         assert field.name not in TrainConfig.__dataclass_fields__, f"{field.name}: declared for training too"
     assert {f.name for f in dataclasses.fields(args)} - set(settings.__dataclass_fields__) <= DATA_DECIDES
-    cfg = cfglib.resolve(task.config, task.preset, {"features": "/f"})
+    cfg = cfglib.resolve(task.config, task.config.PRESET, {"features": "/f"})
     built = model_class(model_args(cfg, 20, 8)).args
     for name in settings.__dataclass_fields__:
         assert getattr(built, name) == getattr(cfg, name), name
@@ -74,7 +74,7 @@ def test_tune_streams_what_the_stage_would():
 
 def test_tune_without_a_base_tunes_what_the_stage_trains():
     fixed = fixed_values(tune_config(stage="mrnn"))
-    stage = cfglib.layered(mrnn.MRNNConfig, mrnn.MRNNTask.preset, {})
+    stage = cfglib.layered(mrnn.MRNNConfig, mrnn.MRNNConfig.PRESET, {})
     assert {k: fixed[k] for k in ("optimizer", "dropout", "epochs", "cell", "lr")} | {"epochs": stage["epochs"]} == \
         {k: stage[k] for k in ("optimizer", "dropout", "epochs", "cell", "lr")}
     assert fixed["optimizer"] == "adam"  # once rmsprop here and adam in the stage's preset

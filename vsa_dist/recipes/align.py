@@ -33,7 +33,7 @@ def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> Alignment
 class AlignTask:
     """The alignment model's part of the shared epoch loop (``training.run_epochs``), and its driver's."""
 
-    name, config, preset = "train-align", AlignConfig, "train_align"
+    name, config = "train-align", AlignConfig
 
     @staticmethod
     def stream(cfg: AlignConfig) -> TrainStream:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
@@ -18,6 +19,8 @@ from vsa_dist.training.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig
 @dataclass
 class AlignConfig(TrainConfig, AlignmentSettings):
     """Train the alignment model (BRNN + region embeddings) on feature shards."""
+
+    PRESET: ClassVar[str] = "train_align"  # the paper's settings (the file names them: they are these defaults)
 
     epochs: int = option(20, "passes over the train images (one sentence per image per pass)", range="[1, inf)")
     weight_decay: float = option(1e-4, "L2 weight decay (chosen on dev)", range="[0, inf)")
@@ -48,6 +51,8 @@ class MRNNConfig(TrainConfig, MRNNSettings):
     """Train the MRNN caption generator on feature shards (whole-image features, or all rows with attention, and
     the sentences). The defaults are the paper's generator as dev chose its settings (docs/generation.md, "The paper
     preset, setting by setting"): its equations, with Adam, dropout 0.25 and 10 epochs."""
+
+    PRESET: ClassVar[str] = "train_mrnn"
 
     epochs: int = option(10, "passes over the train images, all their sentences each time; the paper preset's dev "
                              "CIDEr peaked at epoch 7 of 15 while dev perplexity rose after 6", range="[1, inf)")

@@ -68,7 +68,7 @@ class MRNNTask:
     """The generator's part of the shared epoch loop (``training.run_epochs``): teacher forcing (xe) or
     self-critical sampling (scst); and its driver's."""
 
-    name, config, preset = "train-mrnn", MRNNConfig, "train_mrnn"
+    name, config = "train-mrnn", MRNNConfig
 
     @staticmethod
     def stream(cfg: MRNNConfig) -> TrainStream:

@@ -26,4 +26,4 @@ from vsa_dist.training.run import run_recipe
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     return run_stage(AlignTask.config, functools.partial(run_recipe, AlignTask), argv, prog="vsa train-align",
-                            preset=AlignTask.preset)
+                            preset=AlignTask.config.PRESET)

@@ -29,4 +29,4 @@ from vsa_dist.training.run import run_recipe
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     return run_stage(MRNNTask.config, functools.partial(run_recipe, MRNNTask), argv, prog="vsa train-mrnn",
-                            preset=MRNNTask.preset)
+                            preset=MRNNTask.config.PRESET)

@@ -39,8 +39,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from vsa_dist import config as cfglib
-from vsa_dist.data.shards import load_manifest
-from vsa_dist.features.format import check_same_settings, load_features_manifest
 from vsa_dist.io import atomic_write_bytes, atomic_write_json, claim_output_folder
 from vsa_dist.ray_env import check_placeable, ensure_ray, worker_request
 from vsa_dist.recipes.align import AlignTask
@@ -51,7 +49,7 @@ from vsa_dist.tracking import check_tracking_store, use_experiment
 from vsa_dist.training.loop import run_epochs
 from vsa_dist.training.run import fit, open_record
 from vsa_dist.training.session import InProcessSession, RunSpec
-from vsa_dist.training.streams import train_dataset
+from vsa_dist.training.streams import stream_settings, train_dataset
 
 # stage → its recipe: the same config, stream and epoch loop the stage itself runs
 STAGES = {"align": AlignTask, "mrnn": MRNNTask}
@@ -72,7 +70,7 @@ def fixed_values(cfg: TuneConfig) -> dict[str, Any]:
         if not equals or not key.strip():
             raise cfglib.ConfigError(f"set {item!r}: expected KEY=VALUE")
         held[key.strip()] = value.strip()
-    base = cfglib.layered(task.config, cfg.base or task.preset, held, "--set")
+    base = cfglib.layered(task.config, cfg.base or task.config.PRESET, held, "--set")
     if fixed_by_tune := sorted(set(held) & set(SET_BY_TUNE)):
         raise cfglib.ConfigError(f"set {fixed_by_tune}: set by vsa tune itself (use its own flags)")
     return {**base, "features": cfg.features, "epochs": cfg.epochs, "workers": max(cfg.workers, 1),
@@ -238,7 +236,7 @@ def best_preset(cfg: TuneConfig, best: dict[str, Any], fixed: dict[str, Any]) ->
     defaults = cfglib.layered(task.config, None, {})
     keys = {k: v for k, v in fixed.items() if k not in SET_BY_TUNE and v != defaults[k]}
     keys.update(best["params"])
-    header = (f"# vsa tune --stage {cfg.stage} (base: {cfg.base or task.preset}), "
+    header = (f"# vsa tune --stage {cfg.stage} (base: {cfg.base or task.config.PRESET}), "
               f"{time.strftime('%Y-%m-%d')}: the best of {cfg.trials} trials on dev\n"
               f"# ({METRIC} {best['best_dev_score']:.4g} at epoch {best['best_epoch']} of at most {cfg.epochs}; "
               f"MLflow run {best.get('run_id', '')}).\n"
@@ -255,9 +253,7 @@ def run(cfg: TuneConfig) -> dict[str, Any]:
     out = claim_output_folder(Path(cfg.out), "tune")
     # the stream the stage itself would read, one for every trial (search_space keeps it so)
     stream = task.stream(base)
-    manifest = load_features_manifest(cfg.features)
-    settings = check_same_settings(
-        {cfg.features: manifest, **({stream.snippets: load_manifest(stream.snippets)} if stream.snippets else {})})
+    manifest, settings = stream_settings(cfg.features, stream)
     vocab = manifest["vocab"]["words"]
     check_tracking_store()
     ensure_ray(cfg.progress)

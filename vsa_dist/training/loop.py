@@ -34,8 +34,7 @@ class Task(Protocol):
     (its model, its dev split, its step and its evaluation)."""
 
     name: str      # the stage, as its epoch lines start ("train-align"): two stages may share a terminal
-    config: type   # its config dataclass (recipes/config.py)
-    preset: str    # the preset its command starts from (the paper's settings)
+    config: type   # its config dataclass (recipes/config.py; its PRESET: the one its command starts from)
     spec: RunSpec  # on a worker; spec.cfg: the stage's config (a TrainConfig)
 
     @staticmethod

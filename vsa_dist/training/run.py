@@ -21,15 +21,13 @@ from ray.train.torch import TorchTrainer
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
-from vsa_dist.data.shards import load_manifest
-from vsa_dist.features.format import check_same_settings, load_features_manifest
 from vsa_dist.io import atomic_write_json
 from vsa_dist.ray_env import check_placeable, ensure_ray, worker_request
 from vsa_dist.tracking import check_tracking_store, log_data_inputs, source_tags, use_experiment
 from vsa_dist.training.loop import Task, run_epochs
 from vsa_dist.training.session import RunSpec, Trained
 from vsa_dist.training.state import save_best
-from vsa_dist.training.streams import train_dataset
+from vsa_dist.training.streams import stream_settings, train_dataset
 
 
 def open_record(path: Path, resume: bool, what: str, same: dict[str, Any], start: Callable[[], dict[str, Any]]
@@ -112,10 +110,7 @@ def train(task: type[Task], cfg: Any) -> Trained:
     out = storage.mirror(cfg.out, skip=("ray",)).resolve()
     out.mkdir(parents=True, exist_ok=True)
     stream = task.stream(cfg)
-    manifest = load_features_manifest(cfg.features)
-    settings = check_same_settings(
-        {cfg.features: manifest, **({stream.snippets: load_manifest(stream.snippets)} if stream.snippets else {})}
-    )
+    manifest, settings = stream_settings(cfg.features, stream)
     vocab = manifest["vocab"]["words"]
     check_tracking_store()  # an unreachable MLflow server fails here in seconds, not after Ray has started
     ensure_ray(cfg.progress)

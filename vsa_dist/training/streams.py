@@ -14,6 +14,7 @@ import ray.data
 import torch
 from ray.data import FileShuffleConfig
 
+from vsa_dist.data.manifests import check_same_settings, load_features_manifest, load_manifest
 from vsa_dist.data.pairs import feature_sample_to_row, snippet_rows_to_arrays, word_index
 from vsa_dist.data.shards import shard_paths
 
@@ -115,6 +116,14 @@ class TrainStream:
     snippets: str = ""
     snippet_phrases: bool = True
     augment: tuple[str, ...] = ()
+
+
+def stream_settings(features: str, stream: TrainStream) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The feature folder's manifest, and the feature settings it shares with the snippet folder the stream reads
+    (features made differently never meet in one run)."""
+    manifest = load_features_manifest(features)
+    snippets = {stream.snippets: load_manifest(stream.snippets)} if stream.snippets else {}
+    return manifest, check_same_settings({features: manifest, **snippets})
 
 
 def train_dataset(features: str, vocab: list[str], stream: TrainStream, seed: int = 0) -> ray.data.Dataset:
