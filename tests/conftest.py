@@ -72,6 +72,16 @@ def mini_features(mini_shards, ray_cluster) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def mini_trunk(mini_shards, ray_cluster) -> Path:
+    """Each flickr8k-mini image's activation entering lite0's block 12 (vsa features --trunk-block 12), once."""
+    from vsa_dist.cli import main as vsa
+
+    out = mini_shards.parent / "trunk12"
+    vsa(["features", "--shards", str(mini_shards), "--out", str(out), "--trunk-block", "12", "--progress", "false"])
+    return out
+
+
 def untrained_alignment_checkpoint(features_dir, path, preset=None, **settings):
     """A real best.pt in the format train-align writes, with untrained weights (the DP does not care): the paper's
     model, or ``preset``'s, with ``settings`` over it."""

@@ -82,11 +82,18 @@ class FeaturesConfig(cfglib.Config):
                                                  "(decompression bombs)", range="[1, inf)")
     flip: bool = option(False, "mirror every image left to right before proposing regions and running the CNN: a "
                                "second feature folder of the same images, for training on both (train-mrnn --augment)")
+    trunk_block: int = option(0, "N > 0: store each image's activation entering CNN block N instead of its vectors "
+                                 "(an EfficientNet-lite; lite0 has blocks 0-15): the input of vsa train-align "
+                                 "--encoder cached, which trains the blocks from N on", range="[0, inf)")
     progress: bool = option(True, "Ray Data progress bars")
 
     def validate(self) -> None:
         if not self.out:
             raise cfglib.ConfigError("out: an output folder is required")
+        if self.trunk_block and (self.proposals != "grid" or self.regions != "roi"
+                                 or not self.backbone.startswith("efficientnet-lite")):
+            raise cfglib.ConfigError("trunk_block: whole images of an EfficientNet-lite backbone only (no regions: "
+                                     "leave proposals grid and regions roi)")
         if storage.same_place(self.out, self.shards):
             raise cfglib.ConfigError("out must differ from shards: both folders hold a manifest.json")
 

@@ -29,6 +29,7 @@ from vsa_dist.data.text import tokenize
 from vsa_dist.features.extract import checked_extractor, image_features
 from vsa_dist.io import sha256_json
 from vsa_dist.models.decoding import generate
+from vsa_dist.models.encoder import trunk_shape
 from vsa_dist.models.tokens import UNK
 from vsa_dist.tracking import check_tracking_store
 
@@ -106,9 +107,12 @@ def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str,
                         dev_data: str) -> dict[str, Any]:
     """Log the checkpoint as a pyfunc model in the active run, register it, and move ``alias`` to it when its dev
     R@1+5+10 sum beats the alias holder's on the same dev data. Returns what was done."""
-    rows = 1 + feature_settings["num_regions"]
-    example = pd.DataFrame({"sentence": ["a dog runs on the grass"],
-                            "features": [np.zeros((rows, feature_settings["feature_dim"])).round(3).tolist()]})
+    settings = feature_settings
+    if settings.get("trunk_block"):  # a model that carries its CNN's upper blocks takes the trunk maps
+        shape = trunk_shape(settings["backbone"], settings["trunk_block"], settings["input_size"])
+    else:
+        shape = (1 + feature_settings["num_regions"], feature_settings["feature_dim"])
+    example = pd.DataFrame({"sentence": ["a dog runs on the grass"], "features": [np.zeros(shape).round(3).tolist()]})
     signature = mlflow.models.infer_signature(example, pd.DataFrame({"score": [0.0]}))
     info = _log_model("alignment_scorer.py", name, {"checkpoint": str(checkpoint)}, signature, example,
                       feature_settings.get("backbone", ""), {"feature_settings": feature_settings})

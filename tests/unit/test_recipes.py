@@ -18,7 +18,8 @@ from vsa_dist.training.config import TrainConfig
 
 RECIPES = [(align.AlignTask, align.model_args, AlignmentSettings, AlignmentArgs, AlignmentModel),
            (mrnn.MRNNTask, mrnn.model_args, MRNNSettings, MRNNArgs, MRNN)]
-DATA_DECIDES = {"vocab_size", "feature_dim", "l2_features"}  # what the feature folder (or the model itself) sets
+# what the feature folder (or the model itself) sets: the CNN the model carries is the trunk folder's
+DATA_DECIDES = {"vocab_size", "feature_dim", "l2_features", "encoder", "trunk_block"}
 
 
 @pytest.mark.parametrize("task,model_args,settings,args,model_class", RECIPES)

@@ -14,7 +14,7 @@ MANIFEST = "manifest.json"
 
 # What makes two feature sets interchangeable: the same backbone, weights, preprocessing and regions.
 SETTINGS_KEYS = ("format_version", "backbone", "weights_sha256", "input_size", "mean", "std", "feature_dim",
-                 "region_mode", "proposals", "num_regions", "roi_size", "precision", "dtype")
+                 "region_mode", "proposals", "num_regions", "roi_size", "precision", "dtype", "trunk_block")
 
 
 class FeatureSettingsMismatch(ValueError):

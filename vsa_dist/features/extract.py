@@ -22,7 +22,7 @@ from vsa_dist.features.format import FEATURES_FORMAT_VERSION, npy_bytes, npy_loa
 from vsa_dist.features.proposals import grid_boxes, propose
 from vsa_dist.io import sha256_file
 from vsa_dist.models.backbone import load_backbone
-from vsa_dist.models.regions import RegionFeatureExtractor
+from vsa_dist.models.regions import RegionFeatureExtractor, TrunkFeatureExtractor
 
 OUTPUT_COLUMNS = ("__key__", "__url__", "json", "feat.npy", "boxes.npy", "proposals.npy", "error")
 
@@ -44,6 +44,7 @@ class ExtractorSettings:
     precision: str = "fp32"     # or bf16: autocast, where the hardware runs it natively
     max_pixels: int = DEFAULT_MAX_PIXELS  # images above this are refused from their header, before decoding
     flip: bool = False          # mirror every image left to right first (a training augmentation's second folder)
+    trunk_block: int = 0        # N > 0: each image's activation entering block N instead of vectors (models/encoder.py)
 
 
 def describe(settings: ExtractorSettings, spec: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +58,8 @@ def describe(settings: ExtractorSettings, spec: dict[str, Any]) -> dict[str, Any
         "proposals": settings.proposals, "num_regions": settings.num_regions, "roi_size": settings.roi_size,
         "nms_iou": settings.nms_iou, "max_proposals": settings.max_proposals, "precision": settings.precision,
         "dtype": "float16", "flip": settings.flip,
+        # a trunk folder never meets a vector folder: the key exists only where it is set (older folders lack it)
+        **({"trunk_block": settings.trunk_block} if settings.trunk_block else {}),
     }
 
 
@@ -114,9 +117,13 @@ class RegionExtractor:
     def __init__(self, settings: ExtractorSettings):
         self.settings = settings
         backbone = load_backbone(settings.backbone, settings.weights).to(settings.device)
-        self.model = RegionFeatureExtractor(backbone, settings.region_mode, settings.num_regions, settings.nms_iou,
-                                            settings.roi_size, channels_last=settings.channels_last,
-                                            precision=settings.precision)
+        if settings.trunk_block:
+            self.model = TrunkFeatureExtractor(backbone, settings.trunk_block, settings.channels_last,
+                                               settings.precision)
+        else:
+            self.model = RegionFeatureExtractor(backbone, settings.region_mode, settings.num_regions, settings.nms_iou,
+                                                settings.roi_size, channels_last=settings.channels_last,
+                                                precision=settings.precision)
         self.model_name = backbone.spec.name
 
     def _decode(self, jpeg: bytes | None) -> torch.Tensor:
@@ -185,7 +192,7 @@ def checked_extractor(feature_settings: dict[str, Any], weights: str = "",
     settings = ExtractorSettings(backbone=feature_settings["backbone"], weights=weights, region_mode="roi",
                                  proposals="grid", num_regions=feature_settings["num_regions"],
                                  roi_size=feature_settings["roi_size"], precision=feature_settings["precision"],
-                                 threads=0, max_pixels=max_pixels)
+                                 threads=0, max_pixels=max_pixels, trunk_block=feature_settings.get("trunk_block") or 0)
     extractor = RegionExtractor(settings)
     used = sha256_file(Path(extractor.model.backbone.spec.weights))
     if used != feature_settings["weights_sha256"]:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vsa_dist.models.args import AlignmentArgs, reads_regions  # noqa: F401  (the model's args, declared once)
+from vsa_dist.models.encoder import ImageEncoder
 from vsa_dist.models.tokens import PAD
 
 ATTENTION_SHARPNESS = 9.0  # SCAN's λ_1 for text-to-image attention (their best on Flickr30K and COCO)
@@ -113,6 +114,8 @@ class AlignmentModel(nn.Module):
         self.word_vectors = nn.Embedding(args.vocab_size, args.word_dim, padding_idx=PAD)  # W_w
         self.word_out = nn.Linear(h, h)                                         # W_d, b_d
         self.dropout = nn.Dropout(args.dropout)
+        # the CNN's upper blocks, trained with the model on trunk maps (``encoder=cached``); None: vectors come in
+        self.encoder = ImageEncoder(args.encoder, args.trunk_block) if args.encoder else None
         if args.local_pooling == "attention" and not args.cosine:
             raise ValueError("local_pooling='attention' scores cosines: it needs cosine=True")
         if args.global_pooling == "gpo":                                         # one pooling per side
@@ -134,7 +137,12 @@ class AlignmentModel(nn.Module):
             nn.init.zeros_(rec.bias)
 
     def embed_regions(self, features: torch.Tensor) -> torch.Tensor:
-        """[B, 1+R, D] CNN features → [B, 1+R, h] region vectors v_i."""
+        """[B, 1+R, D] CNN features → [B, 1+R, h] region vectors v_i. A model that carries its encoder takes trunk
+        maps [B, C, h, w] instead: its blocks make each image's whole-image vector, [B, 1, D]."""
+        if features.dim() == 4:
+            if self.encoder is None:
+                raise ValueError("trunk maps in, but this model has no CNN blocks to run them through")
+            features = self.encoder.top(features)[:, None]
         features = features.float()
         if self.args.l2_features:
             features = F.normalize(features, dim=-1)
@@ -146,7 +154,8 @@ class AlignmentModel(nn.Module):
         region–word term weighs nothing and the global term reads v_0 alone (the R regions' projection would be a
         fifth of a step's work, unused) or the model was built to score the whole image alone (``regions=False``).
         The snippet MRF's affinities (``word_region_scores``) read every region either way."""
-        return self.embed_regions(features if reads_regions(self.args) else features[:, :1])
+        whole_image_only = features.dim() == 3 and not reads_regions(self.args)  # trunk maps make that row alone
+        return self.embed_regions(features[:, :1] if whole_image_only else features)
 
     def embed_words(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, T] token ids (PAD-padded on the right) → ([N, T, h] word vectors s_t, [N, T] mask)."""

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from vsa_dist.models import REGION_MODES
 from vsa_dist.models.backbone import Backbone, fold_batchnorm
 from vsa_dist.models.boxes import batched_nms, roi_align, roi_align_weights
+from vsa_dist.models.encoder import ImageTrunk
 
 
 def select_top(boxes: torch.Tensor, scores: torch.Tensor, image_index: torch.Tensor, num_images: int, k: int,
@@ -139,3 +140,23 @@ class RegionFeatureExtractor(torch.nn.Module):
         features = torch.cat([whole[:, None], region.view(num_images, self.num_regions, -1)], dim=1)
         boxes_out = boxes_orig[flat].view(num_images, self.num_regions, 4)
         return boxes_out.cpu(), scores[flat].view(num_images, -1).cpu(), features.to(torch.float16).cpu()
+
+
+class TrunkFeatureExtractor(RegionFeatureExtractor):
+    """The activation entering block ``trunk_block`` of an EfficientNet-lite, per image: what an alignment model that
+    trains the blocks above it (``encoder=cached``) reads instead of a vector. Same call as the region extractor;
+    no regions (boxes [B, 0, 4]), features [B, C, h, w] float16."""
+
+    def __init__(self, backbone: Backbone, trunk_block: int, channels_last: bool = True, precision: str = "fp32"):
+        if not hasattr(backbone.trunk, "net") or not 1 <= trunk_block < len(backbone.trunk.net._blocks):
+            blocks = len(backbone.trunk.net._blocks) if hasattr(backbone.trunk, "net") else 0
+            raise ValueError(f"trunk block {trunk_block}: {backbone.spec.name} has no such block to cache the input "
+                             f"of (an EfficientNet-lite's blocks 1 to {blocks - 1})")
+        backbone.trunk = ImageTrunk(backbone.trunk.net, trunk_block)
+        super().__init__(backbone, "roi", 0, channels_last=channels_last, precision=precision)
+
+    @torch.inference_mode()
+    def forward(self, images: list[torch.Tensor], candidates: list[torch.Tensor]):
+        size = self.backbone.spec.input_size
+        maps = self._embed(self._batch(images, size, self.backbone.mean.device))
+        return torch.zeros(len(images), 0, 4), torch.zeros(len(images), 0), maps.to(torch.float16).contiguous().cpu()

@@ -4,6 +4,7 @@ register ``vsa-align``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -15,8 +16,10 @@ from vsa_dist.data.pairs import word_index
 from vsa_dist.data.splits import load_split
 from vsa_dist.distributed import gather_across_workers
 from vsa_dist.eval.retrieval import beats_row, evaluate_alignment, flat_metrics, retrieval_line, rsum
+from vsa_dist.io import sha256_file
 from vsa_dist.models.alignment import AlignmentModel, one_sentence_each
 from vsa_dist.models.args import AlignmentArgs, AlignmentSettings, reads_regions, settings_of
+from vsa_dist.models.backbone import fast_bf16, load_backbone
 from vsa_dist.models.tokens import PAD
 from vsa_dist.recipes.config import AlignConfig
 from vsa_dist.serving import dev_data_id, log_alignment_model
@@ -25,9 +28,18 @@ from vsa_dist.training.session import RunSpec, Trained
 from vsa_dist.training.streams import TrainStream
 
 
-def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int) -> AlignmentArgs:
-    """The model a config builds: every setting the model has comes from the config, by name (models/args.py)."""
-    return AlignmentArgs(vocab_size=vocab_size, feature_dim=feature_dim, **settings_of(cfg, AlignmentSettings))
+def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int, **data: Any) -> AlignmentArgs:
+    """The model a config builds: every setting the model has comes from the config, by name (models/args.py); the
+    rest from the data (``data``: more of ``AlignmentArgs``' fields, such as the CNN it carries)."""
+    return AlignmentArgs(vocab_size=vocab_size, feature_dim=feature_dim, **data, **settings_of(cfg, AlignmentSettings))
+
+
+def encoder_args(cfg: AlignConfig, feature_settings: dict[str, Any]) -> dict[str, Any]:
+    """The CNN the model carries (``AlignmentArgs.encoder``): with ``encoder=cached``, the trunk folder's backbone from
+    its trunk block on; none otherwise."""
+    if cfg.encoder != "cached":
+        return {}
+    return {"encoder": feature_settings["backbone"], "trunk_block": feature_settings["trunk_block"]}
 
 
 class AlignTask:
@@ -37,8 +49,9 @@ class AlignTask:
 
     @staticmethod
     def stream(cfg: AlignConfig) -> TrainStream:
-        # a score that reads only the whole image's row needs only that row streamed (a twentieth of the bytes)
-        return TrainStream(max_words=cfg.max_words, whole_image_only=not reads_regions(cfg),
+        # a score that reads only the whole image's row needs only that row streamed (a twentieth of the bytes); a
+        # trunk folder holds nothing else
+        return TrainStream(max_words=cfg.max_words, whole_image_only=not reads_regions(cfg) and cfg.encoder == "frozen",
                            augment=tuple(cfg.augment))
 
     @staticmethod
@@ -52,14 +65,39 @@ class AlignTask:
         self.vocab, self.feature_dim = spec.vocab, spec.feature_dim
 
     def build_model(self) -> AlignmentModel:
-        return AlignmentModel(model_args(self.cfg, len(self.vocab) + 2, self.feature_dim))  # + PAD, UNK
+        cfg = self.cfg
+        model = AlignmentModel(model_args(cfg, len(self.vocab) + 2, self.feature_dim,  # + PAD, UNK
+                                          **encoder_args(cfg, self.spec.feature_settings)))
+        if model.encoder is not None:
+            model.encoder.freeze_below(cfg.cnn_train_from)
+            model.encoder.batchnorm = cfg.cnn_batchnorm
+            model.encoder.bf16 = fast_bf16("cuda" if cfg.use_gpu else "cpu")
+        return model
+
+    def param_groups(self, model: AlignmentModel) -> list[dict[str, Any]]:
+        """The CNN's blocks at their own rate and weight decay (and held still for ``cnn_frozen_epochs``)."""
+        head = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
+        if model.encoder is None:
+            return [{"params": head}]
+        cfg = self.cfg
+        cnn = [p for p in model.encoder.parameters() if p.requires_grad]
+        return [{"params": head}, {"params": cnn, "lr_scale": cfg.cnn_lr / cfg.lr, "weight_decay": cfg.cnn_weight_decay,
+                                   "still_epochs": cfg.cnn_frozen_epochs}]
 
     def rows_per_worker(self, world: int) -> int:
         self.rows = self.cfg.batch_size // world
         return self.rows
 
     def initialise(self, model: AlignmentModel) -> None:
-        pass
+        """A fresh run's CNN blocks start pretrained: the weights the trunk folder was made with."""
+        if model.encoder is None:
+            return
+        settings = self.spec.feature_settings
+        pretrained = load_backbone(settings["backbone"])
+        if (used := sha256_file(Path(pretrained.spec.weights))) != settings["weights_sha256"]:
+            raise ValueError(f"{settings['backbone']}'s installed weights (sha256 {used[:12]}) are not the ones the "
+                             f"trunk folder was made with ({settings['weights_sha256'][:12]})")
+        model.encoder.net.load_state_dict(pretrained.trunk.net.state_dict())
 
     def prepare(self, rank: int, world: int) -> None:
         cfg = self.cfg

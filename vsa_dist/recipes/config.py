@@ -11,9 +11,11 @@ from typing import ClassVar
 from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.config import option
-from vsa_dist.data.manifests import load_manifest
-from vsa_dist.models.args import AlignmentSettings, MRNNSettings
+from vsa_dist.data.manifests import load_features_manifest, load_manifest
+from vsa_dist.models.args import AlignmentSettings, MRNNSettings, reads_regions
 from vsa_dist.training.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig
+
+ENCODER_MODES = ("frozen", "cached")
 
 
 @dataclass
@@ -37,13 +39,38 @@ class AlignConfig(TrainConfig, AlignmentSettings):
                                         "batch_size then counts images); false: one drawn per image per pass (paper)")
     gather_negatives: bool = option(True, "with N workers, rank against the whole batch's pairs (the paper's batch), "
                                           "not each worker's share")
+    encoder: str = option("frozen", "the image CNN: frozen (the feature folder's vectors, as in the paper) or cached "
+                                    "(FEATURES is a trunk folder, vsa features --trunk-block N: the CNN's blocks from "
+                                    "N on train with the model, on the whole image; models/encoder.py)",
+                          choices=ENCODER_MODES)
+    cnn_train_from: int = option(0, "encoder cached: train the blocks from this one on (0 or below the trunk block: "
+                                    "from the trunk block); the blocks between stay pretrained", range="[0, inf)")
+    cnn_lr: float = option(1e-4, "encoder cached: the CNN blocks' learning rate (on lr's schedule)", range="[0, inf)")
+    cnn_weight_decay: float = option(0.0, "encoder cached: the CNN blocks' weight decay", range="[0, inf)")
+    cnn_batchnorm: str = option("frozen", "encoder cached: BatchNorm keeps the pretrained statistics (frozen) or "
+                                          "learns them from each worker's batches (train)", choices=("frozen", "train"))
+    cnn_frozen_epochs: int = option(0, "encoder cached: the CNN blocks stay as pretrained for this many epochs first "
+                                       "while the rest learns", range="[0, inf)")
 
     def validate(self) -> None:
         self.validate_training(default_out="align", min_batch=2)
+        if self.encoder == "cached" and reads_regions(self):
+            raise cfglib.ConfigError("encoder cached trains on the whole image: score it alone (regions false, or "
+                                     "local_weight 0 with a global term)")
         if self.local_pooling == "attention" and not self.cosine:
             raise cfglib.ConfigError("local_pooling=attention scores cosines: set cosine=true")
         if not self.local_weight and not self.global_weight:
             raise cfglib.ConfigError("local_weight and global_weight are both 0: nothing would score")
+
+
+    def check_inputs(self) -> None:
+        """A trunk folder for the cached encoder, a folder of vectors for the frozen one."""
+        super().check_inputs()
+        trunk = load_features_manifest(self.features)["settings"].get("trunk_block")
+        if (self.encoder == "cached") != bool(trunk):
+            raise cfglib.ConfigError(
+                f"features {self.features}: trunk maps (block {trunk}) need --encoder cached" if trunk else
+                f"features {self.features}: encoder cached needs a trunk folder (vsa features --trunk-block N)")
 
 
 @dataclass

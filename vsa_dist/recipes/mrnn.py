@@ -91,6 +91,9 @@ class MRNNTask:
     def build_model(self) -> MRNN:
         return MRNN(model_args(self.cfg, len(self.vocab), self.feature_dim))
 
+    def param_groups(self, model: MRNN) -> list[dict[str, Any]]:
+        return [{"params": list(model.parameters())}]
+
     def rows_per_worker(self, world: int) -> int:
         self.rows = max(1, self.cfg.batch_size // (5 * world))  # images, five sentences each
         return self.rows

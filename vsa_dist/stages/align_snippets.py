@@ -104,8 +104,11 @@ def _run(cfg: SnippetsConfig, out_dir: Path) -> dict[str, Any]:
     start = time.time()
     features_manifest = load_features_manifest(cfg.features)
     # the checkpoint is read (weights only) and matched to the features before Ray starts: a wrong file fails in seconds
-    check_model_matches(cfg.features, check_same_settings({cfg.features: features_manifest}),
-                        read_checkpoint(storage.fetch(cfg.checkpoint)))
+    checkpoint = read_checkpoint(storage.fetch(cfg.checkpoint))
+    check_model_matches(cfg.features, check_same_settings({cfg.features: features_manifest}), checkpoint)
+    if (checkpoint.get("model_args") or {}).get("encoder"):
+        raise cfglib.ConfigError(f"{cfg.checkpoint}: the model scores whole images through its own CNN blocks "
+                                 "(encoder cached): it has no regions to align snippets to")
     ray = ensure_ray(cfg.progress)
     actors = cfg.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     check_placeable({"CPU": 1.0}, actors, f"align-snippets ({actors} aligner actors)")

@@ -22,7 +22,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from vsa_dist.console import SAY_MARK
-from vsa_dist.training.optim import epoch_lr, make_optimizer, set_lr
+from vsa_dist.training.optim import configure_groups, epoch_lr, make_optimizer, set_lr
 from vsa_dist.training.session import InProcessSession, RayTrainSession, RunSpec, Trained
 from vsa_dist.training.state import end_epoch, moving_average, restore
 from vsa_dist.training.streams import DataClock, TrainStream, epoch_streams
@@ -56,6 +56,9 @@ class Task(Protocol):
 
     def build_model(self) -> torch.nn.Module:
         """The untrained model."""
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        """What the optimizer trains, in groups (``training.optim.make_optimizer``)."""
 
     def rows_per_worker(self, world: int) -> int:
         """Images per worker in a batch."""
@@ -109,9 +112,11 @@ def run_epochs(task: Task, session: RayTrainSession | InProcessSession | None = 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed * 1000 + rank)
     model = task.build_model()
-    optimizer = make_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)
+    groups = task.param_groups(model)
+    optimizer = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.weight_decay)
     with session.last_checkpoint() as checkpoint:
         start_epoch, best, minutes_before, saved_average = restore(checkpoint, model, optimizer)
+    configure_groups(optimizer, groups, cfg.weight_decay)
     if start_epoch == 1:
         task.initialise(model)
     model = session.prepare_model(model)
@@ -129,7 +134,7 @@ def run_epochs(task: Task, session: RayTrainSession | InProcessSession | None = 
         model.train()
         task.begin_epoch(plain, epoch)
         lr = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
-        set_lr(optimizer, lr)
+        set_lr(optimizer, lr, epoch)
         sums, steps = Counter(), 0
         clock = DataClock(streams.take())
         for batch in clock:
