@@ -107,9 +107,8 @@ def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str,
                         dev_data: str) -> dict[str, Any]:
     """Log the checkpoint as a pyfunc model in the active run, register it, and move ``alias`` to it when its dev
     R@1+5+10 sum beats the alias holder's on the same dev data. Returns what was done."""
-    settings = feature_settings
-    if settings.get("trunk_block"):  # a model that carries its CNN's upper blocks takes the trunk maps
-        shape = trunk_shape(settings["backbone"], settings["trunk_block"], settings["input_size"])
+    if block := feature_settings.get("trunk_block"):  # a model that carries its CNN's upper blocks takes trunk maps
+        shape = trunk_shape(feature_settings["backbone"], block, feature_settings["input_size"])
     else:
         shape = (1 + feature_settings["num_regions"], feature_settings["feature_dim"])
     example = pd.DataFrame({"sentence": ["a dog runs on the grass"], "features": [np.zeros(shape).round(3).tolist()]})

@@ -44,8 +44,9 @@ class AlignmentArgs(AlignmentSettings):
     feature_dim: int = 1280    # the CNN's vector size
     l2_features: bool = True   # unit-length CNN features in: initial scores start near the margin, not in the
     #                            hundreds, so the hinge does not drive every ReLU dead before anything is learned
-    encoder: str = ""          # the CNN the model carries and trains from trunk_block on (models/encoder.py); "": none,
-    trunk_block: int = 0       # the model reads a frozen CNN's vectors
+    # the CNN the model carries (models/encoder.py), run from trunk_block on; "": none, it reads a frozen CNN's vectors
+    encoder: str = ""
+    trunk_block: int = 0
 
 
 def reads_regions(settings: AlignmentSettings) -> bool:

@@ -87,7 +87,6 @@ class ImageEncoder(nn.Module):
         return x.float().mean(dim=(2, 3))
 
 
-
 @torch.no_grad()
 def trunk_shape(backbone: str, trunk_block: int, input_size: int) -> tuple[int, ...]:
     """[C, h, w] of the trunk maps entering ``trunk_block`` of ``backbone`` at ``input_size`` pixels."""
