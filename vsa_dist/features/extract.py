@@ -194,12 +194,18 @@ def checked_extractor(feature_settings: dict[str, Any], weights: str = "",
                                  roi_size=feature_settings["roi_size"], precision=feature_settings["precision"],
                                  threads=0, max_pixels=max_pixels, trunk_block=feature_settings.get("trunk_block") or 0)
     extractor = RegionExtractor(settings)
-    used = sha256_file(Path(extractor.model.backbone.spec.weights))
-    if used != feature_settings["weights_sha256"]:
-        raise ValueError(f"backbone weights {extractor.model.backbone.spec.weights} are not the ones the model was "
-                         f"trained on (sha256 {used[:12]} vs {feature_settings['weights_sha256'][:12]}); give the "
-                         "model's weight file")
+    check_weights(extractor.model.backbone.spec.weights, feature_settings,
+                  "the model was trained on", "give the model's weight file")
     return extractor
+
+
+def check_weights(weights: str, feature_settings: dict[str, Any], made: str, remedy: str) -> None:
+    """The backbone weight file ``weights`` is the one the features (``feature_settings``) were made with; ValueError
+    saying whose weights they should be (``made``) and what to do (``remedy``) otherwise."""
+    used = sha256_file(Path(weights))
+    if used != feature_settings["weights_sha256"]:
+        raise ValueError(f"backbone weights {weights} are not the ones {made} (sha256 {used[:12]} vs "
+                         f"{feature_settings['weights_sha256'][:12]}); {remedy}")
 
 
 def image_features(extractor: RegionExtractor, jpegs: list[bytes],

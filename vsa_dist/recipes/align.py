@@ -4,7 +4,6 @@ register ``vsa-align``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -16,7 +15,7 @@ from vsa_dist.data.pairs import word_index
 from vsa_dist.data.splits import load_split
 from vsa_dist.distributed import gather_across_workers
 from vsa_dist.eval.retrieval import beats_row, evaluate_alignment, flat_metrics, retrieval_line, rsum
-from vsa_dist.io import sha256_file
+from vsa_dist.features.extract import check_weights
 from vsa_dist.models.alignment import AlignmentModel, one_sentence_each
 from vsa_dist.models.args import AlignmentArgs, AlignmentSettings, reads_regions, settings_of
 from vsa_dist.models.backbone import fast_bf16, load_backbone
@@ -94,9 +93,8 @@ class AlignTask:
             return
         settings = self.spec.feature_settings
         pretrained = load_backbone(settings["backbone"])
-        if (used := sha256_file(Path(pretrained.spec.weights))) != settings["weights_sha256"]:
-            raise ValueError(f"{settings['backbone']}'s installed weights (sha256 {used[:12]}) are not the ones the "
-                             f"trunk folder was made with ({settings['weights_sha256'][:12]})")
+        check_weights(pretrained.spec.weights, settings, "the trunk folder was made with",
+                      f"install the {settings['backbone']} weights it was made with")
         model.encoder.net.load_state_dict(pretrained.trunk.net.state_dict())
 
     def prepare(self, rank: int, world: int) -> None:
