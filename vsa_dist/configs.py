@@ -96,6 +96,8 @@ class FeaturesConfig(cfglib.Config):
                                      "leave proposals grid and regions roi)")
         if storage.same_place(self.out, self.shards):
             raise cfglib.ConfigError("out must differ from shards: both folders hold a manifest.json")
+        # recorded in the manifest: a model that trains its whole CNN reads the images from there, from any folder
+        self.shards = storage.absolute(self.shards)
 
     def check_inputs(self) -> None:
         if not self.shards or not storage.exists(storage.join(self.shards, MANIFEST)):

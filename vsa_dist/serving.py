@@ -107,7 +107,9 @@ def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str,
                         dev_data: str) -> dict[str, Any]:
     """Log the checkpoint as a pyfunc model in the active run, register it, and move ``alias`` to it when its dev
     R@1+5+10 sum beats the alias holder's on the same dev data. Returns what was done."""
-    if block := feature_settings.get("trunk_block"):  # a model that carries its CNN's upper blocks takes trunk maps
+    if feature_settings.get("input") == "pixels":  # a model that runs its whole CNN takes the image's pixels
+        shape = (3, feature_settings["input_size"], feature_settings["input_size"])
+    elif block := feature_settings.get("trunk_block"):  # one that carries its CNN's upper blocks takes trunk maps
         shape = trunk_shape(feature_settings["backbone"], block, feature_settings["input_size"])
     else:
         shape = (1 + feature_settings["num_regions"], feature_settings["feature_dim"])

@@ -1,5 +1,6 @@
-"""An alignment model that trains its CNN's upper blocks (``--encoder cached``) on the mini set: Ray Train DDP on trunk
-maps, the blocks restored on resume, and every command that embeds images using the model's own blocks."""
+"""An alignment model that trains its CNN on the mini set, its upper blocks on trunk maps (``--encoder cached``) or the
+whole network from the image shards (``--encoder full``): Ray Train DDP, the CNN restored on resume, and every command
+that embeds images using the model's own CNN."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from conftest import fails
 
 from vsa_dist.checkpoints import load_alignment, read_checkpoint
+from vsa_dist.data.images import model_input
 from vsa_dist.data.pairs import word_index
 from vsa_dist.data.text import tokenize
 from vsa_dist.models.backbone import load_backbone
@@ -99,3 +101,52 @@ def test_a_model_that_trains_its_cnn_blocks_resumes_them_and_ranks_and_serves_wi
         regions = model.embed_scored_regions(torch.from_numpy(maps[:1].astype(np.float32)))
         expected = model.score(regions, *model.embed_words(torch.tensor([ids])))[0, 0].item()
     assert served == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_model_that_trains_its_whole_cnn_from_the_image_shards_resumes_it_and_evaluates_with_it(
+        tmp_path, mini_features, mini_images, ray_cluster, mlflow_server, monkeypatch, capsys):
+    """``--encoder full``: the images decoded, cropped and mirrored by Ray Data, the whole CNN (stem included) trained
+    in two DDP workers; restored on resume; and ``vsa eval`` and ``vsa search`` run it on the images."""
+    import json
+
+    from vsa_dist.cli import main as vsa
+    from vsa_dist.stages.search import load_searcher
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    out = tmp_path / "full"
+    args = ["train-align", "--preset", "train_align_cached", "--features", str(mini_features), "--out", str(out),
+            "--encoder", "full", "--crop-min-area", "0.5", "--batch-size", "16", "--workers", "2", "--cnn-lr", "1e-3",
+            "--experiment", "test-align-full", "--register-as", "", "--progress", "false"]
+    vsa([*args, "--epochs", "1", "--test", "false"])
+    pretrained = load_backbone("efficientnet-lite0").trunk.net.state_dict()
+    trained = last_checkpoint(out)
+    cnn = cnn_weights(trained["model"])
+    for name in ("_conv_stem.weight", "_blocks.0._depthwise_conv.weight", "_conv_head.weight"):
+        assert not torch.equal(cnn[name], pretrained[name]), name  # every part of it learned
+    summary = vsa([*args, "--epochs", "2", "--resume", "true", "--cnn-lr", "0"])
+    resumed = last_checkpoint(out)
+    assert resumed["epoch"] == 2
+    assert all(torch.equal(value, cnn[k]) for k, value in cnn_weights(resumed["model"]).items())
+
+    # vsa eval decodes the test images from the shards the feature folder was made from, as the stage's test did
+    capsys.readouterr()
+    vsa(["eval", "retrieval", "--checkpoint", str(out / "best.pt"), "--features", str(mini_features)])
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["annotation"] == pytest.approx(summary["test"]["annotation"])
+    assert evaluated["search"] == pytest.approx(summary["test"]["search"])
+
+    # vsa search embeds new photos with the trained CNN: its scores are the model's own on the decoded images
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for image in mini_images[:4]:
+        (photos / image.name).write_bytes(image.read_bytes())
+    hits = vsa(["search", "a dog runs on the grass", str(photos), "--model", str(out / "best.pt"), "--top", "4",
+                "--format", "jsonl"])
+    model, _ = load_alignment(out / "best.pt")
+    searcher = load_searcher(str(out / "best.pt"))
+    files = sorted(photos.glob("*.jpg"))
+    images = torch.from_numpy(np.stack([model_input(p.read_bytes(), 224) for p in files]))
+    with torch.no_grad():
+        own = searcher.image_scores(model.embed_scored_regions(images).half().numpy(), "a dog runs on the grass")
+    assert {Path(h["image"]).name: h["score"] for h in hits} == pytest.approx(
+        dict(zip([p.name for p in files], own)), abs=1e-3)

@@ -4,12 +4,18 @@ is the whole CNN, gradients reach only the blocks meant to train, and the optimi
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 
 from vsa_dist import config as cfglib
+from vsa_dist.data.images import ImageRejected, model_input
+from vsa_dist.features.extract import checked_extractor, image_features
 from vsa_dist.features.format import FeatureSettingsMismatch, check_model_matches
 from vsa_dist.models.alignment import AlignmentArgs, AlignmentModel
 from vsa_dist.models.backbone import load_backbone
@@ -135,3 +141,71 @@ def test_a_model_that_carries_its_cnn_refuses_another_encoders_folder_saying_whi
         check_model_matches("vectors", {**trunk, "trunk_block": None}, {"feature_settings": trunk})
     with pytest.raises(FeatureSettingsMismatch, match="reads CNN vectors, not trunk maps"):
         check_model_matches("trunk", trunk, {"feature_settings": {**trunk, "trunk_block": None}})
+
+
+def test_the_whole_cnn_from_the_images_is_the_frozen_cnn_before_it_learns():
+    """At trunk block 0 (``encoder=full``) the model takes the images: the stem, every block and the head on uint8
+    pixels give the frozen feature folder's whole-image vector; every block and the stem take a gradient."""
+    images = [photo(2), photo(3)]
+    grid = [torch.tensor([[0.0, 0.0, 224.0, 224.0]])] * 2
+    _, _, vectors = RegionFeatureExtractor(load_backbone("efficientnet-lite0"), num_regions=1)(images, grid)
+    encoder = pretrained_encoder(0)
+    encoder.channels_last = True
+    with torch.no_grad():
+        rebuilt = encoder.top(torch.stack(images))
+    assert torch.allclose(rebuilt, vectors[:, 0].float(), rtol=1e-2, atol=2e-2)
+    assert not torch.allclose(rebuilt[0], rebuilt[1], atol=2e-2)
+    model = AlignmentModel(AlignmentArgs(vocab_size=10, embed_dim=16, word_dim=8, regions=False,
+                                         encoder="efficientnet-lite0", trunk_block=0)).train()
+    model(torch.stack(images), torch.randint(2, 10, (2, 5))).backward()
+    assert model.encoder.net._conv_stem.weight.grad.abs().sum() > 0
+    assert model.encoder.net._blocks[0]._depthwise_conv.weight.grad.abs().sum() > 0
+    model.encoder.freeze_below(3)
+    assert not model.encoder.net._conv_stem.weight.requires_grad
+    assert not model.encoder.net._blocks[2]._project_conv.weight.requires_grad
+    assert model.encoder.net._blocks[3]._project_conv.weight.requires_grad
+
+
+def jpeg(width: int, height: int) -> bytes:
+    image = torch.nn.functional.interpolate(photo(4)[None].float(), size=(height, width), mode="bilinear")[0]
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).to(torch.uint8).numpy()).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_images_decode_in_draft_mode_to_what_a_full_decode_gives_and_augment_at_random(monkeypatch):
+    """A 1,000-pixel photo for a 224-pixel input decodes at a reduced scale (JPEG draft mode), and gives nearly the
+    pixels of a full decode resized; a random crop and mirror change them, the evaluation's input does not move."""
+    data = jpeg(1000, 800)
+    full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.BILINEAR))
+    drafted = []
+    real_draft = JpegImageFile.draft
+    monkeypatch.setattr(JpegImageFile, "draft", lambda self, mode, size: drafted.append(size) or real_draft(
+        self, mode, size))
+    pixels = model_input(data, 224)
+    assert pixels.shape == (3, 224, 224) and pixels.dtype == np.uint8
+    assert drafted and min(drafted[0]) >= 224  # asked for no less than the output needs
+    assert np.abs(pixels.transpose(1, 2, 0).astype(float) - full).mean() < 4  # of 255
+    assert np.array_equal(model_input(data, 224), pixels)
+    # the smallest crop still gets its 224 pixels: draft asks for 224 / sqrt(0.25) on the short side
+    drafted.clear()
+    crops = [model_input(data, 224, crop_min_area=0.25, flip=True, rng=np.random.default_rng(seed)) for seed in (0, 1)]
+    assert min(drafted[0]) >= 448
+    assert np.abs(crops[0].astype(float) - crops[1]).mean() > 5 and np.abs(crops[0].astype(float) - pixels).mean() > 5
+    with pytest.raises(ImageRejected, match="pixels > limit"):
+        model_input(data, 224, max_pixels=1000 * 799)
+
+
+def test_a_model_that_runs_its_whole_cnn_takes_images_and_refuses_vectors_in_one_line(tmp_path):
+    vectors = {"backbone": "efficientnet-lite0", "feature_dim": 1280, "input": None}
+    with pytest.raises(FeatureSettingsMismatch, match="runs its whole CNN on the images"):
+        check_model_matches("vectors", vectors, {"feature_settings": {**vectors, "input": "pixels"}})
+    folder = feature_folder(tmp_path / "vectors")  # no image shards recorded
+    with pytest.raises(cfglib.ConfigError, match="the image shards it was made from"):
+        cfglib.ready(AlignConfig, "train_align_cached", {"features": folder, "encoder": "full"})
+    with pytest.raises(cfglib.ConfigError, match="no --augment"):
+        cfglib.ready(AlignConfig, "train_align_cached", {"features": folder, "encoder": "full", "augment": [folder]})
+    extractor = checked_extractor({"input": "pixels", "input_size": 224})
+    features, _, errors = image_features(extractor, [jpeg(300, 200), b"not an image"], ["a.jpg", "b.jpg"])
+    assert features.shape == (1, 3, 224, 224) and errors[0] == "" and "image rejected" in errors[1]
+    assert np.array_equal(features[0], model_input(jpeg(300, 200), 224))

@@ -8,10 +8,12 @@ served captioner, the report and the example grids decode with the same limit.
 from __future__ import annotations
 
 import io
+import math
 import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 # PIL's own decompression-bomb threshold (about 89.5 megapixels); a config may lower or raise it.
@@ -99,6 +101,49 @@ def open_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             return ImageOps.exif_transpose(img).convert("RGB")
     except Exception as err:
         raise ImageRejected("corrupt-image", f"image does not decode: {err}") from err
+
+
+def model_input(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, crop_min_area: float = 1.0,
+                flip: bool = False, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Image bytes → the CNN's input, uint8 [3, size, size], as shown (EXIF applied), for a CNN that trains from the
+    images (``encoder=full``). Without ``rng`` the whole image, squashed to the square (what ``vsa features`` gives
+    the CNN); with it, a random resized crop (an area share in [crop_min_area, 1] of the image and an aspect ratio in
+    [3/4, 4/3], as torchvision's) mirrored at random when ``flip``.
+
+    JPEGs decode in the decoder's draft mode, at the smallest of 1/1, 1/2, 1/4 or 1/8 scale that still covers the
+    output (the smallest crop included): a 640-pixel COCO photo decoded at half scale costs about a third of the full
+    decode, and its pixels would be thrown away by the resize anyway. ImageRejected says why an image cannot be used."""
+    img = _checked(data, max_pixels, jpeg_only=False)
+    width, height = _shown_size(img)
+    # the draft size keeps the smallest crop's side at ``size`` pixels or more; PIL picks a scale no smaller than it
+    need = math.ceil(size / math.sqrt(crop_min_area if rng is not None else 1.0))
+    short = min(width, height)
+    if short > need:
+        img.draft("RGB", (math.ceil(width * need / short), math.ceil(height * need / short)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = ImageOps.exif_transpose(img).convert("RGB")
+    except Exception as err:
+        raise ImageRejected("corrupt-image", f"image does not decode: {err}") from err
+    box = (0, 0, img.width, img.height) if rng is None else _random_crop(img.width, img.height, crop_min_area, rng)
+    img = img.resize((size, size), Image.BILINEAR, box=box)
+    if rng is not None and flip and rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
+
+
+def _random_crop(width: int, height: int, min_area: float, rng: np.random.Generator) -> tuple[float, ...]:
+    """torchvision's RandomResizedCrop box: area share in [min_area, 1], aspect ratio log-uniform in [3/4, 4/3]; after
+    ten misses, the whole image."""
+    for _ in range(10):
+        area = width * height * rng.uniform(min_area, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w, h = math.sqrt(area * ratio), math.sqrt(area / ratio)
+        if w <= width and h <= height:
+            left, top = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            return (left, top, left + w, top + h)
+    return (0, 0, width, height)
 
 
 def image_suffixes() -> set[str]:

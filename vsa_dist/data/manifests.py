@@ -4,6 +4,7 @@ library only: a config's checks read them before any work."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ MANIFEST = "manifest.json"
 
 # What makes two feature sets interchangeable: the same backbone, weights, preprocessing and regions.
 SETTINGS_KEYS = ("format_version", "backbone", "weights_sha256", "input_size", "mean", "std", "feature_dim",
-                 "region_mode", "proposals", "num_regions", "roi_size", "precision", "dtype", "trunk_block")
+                 "region_mode", "proposals", "num_regions", "roi_size", "precision", "dtype", "trunk_block", "input")
 
 
 class FeatureSettingsMismatch(ValueError):
@@ -37,6 +38,21 @@ def load_features_manifest(features_dir: Path | str) -> dict[str, Any]:
     if manifest.get("kind") != "features":
         raise ValueError(f"{path}: not a feature manifest (kind={manifest.get('kind')!r})")
     return manifest
+
+
+def image_shards(features_dir: Path | str) -> str:
+    """The image shards a feature folder was made from (``vsa features`` records them), for a model that reads the
+    images themselves; ValueError when they are gone or are no longer the shards the folder was made from."""
+    source = load_features_manifest(features_dir).get("source", {})
+    shards = source.get("shards", "")
+    path = storage.join(shards, MANIFEST) if shards else ""
+    if not path or not storage.exists(path):
+        raise ValueError(f"{features_dir}: the image shards it was made from ({shards or 'not recorded'}) are not "
+                         "there; the whole CNN trains from those images")
+    if hashlib.sha256(storage.read_bytes(path)).hexdigest() != source.get("manifest_sha256"):
+        raise ValueError(f"{features_dir}: the image shards in {shards} changed since the folder was made from them "
+                         "(make the feature folder again: vsa features)")
+    return shards
 
 
 def settings_of(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vsa_dist.data.images import ImageRejected, model_input
 from vsa_dist.data.npy import npy_load
 from vsa_dist.models.tokens import CONTINUED_WORDS, PAD, UNK
 
@@ -61,6 +62,18 @@ def feature_sample_to_row(sample: dict[str, Any], index: dict[str, int], max_wor
     (``whole_image_only``: features [D], the whole-image row, for the generator)."""
     return {"features": features_of(sample["feat.npy"], whole_image_only),
             "tokens": encode_sentences(json.loads(sample["json"])["sentences"], index, max_words)}
+
+
+def image_sample_to_row(sample: dict[str, Any], index: dict[str, int], max_words: int, size: int, max_pixels: int,
+                        crop_min_area: float, flip: bool) -> dict[str, np.ndarray]:
+    """``read_webdataset``'s decoder over image shards (``encoder=full``): one image's JPEG → its CNN input, uint8
+    [3, size, size], cropped and mirrored at random (``data.images.model_input``), beside its sentences. The shards
+    were checked when they were built: an image that fails now stops the run, naming its shard and key."""
+    try:
+        image = model_input(sample["jpg"], size, max_pixels, crop_min_area, flip, np.random.default_rng())
+    except (ImageRejected, KeyError) as err:
+        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')}: {err}") from err
+    return {"image": image, "tokens": encode_sentences(json.loads(sample["json"])["sentences"], index, max_words)}
 
 
 def snippet_rows_to_arrays(

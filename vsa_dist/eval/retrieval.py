@@ -90,13 +90,13 @@ def encode_split(model, features: torch.Tensor, tokens: torch.Tensor, sentence_c
     image_of, slot = image_of[order], slot[order]
     sentence_tokens = tokens[image_of, slot]                              # [M, T], shortest first
     sentence_lengths = lengths[image_of, slot]
-    regions = torch.cat(
-        [model.embed_scored_regions(features[i : i + encode_chunk]) for i in range(0, len(features), encode_chunk)]
-    )
+    device = next(model.parameters()).device  # a model on a GPU (rank 0 of a GPU run) encodes there
+    regions = torch.cat([model.embed_scored_regions(features[i : i + encode_chunk].to(device))
+                         for i in range(0, len(features), encode_chunk)])
     words, masks = [], []
     for s0 in range(0, len(sentence_tokens), sentence_chunk):
         width = int(sentence_lengths[s0:s0 + sentence_chunk].max())
-        w, m = model.embed_words(sentence_tokens[s0:s0 + sentence_chunk, :width])
+        w, m = model.embed_words(sentence_tokens[s0:s0 + sentence_chunk, :width].to(device))
         words.append(w)
         masks.append(m)
     return {"regions": regions, "words": words, "masks": masks, "image_of": image_of, "slot": slot,
@@ -120,7 +120,7 @@ def evaluate_alignment(model, features: torch.Tensor, tokens: torch.Tensor, imag
 
     def member_block(member, enc: dict[str, Any], il: slice, sl: slice) -> torch.Tensor:
         chunk = sl.start // sentence_chunk  # retrieval_ranks asks for exactly these sentence chunks
-        return member.score(enc["regions"][il], enc["words"][chunk], enc["masks"][chunk])
+        return member.score(enc["regions"][il], enc["words"][chunk], enc["masks"][chunk]).cpu()  # ranked here
 
     scales = ensemble_scales([lambda il, sl, m=m, e=e: member_block(m, e, il, sl) for m, e in zip(members, encoded)],
                              image_chunk, sentence_chunk)
@@ -130,7 +130,7 @@ def evaluate_alignment(model, features: torch.Tensor, tokens: torch.Tensor, imag
 
     # Each sentence with its own image alone: a thousandth of the score matrix's work, where finding these scores
     # in its blocks costs a whole extra pass over it.
-    positive = sum(torch.cat([m.paired_score(e["regions"][owners], words, masks) for owners, words, masks in
+    positive = sum(torch.cat([m.paired_score(e["regions"][owners], words, masks).cpu() for owners, words, masks in
                               zip(e["image_of"].split(sentence_chunk), e["words"], e["masks"])]) / scale
                    for m, e, scale in zip(members, encoded, scales))
     result = retrieval_metrics(block, len(features), encoded[0]["image_of"], image_chunk, sentence_chunk, positive)

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from vsa_dist.data.images import DEFAULT_MAX_PIXELS, ImageRejected, check_image
+from vsa_dist.data.images import DEFAULT_MAX_PIXELS, ImageRejected, check_image, model_input
 from vsa_dist.features.format import FEATURES_FORMAT_VERSION, npy_bytes, npy_load
 from vsa_dist.features.proposals import grid_boxes, propose
 from vsa_dist.io import sha256_file
@@ -180,15 +180,41 @@ class RegionExtractor:
         return {name: np.array(values, dtype=object) for name, values in out.items()}
 
 
+class PixelExtractor:
+    """``RegionExtractor``'s call for a model that runs its whole CNN (``encoder=full``): each image as that model
+    takes it, uint8 pixels [3, S, S] (``data.images.model_input``, as its training and evaluation decode them) in the
+    ``feat.npy`` column, no regions."""
+
+    def __init__(self, input_size: int, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.input_size, self.max_pixels = input_size, max_pixels
+        self.settings = ExtractorSettings(num_regions=0, max_pixels=max_pixels)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(batch["__key__"])
+        out: dict[str, list] = {name: [b""] * rows for name in OUTPUT_COLUMNS}
+        out["__key__"], out["__url__"], out["error"] = list(batch["__key__"]), list(batch["__url__"]), [""] * rows
+        for i, jpeg in enumerate(batch["jpg"]):
+            try:
+                pixels = model_input(jpeg, self.input_size, self.max_pixels)
+            except ImageRejected as err:
+                out["error"][i] = f"image rejected: {err}"
+                continue
+            out["feat.npy"][i] = npy_bytes(pixels)
+            out["boxes.npy"][i] = npy_bytes(np.zeros((0, 4), np.float32))
+        return {name: np.array(values, dtype=object) for name, values in out.items()}
+
+
 def checked_extractor(feature_settings: dict[str, Any], weights: str = "",
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> RegionExtractor:
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> RegionExtractor | PixelExtractor:
     """A one-process extractor that makes a new image's features the way a model's training features were made
     (``feature_settings``: the feature manifest's, as the model keeps them), its backbone's weights checked against
     the ones the model was trained on (ValueError if they differ).
 
     The whole-image row is the feature map's global average in every region mode, so new images get ``roi`` features
-    of grid boxes: one CNN pass, never selective search.
+    of grid boxes: one CNN pass, never selective search. A model that runs its whole CNN gets the images themselves.
     """
+    if feature_settings.get("input") == "pixels":  # its own CNN does all the work: no pretrained weights to check
+        return PixelExtractor(feature_settings["input_size"], max_pixels)
     settings = ExtractorSettings(backbone=feature_settings["backbone"], weights=weights, region_mode="roi",
                                  proposals="grid", num_regions=feature_settings["num_regions"],
                                  roi_size=feature_settings["roi_size"], precision=feature_settings["precision"],

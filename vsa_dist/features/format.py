@@ -45,7 +45,10 @@ def check_model_matches(features_dir: str, settings: dict[str, Any], model_state
     differ = [k for k in SETTINGS_KEYS if trained_on.get(k) != settings.get(k)]
     if differ or model_state.get("feature_dim", settings["feature_dim"]) != settings["feature_dim"]:
         detail = ", ".join(f"{k}: {trained_on.get(k)!r} vs {settings.get(k)!r}" for k in differ) or "feature_dim"
-        if "trunk_block" in differ:  # which encoder the folder is for: the one a person can act on
+        if "input" in differ:  # the images themselves: an evaluation decodes them from the folder's image shards
+            detail = ("the model runs its whole CNN on the images (encoder full), not on a feature folder's vectors"
+                      if trained_on.get("input") else "the model reads CNN vectors, not images") + f"; {detail}"
+        elif "trunk_block" in differ:  # which encoder the folder is for: the one a person can act on
             block = trained_on.get("trunk_block")
             detail = (f"the model runs its own CNN blocks from {block} on: give it a trunk folder, vsa features "
                       f"--trunk-block {block}" if block else "the model reads CNN vectors, not trunk maps") + \

@@ -105,6 +105,9 @@ def longest(mask: torch.Tensor) -> int:
     return int(mask.sum(dim=1).max().item()) if len(mask) else 0
 
 
+ENCODE_IMAGES = 32  # images per CNN call when the model embeds them without gradients
+
+
 class AlignmentModel(nn.Module):
     def __init__(self, args: AlignmentArgs):
         super().__init__()
@@ -138,11 +141,15 @@ class AlignmentModel(nn.Module):
 
     def embed_regions(self, features: torch.Tensor) -> torch.Tensor:
         """[B, 1+R, D] CNN features → [B, 1+R, h] region vectors v_i. A model that carries its encoder takes trunk
-        maps [B, C, h, w] instead: its blocks make each image's whole-image vector, [B, 1, D]."""
+        maps [B, C, h, w] instead (or, running the whole CNN, the images [B, 3, S, S]): its blocks make each image's
+        whole-image vector, [B, 1, D]."""
         if features.dim() == 4:
             if self.encoder is None:
                 raise ValueError("trunk maps in, but this model has no CNN blocks to run them through")
-            features = self.encoder.top(features)[:, None]
+            # without gradients (evaluation, indexing), a few images at a time: 500 images' activations at the
+            # stem's resolution are gigabytes; in training the batch is the step's (BatchNorm may learn from it)
+            chunks = [features] if torch.is_grad_enabled() else features.split(ENCODE_IMAGES)
+            features = torch.cat([self.encoder.top(chunk) for chunk in chunks])[:, None]
         features = features.float()
         if self.args.l2_features:
             features = F.normalize(features, dim=-1)

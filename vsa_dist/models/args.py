@@ -9,6 +9,10 @@ from dataclasses import dataclass
 
 from vsa_dist.options import option
 
+# the CNNs whose blocks can train with the alignment model (models/encoder.py; their code is the one package the suite
+# depends on)
+TRAINABLE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+
 
 @dataclass(kw_only=True)
 class AlignmentSettings:

@@ -11,6 +11,8 @@ import torch
 
 from vsa_dist import storage
 from vsa_dist.checkpoints import load_alignment
+from vsa_dist.data.images import DEFAULT_MAX_PIXELS
+from vsa_dist.data.manifests import image_shards, load_features_manifest
 from vsa_dist.data.pairs import word_index
 from vsa_dist.data.splits import load_split
 from vsa_dist.distributed import gather_across_workers
@@ -35,10 +37,24 @@ def model_args(cfg: AlignConfig, vocab_size: int, feature_dim: int, **data: Any)
 
 def encoder_args(cfg: AlignConfig, feature_settings: dict[str, Any]) -> dict[str, Any]:
     """The CNN the model carries (``AlignmentArgs.encoder``): with ``encoder=cached``, the trunk folder's backbone from
-    its trunk block on; none otherwise."""
-    if cfg.encoder != "cached":
+    its trunk block on; with ``full``, the feature folder's whole backbone (from block 0: it takes the images); none
+    with ``frozen``."""
+    if cfg.encoder == "frozen":
         return {}
-    return {"encoder": feature_settings["backbone"], "trunk_block": feature_settings["trunk_block"]}
+    return {"encoder": feature_settings["backbone"],
+            "trunk_block": feature_settings["trunk_block"] if cfg.encoder == "cached" else 0}
+
+
+def image_size(cfg: AlignConfig) -> int:
+    """The images' side in pixels when the model takes the images themselves (``encoder=full``), else 0."""
+    return load_features_manifest(cfg.features)["settings"]["input_size"] if cfg.encoder == "full" else 0
+
+
+def eval_split(cfg: AlignConfig, split: str, vocab: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dev or test split as the model takes it: the feature folder's rows (or trunk maps), or with ``encoder=full``
+    the images decoded from its image shards; and the sentences' word ids."""
+    data = load_split(cfg.features, split, word_index(vocab), cfg.max_words, image_size=image_size(cfg))
+    return torch.from_numpy(data["features"]), torch.from_numpy(data["tokens"]).long()
 
 
 class AlignTask:
@@ -48,6 +64,10 @@ class AlignTask:
 
     @staticmethod
     def stream(cfg: AlignConfig) -> TrainStream:
+        if cfg.encoder == "full":  # the images themselves, decoded and augmented by Ray Data's read tasks
+            return TrainStream(max_words=cfg.max_words, images=image_shards(cfg.features), image_size=image_size(cfg),
+                               crop_min_area=cfg.crop_min_area, flip=cfg.image_flip, max_pixels=DEFAULT_MAX_PIXELS,
+                               decoders=cfg.image_decoders)
         # a score that reads only the whole image's row needs only that row streamed (a twentieth of the bytes); a
         # trunk folder holds nothing else
         return TrainStream(max_words=cfg.max_words, whole_image_only=not reads_regions(cfg) and cfg.encoder == "frozen",
@@ -71,6 +91,9 @@ class AlignTask:
             model.encoder.freeze_below(cfg.cnn_train_from)
             model.encoder.batchnorm = cfg.cnn_batchnorm
             model.encoder.bf16 = fast_bf16("cuda" if cfg.use_gpu else "cpu")
+        if cfg.encoder == "full":  # the convolutions' fast layout, for the whole network's forward and backward
+            model.encoder.to(memory_format=torch.channels_last)
+            model.encoder.channels_last = True
         return model
 
     def param_groups(self, model: AlignmentModel) -> list[dict[str, Any]]:
@@ -88,12 +111,12 @@ class AlignTask:
         return self.rows
 
     def initialise(self, model: AlignmentModel) -> None:
-        """A fresh run's CNN blocks start pretrained: the weights the trunk folder was made with."""
+        """A fresh run's CNN starts pretrained: the weights the feature (or trunk) folder was made with."""
         if model.encoder is None:
             return
         settings = self.spec.feature_settings
         pretrained = load_backbone(settings["backbone"])
-        check_weights(pretrained.spec.weights, settings, "the trunk folder was made with",
+        check_weights(pretrained.spec.weights, settings, "the feature folder was made with",
                       f"install the {settings['backbone']} weights it was made with")
         model.encoder.net.load_state_dict(pretrained.trunk.net.state_dict())
 
@@ -102,16 +125,14 @@ class AlignTask:
         # with N workers, each ranks its pairs against the whole batch's (the paper's batch), not its share's
         self.gather = gather_across_workers if cfg.gather_negatives and world > 1 else None
         if rank == 0:
-            dev = load_split(cfg.features, "dev", word_index(self.vocab), cfg.max_words)
-            self.dev_features = torch.from_numpy(dev["features"])
-            self.dev_tokens = torch.from_numpy(dev["tokens"]).long()
+            self.dev_features, self.dev_tokens = eval_split(cfg, "dev", self.vocab)
 
     def begin_epoch(self, plain: AlignmentModel, epoch: int) -> None:
         plain.use_hardest = self.cfg.hardest_negative and epoch > self.cfg.hardest_warmup_epochs
 
     def step(self, model, plain, batch) -> tuple[torch.Tensor, dict[str, float]]:
         tokens = batch["tokens"].long() if self.cfg.all_sentences else one_sentence_each(batch["tokens"].long())
-        features = batch["features"]
+        features = batch["image"] if "image" in batch else batch["features"]  # images: encoder full
         if features.dim() == 2:  # the whole image's row alone was streamed ([B, D]; see stream): one row per image
             features = features[:, None]
         loss = model(features, tokens, gather=self.gather)
@@ -135,6 +156,8 @@ class AlignTask:
         dev R@1+5+10 sum on the same dev data."""
         model, state, final, run_id = trained.model, trained.state, trained.checkpoint, trained.run_id
         settings, vocab = trained.manifest["settings"], trained.manifest["vocab"]["words"]
+        if cfg.encoder == "full":  # the registered model takes the images, as it trained (training/streams.py)
+            settings = {**settings, "input": "pixels"}
         # learning efficiency: when dev first beat the paper's row in all eight columns (None: it never did)
         reached = first_reached(run_id, "dev_beats_paper_row")
         summary: dict[str, Any] = {"run_id": run_id, "best_dev_epoch": state["best"]["epoch"],
@@ -143,10 +166,7 @@ class AlignTask:
                                    "minutes_to_paper_row": reached and reached["minutes"],
                                    "epoch_to_paper_row": reached and reached["epoch"]}
         if cfg.test:
-            test = load_split(cfg.features, "test", word_index(vocab), cfg.max_words)
-            test_metrics = evaluate_alignment(
-                model, torch.from_numpy(test["features"]), torch.from_numpy(test["tokens"]).long()
-            )
+            test_metrics = evaluate_alignment(model, *eval_split(cfg, "test", vocab))
             mlflow.log_metrics(flat_metrics("test", test_metrics))
             summary["test"] = test_metrics
             print(f"train-align: test (best dev epoch {state['best']['epoch']}): {retrieval_line(test_metrics)}",

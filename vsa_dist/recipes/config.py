@@ -11,11 +11,11 @@ from typing import ClassVar
 from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.config import option
-from vsa_dist.data.manifests import load_features_manifest, load_manifest
-from vsa_dist.models.args import AlignmentSettings, MRNNSettings, reads_regions
+from vsa_dist.data.manifests import image_shards, load_features_manifest, load_manifest
+from vsa_dist.models.args import TRAINABLE_BACKBONES, AlignmentSettings, MRNNSettings, reads_regions
 from vsa_dist.training.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig
 
-ENCODER_MODES = ("frozen", "cached")
+ENCODER_MODES = ("frozen", "cached", "full")
 
 
 @dataclass
@@ -39,24 +39,38 @@ class AlignConfig(TrainConfig, AlignmentSettings):
                                         "batch_size then counts images); false: one drawn per image per pass (paper)")
     gather_negatives: bool = option(True, "with N workers, rank against the whole batch's pairs (the paper's batch), "
                                           "not each worker's share")
-    encoder: str = option("frozen", "the image CNN: frozen (the feature folder's vectors, as in the paper) or cached "
+    encoder: str = option("frozen", "the image CNN: frozen (the feature folder's vectors, as in the paper), cached "
                                     "(FEATURES is a trunk folder, vsa features --trunk-block N: the CNN's blocks from "
-                                    "N on train with the model, on the whole image; models/encoder.py)",
+                                    "N on train with the model, on the whole image) or full (the whole CNN trains, "
+                                    "from the images of the shards the feature folder was made from, decoded and "
+                                    "augmented in Ray Data: the GPU path); models/encoder.py",
                           choices=ENCODER_MODES)
-    cnn_train_from: int = option(0, "encoder cached: train the blocks from this one on (0 or below the trunk block: "
-                                    "from the trunk block); the blocks between stay pretrained", range="[0, inf)")
-    cnn_lr: float = option(1e-4, "encoder cached: the CNN blocks' learning rate (on lr's schedule)", range="[0, inf)")
-    cnn_weight_decay: float = option(0.0, "encoder cached: the CNN blocks' weight decay", range="[0, inf)")
-    cnn_batchnorm: str = option("frozen", "encoder cached: BatchNorm keeps the pretrained statistics (frozen) or "
-                                          "learns them from each worker's batches (train)", choices=("frozen", "train"))
-    cnn_frozen_epochs: int = option(0, "encoder cached: the CNN blocks stay as pretrained for this many epochs first "
-                                       "while the rest learns", range="[0, inf)")
+    cnn_train_from: int = option(0, "encoder cached or full: train the blocks from this one on (cached: 0 or below "
+                                    "the trunk block means from the trunk block; full: 0 trains the stem too); the "
+                                    "blocks below stay pretrained", range="[0, inf)")
+    cnn_lr: float = option(1e-4, "encoder cached or full: the CNN blocks' learning rate (on lr's schedule)",
+                           range="[0, inf)")
+    cnn_weight_decay: float = option(0.0, "encoder cached or full: the CNN blocks' weight decay", range="[0, inf)")
+    cnn_batchnorm: str = option("frozen", "encoder cached or full: BatchNorm keeps the pretrained statistics (frozen) "
+                                          "or learns them from each worker's batches (train)",
+                                choices=("frozen", "train"))
+    cnn_frozen_epochs: int = option(0, "encoder cached or full: the CNN blocks stay as pretrained for this many "
+                                       "epochs first while the rest learns", range="[0, inf)")
+    crop_min_area: float = option(1.0, "encoder full: each train image is a random crop of at least this share of its "
+                                       "area, aspect 3/4 to 4/3, resized to the CNN's input (1: the whole image, as "
+                                       "dev and test see it)", range="(0, 1]")
+    image_flip: bool = option(True, "encoder full: mirror each train image left to right at random")
+    image_decoders: int = option(2, "encoder full: Ray Data tasks decoding and augmenting JPEGs at once (a GPU worker "
+                                    "needs several: benchmarks/image_stream.py measures images/s)", range="[1, inf)")
 
     def validate(self) -> None:
         self.validate_training(default_out="align", min_batch=2)
-        if self.encoder == "cached" and reads_regions(self):
-            raise cfglib.ConfigError("encoder cached trains on the whole image: score it alone (regions false, or "
-                                     "local_weight 0 with a global term)")
+        if self.encoder != "frozen" and reads_regions(self):
+            raise cfglib.ConfigError(f"encoder {self.encoder} trains on the whole image: score it alone (regions "
+                                     "false, or local_weight 0 with a global term)")
+        if self.encoder == "full" and self.augment:
+            raise cfglib.ConfigError("encoder full augments the images themselves (crop_min_area, image_flip): "
+                                     "no --augment folders")
         if self.local_pooling == "attention" and not self.cosine:
             raise cfglib.ConfigError("local_pooling=attention scores cosines: set cosine=true")
         if not self.local_weight and not self.global_weight:
@@ -64,9 +78,19 @@ class AlignConfig(TrainConfig, AlignmentSettings):
 
 
     def check_inputs(self) -> None:
-        """A trunk folder for the cached encoder, a folder of vectors for the frozen one."""
+        """A trunk folder for the cached encoder, a folder of vectors for the others; for the full one, the image
+        shards that folder was made from, as they were, and a CNN that can train."""
         super().check_inputs()
-        trunk = load_features_manifest(self.features)["settings"].get("trunk_block")
+        settings = load_features_manifest(self.features)["settings"]
+        trunk = settings.get("trunk_block")
+        if self.encoder == "full":
+            if settings["backbone"] not in TRAINABLE_BACKBONES:
+                raise cfglib.ConfigError(f"features {self.features}: made with {settings['backbone']}; encoder full "
+                                         f"trains one of {', '.join(TRAINABLE_BACKBONES)}")
+            try:
+                image_shards(self.features)
+            except (ValueError, FileNotFoundError) as err:
+                raise cfglib.ConfigError(str(err)) from err
         if (self.encoder == "cached") != bool(trunk):
             raise cfglib.ConfigError(
                 f"features {self.features}: trunk maps (block {trunk}) need --encoder cached" if trunk else

@@ -40,17 +40,24 @@ from vsa_dist.models.mrnn import MRNNEnsemble
 from vsa_dist.stages import run_stage
 
 
+def _pixels(state: dict[str, Any]) -> bool:
+    """The checkpoint's model runs its whole CNN on the images (``encoder=full``)."""
+    return (state.get("feature_settings") or {}).get("input") == "pixels"
+
+
 def _check_features_match(cfg: EvalConfig, *states: dict[str, Any]) -> None:
-    """Each checkpoint was trained on features made like ``cfg.features`` (else a clear error)."""
+    """Each checkpoint was trained on features made like ``cfg.features`` (else a clear error); a model that runs its
+    whole CNN, on the images of the shards that folder was made from."""
     settings = check_same_settings({cfg.features: load_features_manifest(cfg.features)})
     for state in states:
-        check_model_matches(cfg.features, settings, state)
+        check_model_matches(cfg.features, {**settings, "input": "pixels"} if _pixels(state) else settings, state)
 
 
 def _split(cfg: EvalConfig, state: dict[str, Any], whole_image_only: bool) -> dict[str, Any]:
     _check_features_match(cfg, state)
+    pixels = _pixels(state) and state["feature_settings"]["input_size"]  # the images, decoded from the shards
     split = load_split(cfg.features, cfg.split, word_index(state["vocab"]), state["config"]["max_words"],
-                       whole_image_only=whole_image_only)
+                       whole_image_only=whole_image_only, image_size=pixels or 0)
     split["other_data"] = _other_data(cfg, state, split)
     return split
 

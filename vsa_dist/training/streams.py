@@ -15,7 +15,7 @@ import torch
 from ray.data import FileShuffleConfig
 
 from vsa_dist.data.manifests import check_same_settings, load_features_manifest, load_manifest
-from vsa_dist.data.pairs import feature_sample_to_row, snippet_rows_to_arrays, word_index
+from vsa_dist.data.pairs import feature_sample_to_row, image_sample_to_row, snippet_rows_to_arrays, word_index
 from vsa_dist.data.shards import shard_paths
 
 
@@ -109,13 +109,21 @@ class TrainStream:
     ``whole_image_only``: each image's whole-image row alone (a twentieth of the bytes), for a model that reads no
     region; ``snippets``: a snippet folder's images and regions with their snippets (cut to phrases with
     ``snippet_phrases``) instead of the feature folder; ``augment``: more feature folders of the same images (e.g.
-    mirrored), whose train shards join the stream."""
+    mirrored), whose train shards join the stream; ``images``: the image shards the feature folder was made from,
+    decoded into the CNN's input (``image_size`` pixels square, cropped and mirrored at random, by ``decoders`` Ray
+    Data tasks at once) instead of the feature folder's rows: a model that trains its whole CNN (``encoder=full``)."""
 
     max_words: int
     whole_image_only: bool = False
     snippets: str = ""
     snippet_phrases: bool = True
     augment: tuple[str, ...] = ()
+    images: str = ""
+    image_size: int = 0
+    crop_min_area: float = 1.0
+    flip: bool = False
+    max_pixels: int = 0
+    decoders: int = 2
 
 
 def stream_settings(features: str, stream: TrainStream) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -123,7 +131,9 @@ def stream_settings(features: str, stream: TrainStream) -> tuple[dict[str, Any],
     (features made differently never meet in one run)."""
     manifest = load_features_manifest(features)
     snippets = {stream.snippets: load_manifest(stream.snippets)} if stream.snippets else {}
-    return manifest, check_same_settings({features: manifest, **snippets})
+    settings = check_same_settings({features: manifest, **snippets})
+    # a model fed pixels records so: no feature folder's vectors can reach it by mistake (check_model_matches)
+    return manifest, {**settings, "input": "pixels"} if stream.images else settings
 
 
 def train_dataset(features: str, vocab: list[str], stream: TrainStream, seed: int = 0) -> ray.data.Dataset:
@@ -140,6 +150,11 @@ def train_dataset(features: str, vocab: list[str], stream: TrainStream, seed: in
     read = functools.partial(ray.data.read_webdataset, num_cpus=0, concurrency=2,
                              fileselect=["*.feat.npy", "*.json"],
                              shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=True))
+    if stream.images:  # JPEG decoding, cropping and mirroring, inside the read as its decoder (see below)
+        return read(shard_paths(stream.images, ["train"]), fileselect=["*.jpg", "*.json"],
+                    concurrency=stream.decoders, decoder=functools.partial(
+                        image_sample_to_row, size=stream.image_size, max_pixels=stream.max_pixels,
+                        crop_min_area=stream.crop_min_area, flip=stream.flip, **kwargs))
     if stream.snippets:  # one image gives several rows (the image, then its regions): a map of its own
         return read(shard_paths(stream.snippets, ["train"]), decoder=None).map_batches(
             snippet_rows_to_arrays, batch_size=64, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2),
