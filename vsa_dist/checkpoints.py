@@ -72,6 +72,16 @@ def load_alignment(path: Path | str) -> tuple[AlignmentModel, dict[str, Any]]:
     return model.eval(), state
 
 
+def trained_cnn(path: Path | str) -> tuple[str, dict[str, torch.Tensor]]:
+    """The CNN an alignment checkpoint trained (``train-align --encoder cached`` or ``full``): its backbone's name and
+    the whole network's weights, for ``vsa features --cnn-from``. CheckpointError if it carries none."""
+    model, _ = load_alignment(path)
+    if model.encoder is None:
+        raise CheckpointError(f"{path}: the alignment model read a frozen CNN's vectors: it carries no trained CNN "
+                              "(train-align --encoder cached or full trains one)")
+    return model.encoder.backbone, model.encoder.net.state_dict()
+
+
 def load_generator(path: Path | str) -> tuple[MRNN, dict[str, Any]]:
     """The best-on-dev generator of a checkpoint (weights only) and its metadata."""
     state = read_checkpoint(path)

@@ -85,11 +85,17 @@ class FeaturesConfig(cfglib.Config):
     trunk_block: int = option(0, "N > 0: store each image's activation entering CNN block N instead of its vectors "
                                  "(an EfficientNet-lite; lite0 has blocks 0-15): the input of vsa train-align "
                                  "--encoder cached, which trains the blocks from N on", range="[0, inf)")
+    cnn_from: str = option("", "an alignment checkpoint (best.pt) that trained its CNN (train-align --encoder cached "
+                               "or full): extract with that CNN instead of the pretrained one, for a generator on "
+                               "the trained encoder's features")
     progress: bool = option(True, "Ray Data progress bars")
 
     def validate(self) -> None:
         if not self.out:
             raise cfglib.ConfigError("out: an output folder is required")
+        self.cnn_from = storage.absolute(self.cnn_from)  # the CNN actors do not run in this folder
+        if self.cnn_from and (self.trunk_block or not self.backbone.startswith("efficientnet-lite")):
+            raise cfglib.ConfigError("cnn_from: vectors of an EfficientNet-lite backbone only (no --trunk-block)")
         if self.trunk_block and (self.proposals != "grid" or self.regions != "roi"
                                  or not self.backbone.startswith("efficientnet-lite")):
             raise cfglib.ConfigError("trunk_block: whole images of an EfficientNet-lite backbone only (no regions: "
@@ -100,6 +106,8 @@ class FeaturesConfig(cfglib.Config):
         self.shards = storage.absolute(self.shards)
 
     def check_inputs(self) -> None:
+        if self.cnn_from and not storage.exists(self.cnn_from):
+            raise cfglib.ConfigError(f"cnn_from {self.cnn_from}: no such checkpoint")
         if not self.shards or not storage.exists(storage.join(self.shards, MANIFEST)):
             raise cfglib.ConfigError(f"shards {self.shards!r}: no {MANIFEST} there (build it with vsa shards build)")
         check_splits(self.splits, self.shards, load_manifest(self.shards))
@@ -273,6 +281,8 @@ class ReportConfig(cfglib.Config):
     run: list[str] = option([], "run folder (vsa pipeline --run-dir)", positional=True)
     features: str = option("", "feature folder; default RUN/features")
     align: str = option("", "alignment checkpoint; default RUN/align/best.pt")
+    align_features: str = option("", "the alignment model's own feature folder when it reads another kind (a trunk "
+                                     "folder: train-align --encoder cached); default FEATURES")
     captioner: str = option("", "generator checkpoint; default RUN/mrnn/best.pt")
     region_captioner: str = option("", "generator for region captions (trained with --snippets); default the captioner")
     split: str = option("test", "split the examples come from")
@@ -308,8 +318,9 @@ class ReportConfig(cfglib.Config):
         for key in ("align", "captioner", "region_captioner"):
             if not storage.exists(getattr(self, key)):
                 raise cfglib.ConfigError(f"{key} {getattr(self, key)!r}: no such checkpoint")
-        if not storage.exists(storage.join(self.features, "manifest.json")):
-            raise cfglib.ConfigError(f"features {self.features!r}: no manifest.json there")
+        for key in ("features", "align_features"):
+            if getattr(self, key) and not storage.exists(storage.join(getattr(self, key), "manifest.json")):
+                raise cfglib.ConfigError(f"{key} {getattr(self, key)!r}: no manifest.json there")
 
 
 @dataclass
@@ -326,6 +337,9 @@ class PipelineConfig(cfglib.Config):
     align_preset: str = option("train_align_modern", "alignment preset (train_align = the paper)")
     align_epochs: int = option(8, "alignment epochs", range="[1, inf)")
     align_batch_size: int = option(20, "alignment pairs per step (the mini set has 100 train images)", range="[1, inf)")
+    trunk_block: int = option(12, "with an alignment preset that trains the CNN's upper blocks (encoder cached): the "
+                                  "block whose input is cached, for every image and mirrored for the train images",
+                              range="[1, inf)")
     mrnn_preset: str = option("train_mrnn_attention", "generator preset (train_mrnn = the paper; the default "
                                                       "attends over the regions: on the mini set its captions differ "
                                                       "from image to image, the plain LSTM's were one string)")

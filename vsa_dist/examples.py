@@ -14,23 +14,11 @@ from typing import Any
 import mlflow
 from PIL import Image, ImageDraw, ImageFont
 
-from vsa_dist import storage
 from vsa_dist.data.images import open_rgb
+from vsa_dist.data.manifests import source_shards
 from vsa_dist.data.shards import jpegs_by_id
 
 TILE, COLUMNS = 224, 5
-
-
-def source_shards(features_manifest: dict[str, Any], features_dir: str | Path) -> str | None:
-    """The image shards the features were made from, if they are still where they were (or beside them)."""
-    recorded = str(features_manifest.get("source", {}).get("shards", ""))
-    if not recorded:
-        return None
-    beside = storage.join(storage.parent(features_dir), recorded.rstrip("/").rsplit("/", 1)[-1])
-    for candidate in (recorded, beside):
-        if storage.exists(storage.join(candidate, "manifest.json")):
-            return candidate
-    return None
 
 
 def pick(count: int, image_ids: Sequence[str]) -> list[int]:

@@ -15,6 +15,7 @@ from vsa_dist.checkpoints import load_alignment, read_checkpoint
 from vsa_dist.data.images import model_input
 from vsa_dist.data.pairs import word_index
 from vsa_dist.data.text import tokenize
+from vsa_dist.io import sha256_file
 from vsa_dist.models.backbone import load_backbone
 from vsa_dist.models.tokens import UNK
 
@@ -104,9 +105,10 @@ def test_a_model_that_trains_its_cnn_blocks_resumes_them_and_ranks_and_serves_wi
 
 
 def test_a_model_that_trains_its_whole_cnn_from_the_image_shards_resumes_it_and_evaluates_with_it(
-        tmp_path, mini_features, mini_images, ray_cluster, mlflow_server, monkeypatch, capsys):
+        tmp_path, mini_shards, mini_features, mini_images, ray_cluster, mlflow_server, monkeypatch, capsys):
     """``--encoder full``: the images decoded, cropped and mirrored by Ray Data, the whole CNN (stem included) trained
-    in two DDP workers; restored on resume; and ``vsa eval`` and ``vsa search`` run it on the images."""
+    in two DDP workers; restored on resume; ``vsa eval`` and ``vsa search`` run it on the images; and ``vsa features
+    --cnn-from`` extracts with it, for a generator on the trained encoder's features."""
     import json
 
     from vsa_dist.cli import main as vsa
@@ -114,8 +116,8 @@ def test_a_model_that_trains_its_whole_cnn_from_the_image_shards_resumes_it_and_
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     out = tmp_path / "full"
-    args = ["train-align", "--preset", "train_align_cached", "--features", str(mini_features), "--out", str(out),
-            "--encoder", "full", "--crop-min-area", "0.5", "--batch-size", "16", "--workers", "2", "--cnn-lr", "1e-3",
+    args = ["train-align", "--preset", "train_align_full", "--features", str(mini_features), "--out", str(out),
+            "--crop-min-area", "0.5", "--batch-size", "16", "--workers", "2", "--cnn-lr", "1e-3",
             "--experiment", "test-align-full", "--register-as", "", "--progress", "false"]
     vsa([*args, "--epochs", "1", "--test", "false"])
     pretrained = load_backbone("efficientnet-lite0").trunk.net.state_dict()
@@ -150,3 +152,53 @@ def test_a_model_that_trains_its_whole_cnn_from_the_image_shards_resumes_it_and_
         own = searcher.image_scores(model.embed_scored_regions(images).half().numpy(), "a dog runs on the grass")
     assert {Path(h["image"]).name: h["score"] for h in hits} == pytest.approx(
         dict(zip([p.name for p in files], own)), abs=1e-3)
+
+    # vsa features --cnn-from: the trained CNN's vectors, a folder of another encoder (its settings say which)
+    trained_features = tmp_path / "features-trained"
+    vsa(["features", "--shards", str(mini_shards), "--out", str(trained_features), "--cnn-from", str(out / "best.pt"),
+         "--splits", "test", "--progress", "false"])
+    manifest = json.loads((trained_features / "manifest.json").read_text())
+    assert manifest["settings"]["cnn_sha256"] == sha256_file(out / "best.pt")
+    from vsa_dist.data.splits import load_split
+    trained_rows = load_split(trained_features, "test", {}, 1, whole_image_only=True)
+    pretrained_rows = load_split(mini_features, "test", {}, 1, whole_image_only=True)
+    assert trained_rows["image_ids"] == pretrained_rows["image_ids"]
+    images = torch.from_numpy(load_split(mini_features, "test", {}, 1, image_size=224)["features"][:8])
+    with torch.no_grad():
+        own = torch.nn.functional.normalize(model.encoder.top(images), dim=-1)
+
+    def agreement(rows) -> float:  # mean cosine of a folder's whole-image rows with the model's own vectors
+        rows = torch.nn.functional.normalize(torch.from_numpy(rows[:8]).float(), dim=-1)
+        return float((rows * own).sum(dim=-1).mean())
+
+    # the same CNN up to decoding and bf16 rounding; the pretrained CNN's vectors are another encoder's
+    assert agreement(trained_rows["features"]) > 0.97
+    assert agreement(trained_rows["features"]) > agreement(pretrained_rows["features"]) + 0.02
+    line = fails(capsys, "eval", "retrieval", "--checkpoint", str(out / "best.pt"), "--features",
+                 str(trained_features), "--split", "test")
+    assert "not made the way" in line and "cnn_sha256" in line, line
+
+
+def test_the_pipeline_with_a_preset_that_trains_the_cnn_blocks_stores_their_trunk_maps_first(
+        tmp_path, mini_dir, ray_cluster, monkeypatch):
+    """``vsa pipeline --align-preset train_align_cached`` (``pipeline_finetuned``'s path): two more stages store every
+    image's trunk maps and the train images' mirrored ones, the alignment model trains its blocks on them, and the
+    report scores its examples with those blocks."""
+    import json
+
+    from vsa_dist.cli import main as vsa
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = tmp_path / "run"
+    vsa(["pipeline", "--data", str(mini_dir), "--run-dir", str(run), "--align-preset", "train_align_cached",
+         "--align-epochs", "1", "--align-batch-size", "20", "--mrnn-preset", "train_mrnn_quick", "--mrnn-epochs", "1",
+         "--progress", "false"])
+    record = json.loads((run / "summary.json").read_text())
+    assert list(record["stage_minutes"]) == ["shards", "features", "trunk", "trunk_mirrored", "align", "mrnn",
+                                             "report"]
+    trunk, mirrored = (json.loads((run / name / "manifest.json").read_text()) for name in ("trunk12", "trunk12-flip"))
+    assert trunk["settings"]["trunk_block"] == 12 and sorted(trunk["splits"]) == ["dev", "test", "train"]
+    assert mirrored["settings"]["flip"] and list(mirrored["splits"]) == ["train"]
+    state = read_checkpoint(run / "align" / "best.pt", ("model", "config", "feature_settings"))
+    assert state["feature_settings"]["trunk_block"] == 12 and state["config"]["augment"] == [str(run / "trunk12-flip")]
+    assert record["align"]["test"]["annotation"]["r1"] >= 0 and "Top-5 sentences" in (run / "report.html").read_text()

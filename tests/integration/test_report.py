@@ -139,3 +139,41 @@ def test_figure_must_be_a_jpeg_name(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         vsa(["report", str(tmp_path), "--figure", str(tmp_path / "examples.png")])
     assert exc.value.code == 2 and "a JPEG file name (.jpg)" in capsys.readouterr().err
+
+
+def test_report_scores_the_images_with_an_aligner_that_runs_its_whole_cnn(mini_features, tmp_path, monkeypatch,
+                                                                          ray_cluster):
+    """An aligner trained with ``--encoder full`` takes the images: the page's retrieval examples are its scores of the
+    test images decoded from the folder's shards (every word's region is the whole image: it has no other)."""
+    import torch
+    from conftest import write_untrained
+
+    from vsa_dist import config as cfglib
+    from vsa_dist.cli import main as vsa
+    from vsa_dist.eval.retrieval import score_matrix
+    from vsa_dist.models.alignment import AlignmentModel
+    from vsa_dist.recipes.align import AlignConfig, model_args
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = tmp_path / "run"
+    manifest = json.loads((mini_features / "manifest.json").read_text())
+    cfg = cfglib.resolve(AlignConfig, "train_align_full", {"features": str(mini_features), "embed_dim": 32,
+                                                           "word_dim": 16})
+    torch.manual_seed(0)
+    model = AlignmentModel(model_args(cfg, len(manifest["vocab"]["words"]) + 2, 1280, encoder="efficientnet-lite0",
+                                      trunk_block=0))
+    pixels = {**manifest, "settings": {**manifest["settings"], "input": "pixels"}}
+    write_untrained(run / "align" / "best.pt", model, cfg, pixels)
+    untrained_generator_checkpoint(mini_features, run / "mrnn" / "best.pt")
+    result = vsa(["report", str(run), "--features", str(mini_features), "--images", "2", "--log-to-mlflow", "false"])
+    assert result["images"] == 2
+    text = (run / "report.html").read_text()
+    split = load_split(mini_features, "test", word_index(manifest["vocab"]["words"]), cfg.max_words)
+    images = load_split(mini_features, "test", {}, 1, image_size=224)["features"]
+    matrix = score_matrix(model.eval(), torch.from_numpy(images), torch.from_numpy(split["tokens"]).long())
+    for section in re.findall(r'<section class="example" id="([^"]+)"', text):
+        row = split["image_ids"].index(section)
+        best = matrix["scores"][row].argmax().item()
+        first = split["references"][matrix["image_of"][best]][matrix["slot"][best]]
+        retrieved = text.split(f'id="{section}"', 1)[1].split("Top-5 sentences", 1)[1].split("</ol>", 1)[0]
+        assert html.escape(first) in retrieved.split("</li>", 1)[0], (section, first)

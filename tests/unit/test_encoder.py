@@ -209,3 +209,8 @@ def test_a_model_that_runs_its_whole_cnn_takes_images_and_refuses_vectors_in_one
     features, _, errors = image_features(extractor, [jpeg(300, 200), b"not an image"], ["a.jpg", "b.jpg"])
     assert features.shape == (1, 3, 224, 224) and errors[0] == "" and "image rejected" in errors[1]
     assert np.array_equal(features[0], model_input(jpeg(300, 200), 224))
+
+
+def test_new_images_for_a_model_on_a_trained_cnns_features_are_refused_in_one_line_not_embedded_by_another_cnn():
+    with pytest.raises(ValueError, match="features of a trained CNN"):
+        checked_extractor({"backbone": "efficientnet-lite0", "cnn_sha256": "ab" * 32, "input_size": 224})

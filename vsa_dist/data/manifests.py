@@ -15,7 +15,8 @@ MANIFEST = "manifest.json"
 
 # What makes two feature sets interchangeable: the same backbone, weights, preprocessing and regions.
 SETTINGS_KEYS = ("format_version", "backbone", "weights_sha256", "input_size", "mean", "std", "feature_dim",
-                 "region_mode", "proposals", "num_regions", "roi_size", "precision", "dtype", "trunk_block", "input")
+                 "region_mode", "proposals", "num_regions", "roi_size", "precision", "dtype", "trunk_block", "input",
+                 "cnn_sha256")
 
 
 class FeatureSettingsMismatch(ValueError):
@@ -40,16 +41,29 @@ def load_features_manifest(features_dir: Path | str) -> dict[str, Any]:
     return manifest
 
 
+def source_shards(features_manifest: dict[str, Any], features_dir: Path | str) -> str | None:
+    """The image shards the features were made from, if they are still where they were (or beside them)."""
+    recorded = str(features_manifest.get("source", {}).get("shards", ""))
+    if not recorded:
+        return None
+    beside = storage.join(storage.parent(features_dir), recorded.rstrip("/").rsplit("/", 1)[-1])
+    for candidate in (recorded, beside):
+        if storage.exists(storage.join(candidate, MANIFEST)):
+            return candidate
+    return None
+
+
 def image_shards(features_dir: Path | str) -> str:
-    """The image shards a feature folder was made from (``vsa features`` records them), for a model that reads the
-    images themselves; ValueError when they are gone or are no longer the shards the folder was made from."""
-    source = load_features_manifest(features_dir).get("source", {})
-    shards = source.get("shards", "")
-    path = storage.join(shards, MANIFEST) if shards else ""
-    if not path or not storage.exists(path):
-        raise ValueError(f"{features_dir}: the image shards it was made from ({shards or 'not recorded'}) are not "
-                         "there; the whole CNN trains from those images")
-    if hashlib.sha256(storage.read_bytes(path)).hexdigest() != source.get("manifest_sha256"):
+    """The image shards a feature folder was made from (``source_shards``), for a model that reads the images
+    themselves; ValueError when they are gone or are no longer the shards the folder was made from."""
+    manifest = load_features_manifest(features_dir)
+    shards = source_shards(manifest, features_dir)
+    if shards is None:
+        raise ValueError(f"{features_dir}: the image shards it was made from "
+                         f"({manifest.get('source', {}).get('shards') or 'not recorded'}) are not there; the whole "
+                         "CNN trains from those images")
+    digest = hashlib.sha256(storage.read_bytes(storage.join(shards, MANIFEST))).hexdigest()
+    if digest != manifest["source"].get("manifest_sha256"):
         raise ValueError(f"{features_dir}: the image shards in {shards} changed since the folder was made from them "
                          "(make the feature folder again: vsa features)")
     return shards

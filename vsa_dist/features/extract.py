@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from vsa_dist.checkpoints import trained_cnn
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS, ImageRejected, check_image, model_input
 from vsa_dist.features.format import FEATURES_FORMAT_VERSION, npy_bytes, npy_load
 from vsa_dist.features.proposals import grid_boxes, propose
@@ -45,6 +46,7 @@ class ExtractorSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS  # images above this are refused from their header, before decoding
     flip: bool = False          # mirror every image left to right first (a training augmentation's second folder)
     trunk_block: int = 0        # N > 0: each image's activation entering block N instead of vectors (models/encoder.py)
+    cnn_from: str = ""          # an alignment checkpoint whose trained CNN extracts, not the pretrained one
 
 
 def describe(settings: ExtractorSettings, spec: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +62,8 @@ def describe(settings: ExtractorSettings, spec: dict[str, Any]) -> dict[str, Any
         "dtype": "float16", "flip": settings.flip,
         # a trunk folder never meets a vector folder: the key exists only where it is set (older folders lack it)
         **({"trunk_block": settings.trunk_block} if settings.trunk_block else {}),
+        # features of a trained CNN are another encoder's: a model trained on them never meets the pretrained one's
+        **({"cnn_sha256": sha256_file(Path(settings.cnn_from))} if settings.cnn_from else {}),
     }
 
 
@@ -116,7 +120,13 @@ class RegionExtractor:
 
     def __init__(self, settings: ExtractorSettings):
         self.settings = settings
-        backbone = load_backbone(settings.backbone, settings.weights).to(settings.device)
+        backbone = load_backbone(settings.backbone, settings.weights)
+        if settings.cnn_from:  # before the extractor folds BatchNorm into the convolutions
+            name, weights = trained_cnn(settings.cnn_from)
+            if name != backbone.spec.name:
+                raise ValueError(f"cnn_from {settings.cnn_from}: it trained {name}, not {backbone.spec.name}")
+            backbone.trunk.net.load_state_dict(weights)
+        backbone = backbone.to(settings.device)
         if settings.trunk_block:
             self.model = TrunkFeatureExtractor(backbone, settings.trunk_block, settings.channels_last,
                                                settings.precision)
@@ -215,6 +225,10 @@ def checked_extractor(feature_settings: dict[str, Any], weights: str = "",
     """
     if feature_settings.get("input") == "pixels":  # its own CNN does all the work: no pretrained weights to check
         return PixelExtractor(feature_settings["input_size"], max_pixels)
+    if feature_settings.get("cnn_sha256"):
+        raise ValueError(f"the model was trained on the features of a trained CNN (an alignment checkpoint, sha256 "
+                         f"{feature_settings['cnn_sha256'][:12]}); new images need that CNN, which this command does "
+                         "not load: caption and score feature folders made with vsa features --cnn-from")
     settings = ExtractorSettings(backbone=feature_settings["backbone"], weights=weights, region_mode="roi",
                                  proposals="grid", num_regions=feature_settings["num_regions"],
                                  roi_size=feature_settings["roi_size"], precision=feature_settings["precision"],

@@ -105,10 +105,10 @@ def _run(cfg: SnippetsConfig, out_dir: Path) -> dict[str, Any]:
     features_manifest = load_features_manifest(cfg.features)
     # the checkpoint is read (weights only) and matched to the features before Ray starts: a wrong file fails in seconds
     checkpoint = read_checkpoint(storage.fetch(cfg.checkpoint))
-    check_model_matches(cfg.features, check_same_settings({cfg.features: features_manifest}), checkpoint)
     if (checkpoint.get("model_args") or {}).get("encoder"):
-        raise cfglib.ConfigError(f"{cfg.checkpoint}: the model scores whole images through its own CNN blocks "
-                                 "(encoder cached): it has no regions to align snippets to")
+        raise cfglib.ConfigError(f"{cfg.checkpoint}: the model scores whole images through its own CNN (encoder "
+                                 "cached or full): it has no regions to align snippets to")
+    check_model_matches(cfg.features, check_same_settings({cfg.features: features_manifest}), checkpoint)
     ray = ensure_ray(cfg.progress)
     actors = cfg.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
     check_placeable({"CPU": 1.0}, actors, f"align-snippets ({actors} aligner actors)")

@@ -58,7 +58,8 @@ def _settings(cfg: FeaturesConfig, cluster: dict[str, float]) -> tuple[Extractor
         backbone=cfg.backbone, weights=cfg.weights, region_mode=cfg.regions, proposals=cfg.proposals,
         num_regions=cfg.num_regions, nms_iou=cfg.nms_iou, roi_size=cfg.roi_size, max_proposals=cfg.max_proposals,
         cnn_batch=cfg.cnn_batch or (64 if device == "cuda" else 4), threads=threads, device=device,
-        precision=precision, max_pixels=cfg.max_pixels, flip=cfg.flip, trunk_block=cfg.trunk_block)
+        precision=precision, max_pixels=cfg.max_pixels, flip=cfg.flip, trunk_block=cfg.trunk_block,
+        cnn_from=cfg.cnn_from)
     check_placeable({"CPU": remote["num_cpus"], "GPU": remote.get("num_gpus", 0)}, actors,
                     f"features ({actors} CNN actor(s) on {device})")
     return settings, {"compute": ActorPoolStrategy(size=actors), **remote}

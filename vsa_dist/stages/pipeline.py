@@ -1,5 +1,6 @@
 """``vsa pipeline``: the local single-node debug mode — shards → features → alignment → generator, each
-trained, tested once and registered in MLflow, then a report page (``vsa report``), in one run folder.
+trained, tested once and registered in MLflow, then a report page (``vsa report``), in one run folder. An alignment
+preset that trains the CNN's upper blocks on cached trunk maps (encoder cached) adds their two feature stages.
 
     vsa pipeline                                   # flickr8k-mini, outputs under runs/mini/
     vsa pipeline --data ../shared/data/flickr8k --run-dir runs/flickr8k
@@ -44,14 +45,26 @@ def run(cfg: PipelineConfig) -> dict:
         "format": cfg.format, "root": cfg.data, "out": shards, "progress": cfg.progress}))
     stage("features", features_stage.run, cfglib.ready(features_stage.FeaturesConfig, None, {
         "shards": shards, "out": features, "regions": cfg.regions, "progress": cfg.progress}))
+    align_features, augment = features, []
+    if cfglib.layered(AlignTask.config, cfg.align_preset, {})["encoder"] == "cached":
+        # the CNN's upper blocks train on trunk maps: every image's, and the train images' mirrored (the augmentation
+        # a cache can hold)
+        align_features = storage.join(cfg.run_dir, f"trunk{cfg.trunk_block}")
+        mirrored = f"{align_features}-flip"
+        stage("trunk", features_stage.run, cfglib.ready(features_stage.FeaturesConfig, None, {
+            "shards": shards, "out": align_features, "trunk_block": cfg.trunk_block, "progress": cfg.progress}))
+        stage("trunk_mirrored", features_stage.run, cfglib.ready(features_stage.FeaturesConfig, None, {
+            "shards": shards, "out": mirrored, "trunk_block": cfg.trunk_block, "flip": True, "splits": ["train"],
+            "progress": cfg.progress}))
+        augment = [mirrored]
     stage("align", functools.partial(run_recipe, AlignTask), cfglib.ready(AlignTask.config, cfg.align_preset, {
-        "features": features, "out": storage.join(cfg.run_dir, "align"), "epochs": cfg.align_epochs,
-        "batch_size": cfg.align_batch_size, "progress": cfg.progress}))
+        "features": align_features, "augment": augment, "out": storage.join(cfg.run_dir, "align"),
+        "epochs": cfg.align_epochs, "batch_size": cfg.align_batch_size, "progress": cfg.progress}))
     stage("mrnn", functools.partial(run_recipe, MRNNTask), cfglib.ready(MRNNTask.config, cfg.mrnn_preset, {
         "features": features, "out": storage.join(cfg.run_dir, "mrnn"), "epochs": cfg.mrnn_epochs,
         "batch_size": cfg.mrnn_batch_size, "progress": cfg.progress}))
     stage("report", report_stage.run, cfglib.ready(report_stage.ReportConfig, None, {
-        "run": [cfg.run_dir], "features": features}))
+        "run": [cfg.run_dir], "features": features, "align_features": align_features if augment else ""}))
     seconds = time.time() - start
     # the run's record: the whole command's wall time beside each model's test scores (docs/results "quick")
     record = {"kind": "pipeline", "config": cfglib.to_dict(cfg), "minutes": round(seconds / 60, 2),

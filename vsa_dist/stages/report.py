@@ -29,11 +29,12 @@ from vsa_dist import storage
 from vsa_dist.checkpoints import generator_decoding, load_alignment, load_generator
 from vsa_dist.configs import ReportConfig
 from vsa_dist.data.images import check_image
+from vsa_dist.data.manifests import source_shards
 from vsa_dist.data.pairs import word_index
 from vsa_dist.data.shards import jpegs_by_id
 from vsa_dist.data.splits import load_split
 from vsa_dist.eval.retrieval import PAPER_ROW, score_matrix
-from vsa_dist.examples import CAPTION_COLOUR, pick, render_tiles, source_shards
+from vsa_dist.examples import CAPTION_COLOUR, pick, render_tiles
 from vsa_dist.features.format import check_model_matches, check_same_settings, load_features_manifest
 from vsa_dist.io import atomic_write_bytes
 from vsa_dist.models.decoding import generate
@@ -249,20 +250,45 @@ def render_example(
 </div></section>"""
 
 
+def _pixels(state: dict[str, Any]) -> bool:
+    return (state.get("feature_settings") or {}).get("input") == "pixels"
+
+
+def aligner_rows(cfg: ReportConfig, align_state: dict[str, Any], split: dict[str, Any]) -> torch.Tensor:
+    """What an aligner that carries its CNN scores the split's images with, in the split's order: its own trunk
+    folder's maps (``--align-features``: encoder cached), or the images, decoded from the image shards of its folder
+    (encoder full)."""
+    folder = cfg.align_features or cfg.features
+    settings = check_same_settings({folder: load_features_manifest(folder)})
+    if _pixels(align_state):
+        settings = {**settings, "input": "pixels"}
+    check_model_matches(folder, settings, align_state)
+    own = load_split(folder, cfg.split, {}, 1, image_size=settings["input_size"] if _pixels(align_state) else 0)
+    row_of = {image_id: row for row, image_id in enumerate(own["image_ids"])}
+    missing = [image_id for image_id in split["image_ids"] if image_id not in row_of]
+    if missing:
+        raise ValueError(f"{folder}: no {cfg.split} image {missing[0]} of {cfg.features} ({len(missing)} missing)")
+    # as stored (uint8 images, float16 maps): the model's CNN takes them a few at a time; float32 would be 600 MB
+    return torch.from_numpy(own["features"][[row_of[image_id] for image_id in split["image_ids"]]])
+
+
 def run(cfg: ReportConfig) -> dict[str, Any]:
     manifest = load_features_manifest(cfg.features)
     settings = check_same_settings({cfg.features: manifest})
     aligner, align_state = load_alignment(storage.fetch(cfg.align))
     captioner, caption_state = load_generator(storage.fetch(cfg.captioner))
     region_captioner, region_state = load_generator(storage.fetch(cfg.region_captioner))
-    for state in (align_state, caption_state, region_state):
+    for state in (caption_state, region_state):
         check_model_matches(cfg.features, settings, state)
 
     split = load_split(cfg.features, cfg.split, word_index(align_state["vocab"]), align_state["config"]["max_words"])
     features, tokens = torch.from_numpy(split["features"]).float(), torch.from_numpy(split["tokens"]).long()
     chosen = pick(cfg.images, split["image_ids"])
+    aligner_input = aligner_rows(cfg, align_state, split) if cfg.align_features or _pixels(align_state) else features
+    if aligner_input is features:
+        check_model_matches(cfg.features, settings, align_state)
     with torch.no_grad():
-        matrix = score_matrix(aligner, features, tokens)
+        matrix = score_matrix(aligner, aligner_input, tokens)
         captions = generate(captioner, features[chosen], caption_state["vocab"],
                             *generator_decoding(caption_state, cfg.beam, cfg.length_penalty))
         top_regions = min(cfg.regions, features.shape[1] - 1)
@@ -270,7 +296,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         region_text = generate(region_captioner, region_rows, region_state["vocab"],
                                *generator_decoding(region_state, cfg.region_beam, cfg.region_length_penalty)
                                ) if top_regions else []
-        scores, lengths = aligner.word_region_scores(features[chosen].repeat_interleave(tokens.shape[1], dim=0),
+        scores, lengths = aligner.word_region_scores(aligner_input[chosen].repeat_interleave(tokens.shape[1], dim=0),
                                                      tokens[chosen].reshape(-1, tokens.shape[-1]))
         assignment, _ = align_words(scores, lengths, cfg.beta)
 
