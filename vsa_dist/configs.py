@@ -323,6 +323,10 @@ class ReportConfig(cfglib.Config):
                 raise cfglib.ConfigError(f"{key} {getattr(self, key)!r}: no manifest.json there")
 
 
+# the smoke test's models' alias: never the one the commands' --model defaults name (@champion)
+SMOKE_ALIAS = "smoke"
+
+
 @dataclass
 class PipelineConfig(cfglib.Config):
     """Run the whole pipeline locally on one machine."""
@@ -345,6 +349,9 @@ class PipelineConfig(cfglib.Config):
                                                       "from image to image, the plain LSTM's were one string)")
     mrnn_epochs: int = option(8, "generator epochs", range="[1, inf)")
     mrnn_batch_size: int = option(50, "generator pairs per step", range="[1, inf)")
+    alias: str = option("", "the alias both registered models take when they beat its holder on dev; default: smoke "
+                            "for the flickr8k-mini smoke test (its models must never become the ones every command "
+                            "uses by default, @champion), champion otherwise")
     progress: bool = option(True, "progress bars")
 
     def validate(self) -> None:
@@ -356,9 +363,15 @@ class PipelineConfig(cfglib.Config):
             data_name = self.data.rstrip("/").rsplit("/", 1)[-1]  # a path or a URI (s3://bucket/flickr8k)
             name = self.name or {"flickr8k-mini": "mini"}.get(data_name, data_name)
             self.run_dir = str(runs_root() / name)
+        self.alias = self.alias or (SMOKE_ALIAS if self.smoke_test else "champion")
         for key, preset in (("align_preset", self.align_preset), ("mrnn_preset", self.mrnn_preset)):
             if not cfglib.preset_exists(preset):
                 raise cfglib.ConfigError(f"{key} {preset!r}: no such preset in vsa_dist/presets/")
+
+    @property
+    def smoke_test(self) -> bool:
+        """The run on flickr8k-mini: a check that every stage works, not a model."""
+        return self.data.rstrip("/").endswith("flickr8k-mini")
 
     def check_inputs(self) -> None:
         if not storage.exists(self.data):

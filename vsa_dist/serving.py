@@ -31,7 +31,7 @@ from vsa_dist.io import sha256_json
 from vsa_dist.models.decoding import generate
 from vsa_dist.models.encoder import trunk_shape
 from vsa_dist.models.tokens import UNK
-from vsa_dist.tracking import check_tracking_store
+from vsa_dist.tracking import check_tracking_store, tracking_uri
 
 # What a served model runs: these files (models-from-code), copied into the model folder when it is logged. MLflow
 # executes them when it serves the model; nothing is unpickled. `vsa caption` runs neither (load_captioner).
@@ -213,7 +213,28 @@ def model_folder(uri: str) -> Path:
         return Path(uri)
     if uri.startswith(("models:/", "runs:/")):
         check_tracking_store()  # a server that is not there: one line in seconds, not MLflow's minutes of retries
+    if uri.startswith("models:/") and "@" in uri:
+        check_alias(uri)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+
+
+def check_alias(uri: str) -> None:
+    """A ``models:/NAME@ALIAS`` that no version holds is an MlflowException saying what the registry does hold: no such
+    model, or its aliases (the smoke test's models are @smoke, never the @champion the commands default to)."""
+    name, alias = uri.removeprefix("models:/").rsplit("@", 1)
+    client = MlflowClient()
+    worth = "a model worth using, from full Flickr8k: bash scripts/demo.sh --preset pipeline_quick"
+    try:
+        registered = client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as err:
+        raise mlflow.exceptions.MlflowException(f"no model named {name} is registered; {worth}") from err
+    held = registered.aliases or {}  # alias → version
+    if alias in held:
+        return
+    aliases = ", ".join(f"@{a} is version {v}" for a, v in sorted(held.items())) or "no version has an alias"
+    smoke = " (@smoke: the smoke test's, poor by design)" if "smoke" in held else ""
+    raise mlflow.exceptions.MlflowException(f"no version of {name} holds @{alias}: {aliases}{smoke}; {worth}, or name "
+                                            f"a version: --model models:/{name}/VERSION")
 
 
 def model_artifacts(folder: Path, required: tuple[str, ...]) -> dict[str, str]:
@@ -274,8 +295,8 @@ def move_alias_if_better(client, name: str, alias: str, version: str, dev_score:
     except mlflow.exceptions.MlflowException:
         holder = None
     if holder is not None and holder.tags.get("dev_data") != dev_data:
-        print(f"registry: {name}@{alias} (version {holder.version}) was chosen on other dev data; "
-              f"leaving it (set it by hand: MlflowClient().set_registered_model_alias)", flush=True)
+        print(f"registry: {name}@{alias} (version {holder.version}) was chosen on other dev data; leaving it. To make "
+              f"version {version} @{alias}: {promote_command(name, alias, version)}", flush=True)
         moved = False
     else:
         # compared as the tags store them (6 decimals): a holder re-registered with its own score is a tie, not
@@ -286,6 +307,12 @@ def move_alias_if_better(client, name: str, alias: str, version: str, dev_score:
     print(f"registry: {name} version {version} ({metric} {dev_score:.3f})"
           + (f" is now @{alias}" if moved else f"; @{alias} stays on version {holder.version}"), flush=True)
     return moved
+
+
+def promote_command(name: str, alias: str, version: str) -> str:
+    """The one line that points ``alias`` at ``version`` of ``name`` in the tracking store this process uses."""
+    return (f"MLFLOW_TRACKING_URI={tracking_uri()} python -c \"from mlflow import MlflowClient; "
+            f"MlflowClient().set_registered_model_alias('{name}', '{alias}', '{version}')\"")
 
 
 def tag_and_promote(

@@ -234,7 +234,11 @@ def test_ray_job_submit_runs_the_pipeline_into_a_shared_mlflow_server(tmp_path, 
     run = client.get_run(align["run_id"])
     assert run.info.status == "FINISHED" and "test_search_r5" in run.data.metrics
     assert client.get_run(captions["run_id"]).data.metrics["test_cider"] == pytest.approx(captions["test"]["cider"])
-    assert client.get_model_version_by_alias("vsa-captioner", "champion").run_id == captions["run_id"]
+    # the smoke test's models take @smoke, never the @champion every command's --model defaults to
+    assert client.get_model_version_by_alias("vsa-captioner", "smoke").run_id == captions["run_id"]
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("vsa-captioner", "champion")
+    assert "--model models:/vsa-captioner@smoke" in logs
     assert any(v.run_id == align["run_id"] for v in client.search_model_versions("name='vsa-align'"))
 
 

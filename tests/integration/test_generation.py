@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -316,8 +317,10 @@ def scst_reward_gain(checkpoint: Path, features: Path, steps: int, images: int =
     return mean_reward() / before
 
 
-def test_champion_moves_only_to_a_better_model_on_the_same_dev_data(mlflow_server, capsys):
+def test_champion_moves_only_to_a_better_model_on_the_same_dev_data(mlflow_server, capsys, monkeypatch):
     from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # the store the stages (and the printed command) use
 
     from vsa_dist.serving import dev_data_id, move_alias_if_better
 
@@ -341,7 +344,35 @@ def test_champion_moves_only_to_a_better_model_on_the_same_dev_data(mlflow_serve
         moves.append(move_alias_if_better(client, name, "champion", version, cider, data))
     assert moves == [True, False, True, False, False]
     assert client.get_model_version_by_alias(name, "champion").version == "3"
-    assert "was chosen on other dev data" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # the better model on other dev data: the line says exactly how to promote it, and that line does it
+    assert "was chosen on other dev data" in out
+    promote = out.split("To make version 5 @champion: ", 1)[1].splitlines()[0]
+    assert promote.startswith(f"MLFLOW_TRACKING_URI={mlflow_server} python -c ")
+    # run as printed, with this interpreter standing for the user's python (the one with vsa-dist installed)
+    subprocess.run(promote.replace(" python -c ", f" {sys.executable} -c ", 1), shell=True, check=True,
+                   cwd=tempfile.gettempdir())
+    assert client.get_model_version_by_alias(name, "champion").version == "5"
+
+
+def test_a_default_alias_no_version_holds_is_one_line_naming_what_the_registry_holds(mlflow_server, monkeypatch,
+                                                                                     capsys, tmp_path):
+    """The smoke test's models hold @smoke: a command left at its @champion default says so, and what to run."""
+    from conftest import fails
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    client, name = MlflowClient(mlflow_server), "test-smoke-captioner"
+    client.create_registered_model(name)
+    run = client.create_run(client.create_experiment("test-smoke-alias"))
+    version = client.create_model_version(name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias(name, "smoke", version.version)
+    (tmp_path / "photo.jpg").write_bytes(b"not needed: the model is looked up first")
+    line = fails(capsys, "caption", str(tmp_path / "photo.jpg"), "--model", f"models:/{name}@champion")
+    assert f"no version of {name} holds @champion: @smoke is version 1" in line, line
+    assert "the smoke test's" in line and "--preset pipeline_quick" in line, line
+    line = fails(capsys, "caption", str(tmp_path / "photo.jpg"), "--model", "models:/test-no-such-model@champion")
+    assert "no model named test-no-such-model is registered" in line, line
 
 
 def test_bad_generator_configs_stop_before_any_work(tmp_path, mini_features, capsys):

@@ -24,3 +24,16 @@ def test_the_summary_is_rounded_in_one_unit_per_kind_and_says_where_to_look(monk
     assert "registered: models:/vsa-align/4 (now @champion), models:/vsa-captioner/7" in text
     assert "mlflow ui --backend-store-uri sqlite:////tmp/x/mlflow.db" in text and "/tmp/x/report.html" in text
     assert "99999" not in text and "0.0" not in text.split("captions")[1].split("\n")[0]
+
+
+def test_the_smoke_test_registers_its_models_as_smoke_and_names_that_alias_in_what_to_run_next():
+    from vsa_dist import config as cfglib
+    from vsa_dist.stages.pipeline import PipelineConfig, next_commands
+
+    smoke = cfglib.resolve(PipelineConfig, None, {"run_dir": "/tmp/x", "data": "/data/flickr8k-mini"}, validate=True)
+    full = cfglib.resolve(PipelineConfig, None, {"run_dir": "/tmp/x", "data": "/data/flickr8k"}, validate=True)
+    assert (smoke.alias, full.alias) == ("smoke", "champion")
+    registered = {"align": {"registered": {"name": "vsa-align"}}, "mrnn": {"registered": {"name": "vsa-captioner"}}}
+    assert "--model models:/vsa-captioner@smoke" in next_commands(smoke, registered)
+    assert "--model models:/vsa-align@smoke" in next_commands(smoke, registered)
+    assert "--model" not in next_commands(full, registered)

@@ -59,10 +59,11 @@ def run(cfg: PipelineConfig) -> dict:
         augment = [mirrored]
     stage("align", functools.partial(run_recipe, AlignTask), cfglib.ready(AlignTask.config, cfg.align_preset, {
         "features": align_features, "augment": augment, "out": storage.join(cfg.run_dir, "align"),
-        "epochs": cfg.align_epochs, "batch_size": cfg.align_batch_size, "progress": cfg.progress}))
+        "epochs": cfg.align_epochs, "batch_size": cfg.align_batch_size, "alias": cfg.alias,
+        "progress": cfg.progress}))
     stage("mrnn", functools.partial(run_recipe, MRNNTask), cfglib.ready(MRNNTask.config, cfg.mrnn_preset, {
         "features": features, "out": storage.join(cfg.run_dir, "mrnn"), "epochs": cfg.mrnn_epochs,
-        "batch_size": cfg.mrnn_batch_size, "progress": cfg.progress}))
+        "batch_size": cfg.mrnn_batch_size, "alias": cfg.alias, "progress": cfg.progress}))
     stage("report", report_stage.run, cfglib.ready(report_stage.ReportConfig, None, {
         "run": [cfg.run_dir], "features": features, "align_features": align_features if augment else ""}))
     seconds = time.time() - start
@@ -93,9 +94,20 @@ def summary(cfg: PipelineConfig, results: dict, seconds: float) -> str:
         f"  the report: {results['report']['out']}",
         f"  MLflow: {tracking_uri()}" if tracking_uri().startswith("http") else
         f"  MLflow: mlflow ui --backend-store-uri {tracking_uri()}",
-        "  next: vsa caption IMAGE_OR_FOLDER --html captions.html; vsa search \"a sentence\" FOLDER",
-        *([SMOKE_TEST] if cfg.data.rstrip("/").endswith("flickr8k-mini") else []),
+        next_commands(cfg, results),
+        *([SMOKE_TEST] if cfg.smoke_test else []),
     ])
+
+
+def next_commands(cfg: PipelineConfig, results: dict) -> str:
+    """What to run next with the models just trained: the commands' defaults (@champion), or, when the models took
+    another alias (the smoke test's @smoke), that alias named."""
+    if cfg.alias == "champion":
+        return "  next: vsa caption IMAGE_OR_FOLDER --html captions.html; vsa search \"a sentence\" FOLDER"
+    names = {stage: (results[stage].get("registered") or {}).get("name") or default
+             for stage, default in (("mrnn", "vsa-captioner"), ("align", "vsa-align"))}
+    return (f"  next: vsa caption IMAGE_OR_FOLDER --model models:/{names['mrnn']}@{cfg.alias}; vsa search "
+            f"\"a sentence\" FOLDER --model models:/{names['align']}@{cfg.alias}")
 
 
 # What the mini run is, said where its poor captions are printed: a check that every stage works, not a model.
