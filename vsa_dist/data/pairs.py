@@ -20,7 +20,8 @@ from vsa_dist.models.tokens import CONTINUED_WORDS, PAD, UNK
 
 # The row functions below run in Ray Data's read workers, which Ray starts afresh for each epoch's stream
 # (it ends idle workers within a second, and rank 0's dev evaluation lasts longer), so this module imports
-# only numpy and json at the top: webdataset (and the torch it pulls in) cost ~1.8 s of a core per worker.
+# only numpy, json and PIL (data/images.py, for the image rows) at the top: webdataset (and the torch it pulls in)
+# cost ~1.8 s of a core per worker.
 
 SENTENCES_PER_IMAGE = 5
 

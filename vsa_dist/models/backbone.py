@@ -17,6 +17,8 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from vsa_dist.models.encoder import LITE_MEAN, LITE_STD
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -84,7 +86,7 @@ def _efficientnet_lite(name: str, weights: str) -> Backbone:
     net = EfficientNet.from_name(name, num_classes=1000)
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     # The lite models were trained on (x - 127) / 128 inputs, not ImageNet mean/std.
-    spec = BackboneSpec(name, weights, input_size, (127.0,) * 3, (128.0,) * 3, net._fc.in_features)
+    spec = BackboneSpec(name, weights, input_size, (LITE_MEAN,) * 3, (LITE_STD,) * 3, net._fc.in_features)
     return Backbone(_EfficientNetTrunk(net), net._fc, spec)
 
 

@@ -26,7 +26,8 @@ from torch import nn
 
 from vsa_dist.models.args import TRAINABLE_BACKBONES
 
-# their input normalisation, on the 0..255 scale (the same for every lite model: models/backbone.py's specs)
+# their input normalisation, on the 0..255 scale: (x - 127) / 128 for every lite model (models/backbone.py's specs
+# read it from here)
 LITE_MEAN, LITE_STD = 127.0, 128.0
 
 
