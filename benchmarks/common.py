@@ -14,13 +14,20 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 
 
+def object_store_pages(proc: psutil.Process) -> int:
+    """Bytes of Ray's object store (its shared-memory file) resident in ``proc``'s mappings: the blocks it has read.
+    They count in its RSS, yet they are the store's memory, shared with every process that maps them."""
+    return sum(m.rss for m in proc.memory_maps() if m.path.startswith("/dev/shm/plasma"))
+
+
 class TreeMemory:
     """Peak memory of a process and all its descendants (the Ray head, raylet and workers included):
-    the sum of PSS (shared pages counted once, split among their users) and the driver's own RSS."""
+    the sum of PSS (shared pages counted once, split among their users); and of the driver, its RSS, the object
+    store pages among them, and its own memory: RSS less those pages (Ray's docs measure a worker's heap so)."""
 
     def __init__(self, pid: int, interval: float = 0.5):
         self.root, self.interval = psutil.Process(pid), interval
-        self.peak_pss = self.peak_driver_rss = 0
+        self.peak_pss = self.peak_driver_rss = self.peak_driver_own = self.peak_driver_store = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -30,9 +37,12 @@ class TreeMemory:
             total = 0
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
-                self.peak_driver_rss = max(self.peak_driver_rss, self.root.memory_info().rss)
-            except psutil.NoSuchProcess:
+                rss, store = self.root.memory_info().rss, object_store_pages(self.root)
+            except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
                 return
+            self.peak_driver_rss = max(self.peak_driver_rss, rss)
+            self.peak_driver_store = max(self.peak_driver_store, store)
+            self.peak_driver_own = max(self.peak_driver_own, rss - store)
             for proc in procs:
                 try:
                     total += proc.memory_full_info().pss
@@ -47,6 +57,8 @@ class TreeMemory:
         return {
             "peak_tree_pss_mib": round(self.peak_pss / 2**20),
             "peak_driver_rss_mib": round(self.peak_driver_rss / 2**20),
+            "peak_driver_own_mib": round(self.peak_driver_own / 2**20),
+            "peak_driver_object_store_mib": round(self.peak_driver_store / 2**20),
         }
 
 

@@ -285,7 +285,7 @@ def test_coco_ids_nesting_and_yaml_are_one_line_errors(tmp_path, mini_dir, mini_
     (root / "captions_val2014.json").write_text(json.dumps({**base, "images": [{"id": [1], "file_name": "a.jpg"}]}))
     line = fails(capsys, "shards", "build", "--format", "coco", "--root", str(root), "--out", str(tmp_path / "o2"))
     assert "captions_val2014.json: images[0].id is list" in line
-    (root / "captions_val2014.json").write_text("[" * 100000 + "]" * 100000)
+    (root / "captions_val2014.json").write_text('{"images": ' + "[" * 100000 + "]" * 100000 + "}")
     line = fails(capsys, "shards", "build", "--format", "coco", "--root", str(root), "--out", str(tmp_path / "o3"))
     assert "captions_val2014.json: JSON nested too deeply" in line
 

@@ -16,6 +16,7 @@ any other.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -30,11 +31,11 @@ from tqdm import tqdm
 from vsa_dist import console, storage
 from vsa_dist.data.images import ImageRejected, check_jpeg
 from vsa_dist.data.manifests import MANIFEST, load_manifest  # noqa: F401  (its readers import it from here too)
-from vsa_dist.data.sources import Catalog, ImageEntry
+from vsa_dist.data.sources import Catalog, ImageEntry, image_rejects
 from vsa_dist.data.text import VOCAB_MIN_COUNT, build_vocab
 from vsa_dist.io import (
     STATE_DIR,
-    atomic_write_bytes,
+    atomic_open,
     atomic_write_json,
     completed_record,
     remove_leftovers,
@@ -91,9 +92,7 @@ def _write_shard(path: Path, entries: list[ImageEntry], fmt: str, max_pixels: in
                     except ImageRejected as err:
                         reason = (err.code, f"{entry.path}: {err}")
                 if reason is not None:
-                    sub = Catalog(format=fmt, source_files=[])
-                    sub.reject_image(reason[0], reason[1], entry.ref, entry.file_name, entry.sentences)
-                    rejects.extend(sub.rejects)
+                    rejects.extend(image_rejects(reason[0], reason[1], entry.ref, entry.file_name, entry.sentences))
                     continue
                 writer.write({"__key__": entry.key, "jpg": data, "json": _sample_meta(entry, width, height, fmt)})
                 samples += 1
@@ -113,52 +112,49 @@ def _write_shard(path: Path, entries: list[ImageEntry], fmt: str, max_pixels: in
             "sha256": sha256_file(path) if samples else None, "bytes": path.stat().st_size if samples else 0}
 
 
-def _chunks(entries: list[ImageEntry], size: int) -> Iterator[list[ImageEntry]]:
-    for start in range(0, len(entries), size):
-        yield entries[start:start + size]
-
-
 def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, max_pixels: int = 89_478_485,
                  vocab_min_count: int = VOCAB_MIN_COUNT, vocab_splits: tuple[str, ...] = ("train",),
                  config: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Write (or resume writing) all shards and the manifest; return the manifest."""
+    """Write (or resume writing) all shards and the manifest; return the manifest. The catalog is read a shard at a
+    time and the rejects are written as a stream: memory does not grow with the data set."""
     start = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dir = out_dir / STATE_DIR
     state_dir.mkdir(exist_ok=True)
     remove_leftovers(out_dir, state_dir)
 
-    by_split: dict[str, list[ImageEntry]] = {}
-    for entry in sorted(catalog.entries, key=lambda e: (e.split, e.key)):
-        by_split.setdefault(entry.split, []).append(entry)
-
-    planned = [(split, index, chunk) for split, entries in sorted(by_split.items())
-               for index, chunk in enumerate(_chunks(entries, samples_per_shard))]
-    remove_stale_shards(out_dir, state_dir, {f"{split}-{index:06d}.tar" for split, index, _ in planned})
+    sizes = catalog.split_sizes()
+    planned = {f"{split}-{index:06d}.tar" for split, size in sizes.items()
+               for index in range(-(-size // samples_per_shard))}
+    remove_stale_shards(out_dir, state_dir, planned)
 
     records: list[dict[str, Any]] = []
     built = skipped = 0
-    bar = tqdm(total=sum(len(c) for _, _, c in planned), desc="shards", unit="img", file=console.err(),
+    bar = tqdm(total=sum(sizes.values()), desc="shards", unit="img", file=console.err(),
                disable=None if progress else True)
-    for split, index, chunk in planned:
-        name = f"{split}-{index:06d}.tar"
-        shard_path, state_path = out_dir / name, state_dir / f"{name}.json"
-        plan = _plan_digest(split, chunk, max_pixels)
-        record = completed_record(state_path, shard_path, plan)
-        if record is None:
-            record = _write_shard(shard_path, chunk, catalog.format, max_pixels)
-            record["plan"] = plan
-            record["split"] = split
-            atomic_write_json(state_path, record)
-            built += 1
-        else:
-            skipped += 1
-        records.append(record)
-        bar.update(len(chunk))
+    for split in sizes:
+        for index, chunk in enumerate(catalog.entries(split, samples_per_shard)):
+            name = f"{split}-{index:06d}.tar"
+            shard_path, state_path = out_dir / name, state_dir / f"{name}.json"
+            plan = _plan_digest(split, chunk, max_pixels)
+            record = completed_record(state_path, shard_path, plan)
+            if record is None:
+                record = _write_shard(shard_path, chunk, catalog.format, max_pixels)
+                record["plan"] = plan
+                record["split"] = split
+                atomic_write_json(state_path, record)
+                built += 1
+            else:
+                skipped += 1
+            records.append(record)
+            bar.update(len(chunk))
     bar.close()
 
-    rejects = list(catalog.rejects) + [r for rec in records for r in rec["rejects"]]
-    atomic_write_bytes(out_dir / REJECTS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode())
+    by_reason: Counter[str] = Counter()
+    with atomic_open(out_dir / REJECTS) as fh:
+        for reject in itertools.chain(catalog.rejects(), (r for rec in records for r in rec["rejects"])):
+            fh.write((json.dumps(reject, ensure_ascii=False) + "\n").encode())
+            by_reason[f"{reject['kind']}:{reject['reason']}"] += 1
 
     splits: dict[str, dict[str, Any]] = {}
     for rec in records:
@@ -170,8 +166,8 @@ def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, 
 
     written_images = sum(s["images"] for s in splits.values())
     written_sentences = sum(s["sentences"] for s in splits.values())
-    rejected_images = sum(r["kind"] == "image" for r in rejects)
-    rejected_sentences = sum(r["kind"] == "sentence" for r in rejects)
+    rejected_images = sum(n for reason, n in by_reason.items() if reason.startswith("image:"))
+    rejected_sentences = sum(n for reason, n in by_reason.items() if reason.startswith("sentence:"))
     if (
         written_images + rejected_images != catalog.input_images
         or written_sentences + rejected_sentences != catalog.input_sentences
@@ -181,10 +177,9 @@ def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, 
             f"sentences {written_sentences}+{rejected_sentences}!={catalog.input_sentences}")
 
     # Built on what was written: a rejected image's captions must not shape the vocabulary.
-    rejected_files = {r["image"] for r in rejects if r["kind"] == "image"}
+    rejected_files = {r["image"] for rec in records for r in rec["rejects"] if r["kind"] == "image"}
     vocab_words, vocab_counts = build_vocab(
-        (s["tokens"] for e in catalog.entries if e.split in vocab_splits and e.file_name not in rejected_files
-         for s in e.sentences), vocab_min_count)
+        (tokens for name, tokens in catalog.tokens(vocab_splits) if name not in rejected_files), vocab_min_count)
     manifest = {
         "format_version": SHARD_FORMAT_VERSION,
         "source": {"format": catalog.format, "files": {str(p): sha256_file(p) for p in catalog.source_files}},
@@ -198,7 +193,7 @@ def write_shards(catalog: Catalog, out_dir: Path, samples_per_shard: int = 500, 
                 "rejected": rejected_sentences,
             },
         },
-        "rejects": {"file": REJECTS, "by_reason": dict(Counter(f"{r['kind']}:{r['reason']}" for r in rejects))},
+        "rejects": {"file": REJECTS, "by_reason": dict(by_reason)},
         "repairs": catalog.repairs,
         "vocab": {
             "min_count": vocab_min_count,

@@ -8,13 +8,19 @@ naming the file and line.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-import sys
-from collections import defaultdict
-from dataclasses import dataclass, field
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import ijson
 
 from vsa_dist.data.text import tokenize
 
@@ -45,26 +51,179 @@ class ImageEntry:
     ref: str  # where the image came from, for rejects
 
 
-@dataclass
-class Catalog:
-    format: str
-    source_files: list[Path]
-    entries: list[ImageEntry] = field(default_factory=list)
-    rejects: list[dict[str, Any]] = field(default_factory=list)
-    input_images: int = 0
-    input_sentences: int = 0
-    repairs: list[dict[str, Any]] = field(default_factory=list)
+def sentence_reject(code: str, detail: str, ref: str, image: str | None, text: str | None = None) -> dict[str, Any]:
+    return {"kind": "sentence", "reason": code, "detail": detail, "source": ref, "image": image, "text": text}
 
+
+def image_rejects(code: str, detail: str, ref: str, image: str,
+                  sentences: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An image goes, and its sentences with it: each is accounted for under its own reference."""
+    return [{"kind": "image", "reason": code, "detail": detail, "source": ref, "image": image},
+            *(sentence_reject("image-rejected", f"its image was rejected ({code})", sent["ref"], image, sent["raw"])
+              for sent in sentences)]
+
+
+_SCHEMA = """
+CREATE TABLE images (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, split TEXT NOT NULL, ref TEXT NOT NULL,
+                     had_captions INTEGER NOT NULL DEFAULT 0, reject_code TEXT, reject_detail TEXT, rel_path TEXT,
+                     key TEXT, image_id TEXT);
+CREATE TABLE sentences (image INTEGER NOT NULL, raw TEXT NOT NULL, tokens TEXT NOT NULL, ref TEXT NOT NULL);
+CREATE INDEX sentences_image ON sentences (image);
+CREATE TABLE kept (id INTEGER PRIMARY KEY, split TEXT NOT NULL, key TEXT NOT NULL);
+CREATE INDEX kept_order ON kept (split, key);
+CREATE TABLE rejects (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE seen (scope TEXT NOT NULL, ident TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (scope, ident))
+    WITHOUT ROWID;
+"""
+
+
+class Catalog:
+    """Every image that may go into shards, with its sentences, and every input that cannot (with its reason).
+
+    Held in a scratch SQLite file, not in memory: a driver's memory must not grow with the data set (COCO has 616k
+    sentences; users bring millions), while split conflicts, duplicates and the vocabulary are still decided on the
+    whole set. Entries come back ordered by (split, key), a shard's worth at a time. Close it (or use ``with``) to
+    delete the file.
+    """
+
+    def __init__(self, format: str, source_files: list[Path]):
+        self.format, self.source_files = format, source_files
+        self.input_images = self.input_sentences = 0
+        self.repairs: list[dict[str, Any]] = []
+        self._dir = tempfile.mkdtemp(prefix="vsa-catalog-")
+        self.db = sqlite3.connect(Path(self._dir) / "catalog.sqlite", isolation_level=None)
+        # a scratch file rebuilt on every run: no journal, no fsync; a 16 MiB page cache
+        self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-16384;"
+                              + _SCHEMA + "BEGIN;")
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------- rejects
     def reject_sentence(self, code: str, detail: str, ref: str, image: str | None, text: str | None = None) -> None:
-        self.rejects.append(
-            {"kind": "sentence", "reason": code, "detail": detail, "source": ref, "image": image, "text": text}
-        )
+        self._reject(sentence_reject(code, detail, ref, image, text))
 
     def reject_image(self, code: str, detail: str, ref: str, image: str, sentences: list[dict[str, Any]]) -> None:
-        """An image goes, and its sentences with it: each is accounted for under its own reference."""
-        self.rejects.append({"kind": "image", "reason": code, "detail": detail, "source": ref, "image": image})
-        for sent in sentences:
-            self.reject_sentence("image-rejected", f"its image was rejected ({code})", sent["ref"], image, sent["raw"])
+        for reject in image_rejects(code, detail, ref, image, sentences):
+            self._reject(reject)
+
+    def _reject(self, reject: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO rejects (kind, body) VALUES (?, ?)",
+                        (reject["kind"], json.dumps(reject, ensure_ascii=False)))
+
+    def rejects(self) -> Iterator[dict[str, Any]]:
+        for (body,) in self.db.execute("SELECT body FROM rejects ORDER BY seq"):
+            yield json.loads(body)
+
+    # ------------------------------------------------------------------------------- while reading
+    def image(self, name: str, split: str, ref: str, **columns: Any) -> tuple[int, bool]:
+        """The row id of image ``name``, added with these values if new; and whether it was new."""
+        found = self.db.execute("SELECT id FROM images WHERE name = ?", (name,)).fetchone()
+        if found:
+            return found[0], False
+        names = ["name", "split", "ref", *columns]
+        cursor = self.db.execute(f"INSERT INTO images ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                                 (name, split, ref, *columns.values()))
+        return cursor.lastrowid, True
+
+    def lookup(self, name: str, column: str) -> Any:
+        found = self.db.execute(f"SELECT {column} FROM images WHERE name = ?", (name,)).fetchone()
+        return found[0] if found else None
+
+    def update(self, row: int, **columns: Any) -> None:
+        self.db.execute(f"UPDATE images SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+                        (*columns.values(), row))
+
+    def add_sentence(self, row: int, sentence: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO sentences VALUES (?, ?, ?, ?)",
+                        (row, sentence["raw"], json.dumps(sentence["tokens"]), sentence["ref"]))
+
+    def first_seen(self, scope: str, ident: str, value: str) -> str | None:
+        """None the first time ``ident`` is seen in ``scope`` (and ``value`` is kept); after that the first value."""
+        if self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?, ?)", (scope, ident, value)).rowcount:
+            return None
+        return self.db.execute("SELECT value FROM seen WHERE scope = ? AND ident = ?", (scope, ident)).fetchone()[0]
+
+    def _sentences(self, rows: list[int]) -> dict[int, list[dict[str, Any]]]:
+        found: dict[int, list[dict[str, Any]]] = {row: [] for row in rows}
+        for start in range(0, len(rows), 500):  # well under SQLite's limit on bound parameters
+            part = rows[start:start + 500]
+            for row, raw, tokens, ref in self.db.execute(
+                    f"SELECT image, raw, tokens, ref FROM sentences WHERE image IN ({', '.join('?' * len(part))}) "
+                    "ORDER BY rowid", part):
+                found[row].append({"raw": raw, "tokens": json.loads(tokens), "ref": ref})
+        return found
+
+    # ------------------------------------------------------------------------------- once read
+    def finish(self, images_dir: Path) -> Catalog:
+        """Decide each image: kept, or rejected (an image whose sentences were all rejected goes too)."""
+        self.input_images += self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        counted = ("SELECT i.id, i.name, i.ref, i.reject_code, i.reject_detail, i.had_captions, i.rel_path, i.split, "
+                   "i.key, (SELECT COUNT(*) FROM sentences s WHERE s.image = i.id) FROM images i ORDER BY i.id")
+        for row, name, ref, code, detail, had_captions, rel, split, key, count in self._cursor(counted):
+            if code is None and not count:
+                code, detail = "no-captions", "every caption was rejected" if had_captions else "no captions"
+            if code is None and (why := _outside_root(rel or name)) is not None:
+                code, detail = "outside-root", why
+            if code is not None:
+                self.reject_image(code, detail, ref, name, self._sentences([row])[row])
+                continue
+            self.db.execute("INSERT INTO kept VALUES (?, ?, ?)", (row, split, key or sample_key(name)))
+        self.images_dir = images_dir
+        # two file names that map to one sample key (e.g. a.jpg and a.jpeg): the first keeps it
+        clashes = ("SELECT k.id, k.key, i.name, i.ref FROM kept k JOIN images i ON i.id = k.id WHERE k.key IN "
+                   "(SELECT key FROM kept GROUP BY key HAVING COUNT(*) > 1) ORDER BY k.key, k.id")
+        first: dict[str, str] = {}
+        dropped = []
+        for row, key, name, ref in self._cursor(clashes):
+            if key not in first:
+                first[key] = name
+            else:
+                dropped.append((row, key, name, ref))
+        for row, key, name, ref in dropped:  # after the read: rows are not deleted under an open cursor
+            self.db.execute("DELETE FROM kept WHERE id = ?", (row,))
+            self.reject_image("duplicate-id", f"sample key {key!r} already used by {first[key]}", ref, name,
+                              self._sentences([row])[row])
+        self.db.execute("COMMIT")
+        return self
+
+    def _cursor(self, query: str, *args: Any) -> Iterator[tuple]:
+        """Rows of ``query`` read a batch at a time on a cursor of their own (the loop may write other tables)."""
+        cursor = self.db.cursor()
+        cursor.execute(query, args)
+        while batch := cursor.fetchmany(1000):
+            yield from batch
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM kept").fetchone()[0]
+
+    def split_sizes(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT split, COUNT(*) FROM kept GROUP BY split ORDER BY split"))
+
+    def entries(self, split: str, size: int) -> Iterator[list[ImageEntry]]:
+        """The kept images of ``split`` in key order, ``size`` at a time, each with its sentences."""
+        query = ("SELECT k.id, k.key, i.image_id, i.name, i.rel_path, i.ref FROM kept k JOIN images i ON i.id = k.id "
+                 "WHERE k.split = ? ORDER BY k.key")
+        rows = self._cursor(query, split)
+        while chunk := list(itertools.islice(rows, size)):
+            sentences = self._sentences([row[0] for row in chunk])
+            yield [ImageEntry(key=key, image_id=image_id or sample_key(name), file_name=name,
+                              path=self.images_dir / (rel or name), split=split, sentences=sentences[row], ref=ref)
+                   for row, key, image_id, name, rel, ref in chunk]
+
+    def tokens(self, splits: tuple[str, ...]) -> Iterator[tuple[str, list[str]]]:
+        """(image name, tokens) of every kept sentence in ``splits``."""
+        query = ("SELECT i.name, s.tokens FROM sentences s JOIN kept k ON k.id = s.image JOIN images i ON i.id = k.id "
+                 f"WHERE k.split IN ({', '.join('?' * len(splits))})")
+        for name, tokens in self._cursor(query, *splits):
+            yield name, json.loads(tokens)
 
 
 def sample_key(file_name: str) -> str:
@@ -82,9 +241,7 @@ def _sentence(catalog: Catalog, raw: Any, tokens: Any, ref: str, image: str) -> 
     elif not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
         catalog.reject_sentence("bad-caption", "tokens are not a list of strings", ref, image, raw)
         return None
-    # one string object per distinct word: a catalog holds every sentence of the data set (500k of them at COCO
-    # scale), and its words repeat (benchmarks/load.py: the catalog of 100k images took 770 MiB before, MEASURED after)
-    tokens = tuple(sys.intern(t.lower()) for t in tokens if t.strip())
+    tokens = [t.lower() for t in tokens if t.strip()]
     if not raw.strip() or not tokens:
         catalog.reject_sentence("empty-caption", "caption has no words", ref, image, raw)
         return None
@@ -104,6 +261,7 @@ def _require_file(path: Path, what: str) -> Path:
 
 
 def _load_json(path: Path) -> Any:
+    """A whole JSON file, parsed in memory: only for diagnosing one that does not stream (its line and column)."""
     _require_file(path, "caption file")
     try:
         return json.loads(path.read_bytes().decode("utf-8-sig"))  # a byte-order mark is not part of the JSON
@@ -112,7 +270,54 @@ def _load_json(path: Path) -> Any:
     except json.JSONDecodeError as err:
         raise InputFormatError(path, f"not valid JSON: {err.msg} (column {err.colno})", line=err.lineno) from err
     except RecursionError as err:
-        raise InputFormatError(path, "JSON nested too deeply to be a caption file") from err
+        raise InputFormatError(path, _TOO_DEEP) from err
+
+
+_TOO_DEEP = "JSON nested too deeply to be a caption file"
+_MAX_DEPTH = 64  # a caption file nests five deep; far deeper is not one (and would recurse in a parser)
+
+
+@contextmanager
+def _json_file(path: Path) -> Iterator[BinaryIO]:
+    """The file open for streaming, past a byte-order mark; a parse error becomes one line naming the file (its line
+    and column found by parsing it again in full, which only a broken file pays for)."""
+    _require_file(path, "caption file")
+    with open(path, "rb") as fh:
+        if fh.read(3) != b"\xef\xbb\xbf":
+            fh.seek(0)
+        try:
+            yield fh
+        except (ijson.JSONError, UnicodeDecodeError) as err:
+            _load_json(path)
+            raise InputFormatError(path, f"not valid JSON: {err}") from err
+
+
+def _json_shape(path: Path) -> dict[str, str]:
+    """The type of each top-level member of a JSON object file ("array", "map", "string", …), read as a stream; a
+    file whose top level is not an object, or that nests too deeply, is an InputFormatError."""
+    shape: dict[str, str] = {}
+    depth = 0
+    with _json_file(path) as fh:
+        for prefix, event, _ in ijson.parse(fh):
+            if event in ("start_map", "start_array"):
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    raise InputFormatError(path, _TOO_DEEP)
+                if depth == 1 and event == "start_array":
+                    raise InputFormatError(path, "expected a JSON object at the top, found a list")
+            elif event in ("end_map", "end_array"):
+                depth -= 1
+            if depth == 0 and event not in ("end_map", "start_map"):
+                raise InputFormatError(path, f"expected a JSON object at the top, found {event}")
+            if prefix and "." not in prefix and event != "map_key" and prefix not in shape:
+                shape[prefix] = event.removeprefix("start_").replace("end_", "")
+    return shape
+
+
+def _json_items(path: Path, member: str) -> Iterator[Any]:
+    """Each element of the top-level list ``member``, one at a time."""
+    with _json_file(path) as fh:
+        yield from ijson.items(fh, f"{member}.item", use_float=True)
 
 
 def _text_lines(path: Path) -> list[str]:
@@ -136,37 +341,6 @@ def _outside_root(name: str) -> str | None:
     return None
 
 
-def _finish(catalog: Catalog, images: dict[str, dict[str, Any]], images_dir: Path) -> Catalog:
-    """Turn gathered images into entries; an image whose sentences were all rejected goes too."""
-    catalog.input_images = len(images)
-    for name, info in images.items():
-        if info.get("reject"):
-            code, detail = info["reject"]
-            catalog.reject_image(code, detail, info["ref"], name, info["sentences"])
-            continue
-        if not info["sentences"]:
-            reason = "no captions" if not info.get("had_captions") else "every caption was rejected"
-            catalog.reject_image("no-captions", reason, info["ref"], name, [])
-            continue
-        rel = info.get("rel_path", name)
-        if (why := _outside_root(rel)) is not None:
-            catalog.reject_image("outside-root", why, info["ref"], name, info["sentences"])
-            continue
-        catalog.entries.append(ImageEntry(
-            key=info.get("key") or sample_key(name), image_id=info.get("image_id", sample_key(name)),
-            file_name=name, path=images_dir / rel, split=info["split"], sentences=info["sentences"], ref=info["ref"],
-        ))
-    keys = defaultdict(list)
-    for entry in catalog.entries:
-        keys[entry.key].append(entry)
-    for key, same in keys.items():
-        for dup in same[1:]:  # two file names that map to one sample key (e.g. a.jpg and a.jpeg)
-            catalog.entries.remove(dup)
-            catalog.reject_image("duplicate-id", f"sample key {key!r} already used by {same[0].file_name}", dup.ref,
-                                 dup.file_name, dup.sentences)
-    return catalog
-
-
 # --------------------------------------------------------------------------------------- Flickr token
 _FLICKR_REPEAT = re.compile(r"^(.+\.jpe?g)\.\d+$", re.IGNORECASE)
 
@@ -179,13 +353,17 @@ def read_flickr(root: Path, captions: str = "", split_files: str = "", images_di
     )
     pattern = split_files or ("Flickr_8k.{split}Images.txt" if fmt == "flickr8k" else "Flickr_30k.{split}Images.txt")
     catalog = Catalog(format=fmt, source_files=[_require_file(token_path, "caption file")])
-    images: dict[str, dict[str, Any]] = {}
+    try:
+        _read_split_lists(catalog, root, pattern)
+        _read_token_file(catalog, token_path)
+        return catalog.finish(_images_dir(root, images_dir))
+    except BaseException:
+        catalog.close()
+        raise
 
-    def image(name: str, ref: str) -> dict[str, Any]:
-        return images.setdefault(name, {"split": UNASSIGNED, "sentences": [], "ref": ref, "had_captions": False})
 
-    # Split lists first, so an image's reference points at the list that named it.
-    split_of: dict[str, str] = {}
+def _read_split_lists(catalog: Catalog, root: Path, pattern: str) -> None:
+    """Split lists first, so an image's reference points at the list that named it."""
     for split in SPLITS:
         path = Path(pattern.format(split=split))
         path = path if path.is_absolute() or path.exists() else root / path
@@ -196,15 +374,16 @@ def read_flickr(root: Path, captions: str = "", split_files: str = "", images_di
             name = line.strip()
             if not name:
                 continue
-            info = image(name, f"{path.name}:{lineno}")
-            if name in split_of and split_of[name] != split:
+            row, new = catalog.image(name, split, f"{path.name}:{lineno}")
+            if not new and (earlier := catalog.lookup(name, "split")) != split:
                 # In two splits: keeping it in either would leak between train and test.
-                info["reject"] = ("split-conflict", f"listed in both {split_of[name]} and {split}")
-            split_of[name] = split
-            info["split"] = split
+                catalog.update(row, split=split, reject_code="split-conflict",
+                               reject_detail=f"listed in both {earlier} and {split}")
 
-    seen: dict[tuple[str, str], str] = {}
-    with open(token_path, "rb") as token_file:  # line by line: a COCO-sized file is not held beside its catalog
+
+def _read_token_file(catalog: Catalog, token_path: Path) -> None:
+    last: tuple[str, int] | None = None  # an image's captions are on consecutive lines: look it up once
+    with open(token_path, "rb") as token_file:  # line by line: a COCO-sized file is never held whole
         for lineno, raw_line in enumerate(token_file, 1):
             raw_line = raw_line.rstrip(b"\r\n")
             if lineno == 1:
@@ -223,15 +402,19 @@ def read_flickr(root: Path, captions: str = "", split_files: str = "", images_di
                 raise InputFormatError(token_path, f"expected '<image>#<n>' before the tab, found {ident!r}", lineno)
             ref = f"{token_path.name}:{lineno}"
             catalog.input_sentences += 1
-            if (m := _FLICKR_REPEAT.match(name)) and m.group(1) not in split_of and name not in split_of:
+            if (m := _FLICKR_REPEAT.match(name)) and catalog.lookup(name, "id") is None and \
+                    catalog.lookup(m.group(1), "split") in (None, UNASSIGNED):
                 # Flickr8k's token file names one caption '2258277193_586949ec62.jpg.1#0': it belongs to
                 # '…jpg', which has the other four. Folded in and recorded, so the caption is kept.
                 catalog.repairs.append(
                     {"source": ref, "from": name, "to": m.group(1), "why": "image name with a repeat suffix"}
                 )
                 name = m.group(1)
-            info = image(name, ref)
-            info["had_captions"] = True
+            if last is None or last[0] != name:
+                row, _ = catalog.image(name, UNASSIGNED, ref)
+                catalog.update(row, had_captions=1)
+                last = (name, row)
+            row = last[1]
             try:
                 text = body.decode("utf-8")
             except UnicodeDecodeError:
@@ -239,16 +422,13 @@ def read_flickr(root: Path, captions: str = "", split_files: str = "", images_di
                     "not-utf8", "caption is not valid UTF-8", ref, name, body.decode("utf-8", "replace")
                 )
                 continue
-            if (name, number) in seen:
+            if (first := catalog.first_seen("caption", f"{name}#{number}", ref)) is not None:
                 catalog.reject_sentence(
-                    "duplicate-id", f"caption {name}#{number} already given at {seen[name, number]}", ref, name, text
+                    "duplicate-id", f"caption {name}#{number} already given at {first}", ref, name, text
                 )
                 continue
-            seen[name, number] = ref
-            sent = _sentence(catalog, text, None, ref, name)
-            if sent is not None:
-                info["sentences"].append(sent)
-    return _finish(catalog, images, _images_dir(root, images_dir))
+            if (sent := _sentence(catalog, text, None, ref, name)) is not None:
+                catalog.add_sentence(row, sent)
 
 
 # ------------------------------------------------------------------------------------ Karpathy JSON
@@ -266,43 +446,46 @@ def _karpathy_json(root: Path, captions: str) -> Path:
 def read_karpathy(root: Path, captions: str = "", images_dir: str = "") -> Catalog:
     """Karpathy-split JSON: ``images[]`` with filename, optional filepath, split and ``sentences[]``."""
     path = _karpathy_json(root, captions)
-    data = _load_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+    if _json_shape(path).get("images") != "array":
         raise InputFormatError(path, "expected an object with an 'images' list")
     catalog = Catalog(format="karpathy", source_files=[path])
-    images: dict[str, dict[str, Any]] = {}
-    for index, item in enumerate(data["images"]):
-        ref = f"{path.name}:images[{index}]"
-        if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
-            raise InputFormatError(path, f"images[{index}] has no 'filename' string")
-        sentences = item.get("sentences", [])
-        if not isinstance(sentences, list):
-            raise InputFormatError(path, f"images[{index}].sentences is not a list")
-        name = item["filename"]
-        rel = f"{item['filepath']}/{name}" if item.get("filepath") else name
-        kept = []
-        for s_index, sent in enumerate(sentences):
-            s_ref = f"{ref}.sentences[{s_index}]"
-            catalog.input_sentences += 1
-            raw, tokens = (sent.get("raw"), sent.get("tokens")) if isinstance(sent, dict) else (sent, None)
-            checked = _sentence(catalog, raw, tokens, s_ref, name)
-            if checked is not None:
-                kept.append(checked)
-        if rel in images:
-            # The same image twice is an input too: counted, and rejected with a pointer to the first.
-            catalog.input_images += 1
-            catalog.reject_image("duplicate-id", f"{rel} already given at {images[rel]['ref']}", ref, name, kept)
-            continue
-        split = _KARPATHY_SPLITS.get(str(item.get("split", "")))
-        info = {"split": split, "sentences": kept, "ref": ref, "had_captions": bool(sentences), "rel_path": rel,
-                "key": sample_key(name), "image_id": str(item.get("cocoid", item.get("imgid", sample_key(name))))}
-        if split is None:
-            info["reject"] = ("unknown-split", f"split {item.get('split')!r} is not one of {sorted(_KARPATHY_SPLITS)}")
-        images[rel] = info
-    extra = catalog.input_images
-    result = _finish(catalog, images, _images_dir(root, images_dir))
-    result.input_images += extra
-    return result
+    try:
+        for index, item in enumerate(_json_items(path, "images")):
+            _karpathy_image(catalog, path, index, item)
+        return catalog.finish(_images_dir(root, images_dir))
+    except BaseException:
+        catalog.close()
+        raise
+
+
+def _karpathy_image(catalog: Catalog, path: Path, index: int, item: Any) -> None:
+    ref = f"{path.name}:images[{index}]"
+    if not isinstance(item, dict) or not isinstance(item.get("filename"), str):
+        raise InputFormatError(path, f"images[{index}] has no 'filename' string")
+    sentences = item.get("sentences", [])
+    if not isinstance(sentences, list):
+        raise InputFormatError(path, f"images[{index}].sentences is not a list")
+    name = item["filename"]
+    rel = f"{item['filepath']}/{name}" if item.get("filepath") else name
+    kept = []
+    for s_index, sent in enumerate(sentences):
+        catalog.input_sentences += 1
+        raw, tokens = (sent.get("raw"), sent.get("tokens")) if isinstance(sent, dict) else (sent, None)
+        if (checked := _sentence(catalog, raw, tokens, f"{ref}.sentences[{s_index}]", name)) is not None:
+            kept.append(checked)
+    if (first := catalog.lookup(rel, "ref")) is not None:
+        # The same image twice is an input too: counted, and rejected with a pointer to the first.
+        catalog.input_images += 1
+        catalog.reject_image("duplicate-id", f"{rel} already given at {first}", ref, name, kept)
+        return
+    split = _KARPATHY_SPLITS.get(str(item.get("split", "")))
+    reject = None if split is not None else \
+        f"split {item.get('split')!r} is not one of {sorted(_KARPATHY_SPLITS)}"
+    row, _ = catalog.image(rel, split or UNASSIGNED, ref, had_captions=int(bool(sentences)), rel_path=rel,
+                           key=sample_key(name), image_id=str(item.get("cocoid", item.get("imgid", sample_key(name)))),
+                           reject_code="unknown-split" if reject else None, reject_detail=reject)
+    for sent in kept:
+        catalog.add_sentence(row, sent)
 
 
 # --------------------------------------------------------------------------------------------- COCO
@@ -316,6 +499,11 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
+def _id_key(value: Any) -> str:
+    """An id as a lookup key that keeps 1 and "1" apart, as the file does."""
+    return f"{type(value).__name__}:{value}"
+
+
 def read_coco(
     root: Path, captions: str = "", split_files: str = "", split_from: str = "", images_dir: str = ""
 ) -> Catalog:
@@ -325,14 +513,27 @@ def read_coco(
     if not paths:
         raise InputFormatError(root / "captions_*.json", "no COCO caption file found: pass --captions")
     catalog = Catalog(format="coco", source_files=list(paths))
+    try:
+        _coco_split_lists(catalog, split_files, split_from)
+        for file_index, path in enumerate(paths):
+            _read_coco_file(catalog, root, images_dir, path, str(file_index), bool(split_from or split_files))
+        return catalog.finish(_images_dir(root, images_dir))
+    except BaseException:
+        catalog.close()
+        raise
 
-    split_of: dict[str, str] = {}
+
+def _coco_split_lists(catalog: Catalog, split_files: str, split_from: str) -> None:
+    """Each named image's split, from a Karpathy JSON or from split lists (kept in the catalog, not in memory)."""
     if split_from:
-        karpathy = _load_json(_require_file(Path(split_from), "split file"))
-        catalog.source_files.append(Path(split_from))
-        for item in karpathy.get("images", []) if isinstance(karpathy, dict) else []:
-            if isinstance(item, dict) and isinstance(item.get("filename"), str):
-                split_of[item["filename"]] = _KARPATHY_SPLITS.get(str(item.get("split")), str(item.get("split")))
+        path = _require_file(Path(split_from), "split file")
+        catalog.source_files.append(path)
+        if _json_shape(path).get("images") == "array":
+            for item in _json_items(path, "images"):
+                if isinstance(item, dict) and isinstance(item.get("filename"), str):
+                    split = str(item.get("split"))
+                    catalog.db.execute("INSERT OR REPLACE INTO seen VALUES ('split', ?, ?)",
+                                       (item["filename"], _KARPATHY_SPLITS.get(split, split)))
     elif split_files:
         for split in SPLITS:
             path = Path(split_files.format(split=split))
@@ -340,81 +541,60 @@ def read_coco(
                 catalog.source_files.append(path)
                 for line in _text_lines(path):
                     if line.strip():
-                        split_of[line.strip()] = split
+                        catalog.db.execute("INSERT OR REPLACE INTO seen VALUES ('split', ?, ?)", (line.strip(), split))
 
-    images: dict[str, dict[str, Any]] = {}
-    for path in paths:
-        data = _load_json(path)
-        if (
-            not isinstance(data, dict)
-            or not isinstance(data.get("images"), list)
-            or not isinstance(data.get("annotations"), list)
-        ):
-            raise InputFormatError(path, "expected an object with 'images' and 'annotations' lists")
-        subdir = _coco_subdir(path)
-        default_split = {"train": "train", "val": "dev", "test": "test"}.get(re.sub(r"\d+", "", subdir), UNASSIGNED)
-        by_id: dict[Any, str] = {}
-        for index, item in enumerate(data["images"]):
-            ref = f"{path.name}:images[{index}]"
-            if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("file_name"), str):
-                raise InputFormatError(path, f"images[{index}] needs 'id' and 'file_name'")
-            if not _is_id(item["id"]):
-                raise InputFormatError(path, f"images[{index}].id is {type(item['id']).__name__}, not a number or text")
-            name = item["file_name"]
-            if name in images or item["id"] in by_id:
-                catalog.input_images += 1
-                first = images.get(name, {}).get("ref") or by_id.get(item["id"])
-                catalog.reject_image(
-                    "duplicate-id", f"image {item['id']} / {name} already given at {first}", ref, name, []
-                )
-                continue
-            by_id[item["id"]] = name
-            split = split_of.get(name, UNASSIGNED) if (split_from or split_files) else default_split
-            images[name] = {
-                "split": split,
-                "sentences": [],
-                "ref": ref,
-                "had_captions": False,
-                "rel_path": f"{subdir}/{name}"
-                if subdir and not (_images_dir(root, images_dir) / name).exists()
-                else name,
-                "image_id": str(item["id"]),
-                "key": sample_key(name),
-            }
-        seen_ann: dict[Any, str] = {}
-        for index, ann in enumerate(data["annotations"]):
-            ref = f"{path.name}:annotations[{index}]"
-            catalog.input_sentences += 1
-            if not isinstance(ann, dict) or "image_id" not in ann:
-                raise InputFormatError(path, f"annotations[{index}] needs 'image_id' and 'caption'")
-            if not _is_id(ann["image_id"]) or not (ann.get("id") is None or _is_id(ann["id"])):
-                catalog.reject_sentence("bad-id", "image_id or id is not a number or text", ref, None,
-                                        ann.get("caption") if isinstance(ann.get("caption"), str) else None)
-                continue
-            name = by_id.get(ann["image_id"])
-            if name is None:
-                catalog.reject_sentence(
-                    "unknown-image", f"image_id {ann['image_id']} is not in 'images'", ref, None, ann.get("caption")
-                )
-                continue
-            if ann.get("id") is not None and ann["id"] in seen_ann:
-                catalog.reject_sentence(
-                    "duplicate-id",
-                    f"annotation {ann['id']} already given at {seen_ann[ann['id']]}",
-                    ref,
-                    name,
-                    ann.get("caption"),
-                )
-                continue
-            seen_ann[ann.get("id", ref)] = ref
-            images[name]["had_captions"] = True
-            sent = _sentence(catalog, ann.get("caption"), None, ref, name)
-            if sent is not None:
-                images[name]["sentences"].append(sent)
-    extra = catalog.input_images
-    result = _finish(catalog, images, _images_dir(root, images_dir))
-    result.input_images += extra
-    return result
+
+def _read_coco_file(catalog: Catalog, root: Path, images_dir: str, path: Path, scope: str, split_given: bool) -> None:
+    shape = _json_shape(path)
+    if shape.get("images") != "array" or shape.get("annotations") != "array":
+        raise InputFormatError(path, "expected an object with 'images' and 'annotations' lists")
+    subdir = _coco_subdir(path)
+    default_split = {"train": "train", "val": "dev", "test": "test"}.get(re.sub(r"\d+", "", subdir), UNASSIGNED)
+    folder = _images_dir(root, images_dir)
+    for index, item in enumerate(_json_items(path, "images")):
+        ref = f"{path.name}:images[{index}]"
+        if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("file_name"), str):
+            raise InputFormatError(path, f"images[{index}] needs 'id' and 'file_name'")
+        if not _is_id(item["id"]):
+            raise InputFormatError(path, f"images[{index}].id is {type(item['id']).__name__}, not a number or text")
+        name = item["file_name"]
+        first = catalog.lookup(name, "ref") or catalog.first_seen(f"id{scope}", _id_key(item["id"]), name)
+        if first is not None:
+            catalog.input_images += 1
+            catalog.reject_image("duplicate-id", f"image {item['id']} / {name} already given at {first}", ref, name, [])
+            continue
+        split = default_split
+        if split_given:
+            found = catalog.db.execute("SELECT value FROM seen WHERE scope = 'split' AND ident = ?", (name,)).fetchone()
+            split = found[0] if found else UNASSIGNED
+        catalog.image(name, split, ref, rel_path=f"{subdir}/{name}" if subdir and not (folder / name).exists()
+                      else name, image_id=str(item["id"]), key=sample_key(name))
+    for index, ann in enumerate(_json_items(path, "annotations")):
+        ref = f"{path.name}:annotations[{index}]"
+        catalog.input_sentences += 1
+        if not isinstance(ann, dict) or "image_id" not in ann:
+            raise InputFormatError(path, f"annotations[{index}] needs 'image_id' and 'caption'")
+        caption = ann.get("caption")
+        if not _is_id(ann["image_id"]) or not (ann.get("id") is None or _is_id(ann["id"])):
+            catalog.reject_sentence("bad-id", "image_id or id is not a number or text", ref, None,
+                                    caption if isinstance(caption, str) else None)
+            continue
+        found = catalog.db.execute("SELECT value FROM seen WHERE scope = ? AND ident = ?",
+                                   (f"id{scope}", _id_key(ann["image_id"]))).fetchone()
+        if found is None:
+            catalog.reject_sentence("unknown-image", f"image_id {ann['image_id']} is not in 'images'", ref, None,
+                                    caption)
+            continue
+        name = found[0]
+        if ann.get("id") is not None and \
+                (first := catalog.first_seen(f"annotation{scope}", _id_key(ann["id"]), ref)) is not None:
+            catalog.reject_sentence("duplicate-id", f"annotation {ann['id']} already given at {first}", ref, name,
+                                    caption)
+            continue
+        row = catalog.lookup(name, "id")
+        catalog.update(row, had_captions=1)
+        if (sent := _sentence(catalog, caption, None, ref, name)) is not None:
+            catalog.add_sentence(row, sent)
 
 
 def read_source(fmt: str, root: Path, captions: str = "", split_files: str = "", split_from: str = "",

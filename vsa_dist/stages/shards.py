@@ -19,8 +19,8 @@ from vsa_dist.stages import run_stage
 def run(cfg: ShardsConfig) -> dict:
     start = time.time()
     root = storage.mirror(cfg.root)  # a remote dataset is read from a local copy
-    catalog = read_source(cfg.format, root, cfg.captions, cfg.split_files, cfg.split_from, cfg.images_dir)
-    with storage.output_folder(cfg.out, "shards") as out:
+    with read_source(cfg.format, root, cfg.captions, cfg.split_files, cfg.split_from, cfg.images_dir) as catalog, \
+            storage.output_folder(cfg.out, "shards") as out:
         manifest = write_shards(catalog, out, cfg.samples_per_shard, cfg.max_pixels, cfg.vocab_min_count,
                                 tuple(cfg.vocab_splits), config=cfglib.to_dict(cfg), progress=cfg.progress)
     counts = manifest["counts"]
