@@ -12,7 +12,9 @@ from vsa_dist.configs import (
     CaptionConfig,
     EvalConfig,
     FeaturesConfig,
+    ModelsConfig,
     PipelineConfig,
+    PromoteConfig,
     RegionEvalConfig,
     ReportConfig,
     SearchConfig,
@@ -49,6 +51,8 @@ COMMANDS: dict[str, object] = {
     "report": Command("vsa_dist.stages.report:main", ReportConfig),
     "tune": Command("vsa_dist.stages.tune:main", TuneConfig),
     "pipeline": Command("vsa_dist.stages.pipeline:main", PipelineConfig),
+    "models": {"": Command("vsa_dist.stages.models:main", ModelsConfig),
+               "promote": Command("vsa_dist.stages.models:promote_main", PromoteConfig)},
 }
 
 
@@ -71,6 +75,9 @@ DESCRIPTIONS: dict[str, str] = {
     "report": "an HTML page of a run's test images, captions and aligned regions",
     "tune": "choose a stage's settings on dev (Ray Tune, ASHA)",
     "pipeline": "shards, features, alignment, snippets, generator and report in one command",
+    "models": "the registered models: their versions, aliases, data and scores; promote a version",
+    "models [NAME…]": "every registered version: aliases, data set, dev and test scores, training minutes",
+    "models promote": "point an alias (default @champion) at a version: vsa models promote NAME VERSION",
 }
 
 
@@ -78,6 +85,7 @@ def _usage(prefix: str, table: dict) -> str:
     group = prefix.removeprefix("vsa").strip()
     lines = []
     for name in table:
+        name = name or "[NAME…]"  # the group's own command, run when no subcommand is named
         key = f"{group} {name}".strip()
         lines.append(f"  {name:<16}{DESCRIPTIONS.get(key, '')}".rstrip())
     top = "  --version       the installed vsa-dist's version\n" if prefix == "vsa" else ""
@@ -103,7 +111,10 @@ def main(argv: list[str] | None = None):
         prefix = f"{prefix} {name}"
         if isinstance(target, dict):
             table = target
-            continue
+            if "" in table and (not argv or argv[0] not in table and argv[0] not in ("-h", "--help")):
+                target = table[""]  # the group's own command: `vsa models` lists, `vsa models promote …` promotes
+            else:
+                continue
         # the config first: --help, --print-config and a bad flag end here, before the stage is imported
         cfglib.parse_args(target.config, argv, prog=prefix, preset=target.config.PRESET)
         module, func = target.runner.split(":")

@@ -159,9 +159,11 @@ def build_parser(cls: type, prog: str, shown: dict[str, Any] | None = None,
     shown = shown or {}
     parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip())
     parser.add_argument("--config", help="YAML file of config keys, applied over the preset")
+    own = presets_for(cls)
     parser.add_argument(
-        "--preset", help=f"a preset of vsa_dist/presets/ ({', '.join(presets())}) or a preset .yaml file (vsa tune "
-                         "writes one), applied over the defaults"
+        "--preset", help=f"a preset of vsa_dist/presets/ ({', '.join(own)}) or a preset .yaml file (vsa tune writes "
+                         "one), applied over the defaults" if own else "a .yaml file of this command's keys, applied "
+                         "over the defaults (no packaged preset is for this command)"
     )
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit (inputs are not checked)"
@@ -195,6 +197,18 @@ def build_parser(cls: type, prog: str, shown: dict[str, Any] | None = None,
 def presets() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in resources.files("vsa_dist.presets").iterdir()
                   if p.name.endswith(".yaml"))
+
+
+def presets_for(cls: type) -> list[str]:
+    """The packaged presets whose every key (their bases' too) is one of ``cls``'s fields: the ones for its command. A
+    preset that only names the defaults (no keys) is its own command's (``cls.PRESET``)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+
+    def fits(name: str) -> bool:
+        keys = {key for _, values in _preset_layers(name) for key in values}
+        return keys <= fields if keys else name == getattr(cls, "PRESET", None)
+
+    return [name for name in presets() if fits(name)]
 
 
 def layered(cls: type, preset: str | None, values: dict[str, Any], source: str = "config") -> dict[str, Any]:

@@ -246,6 +246,8 @@ class SearchConfig(cfglib.Config):
     batch_size: int = option(32, "images per embedding batch", range="[1, inf)")
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images above this many pixels, from their header "
                                                  "(decompression bombs); may be raised", range="[1, inf)")
+    index_dir: str = option("", "keep the image indexes under this folder (a folder per corpus); default the runs "
+                                "folder's search-index/")
 
     def validate(self) -> None:
         needed = 1 if self.image else 2
@@ -376,3 +378,27 @@ class PipelineConfig(cfglib.Config):
     def check_inputs(self) -> None:
         if not storage.exists(self.data):
             raise cfglib.ConfigError(f"data {self.data!r}: no such dataset folder (set --data or VSA_DATA_ROOT)")
+
+
+@dataclass
+class ModelsConfig(cfglib.Config):
+    """List the registered models: versions, aliases, data set, dev and test scores, training minutes."""
+
+    names: list[str] = option([], "only these registered models (default all)", positional=True)
+    format: str = option("table", "output: table (for people) or jsonl (an object per version)",
+                         choices=("table", "jsonl"))
+
+
+@dataclass
+class PromoteConfig(cfglib.Config):
+    """Point an alias (default @champion, the one every command uses) at a registered model's version."""
+
+    target: list[str] = option([], "NAME VERSION, e.g. vsa-captioner 2", positional=True)
+    alias: str = option("champion", "the alias to move")
+
+    def validate(self) -> None:
+        if len(self.target) != 2 or not self.target[1].isdigit():
+            raise cfglib.ConfigError("name the model and its version: vsa models promote NAME VERSION (vsa models "
+                                     "lists them)")
+        if not self.alias or not self.alias.replace("-", "_").isidentifier():
+            raise cfglib.ConfigError(f"alias {self.alias!r}: letters, digits, '_' and '-' only")

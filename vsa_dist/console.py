@@ -47,6 +47,11 @@ def err() -> TextIO:
     return _state["err"] or sys.stderr
 
 
+def say(line: str) -> None:
+    """One line for the person at the terminal, beside the command's output (stdout stays the results)."""
+    print(line, file=err(), flush=True)
+
+
 @contextmanager
 def quiet(log_path: Path | None, verbose: bool) -> Iterator[None]:
     """Send stderr (Python's and file descriptor 2's) to ``log_path`` for the duration, unless ``verbose``, or there

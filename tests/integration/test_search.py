@@ -13,7 +13,7 @@ from conftest import copy_images, truncated_jpeg
 def test_search_finds_images_by_their_own_captions(tmp_path, mini_features, mini_shards, mini_images, ray_cluster,
                                                     mlflow_server, monkeypatch, capsys):
     from vsa_dist.cli import main as vsa
-    from vsa_dist.stages.search import INDEX_DIR, Searcher, build_index, load_searcher
+    from vsa_dist.stages.search import Searcher, build_index, index_folder, load_searcher
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     vsa(["train-align", "--features", str(mini_features), "--out", str(tmp_path / "align"), "--preset",
@@ -36,18 +36,23 @@ def test_search_finds_images_by_their_own_captions(tmp_path, mini_features, mini
     assert found >= 50, found
 
     # The command: JSON lines, best first, from the index built above (nothing embedded again).
-    listing = shards / INDEX_DIR / f"{searcher.model_key}-train.json"
+    listing = index_folder(shards) / f"{searcher.model_key}-train.json"
     built = listing.stat().st_mtime_ns
     query = index.sentences[0][0]
     hits = vsa(["search", query, str(shards), "--splits", "train", "--model", model, "--top", "5", "--format",
                 "jsonl", "--html", str(tmp_path / "hits.html")])
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
     assert lines == hits and [h["rank"] for h in lines] == [1, 2, 3, 4, 5]
+    # the model named as the registry resolved it; the shard folder left as it was built (the index lives elsewhere)
+    assert "vsa search: model vsa-align-search/1 (@champion" in captured.err, captured.err
+    assert sorted(p.name for p in shards.iterdir()) == sorted(p.name for p in mini_shards.iterdir())
     assert [h["score"] for h in lines] == sorted((h["score"] for h in lines), reverse=True)
     assert all(h["image"].startswith(str(shards)) for h in lines)
     assert listing.stat().st_mtime_ns == built
     page = (tmp_path / "hits.html").read_text()
     assert page.count("data:image/jpeg;base64,") == 5 and query.split()[1] in page
+    assert "model vsa-align-search/1 (@champion" in page
 
     # Image → sentences: a train image's own sentences lead the sentences of all train images.
     image = next(p for p in mini_images if p.stem == index.names[0])
@@ -65,7 +70,7 @@ def test_search_finds_images_by_their_own_captions(tmp_path, mini_features, mini
     captured = capsys.readouterr()
     assert len(hits) == 6 and all("/trip/" in h["image"] for h in hits)
     assert f"{photos / 'broken.jpg'}: skipped:" in captured.err and "notes.txt" not in captured.err
-    saved = json.loads((photos / INDEX_DIR / f"{searcher.model_key}.json").read_text())
+    saved = json.loads((index_folder(photos) / f"{searcher.model_key}.json").read_text())
     stamps = {entry["name"]: entry["stamp"] for entry in saved["images"]}
     copy_images(mini_images[7:8], photos)
     embedded = []
@@ -76,7 +81,7 @@ def test_search_finds_images_by_their_own_captions(tmp_path, mini_features, mini
     capsys.readouterr()
     assert embedded == [mini_images[7].name]                    # only the new photo was embedded
     assert len(hits) == 7 and mini_images[7].name in {h["image"].rsplit("/", 1)[1] for h in hits}
-    again = json.loads((photos / INDEX_DIR / f"{searcher.model_key}.json").read_text())
+    again = json.loads((index_folder(photos) / f"{searcher.model_key}.json").read_text())
     assert {e["name"]: e["stamp"] for e in again["images"] if e["name"] in stamps} == stamps
 
 
@@ -86,7 +91,7 @@ def test_queries_with_nothing_to_rank_by_and_a_bomb_query_image_are_refused_befo
     from conftest import fails, jpeg_claiming_size, untrained_alignment_checkpoint
 
     from vsa_dist.cli import main as vsa
-    from vsa_dist.stages.search import INDEX_DIR
+    from vsa_dist.stages.search import index_folder
 
     model = str(untrained_alignment_checkpoint(mini_features, tmp_path / "align.pt"))
     photos = tmp_path / "photos"
@@ -98,7 +103,7 @@ def test_queries_with_nothing_to_rank_by_and_a_bomb_query_image_are_refused_befo
         capsys, "search", "qwertyuiop zxcvb", str(photos), "--model", model)
     bomb = jpeg_claiming_size(mini_images[0], tmp_path / "bomb.jpg", 30000, 30000)
     assert str(bomb) in fails(capsys, "search", "--image", str(bomb), str(shards), "--model", model)
-    assert not (shards / INDEX_DIR).exists() and not (photos / INDEX_DIR).exists()  # refused before any indexing
+    assert not index_folder(shards).exists() and not index_folder(photos).exists()  # refused before indexing
     # a word it does not know is named, and the others still rank the images
     hits = vsa(["search", "a dog qwertyuiop", str(photos), "--model", model, "--top", "3"])
     assert len(hits) == 3 and "left out: qwertyuiop" in capsys.readouterr().err
@@ -113,7 +118,7 @@ def test_a_damaged_index_is_never_trusted_but_said_and_rebuilt(tmp_path, mini_fe
     from conftest import untrained_alignment_checkpoint
 
     from vsa_dist.cli import main as vsa
-    from vsa_dist.stages.search import INDEX_DIR
+    from vsa_dist.stages.search import index_folder
 
     model = str(untrained_alignment_checkpoint(mini_features, tmp_path / "align.pt"))
     photos = tmp_path / "photos"
@@ -121,7 +126,7 @@ def test_a_damaged_index_is_never_trusted_but_said_and_rebuilt(tmp_path, mini_fe
     query = ["search", "a dog runs", str(photos), "--model", model, "--format", "jsonl"]
     truth = vsa(query)
     capsys.readouterr()
-    vectors = next((photos / INDEX_DIR).glob("*.npy"))
+    vectors = next(index_folder(photos).glob("*.npy"))
     listing = vectors.with_suffix(".json")
     intact = vectors.read_bytes(), listing.read_text()
 
@@ -142,5 +147,5 @@ def test_a_damaged_index_is_never_trusted_but_said_and_rebuilt(tmp_path, mini_fe
         do()
         assert vsa(query) == truth, what
         err = capsys.readouterr().err
-        assert "rebuilding the index" in err and str(photos / INDEX_DIR) in err, (what, err)
+        assert "rebuilding the index" in err and str(index_folder(photos)) in err, (what, err)
         assert vsa(query) == truth and "rebuilding" not in capsys.readouterr().err  # the rebuilt one holds

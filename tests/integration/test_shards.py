@@ -284,3 +284,22 @@ def test_outputs_get_ordinary_file_modes(tmp_path, mini_dir):
     os.umask(mask)
     for path in [out / "manifest.json", out / "rejects.jsonl", *out.glob("*.tar")]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+
+
+def test_the_catalog_is_a_file_that_leaves_nothing_behind(tmp_path, mini_dir):
+    """The catalog lives in an SQLite file beside the output, unlinked as soon as it is open: the build's memory does
+    not hold the data set, and a killed build leaves no scratch file. Its entries are the set's, in key order."""
+    from vsa_dist.data.sources import read_source
+
+    scratch = tmp_path / "runs"
+    scratch.mkdir()
+    with read_source("flickr8k", mini_dir, scratch=scratch) as catalog:
+        assert list(scratch.iterdir()) == []  # nothing there while it is in use
+        assert len(catalog) == 200 and catalog.split_sizes() == {"dev": 50, "test": 50, "train": 100}
+        chunks = list(catalog.entries("train", 30))
+        assert [len(c) for c in chunks] == [30, 30, 30, 10]
+        keys = [e.key for c in chunks for e in c]
+        assert keys == sorted(keys) and all(len(e.sentences) == 5 and e.path.is_file() for c in chunks for e in c)
+        assert all(isinstance(s["tokens"], list) and s["ref"].startswith("Flickr8k.token.txt:")
+                   for c in chunks for e in c for s in e.sentences)
+    assert list(scratch.iterdir()) == []

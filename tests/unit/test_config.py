@@ -90,6 +90,20 @@ def test_every_preset_only_names_keys_of_its_stage_and_resolves():
             assert not hasattr(cfg, key) or config.preset_exists(getattr(cfg, key)), (name, key)
 
 
+def test_help_offers_only_the_presets_of_its_own_command(capsys):
+    """`vsa caption --help` listed the training presets, which a caption run cannot take."""
+    def preset_help(*command: str) -> str:
+        with pytest.raises(SystemExit):
+            vsa([*command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        return text.rsplit("--preset PRESET", 1)[1].split("--print-config", 1)[0]
+
+    assert "train_" not in preset_help("caption") and "no packaged preset" in preset_help("caption")
+    mrnn = preset_help("train-mrnn")
+    assert "train_mrnn_quick" in mrnn and "train_align" not in mrnn and "pipeline_" not in mrnn
+    assert "pipeline_quick" in preset_help("pipeline") and "train_mrnn" not in preset_help("pipeline")
+
+
 def test_input_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
     """Ray Train's workers run in a folder of their own: a relative --init (or --features, --snippets) would not be
     found there (a self-critical run from `--init runs/.../best.pt` failed so); storage URIs stay as given."""
@@ -152,8 +166,10 @@ def test_the_command_list_describes_every_command_and_the_version_is_the_install
     listing = capsys.readouterr().out
     for name in COMMANDS:
         assert f"  {name:<16}{DESCRIPTIONS[name]}" in listing
-    groups = [(f"{name} {sub}", sub) for name, table in COMMANDS.items() if isinstance(table, dict) for sub in table]
-    assert all(key in DESCRIPTIONS for key, _ in groups)           # every subcommand of a group too
+    # every subcommand of a group too ("": the group's own command, listed as what it takes)
+    groups = [(f"{name} {sub or '[NAME…]'}", sub) for name, table in COMMANDS.items() if isinstance(table, dict)
+              for sub in table]
+    assert all(key in DESCRIPTIONS for key, _ in groups), groups
     with pytest.raises(SystemExit):
         vsa(["--version"])
     assert capsys.readouterr().out.strip() == f"vsa-dist {metadata.version('vsa-dist')}"

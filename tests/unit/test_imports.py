@@ -110,3 +110,9 @@ def test_model_data_feature_and_eval_layers_need_neither_ray_nor_mlflow():
 def test_every_commands_config_and_the_cli_load_neither_torch_nor_ray_nor_mlflow():
     """``vsa COMMAND --help`` is built from these alone: a quarter of a second, not the seconds torch takes."""
     assert loaded_by(["vsa_dist.cli", "vsa_dist.configs", "vsa_dist.recipes.config"]) == set()
+
+
+def test_a_model_is_looked_up_before_torch_loads():
+    """``vsa caption`` and ``vsa models`` ask the registry with MLflow alone: a missing model is one line without the
+    seconds torch takes to import (issue: 9.8 s to say a model is not registered)."""
+    assert loaded_by(["vsa_dist.registry", "vsa_dist.stages.caption", "vsa_dist.stages.models"]) == {"mlflow"}

@@ -84,3 +84,14 @@ def check_same_settings(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
             detail = "; ".join(f"{k}: {a!r} in {names[0]} vs {b!r} in {name}" for k, (a, b) in differ.items())
             raise FeatureSettingsMismatch(f"features made with different settings cannot be mixed: {detail}")
     return first
+
+
+def dataset_label(features_dir: Path | str) -> str:
+    """The name people know a feature folder's data by: the folder its image shards were built from (``flickr8k``,
+    ``flickr8k-mini``), else the shards' caption format; empty when the shards are gone."""
+    shards = source_shards(load_features_manifest(features_dir), features_dir)
+    if shards is None:
+        return ""
+    manifest = load_manifest(shards)
+    root = str(manifest.get("config", {}).get("root", "")).rstrip("/")
+    return root.rsplit("/", 1)[-1] if root else str(manifest.get("source", {}).get("format", ""))

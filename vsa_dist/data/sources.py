@@ -71,6 +71,7 @@ CREATE TABLE sentences (image INTEGER NOT NULL, raw TEXT NOT NULL, tokens TEXT N
 CREATE INDEX sentences_image ON sentences (image);
 CREATE TABLE kept (id INTEGER PRIMARY KEY, split TEXT NOT NULL, key TEXT NOT NULL);
 CREATE INDEX kept_order ON kept (split, key);
+CREATE INDEX kept_key ON kept (key);
 CREATE TABLE rejects (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE seen (scope TEXT NOT NULL, ident TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (scope, ident))
     WITHOUT ROWID;
@@ -80,21 +81,26 @@ CREATE TABLE seen (scope TEXT NOT NULL, ident TEXT NOT NULL, value TEXT NOT NULL
 class Catalog:
     """Every image that may go into shards, with its sentences, and every input that cannot (with its reason).
 
-    Held in a scratch SQLite file, not in memory: a driver's memory must not grow with the data set (COCO has 616k
-    sentences; users bring millions), while split conflicts, duplicates and the vocabulary are still decided on the
-    whole set. Entries come back ordered by (split, key), a shard's worth at a time. Close it (or use ``with``) to
-    delete the file.
+    Held in a scratch SQLite file (unlinked: it goes when the process does), not in memory: a driver's memory must not
+    grow with the data set (COCO has 616k sentences; users bring millions), while split conflicts, duplicates and the
+    vocabulary are still decided on the whole set. Entries come back ordered by (split, key), a shard's worth at a
+    time. Close it (or use ``with``).
     """
 
-    def __init__(self, format: str, source_files: list[Path]):
+    def __init__(self, format: str, source_files: list[Path], scratch: Path | None = None):
         self.format, self.source_files = format, source_files
         self.input_images = self.input_sentences = 0
         self.repairs: list[dict[str, Any]] = []
-        self._dir = tempfile.mkdtemp(prefix="vsa-catalog-")
-        self.db = sqlite3.connect(Path(self._dir) / "catalog.sqlite", isolation_level=None)
-        # a scratch file rebuilt on every run: no journal, no fsync; a 16 MiB page cache
-        self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-16384;"
-                              + _SCHEMA + "BEGIN;")
+        # beside the output where it can be (the system's temp folder may be memory, a tmpfs); unlinked once open, so
+        # that a killed build leaves nothing behind (one connection and no journal: nothing reopens it by name)
+        folder = tempfile.mkdtemp(prefix=".vsa-catalog-", dir=scratch if scratch and scratch.is_dir() else None)
+        try:
+            self.db = sqlite3.connect(Path(folder) / "catalog.sqlite", isolation_level=None)
+            # a scratch file rebuilt on every run: no journal, no fsync; a 16 MiB page cache; sorts in memory
+            self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-16384; "
+                                  "PRAGMA temp_store=MEMORY;" + _SCHEMA + "BEGIN;")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def __enter__(self) -> Catalog:
         return self
@@ -104,7 +110,6 @@ class Catalog:
 
     def close(self) -> None:
         self.db.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------- rejects
     def reject_sentence(self, code: str, detail: str, ref: str, image: str | None, text: str | None = None) -> None:
@@ -346,13 +351,13 @@ _FLICKR_REPEAT = re.compile(r"^(.+\.jpe?g)\.\d+$", re.IGNORECASE)
 
 
 def read_flickr(root: Path, captions: str = "", split_files: str = "", images_dir: str = "",
-                fmt: str = "flickr8k") -> Catalog:
+                fmt: str = "flickr8k", scratch: Path | None = None) -> Catalog:
     """Flickr8k / Flickr30k token format: ``<image>#<n>\\t<caption>`` lines plus one image list per split."""
     token_path = (
         Path(captions) if captions else root / ("Flickr8k.token.txt" if fmt == "flickr8k" else "results_20130124.token")
     )
     pattern = split_files or ("Flickr_8k.{split}Images.txt" if fmt == "flickr8k" else "Flickr_30k.{split}Images.txt")
-    catalog = Catalog(format=fmt, source_files=[_require_file(token_path, "caption file")])
+    catalog = Catalog(format=fmt, source_files=[_require_file(token_path, "caption file")], scratch=scratch)
     try:
         _read_split_lists(catalog, root, pattern)
         _read_token_file(catalog, token_path)
@@ -443,12 +448,12 @@ def _karpathy_json(root: Path, captions: str) -> Path:
     return found[0]
 
 
-def read_karpathy(root: Path, captions: str = "", images_dir: str = "") -> Catalog:
+def read_karpathy(root: Path, captions: str = "", images_dir: str = "", scratch: Path | None = None) -> Catalog:
     """Karpathy-split JSON: ``images[]`` with filename, optional filepath, split and ``sentences[]``."""
     path = _karpathy_json(root, captions)
     if _json_shape(path).get("images") != "array":
         raise InputFormatError(path, "expected an object with an 'images' list")
-    catalog = Catalog(format="karpathy", source_files=[path])
+    catalog = Catalog(format="karpathy", source_files=[path], scratch=scratch)
     try:
         for index, item in enumerate(_json_items(path, "images")):
             _karpathy_image(catalog, path, index, item)
@@ -505,14 +510,15 @@ def _id_key(value: Any) -> str:
 
 
 def read_coco(
-    root: Path, captions: str = "", split_files: str = "", split_from: str = "", images_dir: str = ""
+    root: Path, captions: str = "", split_files: str = "", split_from: str = "", images_dir: str = "",
+    scratch: Path | None = None
 ) -> Catalog:
     """COCO ``captions_*.json``; the split comes from a Karpathy JSON, from split lists, or the file name."""
     paths = [Path(p) for p in captions.split(",") if p] if captions else sorted(
         list(root.glob("captions_*.json")) + list(root.glob("annotations/captions_*.json")))
     if not paths:
         raise InputFormatError(root / "captions_*.json", "no COCO caption file found: pass --captions")
-    catalog = Catalog(format="coco", source_files=list(paths))
+    catalog = Catalog(format="coco", source_files=list(paths), scratch=scratch)
     try:
         _coco_split_lists(catalog, split_files, split_from)
         for file_index, path in enumerate(paths):
@@ -598,11 +604,12 @@ def _read_coco_file(catalog: Catalog, root: Path, images_dir: str, path: Path, s
 
 
 def read_source(fmt: str, root: Path, captions: str = "", split_files: str = "", split_from: str = "",
-                images_dir: str = "") -> Catalog:
+                images_dir: str = "", scratch: Path | None = None) -> Catalog:
+    """The catalog of a data set in ``fmt``; its scratch file goes in ``scratch`` (a folder that exists) if given."""
     if fmt in ("flickr8k", "flickr30k"):
-        return read_flickr(root, captions, split_files, images_dir, fmt=fmt)
+        return read_flickr(root, captions, split_files, images_dir, fmt=fmt, scratch=scratch)
     if fmt == "karpathy":
-        return read_karpathy(root, captions, images_dir)
+        return read_karpathy(root, captions, images_dir, scratch)
     if fmt == "coco":
-        return read_coco(root, captions, split_files, split_from, images_dir)
+        return read_coco(root, captions, split_files, split_from, images_dir, scratch)
     raise ValueError(f"unknown format {fmt!r}")

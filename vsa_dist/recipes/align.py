@@ -12,7 +12,7 @@ import torch
 from vsa_dist import storage
 from vsa_dist.checkpoints import load_alignment
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
-from vsa_dist.data.manifests import image_shards, load_features_manifest
+from vsa_dist.data.manifests import dataset_label, image_shards, load_features_manifest
 from vsa_dist.data.pairs import word_index
 from vsa_dist.data.splits import load_split
 from vsa_dist.distributed import gather_across_workers
@@ -176,5 +176,5 @@ class AlignTask:
         else:
             dev = load_split(cfg.features, "dev", word_index(vocab), cfg.max_words, whole_image_only=True)  # its ids
             summary["registered"] = log_alignment_model(final, cfg.register_as, settings, state["best"]["score"],
-                                                        cfg.alias, dev_data_id(dev))
+                                                        cfg.alias, dev_data_id(dev), dataset_label(cfg.features))
         return summary

@@ -12,6 +12,7 @@ import torch
 from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.checkpoints import load_generator, read_checkpoint
+from vsa_dist.data.manifests import dataset_label
 from vsa_dist.data.pairs import word_index
 from vsa_dist.data.splits import load_split, split_sentence_ids
 from vsa_dist.eval.captions import captions_line, diversity, perplexity, perplexity_of, require_java, score_captions
@@ -182,5 +183,6 @@ class MRNNTask:
             mlflow.log_artifact(str(final), artifact_path="checkpoint")
         else:
             summary["registered"] = log_captioner(final, cfg.register_as, manifest, beam, cfg.max_len,
-                                                  cfg.length_penalty, dev_by_beam[beam], cfg.alias, dev_data_id(dev))
+                                                  cfg.length_penalty, dev_by_beam[beam], cfg.alias, dev_data_id(dev),
+                                                  dataset_label(cfg.features))
         return summary

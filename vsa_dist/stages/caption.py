@@ -22,11 +22,12 @@ import mlflow
 from tqdm import tqdm
 
 from vsa_dist import config as cfglib
-from vsa_dist import console, serving
+from vsa_dist import console
 from vsa_dist.configs import CaptionConfig
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS, find_images, open_rgb
 from vsa_dist.io import atomic_write_bytes
 from vsa_dist.pages import colour, thumbnail
+from vsa_dist.registry import resolve_model
 from vsa_dist.stages import run_stage
 from vsa_dist.tracking import tracking_uri
 
@@ -42,10 +43,14 @@ def image_files(items: list[str]) -> list[Path]:
 
 def load_captioner(uri: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     """The captioner at ``uri`` (``vsa_dist.serving.Captioner``), built from its own artifacts: no code from the
-    model folder runs, nothing is unpickled."""
+    model folder runs, nothing is unpickled; with where ``uri`` led (``registry.ResolvedModel``). The registry is
+    asked first: a model that is not there is one line before torch is imported."""
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        return serving.load_captioner(uri, max_pixels)
+        resolved = resolve_model(uri)
+        from vsa_dist import serving  # lazy: torch and the CNN take seconds; only once the model is found
+
+        return serving.load_captioner(resolved, max_pixels), resolved
     except mlflow.exceptions.MlflowException as err:
         raise cfglib.ConfigError(f"model {uri}: {err.message} (tracking store {tracking_uri()})") from err
     except ValueError as err:
@@ -64,14 +69,20 @@ def run(cfg: CaptionConfig) -> list[tuple[str, str]]:
     """Print ``path<TAB>caption`` per image (and its regions), or a JSON object per image; an image that cannot be
     captioned gets ``path: error: reason`` on stderr and the others go on. Exits 1 when any image failed."""
     files = image_files(cfg.images)
-    captioner = load_captioner(cfg.model, cfg.max_pixels)
+    captioner, resolved = load_captioner(cfg.model, cfg.max_pixels)
+    console.say(f"vsa caption: model {resolved.label()}")
+    regions = cfg.regions
+    if regions and not captioner.region_trained:
+        console.say(f"vsa caption: warning: {resolved.label()} was trained on whole images only (no --snippets): its "
+                    "captions of regions would say what it says of the whole image; captioning whole images only")
+        regions = 0
     results, failed, page = [], 0, []
     bar = tqdm(total=len(files), desc="vsa caption", unit="image", file=console.err(), disable=None, leave=False)
     for start in range(0, len(files), cfg.batch_size):
         part = files[start:start + cfg.batch_size]
         read = [_read(p) for p in part]
         described = captioner.describe([data for data, _ in read], names=[str(p) for p in part], beam=cfg.beam,
-                                       regions=cfg.regions)
+                                       regions=regions)
         bar.update(len(part))
         for path, (data, read_error), result in zip(part, read, described):
             if read_error or result.error:
@@ -95,7 +106,7 @@ def run(cfg: CaptionConfig) -> list[tuple[str, str]]:
                 page.append((path, data, result))
     bar.close()
     if cfg.html:
-        write_page(Path(cfg.html), cfg.model, page)
+        write_page(Path(cfg.html), resolved.label(), page)
         print(f"vsa caption: page {cfg.html}", file=console.err(), flush=True)
     if failed:
         print(f"vsa caption: {len(files) - failed} of {len(files)} images captioned; {failed} failed (see above)",

@@ -153,6 +153,7 @@ section.example {{ border-top: 1px solid #ddd; padding: 16px 0; }}
 .figure rect {{ pointer-events: visibleStroke; cursor: pointer; }}
 .snippet {{ border-bottom: 3px solid; padding: 0 1px; cursor: pointer; }}
 .lit {{ background: #fff3b0; }} rect.lit {{ stroke-width: 7; }} rect.dim {{ stroke-opacity: 0.2; }}
+rect.extra {{ display: none; }} section.all rect.extra, rect.extra.lit {{ display: inline; }}
 .swatch {{ display: inline-block; width: 10px; height: 10px; margin-right: 6px; }}
 .generated {{ font-size: 16px; font-weight: 600; }}
 .hit {{ color: #1a7f37; }} .miss {{ color: #555; }}
@@ -166,7 +167,8 @@ h2 {{ margin-top: 28px; }} h4 {{ margin: 10px 0 4px; }} ol, ul {{ margin: 0; pad
 <p>{subtitle}</p>
 {metrics}
 <h2>Test images</h2>
-<p>Hover a snippet to see its region, or a box to see its words.</p>
+<p>Each photo shows the boxes of its described regions. Hover a snippet to see its region, or a box to see its words;
+tick "all regions" to see every box.</p>
 <main class="examples">
 {examples}
 </main>
@@ -182,6 +184,9 @@ function light(section, region, on) {{
   section.querySelectorAll(".snippet").forEach(s => s.classList.toggle("lit", on && s.dataset.region === region));
 }}
 document.querySelectorAll("section.example").forEach(section => {{
+  section.querySelector("input.all-regions").addEventListener("change", e => {{
+    section.classList.toggle("all", e.target.checked);
+  }});
   section.querySelectorAll(".snippet, rect").forEach(el => {{
     el.addEventListener("mouseenter", () => light(section, el.dataset.region, true));
     el.addEventListener("mouseleave", () => light(section, el.dataset.region, false));
@@ -196,6 +201,15 @@ window.addEventListener("load", () => {{
   document.body.dataset.images = images.length;
   document.body.dataset.imagesLoaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
   document.body.dataset.metricsRows = document.querySelectorAll("table.metrics tbody tr").length;
+  const shown = s => Array.from(s.querySelectorAll("rect")).filter(r => getComputedStyle(r).display !== "none").length;
+  const sections = Array.from(document.querySelectorAll("section.example"));
+  document.body.dataset.boxesShown = Math.max(0, ...sections.map(shown));
+  if (sections.length) {{
+    const toggle = sections[0].querySelector("input.all-regions");
+    toggle.click();
+    document.body.dataset.boxesAll = shown(sections[0]);
+    toggle.click();
+  }}
   const snippet = Array.from(document.querySelectorAll(".snippet")).find(s => s.dataset.region !== "0");
   if (snippet) {{
     snippet.dispatchEvent(new MouseEvent("mouseenter"));
@@ -223,12 +237,14 @@ def render_example(
     size: int,
 ) -> str:
     width, height = boxes[0][2], boxes[0][3]
-    used = sorted({r for _, pieces in sentences for r, _, _ in pieces} | {r for r, _ in region_captions})
+    # drawn: the described regions' boxes; the others (19 in all would bury the photo) show while a snippet of theirs
+    # is hovered, or all at once from the page's "all regions" box
+    described = {r for r, _ in region_captions}
     rects = "".join(
-        f'<rect data-region="{r}" x="{boxes[r][0]:.1f}" y="{boxes[r][1]:.1f}" width="{boxes[r][2] - boxes[r][0]:.1f}" '
-        f'height="{boxes[r][3] - boxes[r][1]:.1f}" fill="none" stroke="{colour(r)}" stroke-width="3">'
-        f'<title>region {r}</title></rect>'
-        for r in used if r > 0)
+        f'<rect data-region="{r}" class="{"" if r in described else "extra"}" x="{boxes[r][0]:.1f}" '
+        f'y="{boxes[r][1]:.1f}" width="{boxes[r][2] - boxes[r][0]:.1f}" height="{boxes[r][3] - boxes[r][1]:.1f}" '
+        f'fill="none" stroke="{colour(r)}" stroke-width="3"><title>region {r}</title></rect>'
+        for r in range(1, len(boxes)))
     regions_html = "".join(f'<li><span class="swatch" style="background:{colour(r)}"></span>'
                            f'region {r}: {html.escape(text)}</li>' for r, text in region_captions)
     references = "".join(f"<li>{sentence_html(words, pieces)}</li>" for words, pieces in sentences)
@@ -239,7 +255,8 @@ def render_example(
     return f"""<section class="example" id="{html.escape(image_id)}">
 <div class="figure"><img alt="{html.escape(image_id)}" src="{thumbnail(jpeg, size)}">
 <svg viewBox="0 0 {width:.0f} {height:.0f}" preserveAspectRatio="none">{rects}</svg></div>
-<div class="image-id">{html.escape(image_id)}</div>
+<div class="image-id">{html.escape(image_id)} <label><input type="checkbox" class="all-regions"> all {len(boxes) - 1}
+regions</label></div>
 <div class="text">
 <div class="generated">{html.escape(caption)}</div>
 <h4>Regions, described</h4><ul>{regions_html}</ul>

@@ -6,8 +6,9 @@ alignment model's image–sentence score.
     vsa search --image photo.jpg runs/flickr8k/shards --splits test          # image → sentences
 
 The first run embeds every image of a corpus (the CNN's features of the whole image and its regions, through the
-model's region projection) and keeps them in an index beside them: FOLDER/.vsa-index/ for an image folder,
-SHARDS/.vsa-index/ for a shard folder, one file per model. A later query reads the index and embeds only the
+model's region projection) and keeps them in an index, one file per model: under ``runs/search-index/`` (a folder
+per corpus, named by it), or where ``--index-dir`` says; never inside the corpus (a pipeline's shards stay as the
+pipeline wrote them) unless ``--index-dir`` names it. A later query reads the index and embeds only the
 sentence, and a changed folder re-embeds only its new or changed images. Image → sentences ranks the sentences of
 shard corpora (an image folder has none). Output: ``rank<TAB>score<TAB>image`` (or sentence) per hit, or JSON lines;
 ``--html PAGE``: the hits as a page of thumbnails.
@@ -41,11 +42,12 @@ from vsa_dist.features.extract import checked_extractor, image_features
 from vsa_dist.io import atomic_write_bytes, atomic_write_json, sha256_file
 from vsa_dist.models.tokens import PAD, UNK
 from vsa_dist.pages import thumbnail
-from vsa_dist.serving import model_artifacts, model_folder
+from vsa_dist.paths import runs_root
+from vsa_dist.registry import model_artifacts, resolve_model
 from vsa_dist.stages import run_stage
 from vsa_dist.tracking import tracking_uri
 
-INDEX_DIR = ".vsa-index"
+INDEX_ROOT = "search-index"  # under the runs folder
 INDEX_VERSION = 3  # 3: the listing proves its vectors (checksum, rows, model, encoder)
 
 
@@ -58,6 +60,7 @@ class Searcher:
     max_words: int
     feature_settings: dict[str, Any]
     model_key: str      # the checkpoint's sha256: an index is only valid for the model that embedded it
+    label: str = ""     # the model as people name it: vsa-align/3 (@champion, flickr8k), or its file
     weights: str = ""
     max_pixels: int = DEFAULT_MAX_PIXELS
     _extractor: Any = None
@@ -111,11 +114,12 @@ def load_searcher(uri: str, weights: str = "", max_pixels: int = DEFAULT_MAX_PIX
     weights only; its feature extractor (made as its training features were, the backbone's weights checked) is
     loaded when first needed."""
     if Path(uri).is_file():
-        checkpoint = Path(uri)
+        checkpoint, label = Path(uri), uri
     else:
         mlflow.set_tracking_uri(tracking_uri())
         try:
-            checkpoint = Path(model_artifacts(model_folder(uri), ("checkpoint",))["checkpoint"])
+            resolved = resolve_model(uri)
+            checkpoint, label = Path(model_artifacts(resolved.folder, ("checkpoint",))["checkpoint"]), resolved.label()
         except mlflow.exceptions.MlflowException as err:
             raise cfglib.ConfigError(f"model {uri}: {err.message} (tracking store {tracking_uri()})") from err
     try:
@@ -123,7 +127,7 @@ def load_searcher(uri: str, weights: str = "", max_pixels: int = DEFAULT_MAX_PIX
     except (KeyError, ValueError, RuntimeError) as err:
         raise cfglib.ConfigError(f"model {uri}: not an alignment checkpoint ({type(err).__name__}: {err})") from err
     return Searcher(model, word_index(state["vocab"]), state["config"]["max_words"], state["feature_settings"],
-                    sha256_file(checkpoint)[:16], weights, max_pixels)
+                    sha256_file(checkpoint)[:16], label, weights, max_pixels)
 
 
 def corpus_items(folder: Path, splits: list[str]):
@@ -202,10 +206,18 @@ def read_index(listing_path: Path, vectors_path: Path, searcher: Searcher) -> tu
     return listing, vectors, ""
 
 
-def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size: int, progress: bool = True) -> Index:
+def index_folder(corpus: Path, index_dir: str = "") -> Path:
+    """Where a corpus's index lives: a folder per corpus (its name and a digest of its absolute path) under
+    ``index_dir``, by default the runs folder's ``search-index``."""
+    digest = hashlib.sha256(str(corpus.resolve()).encode()).hexdigest()[:12]
+    return Path(index_dir or runs_root() / INDEX_ROOT) / f"{corpus.resolve().name}-{digest}"
+
+
+def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size: int, progress: bool = True,
+                index_dir: str = "") -> Index:
     """The corpus's image vectors: from its index where the images are unchanged, embedded where not (the index then
     rewritten, atomically). A shard folder whose manifest is unchanged is not read at all."""
-    where, stamp = folder / INDEX_DIR, corpus_stamp(folder, splits)
+    where, stamp = index_folder(folder, index_dir), corpus_stamp(folder, splits)
     stem = f"{searcher.model_key}-{'-'.join(sorted(splits)) or 'all'}" if stamp else searcher.model_key
     listing_path, vectors_path = where / f"{stem}.json", where / f"{stem}.npy"
     listing, stored, damaged = read_index(listing_path, vectors_path, searcher)
@@ -254,6 +266,9 @@ def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size:
         items = list(corpus_items(folder, splits))
         fresh = sum(1 for name, item_stamp, _, _ in items if not known(name, item_stamp))
     bar = None
+    if fresh:  # minutes for a large corpus the first time: said, whether or not a bar can be drawn
+        console.say(f"vsa search: embedding {fresh} image(s) of {folder} into its index {where} (once per model; "
+                    "later searches read it)")
     if fresh and progress:
         bar = tqdm(total=fresh, desc=f"vsa search: embedding {folder}", unit="image", file=console.err(), disable=None)
     for name, item_stamp, load, said in items:
@@ -274,7 +289,7 @@ def build_index(searcher: Searcher, folder: Path, splits: list[str], batch_size:
     bar and bar.close()
     index.vectors = np.stack(index.vectors) if index.vectors else np.zeros((0, 1, 1), np.float16)
     if fresh or len(old) != len(index.names) or len(refused) != len(index.skipped):
-        where.mkdir(exist_ok=True)
+        where.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.save(buffer, index.vectors, allow_pickle=False)
         atomic_write_bytes(vectors_path, buffer.getvalue())
@@ -303,6 +318,7 @@ def check_query_words(searcher: Searcher, query: str) -> None:
 
 def run(cfg: SearchConfig) -> list[dict[str, Any]]:
     searcher = load_searcher(cfg.model, cfg.weights, cfg.max_pixels)
+    console.say(f"vsa search: model {searcher.label}")
     if cfg.image:  # the query first: a bomb or a broken file is refused before minutes of indexing
         regions, errors = searcher.embed_images([Path(cfg.image).read_bytes()], [cfg.image])
         if errors[0]:
@@ -311,7 +327,7 @@ def run(cfg: SearchConfig) -> list[dict[str, Any]]:
         check_query_words(searcher, cfg.query)
     corpora = []
     for corpus in map(Path, cfg.corpora):
-        index = build_index(searcher, corpus, cfg.splits, cfg.batch_size)
+        index = build_index(searcher, corpus, cfg.splits, cfg.batch_size, index_dir=cfg.index_dir)
         for name, why in index.skipped:
             print(f"{corpus / name}: skipped: {why}", file=console.err(), flush=True)
         corpora.append((corpus, index))
@@ -339,7 +355,7 @@ def run(cfg: SearchConfig) -> list[dict[str, Any]]:
         else:
             print(f"{hit['rank']}\t{hit['score']:.4f}\t{hit.get('sentence', hit['image'])}", flush=True)
     if cfg.html:
-        write_page(Path(cfg.html), cfg, hits, corpora)
+        write_page(Path(cfg.html), cfg, hits, corpora, searcher.label)
         print(f"vsa search: page {cfg.html}", file=console.err(), flush=True)
     return hits
 
@@ -355,7 +371,7 @@ def hit_images(hits: list[dict[str, Any]], corpora) -> dict[str, bytes]:
     return found
 
 
-def write_page(page: Path, cfg: SearchConfig, hits: list[dict[str, Any]], corpora) -> None:
+def write_page(page: Path, cfg: SearchConfig, hits: list[dict[str, Any]], corpora, label: str) -> None:
     """The hits as one HTML page (thumbnails inline, so the page stands alone)."""
     asked = f"sentences for {cfg.image}" if cfg.image else f"images for “{cfg.query}”"
     cards, images = [], hit_images(hits, corpora)
@@ -373,7 +389,7 @@ def write_page(page: Path, cfg: SearchConfig, hits: list[dict[str, Any]], corpor
     atomic_write_bytes(page, f"""<!doctype html><meta charset="utf-8"><title>vsa search: {html.escape(asked)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} main{{display:flex;flex-wrap:wrap;gap:12px}}
 figure{{margin:0;width:256px}} img{{max-width:256px;height:auto}} figcaption{{font-size:14px}}</style>
-<h1>{html.escape(asked)}</h1>{query}<p>model {html.escape(cfg.model)}</p><main>{body}</main>
+<h1>{html.escape(asked)}</h1>{query}<p>model {html.escape(label)}</p><main>{body}</main>
 """.encode())
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 
 from vsa_dist import config as cfglib
 from vsa_dist import storage
@@ -19,8 +20,10 @@ from vsa_dist.stages import run_stage
 def run(cfg: ShardsConfig) -> dict:
     start = time.time()
     root = storage.mirror(cfg.root)  # a remote dataset is read from a local copy
-    with read_source(cfg.format, root, cfg.captions, cfg.split_files, cfg.split_from, cfg.images_dir) as catalog, \
-            storage.output_folder(cfg.out, "shards") as out:
+    # the catalog's scratch file beside the output folder: on the disk the shards go to
+    scratch = None if storage.is_remote(cfg.out) else Path(cfg.out).absolute().parent
+    with read_source(cfg.format, root, cfg.captions, cfg.split_files, cfg.split_from, cfg.images_dir,
+                     scratch) as catalog, storage.output_folder(cfg.out, "shards") as out:
         manifest = write_shards(catalog, out, cfg.samples_per_shard, cfg.max_pixels, cfg.vocab_min_count,
                                 tuple(cfg.vocab_splits), config=cfglib.to_dict(cfg), progress=cfg.progress)
     counts = manifest["counts"]
