@@ -210,11 +210,12 @@ class Captioner(mlflow.pyfunc.PythonModel):
                 jpegs.append(b"")
                 not_base64.add(row)
         described = self.describe(jpegs, [f"image {row}" for row in range(len(jpegs))], beam=int(params.get("beam", 0)))
-        # served as {"predictions": [{"caption": …, "error": null}, …]}: a record per posted image, in order; an image
-        # that cannot be captioned gets its reason and no caption, and the others theirs (as `vsa caption` does)
-        return pd.DataFrame({"caption": [d.caption for d in described],
+        # served as {"predictions": [{"caption": …, "error": ""}, …]}: a record per posted image, in order; an image
+        # that cannot be captioned gets its reason and an empty caption, the others theirs (as `vsa caption` does).
+        # Empty strings, not None: MLflow turns a None beside strings into NaN, which JSON clients read as truthy.
+        return pd.DataFrame({"caption": [d.caption or "" for d in described],
                              "error": [f"{d.name}: {'not base64' if row in not_base64 else d.error}" if d.error
-                                       else None for row, d in enumerate(described)]})
+                                       else "" for row, d in enumerate(described)]})
 
 
 def load_captioner(resolved: ResolvedModel, max_pixels: int = DEFAULT_MAX_PIXELS) -> Captioner:

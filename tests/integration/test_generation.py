@@ -264,7 +264,7 @@ def test_mrnn_training_registry_caption_and_serving(tmp_path, mini_features, min
                 time.sleep(1)
         assert answer is not None, (tmp_path / "serve.log").read_text()[-3000:]
         # the shape docs/generation.md shows: a record per image, its caption or its error
-        assert answer == {"predictions": [{"caption": printed[0][1], "error": None}]}
+        assert answer == {"predictions": [{"caption": printed[0][1], "error": ""}]}
 
         # the model's own input example, as MLflow saved it for serving, is a request the server answers
         folder = Path(mlflow.artifacts.download_artifacts("models:/test-region-captioner@champion"))
