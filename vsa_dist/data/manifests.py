@@ -69,6 +69,17 @@ def image_shards(features_dir: Path | str) -> str:
     return shards
 
 
+def takes_pixels(state: dict[str, Any]) -> bool:
+    """A checkpoint whose model runs its whole CNN on the images (``encoder=full``), as its feature settings record."""
+    return (state.get("feature_settings") or {}).get("input") == "pixels"
+
+
+def as_pixel_input(settings: dict[str, Any], pixels: bool = True) -> dict[str, Any]:
+    """A feature folder's settings as a model fed its images' pixels records them (``input: pixels``): no folder's
+    vectors can then reach such a model by mistake (``check_model_matches``)."""
+    return {**settings, "input": "pixels"} if pixels else settings
+
+
 def settings_of(manifest: dict[str, Any]) -> dict[str, Any]:
     return {key: manifest["settings"].get(key) for key in SETTINGS_KEYS}
 

@@ -12,7 +12,7 @@ import torch
 from vsa_dist import storage
 from vsa_dist.checkpoints import load_alignment
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS
-from vsa_dist.data.manifests import dataset_label, image_shards, load_features_manifest
+from vsa_dist.data.manifests import as_pixel_input, dataset_label, image_shards, load_features_manifest
 from vsa_dist.data.pairs import word_index
 from vsa_dist.data.splits import load_split
 from vsa_dist.distributed import gather_across_workers
@@ -156,8 +156,8 @@ class AlignTask:
         dev R@1+5+10 sum on the same dev data."""
         model, state, final, run_id = trained.model, trained.state, trained.checkpoint, trained.run_id
         settings, vocab = trained.manifest["settings"], trained.manifest["vocab"]["words"]
-        if cfg.encoder == "full":  # the registered model takes the images, as it trained (training/streams.py)
-            settings = {**settings, "input": "pixels"}
+        # the registered model takes the images when it trained on them (training/streams.py)
+        settings = as_pixel_input(settings, cfg.encoder == "full")
         # learning efficiency: when dev first beat the paper's row in all eight columns (None: it never did)
         reached = first_reached(run_id, "dev_beats_paper_row")
         summary: dict[str, Any] = {"run_id": run_id, "best_dev_epoch": state["best"]["epoch"],

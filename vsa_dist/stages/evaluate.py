@@ -27,6 +27,7 @@ from vsa_dist import config as cfglib
 from vsa_dist import console, storage
 from vsa_dist.checkpoints import generator_decoding, load_alignment, load_generator
 from vsa_dist.configs import EvalConfig, RegionEvalConfig
+from vsa_dist.data.manifests import as_pixel_input, takes_pixels
 from vsa_dist.data.pairs import word_index
 from vsa_dist.data.shards import load_manifest, read_samples, shard_paths
 from vsa_dist.data.splits import load_split
@@ -40,22 +41,17 @@ from vsa_dist.models.mrnn import MRNNEnsemble
 from vsa_dist.stages import run_stage
 
 
-def _pixels(state: dict[str, Any]) -> bool:
-    """The checkpoint's model runs its whole CNN on the images (``encoder=full``)."""
-    return (state.get("feature_settings") or {}).get("input") == "pixels"
-
-
 def _check_features_match(cfg: EvalConfig, *states: dict[str, Any]) -> None:
     """Each checkpoint was trained on features made like ``cfg.features`` (else a clear error); a model that runs its
     whole CNN, on the images of the shards that folder was made from."""
     settings = check_same_settings({cfg.features: load_features_manifest(cfg.features)})
     for state in states:
-        check_model_matches(cfg.features, {**settings, "input": "pixels"} if _pixels(state) else settings, state)
+        check_model_matches(cfg.features, as_pixel_input(settings, takes_pixels(state)), state)
 
 
 def _split(cfg: EvalConfig, state: dict[str, Any], whole_image_only: bool) -> dict[str, Any]:
     _check_features_match(cfg, state)
-    pixels = _pixels(state) and state["feature_settings"]["input_size"]  # the images, decoded from the shards
+    pixels = takes_pixels(state) and state["feature_settings"]["input_size"]  # the images, decoded from the shards
     split = load_split(cfg.features, cfg.split, word_index(state["vocab"]), state["config"]["max_words"],
                        whole_image_only=whole_image_only, image_size=pixels or 0)
     split["other_data"] = _other_data(cfg, state, split)

@@ -29,7 +29,7 @@ from vsa_dist import storage
 from vsa_dist.checkpoints import generator_decoding, load_alignment, load_generator
 from vsa_dist.configs import ReportConfig
 from vsa_dist.data.images import check_image
-from vsa_dist.data.manifests import source_shards
+from vsa_dist.data.manifests import as_pixel_input, source_shards, takes_pixels
 from vsa_dist.data.pairs import word_index
 from vsa_dist.data.shards import jpegs_by_id
 from vsa_dist.data.splits import load_split
@@ -267,20 +267,14 @@ regions</label></div>
 </div></section>"""
 
 
-def _pixels(state: dict[str, Any]) -> bool:
-    return (state.get("feature_settings") or {}).get("input") == "pixels"
-
-
 def aligner_rows(cfg: ReportConfig, align_state: dict[str, Any], split: dict[str, Any]) -> torch.Tensor:
     """What an aligner that carries its CNN scores the split's images with, in the split's order: its own trunk
     folder's maps (``--align-features``: encoder cached), or the images, decoded from the image shards of its folder
     (encoder full)."""
     folder = cfg.align_features or cfg.features
-    settings = check_same_settings({folder: load_features_manifest(folder)})
-    if _pixels(align_state):
-        settings = {**settings, "input": "pixels"}
+    settings = as_pixel_input(check_same_settings({folder: load_features_manifest(folder)}), takes_pixels(align_state))
     check_model_matches(folder, settings, align_state)
-    own = load_split(folder, cfg.split, {}, 1, image_size=settings["input_size"] if _pixels(align_state) else 0)
+    own = load_split(folder, cfg.split, {}, 1, image_size=settings["input_size"] if takes_pixels(align_state) else 0)
     row_of = {image_id: row for row, image_id in enumerate(own["image_ids"])}
     missing = [image_id for image_id in split["image_ids"] if image_id not in row_of]
     if missing:
@@ -301,7 +295,8 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     split = load_split(cfg.features, cfg.split, word_index(align_state["vocab"]), align_state["config"]["max_words"])
     features, tokens = torch.from_numpy(split["features"]).float(), torch.from_numpy(split["tokens"]).long()
     chosen = pick(cfg.images, split["image_ids"])
-    aligner_input = aligner_rows(cfg, align_state, split) if cfg.align_features or _pixels(align_state) else features
+    carries_cnn = cfg.align_features or takes_pixels(align_state)
+    aligner_input = aligner_rows(cfg, align_state, split) if carries_cnn else features
     if aligner_input is features:
         check_model_matches(cfg.features, settings, align_state)
     with torch.no_grad():

@@ -14,7 +14,7 @@ import ray.data
 import torch
 from ray.data import FileShuffleConfig
 
-from vsa_dist.data.manifests import check_same_settings, load_features_manifest, load_manifest
+from vsa_dist.data.manifests import as_pixel_input, check_same_settings, load_features_manifest, load_manifest
 from vsa_dist.data.pairs import feature_sample_to_row, image_sample_to_row, snippet_rows_to_arrays, word_index
 from vsa_dist.data.shards import shard_paths
 
@@ -132,8 +132,7 @@ def stream_settings(features: str, stream: TrainStream) -> tuple[dict[str, Any],
     manifest = load_features_manifest(features)
     snippets = {stream.snippets: load_manifest(stream.snippets)} if stream.snippets else {}
     settings = check_same_settings({features: manifest, **snippets})
-    # a model fed pixels records so: no feature folder's vectors can reach it by mistake (check_model_matches)
-    return manifest, {**settings, "input": "pixels"} if stream.images else settings
+    return manifest, as_pixel_input(settings, bool(stream.images))
 
 
 def train_dataset(features: str, vocab: list[str], stream: TrainStream, seed: int = 0) -> ray.data.Dataset:
