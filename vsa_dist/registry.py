@@ -43,14 +43,16 @@ def resolve_model(uri: str) -> ResolvedModel:
         return ResolvedModel(uri, Path(uri))
     if uri.startswith(("models:/", "runs:/")):
         check_tracking_store()  # a server that is not there: one line in seconds, not MLflow's minutes of retries
-    if not uri.startswith("models:/"):
+    name, _, number = uri.removeprefix("models:/").rpartition("/")
+    if not uri.startswith("models:/") or ("@" not in uri and not number.isdigit()):
+        # runs:/, an artifact URI, or a models:/ form other than @ALIAS and /VERSION (a stage, "latest"): as MLflow
+        # resolves it, unnamed
         return ResolvedModel(uri, Path(mlflow.artifacts.download_artifacts(artifact_uri=uri)))
     if "@" in uri:
         check_alias(uri)
         name, alias = uri.removeprefix("models:/").rsplit("@", 1)
         version = MlflowClient().get_model_version_by_alias(name, alias)
     else:
-        name, _, number = uri.removeprefix("models:/").rpartition("/")
         try:
             version = MlflowClient().get_model_version(name, number)
         except mlflow.exceptions.MlflowException as err:
