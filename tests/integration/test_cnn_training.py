@@ -183,13 +183,19 @@ def test_a_model_that_trains_its_whole_cnn_from_the_image_shards_resumes_it_and_
 
 
 def test_the_pipeline_with_a_preset_that_trains_the_cnn_blocks_stores_their_trunk_maps_first(
-        tmp_path, mini_dir, ray_cluster, monkeypatch):
+        tmp_path, mini_dir, ray_cluster, monkeypatch, capsys):
     """``vsa pipeline --align-preset train_align_cached`` (``pipeline_finetuned``'s path): two more stages store every
-    image's trunk maps and the train images' mirrored ones, the alignment model trains its blocks on them, and the
-    report scores its examples with those blocks."""
+    image's trunk maps and the train images' mirrored ones, the alignment model trains its blocks on them, the
+    generator reads the features of the CNN it trained, and the report scores its examples with those blocks. The
+    registered captioner carries that CNN: ``vsa caption`` embeds a new photo as its training features were made."""
     import json
+    import shutil
 
+    from vsa_dist import serving
     from vsa_dist.cli import main as vsa
+    from vsa_dist.data.splits import load_split
+    from vsa_dist.features.extract import image_features
+    from vsa_dist.registry import resolve_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = tmp_path / "run"
@@ -197,11 +203,48 @@ def test_the_pipeline_with_a_preset_that_trains_the_cnn_blocks_stores_their_trun
          "--align-epochs", "1", "--align-batch-size", "20", "--mrnn-preset", "train_mrnn_quick", "--mrnn-epochs", "1",
          "--progress", "false"])
     record = json.loads((run / "summary.json").read_text())
-    assert list(record["stage_minutes"]) == ["shards", "features", "trunk", "trunk_mirrored", "align", "mrnn",
-                                             "report"]
+    assert list(record["stage_minutes"]) == ["shards", "features", "trunk", "trunk_mirrored", "align",
+                                             "features_trained", "mrnn", "report"]
     trunk, mirrored = (json.loads((run / name / "manifest.json").read_text()) for name in ("trunk12", "trunk12-flip"))
     assert trunk["settings"]["trunk_block"] == 12 and sorted(trunk["splits"]) == ["dev", "test", "train"]
     assert mirrored["settings"]["flip"] and list(mirrored["splits"]) == ["train"]
     state = read_checkpoint(run / "align" / "best.pt", ("model", "config", "feature_settings"))
     assert state["feature_settings"]["trunk_block"] == 12 and state["config"]["augment"] == [str(run / "trunk12-flip")]
     assert record["align"]["test"]["annotation"]["r1"] >= 0 and "Top-5 sentences" in (run / "report.html").read_text()
+
+    # the generator read the trained CNN's features, and its registered model carries that CNN (the align checkpoint)
+    trained = json.loads((run / "features-trained" / "manifest.json").read_text())
+    assert trained["settings"]["cnn_sha256"] == sha256_file(run / "align" / "best.pt")
+    caption_state = read_checkpoint(run / "mrnn" / "best.pt", ("feature_settings",))
+    assert caption_state["feature_settings"]["cnn_sha256"] == trained["settings"]["cnn_sha256"]
+    uri = "models:/vsa-captioner@smoke"
+    captioner = serving.load_captioner(resolve_model(uri))
+    assert sha256_file(Path(captioner.extractor.settings.cnn_from)) == trained["settings"]["cnn_sha256"]
+    rows = load_split(run / "features-trained", "test", {}, 1, whole_image_only=True)
+    pretrained_rows = load_split(run / "features", "test", {}, 1, whole_image_only=True)
+    names = rows["file_names"][:6]
+    own, _, errors = image_features(captioner.extractor, [(mini_dir / "images" / n).read_bytes() for n in names],
+                                    names)
+    assert errors == [""] * len(names)
+
+    def agreement(folder_rows, names) -> float:  # mean cosine of the captioner's whole-image vectors with a folder's
+        row_of = {name: row for row, name in enumerate(folder_rows["file_names"])}
+        theirs = torch.from_numpy(folder_rows["features"][[row_of[n] for n in names]]).float().reshape(len(names), -1)
+        mine = torch.from_numpy(own[:, 0]).float()
+        return float(torch.nn.functional.cosine_similarity(mine, theirs, dim=-1).mean())
+
+    # the trained CNN's vectors up to decoding and bf16 rounding; never the pretrained CNN's
+    assert agreement(rows, names) > 0.97 and agreement(rows, names) > agreement(pretrained_rows, names) + 0.02
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in names[:2]:
+        shutil.copy(mini_dir / "images" / name, photos / name)
+    capsys.readouterr()
+    captioned = vsa(["caption", str(photos), "--model", uri])
+    assert len(captioned) == 2 and all(caption for _, caption in captioned)
+    assert "vsa caption: model vsa-captioner/1 (@smoke" in capsys.readouterr().err
+
+    # a generator on those features cannot be registered without the CNN they came from: one line, before training
+    (run / "align" / "best.pt").rename(run / "align" / "moved.pt")
+    line = fails(capsys, "train-mrnn", "--features", str(run / "features-trained"), "--out", str(tmp_path / "again"))
+    assert "which is gone: the captioner cannot carry it" in line and "--register-as ''" in line, line

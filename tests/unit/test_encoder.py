@@ -211,6 +211,11 @@ def test_a_model_that_runs_its_whole_cnn_takes_images_and_refuses_vectors_in_one
     assert np.array_equal(features[0], model_input(jpeg(300, 200), 224))
 
 
-def test_new_images_for_a_model_on_a_trained_cnns_features_are_refused_in_one_line_not_embedded_by_another_cnn():
-    with pytest.raises(ValueError, match="features of a trained CNN"):
-        checked_extractor({"backbone": "efficientnet-lite0", "cnn_sha256": "ab" * 32, "input_size": 224})
+def test_new_images_for_a_model_on_a_trained_cnns_features_need_that_very_cnn_not_another(tmp_path):
+    settings = {"backbone": "efficientnet-lite0", "cnn_sha256": "ab" * 32, "input_size": 224}
+    with pytest.raises(ValueError, match="features of a trained CNN .* does not carry it"):
+        checked_extractor(settings)
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"another checkpoint")
+    with pytest.raises(ValueError, match=f"{other}: not the CNN the model's features were made with"):
+        checked_extractor(settings, trained_cnn_file=str(other))

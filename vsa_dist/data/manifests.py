@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vsa_dist import storage
+from vsa_dist.io import sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -106,3 +107,21 @@ def dataset_label(features_dir: Path | str) -> str:
     manifest = load_manifest(shards)
     root = str(manifest.get("config", {}).get("root", "")).rstrip("/")
     return root.rsplit("/", 1)[-1] if root else str(manifest.get("source", {}).get("format", ""))
+
+
+def trained_cnn_file(features_manifest: dict[str, Any]) -> str:
+    """The alignment checkpoint whose CNN made a feature folder (``vsa features --cnn-from``), checked to be that very
+    file still; ValueError naming it otherwise (a captioner without it could not embed a new image)."""
+    location = features_manifest.get("config", {}).get("cnn_from", "")
+    wanted = features_manifest["settings"]["cnn_sha256"]
+    try:
+        path = storage.fetch(location) if location else ""
+    except FileNotFoundError:
+        path = ""
+    if not path or not Path(path).is_file():
+        raise ValueError(f"the features were made by the CNN of {location or 'an alignment checkpoint'}, which is "
+                         "gone: the captioner cannot carry it")
+    if sha256_file(Path(path)) != wanted:
+        raise ValueError(f"{location} changed since it made the features (sha256 {wanted[:12]}): the captioner cannot "
+                         "carry the CNN they came from")
+    return path

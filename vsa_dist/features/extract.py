@@ -214,25 +214,32 @@ class PixelExtractor:
         return {name: np.array(values, dtype=object) for name, values in out.items()}
 
 
-def checked_extractor(feature_settings: dict[str, Any], weights: str = "",
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> RegionExtractor | PixelExtractor:
+def checked_extractor(feature_settings: dict[str, Any], weights: str = "", max_pixels: int = DEFAULT_MAX_PIXELS,
+                      trained_cnn_file: str = "") -> RegionExtractor | PixelExtractor:
     """A one-process extractor that makes a new image's features the way a model's training features were made
     (``feature_settings``: the feature manifest's, as the model keeps them), its backbone's weights checked against
-    the ones the model was trained on (ValueError if they differ).
+    the ones the model was trained on (ValueError if they differ). Features of a trained CNN (``vsa features
+    --cnn-from``) need that CNN's checkpoint, ``trained_cnn_file``, the very file they were made with.
 
     The whole-image row is the feature map's global average in every region mode, so new images get ``roi`` features
     of grid boxes: one CNN pass, never selective search. A model that runs its whole CNN gets the images themselves.
     """
     if feature_settings.get("input") == "pixels":  # its own CNN does all the work: no pretrained weights to check
         return PixelExtractor(feature_settings["input_size"], max_pixels)
-    if feature_settings.get("cnn_sha256"):
-        raise ValueError(f"the model was trained on the features of a trained CNN (an alignment checkpoint, sha256 "
-                         f"{feature_settings['cnn_sha256'][:12]}); new images need that CNN, which this command does "
-                         "not load: caption and score feature folders made with vsa features --cnn-from")
+    if wanted := feature_settings.get("cnn_sha256"):
+        if not trained_cnn_file:
+            raise ValueError(f"the model was trained on the features of a trained CNN (an alignment checkpoint, sha256 "
+                             f"{wanted[:12]}) and does not carry it (no trained_cnn file): new images cannot be "
+                             "embedded as its features were; caption and score feature folders made with vsa features "
+                             "--cnn-from")
+        if (found := sha256_file(Path(trained_cnn_file))) != wanted:
+            raise ValueError(f"{trained_cnn_file}: not the CNN the model's features were made with (sha256 "
+                             f"{found[:12]} vs {wanted[:12]})")
     settings = ExtractorSettings(backbone=feature_settings["backbone"], weights=weights, region_mode="roi",
                                  proposals="grid", num_regions=feature_settings["num_regions"],
                                  roi_size=feature_settings["roi_size"], precision=feature_settings["precision"],
-                                 threads=0, max_pixels=max_pixels, trunk_block=feature_settings.get("trunk_block") or 0)
+                                 threads=0, max_pixels=max_pixels, trunk_block=feature_settings.get("trunk_block") or 0,
+                                 cnn_from=trained_cnn_file if feature_settings.get("cnn_sha256") else "")
     extractor = RegionExtractor(settings)
     check_weights(extractor.model.backbone.spec.weights, feature_settings,
                   "the model was trained on", "give the model's weight file")

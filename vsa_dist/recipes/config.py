@@ -11,7 +11,7 @@ from typing import ClassVar
 from vsa_dist import config as cfglib
 from vsa_dist import storage
 from vsa_dist.config import option
-from vsa_dist.data.manifests import image_shards, load_features_manifest, load_manifest
+from vsa_dist.data.manifests import image_shards, load_features_manifest, load_manifest, trained_cnn_file
 from vsa_dist.models.args import TRAINABLE_BACKBONES, AlignmentSettings, MRNNSettings, reads_regions
 from vsa_dist.training.config import LR_SCHEDULES, OPTIMIZERS, TrainConfig
 
@@ -173,6 +173,12 @@ class MRNNConfig(TrainConfig, MRNNSettings):
                 raise cfglib.ConfigError(f"snippets: {err} (make it with vsa align-snippets)") from err
             if snippets.get("kind") != "snippets" or not snippets["splits"].get("train", {}).get("images"):
                 raise cfglib.ConfigError(f"snippets {self.snippets}: not a snippet folder with train images")
+        features = load_features_manifest(self.features)
+        if self.register_as and features["settings"].get("cnn_sha256"):
+            try:  # the registered captioner carries the CNN its features came from: it must be there, unchanged
+                trained_cnn_file(features)
+            except ValueError as err:
+                raise cfglib.ConfigError(f"features {self.features}: {err} (or --register-as '')") from err
         for checkpoint in [self.init, *self.teacher]:
             if checkpoint and not storage.exists(checkpoint):
                 raise cfglib.ConfigError(f"{'init' if checkpoint == self.init else 'teacher'} {checkpoint}: no such "
