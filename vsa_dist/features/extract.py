@@ -239,7 +239,7 @@ def checked_extractor(feature_settings: dict[str, Any], weights: str = "", max_p
                                  proposals="grid", num_regions=feature_settings["num_regions"],
                                  roi_size=feature_settings["roi_size"], precision=feature_settings["precision"],
                                  threads=0, max_pixels=max_pixels, trunk_block=feature_settings.get("trunk_block") or 0,
-                                 cnn_from=trained_cnn_file if feature_settings.get("cnn_sha256") else "")
+                                 cnn_from=trained_cnn_file if wanted else "")
     extractor = RegionExtractor(settings)
     check_weights(extractor.model.backbone.spec.weights, feature_settings,
                   "the model was trained on", "give the model's weight file")
